@@ -1,0 +1,9 @@
+"""mi-ref: a float64 reference implementation of "On Mutual Information Maximization for
+Representation Learning" (Tschannen, Djolonga, Rubenstein, Gelly, Lucic, ICLR 2020).
+
+Math modules (pure functions of params and arrays; no I/O):
+    nn, flows, critics, bounds, optim, jacobian, tree
+Everything else (data, probe, train, results, plots, cli) builds on them.
+"""
+
+__version__ = "0.1.0"
