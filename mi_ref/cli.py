@@ -41,6 +41,117 @@ def _cmd_baseline(args):
     return 0
 
 
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cmd_list(args):
+    """``mi-ref list``: every experiment, the paper figure it reproduces and its presets."""
+    from . import experiments
+    for name in experiments.names():
+        exp = experiments.get(name)
+        print(f"{name:13s} {exp.figure:16s} {exp.summary}")
+        for preset in experiments.PRESETS:
+            cfg = exp.presets[preset]
+            steps = getattr(cfg, "n_iters", None)
+            dataset = getattr(cfg, "dataset", "synthetic")
+            print(f"{'':13s}   --preset {preset:6s} {dataset}, {steps} steps")
+    return 0
+
+
+def _overrides(exp, args):
+    """Command-line overrides of a preset: --dataset and --steps (evaluations are capped at the steps)."""
+    overrides = {"dataset": args.dataset}
+    if args.steps is not None:
+        overrides["n_iters"] = args.steps
+        base = exp.presets[args.preset]
+        if "n_evals" in {f.name for f in __import__("dataclasses").fields(base)}:
+            overrides["n_evals"] = min(base.n_evals, args.steps)
+    return overrides
+
+
+def _run_seeds(name, args):
+    from . import experiments
+    exp = experiments.get(name)
+    if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
+        raise CLIError(f"{name} uses synthetic data and takes no --dataset")
+    overrides = _overrides(exp, args)
+    paths = []
+    for seed in range(args.seed, args.seed + args.runs):
+        path = experiments.run_dir_for(args.out, name, args.preset, seed)
+        try:
+            paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
+                                                    args.data_dir, not args.quiet, **overrides))
+        except KeyboardInterrupt:
+            print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
+                  "same command and --resume", file=sys.stderr)
+            raise
+        print(f"{name} seed {seed}: results in {path}")
+    return paths
+
+
+def _cmd_run(args):
+    """``mi-ref run EXPERIMENT``: train every variant of one experiment for --runs seeds."""
+    from . import experiments
+    experiments.get(args.experiment)        # unknown names fail before anything runs
+    paths = _run_seeds(args.experiment, args)
+    print(f"plot with: mi-ref plot {' '.join(str(p) for p in paths)} --out figures")
+    return 0
+
+
+def _cmd_plot(args):
+    """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
+    from .plots import plot_runs
+    for path in plot_runs(args.run_dirs, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_reproduce(args):
+    """``mi-ref reproduce``: every experiment of the registry, then every figure."""
+    import time
+
+    from . import experiments
+    from .plots import plot_runs
+    names = args.only or experiments.names()
+    for name in names:
+        experiments.get(name)
+    all_paths, timings = [], []
+    for name in names:
+        start = time.perf_counter()
+        all_paths += _run_seeds(name, args)
+        timings.append((name, time.perf_counter() - start))
+    for path in plot_runs(all_paths, args.figures):
+        print(f"wrote {path}")
+    for name, seconds in timings:
+        print(f"{name:13s} {seconds:7.1f} s")
+    print(f"{'total':13s} {sum(s for _, s in timings):7.1f} s")
+    return 0
+
+
+def _add_run_options(p):
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick",
+                   help="quick: laptop scale on digits (default); paper: the paper's settings on MNIST")
+    p.add_argument("--dataset", choices=["digits", "mnist"], default=None,
+                   help="override the preset's dataset")
+    p.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
+    p.add_argument("--runs", type=_positive, default=1, metavar="N", help="number of seeds (default 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default 0)")
+    p.add_argument("--out", default="runs", metavar="DIR", help="where run directories go (default runs/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs already in --out from their last evaluation")
+    p.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="override the number of training steps (iterations for adversarial)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="mi-ref",
@@ -74,6 +185,30 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the noise and of the probe's saga solver (default 0)")
     p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("list", help="the experiments, the figures they reproduce, their presets")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run one experiment",
+                       description="Train every variant of one experiment (one run directory per seed: "
+                                   "OUT/EXPERIMENT-PRESET/seed-S). Interrupt with Ctrl-C and continue with "
+                                   "--resume: the finished metrics equal those of an uninterrupted run.")
+    p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plot", help="figures from run directories",
+                       description="Pool runs by experiment, preset and dataset; write one PNG per group.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="figures", metavar="DIR", help="output directory (default figures/)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("reproduce", help="run every experiment and write every figure",
+                       description="Run all registered experiments with one preset, then plot them.")
+    _add_run_options(p)
+    p.add_argument("--figures", default="figures", metavar="DIR", help="where figures go (default figures/)")
+    p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

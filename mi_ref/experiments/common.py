@@ -1,0 +1,72 @@
+"""What the MI experiments share: the pixel-baseline row and the loop over variants."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import probe
+from ..objectives import mi_loss
+from ..train import LoopSettings, Progress, make_views, train_mi
+
+# the seed-sequence entry that separates the baseline's noise from every variant's streams
+BASELINE_STREAM = 10 ** 6
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training run inside an experiment: a name, how to build (g1, g2, critic) and the loss."""
+
+    name: str
+    build: object               # build(structure_rng) -> (g1, g2, critic)
+    estimator: str              # the bound reported on the test set (and optimized unless loss says otherwise)
+    target: float = None        # L_t = |I_EST - t| when set
+    loss: object = None         # loss(params, g1, g2, critic, x1, x2) overriding mi_loss, e.g. a triplet loss
+    extra: dict = field(default_factory=dict)   # columns copied into every metric row
+
+
+def record_pixel_baseline(store, dataset, noise_std, seed):
+    """Probe accuracy on the raw (noisy) top-half pixels, stored once per run as variant "baseline"."""
+    if store is not None and "baseline" in store.done_variants():
+        return
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), BASELINE_STREAM]))
+    acc = probe.pixel_baseline(dataset, noise_std, rng, seed=0)
+    if store is not None:
+        store.truncate_variant("baseline", None)
+        store.append_metrics({"variant": "baseline", "step": 0, "accuracy": acc, "noise_std": noise_std})
+        store.mark_done("baseline")
+
+
+def settings_of(config, jacobian=False):
+    return LoopSettings(n_iters=config.n_iters, n_evals=config.n_evals, batch_size=config.batch_size,
+                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian)
+
+
+def run_variants(config, store, seed, dataset, variants, progress=True, jacobian=False):
+    """Train every variant not yet finished in ``store`` (resuming a partial one), in order."""
+    views = make_views(dataset)
+    settings = settings_of(config, jacobian)
+    settings.check()
+    record_pixel_baseline(store, dataset, config.noise_std, seed)
+    done = store.done_variants() if store is not None else []
+    for index, v in enumerate(variants):
+        if v.name in done:
+            continue
+        g1, g2, critic = v.build(np.random.default_rng(np.random.SeedSequence([int(seed), index, 7])))
+        if v.loss is None:
+            objective = (lambda g1, g2, critic, v: lambda p, x1, x2: mi_loss(
+                p, g1, g2, critic, v.estimator, x1, x2, v.target))(g1, g2, critic, v)
+        else:
+            objective = (lambda g1, g2, critic, v: lambda p, x1, x2: v.loss(p, g1, g2, critic, x1, x2))(
+                g1, g2, critic, v)
+        label = f"{store.path.parent.name if store is not None else ''}/{v.name} seed {seed}"
+        train_mi(g1=g1, g2=g2, critic=critic, objective=objective, estimator=v.estimator, views=views,
+                 settings=settings, seed=seed, variant=v.name, variant_index=index, store=store,
+                 extra_row=dict(v.extra), progress=Progress(label, settings.n_iters, enabled=progress))
+
+
+def check_common(config):
+    """Validate the fields every MI config has."""
+    from ..data import DATASETS
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {list(DATASETS)}")
+    settings_of(config).check()

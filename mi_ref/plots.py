@@ -1,0 +1,214 @@
+"""Figures in the paper's style, made from run directories only (config.json, metrics.jsonl, arrays/).
+
+Runs of the same experiment, preset and dataset (one directory per seed) are pooled: every curve is the
+mean over runs with a band of +- one standard deviation, against "training steps (in thousands)", as in the
+paper's plots. ``plot_runs(run_dirs, out_dir)`` writes one PNG per experiment group and returns their paths.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .results import load_run
+
+COLORS = {"infonce": "tab:blue", "nwj": "tab:orange", "tuba": "tab:green"}
+LABELS = {"infonce": r"$I_{NCE}$", "nwj": r"$I_{NWJ}$", "tuba": r"$I_{TUBA}$"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ----------------------------------------------------------------------------------------------------
+# pooling runs
+
+
+def series(runs, variant, key):
+    """(steps, mean, sd, n_runs) of metric ``key`` of ``variant`` over runs, at the steps all runs share.
+
+    A metric that is a list (e.g. the log-condition percentiles) gives mean and sd of shape (steps, len).
+    """
+    per_run = []
+    for run in runs:
+        rows = {r["step"]: r[key] for r in run["metrics"] if r.get("variant") == variant and key in r}
+        if rows:
+            per_run.append(rows)
+    if not per_run:
+        return np.array([]), np.array([]), np.array([]), 0
+    steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    values = np.array([[r[s] for s in steps] for r in per_run], dtype=float)
+    return np.array(steps), values.mean(axis=0), values.std(axis=0), len(per_run)
+
+
+def baseline(runs):
+    """Mean pixel-baseline accuracy over runs (None if no run has one)."""
+    values = [r["accuracy"] for run in runs for r in run["metrics"] if r.get("variant") == "baseline"]
+    return float(np.mean(values)) if values else None
+
+
+def variants_of(runs):
+    """The trained variants in the order they first appear (the baseline row excluded)."""
+    seen = []
+    for run in runs:
+        for r in run["metrics"]:
+            v = r.get("variant")
+            if v not in seen and v != "baseline":
+                seen.append(v)
+    return seen
+
+
+def variant_field(runs, variant, key):
+    for run in runs:
+        for r in run["metrics"]:
+            if r.get("variant") == variant and key in r:
+                return r[key]
+    return None
+
+
+def _band(ax, steps, mean, sd, label, color=None, linestyle="-"):
+    x = steps / 1000.0
+    line, = ax.plot(x, mean, label=label, color=color, linestyle=linestyle, marker=".", markersize=4)
+    if len(mean) and np.any(sd > 0):
+        ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
+    for ax in np.ravel(axes):
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(xlabel)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def _title(runs, what):
+    cfg = runs[0]["config"]
+    dataset = cfg["config"].get("dataset", "synthetic")
+    return f"{what} — {cfg['experiment']}, preset {cfg['preset']}, {dataset}, {len(runs)} run(s), mean ± sd"
+
+
+def _accuracy_panel(ax, runs, variants, label_of, color_of):
+    for v in variants:
+        steps, mean, sd, _ = series(runs, v, "accuracy")
+        if len(steps):
+            _band(ax, steps, mean, sd, label_of(v), color_of(v))
+    base = baseline(runs)
+    if base is not None:
+        ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"pixels ({base:.3f})")
+    ax.set_ylabel("linear-probe test accuracy")
+    ax.legend(fontsize=8)
+
+
+def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="bound on the test set (nats)"):
+    for v in variants:
+        steps, mean, sd, _ = series(runs, v, "bound")
+        if len(steps):
+            _band(ax, steps, mean, sd, label_of(v), color_of(v))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def _estimator_label(v):
+    return LABELS.get(v, v)
+
+
+def _estimator_color(v):
+    return COLORS.get(v)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one function per experiment
+
+
+def plot_invertible(runs, path):
+    """Fig. 1a-b: bound and accuracy over training for bijective RealNVP encoders (MI is constant)."""
+    plt = _pyplot()
+    variants = variants_of(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _bound_panel(axes[0], runs, variants, _estimator_label, _estimator_color)
+    axes[0].set_title("(a) estimated bound; the true MI never changes", fontsize=10)
+    _accuracy_panel(axes[1], runs, variants, _estimator_label, _estimator_color)
+    axes[1].set_title("(b) linear probe on g1's codes", fontsize=10)
+    return _finish(fig, axes, _title(runs, "Invertible encoders (Fig. 1a, 1b)"), path)
+
+
+def plot_adversarial(runs, path):
+    """Fig. 1c: probe accuracy of an adversarially trained bijective encoder vs. the pixel baseline."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(1, 1, figsize=(5.5, 4))
+    _accuracy_panel(ax, runs, ["adversarial"], lambda v: "RealNVP trained against the probe",
+                    lambda v: "tab:red")
+    ax.set_title("bijective encoder, MI unchanged", fontsize=10)
+    return _finish(fig, np.array([ax]), _title(runs, "Adversarial encoder (Fig. 1c)"), path,
+                   xlabel="iterations of 10 classifier steps + 1 encoder step (in thousands)")
+
+
+PERCENTILE_LABELS = ("min", "20th", "40th", "60th", "80th", "max")
+
+
+def _condition_panel(ax, runs, variant):
+    steps, mean, _, n = series(runs, variant, "logcond")
+    if not len(steps):
+        return
+    x = steps / 1000.0
+    color = COLORS.get(variant, "tab:purple")
+    ax.fill_between(x, mean[:, 0], mean[:, 5], color=color, alpha=0.15, linewidth=0, label="min - max")
+    ax.fill_between(x, mean[:, 1], mean[:, 4], color=color, alpha=0.3, linewidth=0, label="20th - 80th")
+    ax.fill_between(x, mean[:, 2], mean[:, 3], color=color, alpha=0.6, linewidth=0, label="40th - 60th")
+    ax.set_ylabel(r"$\log(\sigma_{max} / \sigma_{min})$ of $J_{g_1}$")
+    ax.set_title(f"(c) conditioning, {LABELS.get(variant, variant)}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_conditioning(runs, path):
+    """Fig. 2a-c: bound, accuracy and the log-condition-number percentiles of g1's Jacobian."""
+    plt = _pyplot()
+    variants = variants_of(runs)
+    fig, axes = plt.subplots(1, 2 + len(variants), figsize=(5 * (2 + len(variants)), 4))
+    _bound_panel(axes[0], runs, variants, _estimator_label, _estimator_color)
+    axes[0].set_title("(a) estimated bound", fontsize=10)
+    _accuracy_panel(axes[1], runs, variants, _estimator_label, _estimator_color)
+    axes[1].set_title("(b) linear probe on g1's codes", fontsize=10)
+    for ax, v in zip(axes[2:], variants):
+        _condition_panel(ax, runs, v)
+    return _finish(fig, axes, _title(runs, "Hard-to-invert encoders (Fig. 2)"), path)
+
+
+PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "conditioning": plot_conditioning}
+
+
+def register_plotter(name, fn):
+    PLOTTERS[name] = fn
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# entry point
+
+
+def plot_runs(run_dirs, out_dir):
+    """Pool the runs by (experiment, preset, dataset) and write one PNG per group; returns the paths."""
+    groups = defaultdict(list)
+    for d in run_dirs:
+        run = load_run(d)
+        cfg = run["config"]
+        key = (cfg["experiment"], cfg["preset"], cfg["config"].get("dataset", "synthetic"))
+        groups[key].append(run)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (experiment, preset, dataset), runs in sorted(groups.items()):
+        if experiment not in PLOTTERS:
+            raise ValueError(f"no figure is defined for experiment {experiment!r}; known: {sorted(PLOTTERS)}")
+        if not any(r["metrics"] for r in runs):
+            raise ValueError(f"the runs of {experiment} ({preset}, {dataset}) hold no metrics yet")
+        path = out_dir / f"{experiment}-{preset}-{dataset}.png"
+        written.append(PLOTTERS[experiment](runs, path))
+    return written

@@ -1,0 +1,233 @@
+"""The one training loop of the paper's MI experiments (PAPER.md, "Common setup").
+
+For step = 0, 1, ..., n_iters - 1:
+
+    1. draw a training batch (128 examples, reshuffled every epoch, remainder dropped) of the two views
+       (x1 = top half, x2 = bottom half) and, if noise_std > 0, add one Gaussian vector per example to
+       BOTH views;
+    2. if step is a multiple of n_iters // n_evals (n_evals evaluations, the first at step 0, all of
+       them BEFORE that step's update), evaluate:
+         (a) the bound on the test set, in batches of 512, averaged with weights = batch sizes;
+         (b) the linear probe on g1's codes of all train and test top halves (fresh noise of the same std);
+         (c) optionally, the singular values of g1's Jacobian on this step's training batch;
+    3. one Adam step on the loss (g1, g2 and the critic together).
+
+Randomness: one seed per (run, variant) spawns independent streams for the initial params (and the
+RealNVP permutations), the batch order, the training noise and the evaluation noise, so every variant can
+be resumed on its own and the same seed gives the same numbers bit for bit.
+
+A *store* (``mi_ref.results.RunDir``, or None for an in-memory run) receives metric rows, per-evaluation
+arrays and a checkpoint at every evaluation; :func:`train_mi` resumes from the store's checkpoint.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from autograd import value_and_grad
+
+from . import probe as probe_mod
+from .bounds import get_estimator
+from .data import BatchIterator, add_shared_noise
+from .optim import Adam, state_from_arrays, state_to_arrays
+from .tree import tree_from_dict, tree_to_dict
+
+EVAL_BATCH_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Views:
+    """The two views of a dataset: x1 = top halves, x2 = bottom halves (flattened), labels for the probe."""
+
+    x1_train: np.ndarray
+    x2_train: np.ndarray
+    y_train: np.ndarray
+    x1_test: np.ndarray
+    x2_test: np.ndarray
+    y_test: np.ndarray
+    half_shape: tuple          # (H // 2, W): the shape of one view as an image
+
+
+def make_views(dataset):
+    """Split every image of a ``mi_ref.data.Dataset`` into its top and bottom halves."""
+    from .data import split_views
+    x1_tr, x2_tr = split_views(dataset.x_train, dataset.image_shape)
+    x1_te, x2_te = split_views(dataset.x_test, dataset.image_shape)
+    h, w = dataset.image_shape
+    return Views(x1_tr, x2_tr, dataset.y_train, x1_te, x2_te, dataset.y_test, (h // 2, w))
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The settings every MI experiment shares (defaults: the paper's)."""
+
+    n_iters: int = 21000
+    n_evals: int = 21
+    batch_size: int = 128
+    lr: float = 1e-4
+    noise_std: float = 0.0
+    jacobian: bool = False
+
+    def check(self):
+        for name in ("n_iters", "n_evals", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_evals > self.n_iters:
+            raise ValueError(f"n_evals={self.n_evals} exceeds n_iters={self.n_iters}: evaluations happen every "
+                             "n_iters // n_evals steps, so use n_evals <= n_iters")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.noise_std >= 0 and np.isfinite(self.noise_std)):
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+
+    @property
+    def eval_every(self):
+        return self.n_iters // self.n_evals
+
+
+def variant_streams(seed, variant_index):
+    """Four independent generators (init, batches, train noise, eval noise) for one (seed, variant)."""
+    seqs = np.random.SeedSequence([int(seed), int(variant_index)]).spawn(4)
+    return [np.random.default_rng(s) for s in seqs]
+
+
+def encode(apply, params, x, chunk=4096):
+    """apply(params, x) in chunks of rows (bounded memory for 60000 MNIST images)."""
+    return np.concatenate([np.asarray(apply(params, x[i:i + chunk])) for i in range(0, len(x), chunk)])
+
+
+def probe_accuracy(apply, params, x_train, y_train, x_test, y_test, noise_std, rng, seed=0):
+    """Linear-probe test accuracy of the codes ``apply(params, x)`` (fresh noise where noise_std > 0)."""
+    if noise_std > 0:
+        x_train = x_train + noise_std * rng.standard_normal(x_train.shape)
+        x_test = x_test + noise_std * rng.standard_normal(x_test.shape)
+    return probe_mod.linear_probe(encode(apply, params, x_train), y_train,
+                                  encode(apply, params, x_test), y_test, seed=seed)
+
+
+def test_bound(bound_fn, params, x1, x2, noise_std, rng, batch_size=EVAL_BATCH_SIZE):
+    """Mean of ``bound_fn(params, x1_b, x2_b)`` over test batches of 512, weighted by batch size.
+
+    A final batch of a single example (where no bound is defined) is left out.
+    """
+    total, weight = 0.0, 0
+    for i in range(0, len(x1), batch_size):
+        b1, b2 = x1[i:i + batch_size], x2[i:i + batch_size]
+        if len(b1) < 2:
+            continue
+        if noise_std > 0:
+            b1, b2 = add_shared_noise(b1, b2, noise_std, rng)
+        total += len(b1) * float(bound_fn(params, b1, b2))
+        weight += len(b1)
+    return total / weight
+
+
+def jacobian_stats(model, params, x):
+    """Singular values of the encoder's Jacobian at each row of ``x`` and the log-condition percentiles."""
+    from .jacobian import batch_jacobian, condition_percentiles, log_condition_numbers, singular_values
+    svals = singular_values(batch_jacobian(model, params, x))
+    return svals, condition_percentiles(log_condition_numbers(svals))
+
+
+class Progress:
+    """Prints one line per evaluation: step, bound, accuracy and the estimated time left."""
+
+    def __init__(self, label, total, stream=None, enabled=True):
+        import sys
+        self.label, self.total, self.enabled = label, total, enabled
+        self.stream = stream or sys.stderr
+        self.start, self.start_step = time.perf_counter(), None
+
+    def update(self, step, **values):
+        if not self.enabled:
+            return
+        if self.start_step is None:
+            self.start_step, self.start = step, time.perf_counter()
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+        parts = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        eta_txt = "?" if not np.isfinite(eta) else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
+        print(f"[{self.label}] step {step}/{self.total} {parts} ETA {eta_txt}", file=self.stream, flush=True)
+
+
+def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, variant="", variant_index=0,
+             store=None, extra_row=None, probe_seed=0, progress=None):
+    """Train g1, g2 and the critic with Adam on ``objective`` and evaluate on the paper's schedule.
+
+    ``objective(params, x1, x2) -> loss`` (e.g. ``-I_NCE``; see mi_ref.objectives) where
+    ``params = {"g1", "g2", "critic"}``; ``estimator`` names the bound reported on the test set.
+    Returns the list of metric rows of this variant (one per evaluation).
+    Each row: ``{"variant", "step", "bound", "accuracy", "seconds", **extra_row}`` plus, with
+    ``settings.jacobian``, ``"logcond": [min, p20, p40, p60, p80, max]`` of log(sigma_max / sigma_min).
+    """
+    from .objectives import mi_bound
+    settings.check()
+    init_rng, data_rng, noise_rng, eval_rng = variant_streams(seed, variant_index)
+    bound_fn = lambda p, x1, x2: mi_bound(p, g1, g2, critic, estimator, x1, x2)  # noqa: E731
+    get_estimator(estimator)
+    n_train = len(views.x1_train)
+    optimizer = Adam(settings.lr)
+    params = {"g1": g1.init(init_rng), "g2": g2.init(init_rng), "critic": critic.init(init_rng)}
+    state = optimizer.init(params)
+    it = BatchIterator(n_train, settings.batch_size, data_rng)
+    start, rows, sv_history = 0, [], []
+
+    ckpt = store.load_checkpoint(variant) if store is not None else None
+    if ckpt is not None:
+        arrays, meta = ckpt
+        params = tree_from_dict(params, arrays, "params/")
+        state = state_from_arrays(params, arrays)
+        it.restore(meta["iterator"])
+        noise_rng.bit_generator.state = meta["noise_rng"]
+        eval_rng.bit_generator.state = meta["eval_rng"]
+        start = int(meta["step"])
+        rows = store.truncate_variant(variant, start)
+        sv_history = [a for a in store.load_arrays(variant).get("singular_values", [])][:len(rows)]
+    elif store is not None:
+        store.truncate_variant(variant, None)
+
+    grad_fn = value_and_grad(objective)
+    every = settings.eval_every
+    progress = progress or Progress(variant, settings.n_iters, enabled=False)
+    t0 = time.perf_counter()
+    for step in range(start, settings.n_iters):
+        is_eval = step % every == 0 and step // every < settings.n_evals
+        if is_eval:
+            snapshot = {"iterator": it.state(), "noise_rng": noise_rng.bit_generator.state}
+        idx = next(it)
+        x1, x2 = views.x1_train[idx], views.x2_train[idx]
+        if settings.noise_std > 0:
+            x1, x2 = add_shared_noise(x1, x2, settings.noise_std, noise_rng)
+        if is_eval and not (ckpt is not None and step == start):
+            row = {"variant": variant, "step": step}
+            row.update(extra_row or {})
+            row["bound"] = test_bound(bound_fn, params, views.x1_test, views.x2_test, settings.noise_std,
+                                      eval_rng)
+            row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
+                                             views.x1_test, views.y_test, settings.noise_std, eval_rng,
+                                             seed=probe_seed)
+            if settings.jacobian:
+                svals, pct = jacobian_stats(g1, params["g1"], x1)
+                row["logcond"] = [float(v) for v in pct]
+                sv_history.append(svals)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            if store is not None:
+                if sv_history:
+                    store.save_arrays(variant, {"singular_values": np.stack(sv_history),
+                                                "steps": np.array([r["step"] for r in rows])})
+                store.append_metrics(row)
+                arrays = dict(tree_to_dict(params, "params/"), **state_to_arrays(state))
+                store.save_checkpoint(variant, arrays, dict(snapshot, step=step,
+                                                            eval_rng=eval_rng.bit_generator.state))
+            progress.update(step, bound=row["bound"], acc=row["accuracy"])
+        loss, grads = grad_fn(params, x1, x2)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{variant}: the loss became {loss} at step {step}; lower the learning "
+                                     "rate or check the inputs")
+        params, state = optimizer.update(params, grads, state)
+    if store is not None:
+        store.mark_done(variant)
+    return rows

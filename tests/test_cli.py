@@ -1,0 +1,80 @@
+"""Tests of the mi-ref command: list, run, plot, reproduce and their errors (exit code 2, nothing lost)."""
+
+import json
+
+import pytest
+
+from mi_ref import cli
+
+TINY = ["--steps", "6", "--quiet"]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_list(capsys):
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    for name in ("invertible", "adversarial", "conditioning"):
+        assert name in out
+    assert out.index("invertible") < out.index("adversarial") < out.index("conditioning")
+
+
+def test_run_then_plot(tmp_path, capsys):
+    code, out, _ = run(["run", "invertible", "--out", str(tmp_path / "runs"), "--steps", "4", "--quiet"],
+                       capsys)
+    assert code == 0 and "invertible seed 0: results in" in out
+    run_dir = tmp_path / "runs" / "invertible-quick" / "seed-0"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 1, 2, 3]   # 4 steps, n_evals capped
+    code, out, _ = run(["plot", str(run_dir), "--out", str(tmp_path / "fig")], capsys)
+    assert code == 0 and (tmp_path / "fig" / "invertible-quick-digits.png").exists()
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    out_dir = str(tmp_path / "runs")
+    assert run(["run", "adversarial", "--out", out_dir] + TINY, capsys)[0] == 0
+    config = tmp_path / "runs" / "adversarial-quick" / "seed-0" / "config.json"
+    metrics = config.parent / "metrics.jsonl"
+    before = (config.read_bytes(), metrics.read_bytes())
+    code, _, err = run(["run", "adversarial", "--out", out_dir] + TINY, capsys)
+    assert code == 2 and "--resume" in err
+    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet"], capsys)
+    assert code == 2 and "different config" in err
+    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--resume"], capsys)
+    assert code == 2 and "different config" in err
+    assert (config.read_bytes(), metrics.read_bytes()) == before
+    # resuming a finished run is a no-op that succeeds
+    assert run(["run", "adversarial", "--out", out_dir, "--resume"] + TINY, capsys)[0] == 0
+    assert (config.read_bytes(), metrics.read_bytes()) == before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "nope"], "unknown experiment 'nope'"),
+    (["run", "invertible", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "mi-ref download mnist"),
+    (["plot", "/nonexistent/run"], "no config.json"),
+    (["reproduce", "--only", "nope"], "unknown experiment 'nope'"),
+])
+def test_bad_input_exits_2(tmp_path, capsys, argv, message):
+    code, _, err = run(argv + ["--out", str(tmp_path / "o")] if argv[0] != "plot" else argv, capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["run", "invertible", "--preset", "huge"], ["run", "invertible", "--steps", "0"],
+                                  ["run", "invertible", "--steps", "-3"], ["run", "invertible", "--runs", "0"]])
+def test_argparse_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+
+
+def test_reproduce_subset(tmp_path, capsys):
+    code, out, _ = run(["reproduce", "--only", "invertible", "adversarial", "--out", str(tmp_path / "r"),
+                        "--figures", str(tmp_path / "f")] + TINY, capsys)
+    assert code == 0 and "total" in out
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["adversarial-quick-digits.png",
+                                                                  "invertible-quick-digits.png"]

@@ -1,0 +1,107 @@
+"""End-to-end tests of the experiment machine: tiny configs of every experiment, resumption after an
+interruption, and the registry's errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mi_ref import experiments, optim, plots
+from mi_ref.results import RunDir
+
+TINY = {
+    "invertible": dict(n_iters=12, n_evals=3, n_couplings=2, hidden=(8,)),
+    "conditioning": dict(n_iters=12, n_evals=3, n_layers=2),
+    "adversarial": dict(warmup_steps=3, n_iters=9, probe_every=4, n_couplings=2, hidden=(8,)),
+}
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_run_end_to_end(tmp_path, name):
+    path = experiments.run_experiment(name, "quick", seed=0, out=tmp_path, progress=False, **TINY[name])
+    run = RunDir(path)
+    rows = run.read_metrics()
+    assert rows[0]["variant"] == "baseline" and 0 < rows[0]["accuracy"] <= 1
+    trained = [r for r in rows if r["variant"] != "baseline"]
+    assert trained and all(0 <= r["accuracy"] <= 1 for r in trained)
+    assert all(np.isfinite(r.get("bound", 0.0)) for r in trained)
+    assert not list((path / "checkpoints").glob("*.npz"))        # finished variants keep no checkpoint
+    config = json.loads(run.config_path.read_text())
+    assert config["experiment"] == name and config["config"]["dataset"] == "digits"
+    assert config["environment"]["packages"]["numpy"]
+    if name == "conditioning":
+        assert all(len(r["logcond"]) == 6 for r in trained)
+        sv = run.load_arrays("infonce")["singular_values"]
+        assert sv.shape == (3, 128, 32)
+        # the residual MLP starts at the identity: every singular value is ~1 at step 0
+        np.testing.assert_allclose(sv[0], 1.0, atol=1e-2)
+    figures = plots.plot_runs([path], tmp_path / "fig")
+    assert len(figures) == 1 and figures[0].stat().st_size > 10_000
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = experiments.run_experiment("invertible", "quick", 3, tmp_path / "a", progress=False, **TINY["invertible"])
+    b = experiments.run_experiment("invertible", "quick", 3, tmp_path / "b", progress=False, **TINY["invertible"])
+    assert strip_time(RunDir(a).read_metrics()) == strip_time(RunDir(b).read_metrics())
+
+
+class Interrupt:
+    """Raise KeyboardInterrupt at the n-th optimizer update (a Ctrl-C between two evaluations)."""
+
+    def __init__(self, monkeypatch, at):
+        self.calls, self.at = 0, at
+        original = optim.Adam.update
+
+        def update(adam, *args):
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+            return original(adam, *args)
+        monkeypatch.setattr(optim.Adam, "update", update)
+
+
+@pytest.mark.parametrize("name,at", [("invertible", 7), ("invertible", 17), ("conditioning", 10),
+                                     ("adversarial", 30)])
+def test_resume_after_interruption_gives_identical_metrics(tmp_path, monkeypatch, name, at):
+    reference = experiments.run_experiment(name, "quick", 1, tmp_path / "ref", progress=False, **TINY[name])
+    with monkeypatch.context() as m:
+        Interrupt(m, at)
+        with pytest.raises(KeyboardInterrupt):
+            experiments.run_experiment(name, "quick", 1, tmp_path / "cut", progress=False, **TINY[name])
+    resumed = experiments.run_experiment(name, "quick", 1, tmp_path / "cut", resume=True, progress=False,
+                                         **TINY[name])
+    assert strip_time(RunDir(resumed).read_metrics()) == strip_time(RunDir(reference).read_metrics())
+    if name == "conditioning":
+        np.testing.assert_array_equal(RunDir(resumed).load_arrays("nwj")["singular_values"],
+                                      RunDir(reference).load_arrays("nwj")["singular_values"])
+
+
+def test_registry_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        experiments.get("nope")
+    exp = experiments.get("invertible")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        exp.config("huge")
+    with pytest.raises(ValueError, match="has no setting"):
+        exp.config("quick", n_layers=3)
+    with pytest.raises(ValueError, match="n_evals=30 exceeds n_iters=10"):
+        exp.config("quick", n_iters=10, n_evals=30)
+    with pytest.raises(ValueError, match="n_iters must be a positive integer"):
+        exp.config("quick", n_iters=0)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        exp.config("quick", dataset="cifar")
+
+
+def test_paper_presets_hold_the_papers_values():
+    inv = experiments.get("invertible").presets["paper"]
+    assert (inv.dataset, inv.n_iters, inv.n_evals, inv.batch_size, inv.lr) == ("mnist", 21000, 21, 128, 1e-4)
+    assert (inv.n_couplings, inv.hidden, inv.init_std) == (30, (512, 512), 1e-4)
+    cond = experiments.get("conditioning").presets["paper"]
+    assert (cond.noise_std, cond.n_layers, cond.n_iters, cond.n_evals) == (0.05, 5, 21000, 21)
+    adv = experiments.get("adversarial").presets["paper"]
+    assert (adv.warmup_steps, adv.n_iters, adv.classifier_steps, adv.probe_every) == (1000, 4001, 10, 400)
+    assert (adv.classifier_lr, adv.encoder_lr) == (1e-3, 1e-5)

@@ -1,0 +1,72 @@
+"""Tests for mi_ref.results: atomic writes, run-directory rules, torn lines, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mi_ref import results
+
+
+def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
+    p = tmp_path / "a.json"
+    results.atomic_write_json(p, {"x": 1})
+    results.atomic_write_json(p, {"x": 2})
+    assert json.loads(p.read_text()) == {"x": 2}
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+    p = tmp_path / "a.npz"
+    results.atomic_savez(p, {"a": np.arange(3)})
+    with pytest.raises(Exception):
+        results.atomic_savez(p, {"a": np.array([object()], dtype=object)})   # savez of objects needs pickle
+    np.testing.assert_array_equal(results.load_npz(p)["a"], np.arange(3))
+    assert [f.name for f in tmp_path.iterdir()] == ["a.npz"]
+
+
+def test_prepare_rules(tmp_path):
+    run = results.RunDir(tmp_path / "r")
+    header = {"experiment": "e", "preset": "quick", "seed": 0, "config": {"a": [1, 2]}}
+    assert run.prepare(header, resume=False) is True
+    cfg = json.loads(run.config_path.read_text())
+    assert cfg["config"] == {"a": [1, 2]} and "packages" in cfg["environment"]
+    before = run.config_path.read_bytes()
+    with pytest.raises(results.RunExistsError, match="--resume"):
+        run.prepare(header, resume=False)
+    with pytest.raises(results.RunExistsError, match=r"different config \(differs in \['config'\]\)"):
+        run.prepare(dict(header, config={"a": [1, 3]}), resume=True)
+    assert run.config_path.read_bytes() == before
+    assert run.prepare(header, resume=True) is False
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "file.txt").write_text("mine")
+    with pytest.raises(results.RunExistsError, match="not an mi-ref run directory"):
+        results.RunDir(other).prepare(header, resume=True)
+
+
+def test_metrics_torn_line_and_truncation(tmp_path):
+    run = results.RunDir(tmp_path)
+    for step in (0, 10, 20):
+        run.append_metrics({"variant": "a", "step": step})
+    run.append_metrics({"variant": "b", "step": 0})
+    with open(run.metrics_path, "a") as f:
+        f.write('{"variant": "a", "st')          # an interrupted append
+    assert len(run.read_metrics()) == 4
+    kept = run.truncate_variant("a", 10)
+    assert [r["step"] for r in kept] == [0, 10]
+    assert [r["variant"] for r in run.read_metrics()] == ["a", "a", "b"]
+
+
+def test_checkpoint_round_trip_and_done(tmp_path):
+    run = results.RunDir(tmp_path)
+    assert run.load_checkpoint("v") is None
+    run.save_checkpoint("v", {"params/W": np.eye(2)}, {"step": 3, "rng": {"state": 2 ** 100}})
+    arrays, meta = run.load_checkpoint("v")
+    np.testing.assert_array_equal(arrays["params/W"], np.eye(2))
+    assert meta == {"step": 3, "rng": {"state": 2 ** 100}}
+    run.mark_done("v")
+    assert run.done_variants() == ["v"] and run.load_checkpoint("v") is None
+    run.checkpoint_path("w").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable"):
+        run.load_checkpoint("w")
