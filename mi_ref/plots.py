@@ -181,7 +181,79 @@ def plot_conditioning(runs, path):
     return _finish(fig, axes, _title(runs, "Hard-to-invert encoders (Fig. 2)"), path)
 
 
-PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "conditioning": plot_conditioning}
+CRITIC_COLORS = {"bilinear": "tab:blue", "separable": "tab:green", "concat": "tab:red"}
+CRITIC_LABELS = {"bilinear": "bilinear", "separable": "separable", "concat": "MLP (concat)"}
+
+
+def _by_field(runs, field, value):
+    return [v for v in variants_of(runs) if variant_field(runs, v, field) == value]
+
+
+def plot_critics(runs, path):
+    """Fig. 3: bound (top) and accuracy (bottom) per critic, one column per estimator."""
+    plt = _pyplot()
+    estimators = []
+    for v in variants_of(runs):
+        est = variant_field(runs, v, "estimator")
+        if est not in estimators:
+            estimators.append(est)
+    fig, axes = plt.subplots(2, len(estimators), figsize=(5 * len(estimators), 7.5), squeeze=False)
+    for col, est in enumerate(estimators):
+        chosen = _by_field(runs, "estimator", est)
+        critic_of = lambda v: variant_field(runs, v, "critic")  # noqa: E731
+        _bound_panel(axes[0, col], runs, chosen, lambda v: CRITIC_LABELS.get(critic_of(v), v),
+                     lambda v: CRITIC_COLORS.get(critic_of(v)))
+        axes[0, col].set_title(f"{LABELS.get(est, est)}: estimated bound", fontsize=10)
+        _accuracy_panel(axes[1, col], runs, chosen, lambda v: CRITIC_LABELS.get(critic_of(v), v),
+                        lambda v: CRITIC_COLORS.get(critic_of(v)))
+        axes[1, col].set_title(f"{LABELS.get(est, est)}: linear probe", fontsize=10)
+    return _finish(fig, axes, _title(runs, "Critics (Fig. 3)"), path)
+
+
+ENCODER_COLORS = {"convnet": "tab:purple", "mlp": "tab:olive"}
+
+
+def plot_encoders(runs, path):
+    """Fig. 4a-b: accuracy (top) and the bound (bottom) for each encoder and target t, per estimator."""
+    plt = _pyplot()
+    estimators = []
+    for v in variants_of(runs):
+        est = variant_field(runs, v, "estimator")
+        if est not in estimators:
+            estimators.append(est)
+    fig, axes = plt.subplots(2, len(estimators), figsize=(5 * len(estimators), 7.5), squeeze=False)
+    targets = sorted({variant_field(runs, v, "target") for v in variants_of(runs)})
+    styles = {t: s for t, s in zip(targets, ["-", "--", ":", "-."])}
+
+    def label(v):
+        return f"{variant_field(runs, v, 'encoder')}, t = {variant_field(runs, v, 'target'):g}"
+
+    for col, est in enumerate(estimators):
+        chosen = _by_field(runs, "estimator", est)
+        for v in chosen:
+            color = ENCODER_COLORS.get(variant_field(runs, v, "encoder"))
+            style = styles[variant_field(runs, v, "target")]
+            for row, key in ((0, "accuracy"), (1, "bound")):
+                steps, mean, sd, _ = series(runs, v, key)
+                if len(steps):
+                    _band(axes[row, col], steps, mean, sd, label(v), color, style)
+        base = baseline(runs)
+        if base is not None:
+            axes[0, col].axhline(base, color="black", linestyle="--", linewidth=1, label=f"pixels ({base:.3f})")
+        for t in targets:
+            axes[1, col].axhline(t, color="gray", linestyle=styles[t], linewidth=0.8)
+        axes[0, col].set_ylabel("linear-probe test accuracy")
+        axes[1, col].set_ylabel("bound on the test set (nats)")
+        axes[0, col].set_title(f"{LABELS.get(est, est)}, loss |{LABELS.get(est, est)} - t|: accuracy",
+                               fontsize=10)
+        axes[1, col].set_title(f"{LABELS.get(est, est)}: bound (gray: targets t)", fontsize=10)
+        for ax in axes[:, col]:
+            ax.legend(fontsize=7)
+    return _finish(fig, axes, _title(runs, "Encoders (Fig. 4a, 4b)"), path)
+
+
+PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "conditioning": plot_conditioning,
+            "critics": plot_critics, "encoders": plot_encoders}
 
 
 def register_plotter(name, fn):

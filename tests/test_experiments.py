@@ -105,3 +105,32 @@ def test_paper_presets_hold_the_papers_values():
     adv = experiments.get("adversarial").presets["paper"]
     assert (adv.warmup_steps, adv.n_iters, adv.classifier_steps, adv.probe_every) == (1000, 4001, 10, 400)
     assert (adv.classifier_lr, adv.encoder_lr) == (1e-3, 1e-5)
+
+
+TINY.update({
+    "critics": dict(n_iters=6, n_evals=2, encoder_dims=(16, 8), separable_hidden=(8,), separable_out=8,
+                    concat_hidden=(8,)),
+    "encoders": dict(n_iters=6, n_evals=2, mlp_dims=(16, 8), code_dim=8),
+})
+
+
+@pytest.mark.parametrize("name", ["critics", "encoders"])
+def test_tiny_run_sections_3_2_and_3_3(tmp_path, name):
+    path = experiments.run_experiment(name, "quick", seed=0, out=tmp_path, progress=False, **TINY[name])
+    rows = [r for r in RunDir(path).read_metrics() if r["variant"] != "baseline"]
+    expected = 6 if name == "critics" else 8
+    assert len({r["variant"] for r in rows}) == expected and len(rows) == 2 * expected
+    if name == "encoders":
+        assert {r["target"] for r in rows} == {2.0, 4.0} and {r["encoder"] for r in rows} == {"convnet", "mlp"}
+    figures = plots.plot_runs([path], tmp_path / "fig")
+    assert figures[0].stat().st_size > 10_000
+
+
+def test_encoders_config_checks():
+    exp = experiments.get("encoders")
+    with pytest.raises(ValueError, match="unknown encoders"):
+        exp.config("quick", encoders=("resnet",))
+    with pytest.raises(ValueError, match="must end with code_dim"):
+        exp.config("quick", mlp_dims=(10, 20))
+    with pytest.raises(ValueError, match="unknown critics"):
+        experiments.get("critics").config("quick", critics=("deep",))
