@@ -91,7 +91,7 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
 def _title(runs, what):
     cfg = runs[0]["config"]
     dataset = cfg["config"].get("dataset", "synthetic")
-    return f"{what} — {cfg['experiment']}, preset {cfg['preset']}, {dataset}, {len(runs)} run(s), mean ± sd"
+    return f"{what}\n{cfg['experiment']}, preset {cfg['preset']}, {dataset}, {len(runs)} run(s), mean ± sd"
 
 
 def _accuracy_panel(ax, runs, variants, label_of, color_of):
@@ -252,8 +252,64 @@ def plot_encoders(runs, path):
     return _finish(fig, axes, _title(runs, "Encoders (Fig. 4a, 4b)"), path)
 
 
+def _smooth(values, window):
+    """Moving average over ``window`` steps (shorter at the start)."""
+    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_sampling(runs, path):
+    """Fig. 4c: smoothed estimates on i.i.d. and non-i.i.d. batches against the true MI (dashed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4.5))
+    window = runs[0]["config"]["config"].get("record_every", 100)
+    true_mi = None
+    for v in variants_of(runs):
+        traces = [run["arrays"][v]["trace"] for run in runs if v in run["arrays"]]
+        if not traces:
+            continue
+        n = min(len(t) for t in traces)
+        smoothed = np.array([_smooth(t[:n], window) for t in traces])
+        est, sampling = variant_field(runs, v, "estimator"), variant_field(runs, v, "sampling")
+        true_mi = variant_field(runs, v, "true_mi")
+        _band(ax, np.arange(n), smoothed.mean(axis=0), smoothed.std(axis=0),
+              f"{LABELS.get(est, est)}, {sampling} batch", COLORS.get(est), "-" if sampling == "iid" else "--")
+    if true_mi is not None:
+        ax.axhline(true_mi, color="black", linestyle=":", linewidth=1.5, label=f"true MI ({true_mi:.4f})")
+    for line in ax.get_lines():
+        line.set_marker("")
+    ax.set_ylabel(f"estimate (nats), mean of {window} steps")
+    ax.legend(fontsize=8)
+    ax.set_title("solid: i.i.d. negatives; dashed: all pairs share one Z", fontsize=10)
+    return _finish(fig, np.array([ax]), _title(runs, "Negative sampling (Fig. 4c)"), path)
+
+
+OBJECTIVE_LABELS = {"infonce": r"$I_{NCE}$ (= log K - K-pair)", "nwj": r"$I_{NWJ}$",
+                    "triplet": "triplet (all negatives)", "triplet_hardest": "triplet (hardest negative)"}
+OBJECTIVE_COLORS = {"infonce": "tab:blue", "nwj": "tab:orange", "triplet": "tab:green",
+                    "triplet_hardest": "tab:red"}
+
+
+def plot_metric(runs, path):
+    """Section 4: probe accuracy and test I_NCE for MI bounds and triplet losses."""
+    plt = _pyplot()
+    variants = variants_of(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
+    objective = lambda v: variant_field(runs, v, "objective")  # noqa: E731
+    _bound_panel(axes[0], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
+                 lambda v: OBJECTIVE_COLORS.get(objective(v)), ylabel=r"$I_{NCE}$ on the test set (nats)")
+    axes[0].set_title(r"$I_{NCE}$ of the learned codes", fontsize=10)
+    _accuracy_panel(axes[1], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
+                    lambda v: OBJECTIVE_COLORS.get(objective(v)))
+    axes[1].set_title("linear probe on g1's codes", fontsize=10)
+    return _finish(fig, axes, _title(runs, "Metric learning (Section 4)"), path)
+
+
 PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "conditioning": plot_conditioning,
-            "critics": plot_critics, "encoders": plot_encoders}
+            "critics": plot_critics, "encoders": plot_encoders, "sampling": plot_sampling,
+            "metric": plot_metric}
 
 
 def register_plotter(name, fn):

@@ -134,3 +134,39 @@ def test_encoders_config_checks():
         exp.config("quick", mlp_dims=(10, 20))
     with pytest.raises(ValueError, match="unknown critics"):
         experiments.get("critics").config("quick", critics=("deep",))
+
+
+TINY.update({
+    "sampling": dict(n_iters=30, record_every=10, hidden=(4, 4)),
+    "metric": dict(n_iters=6, n_evals=2, encoder_dims=(16, 8)),
+})
+
+
+@pytest.mark.parametrize("name", ["sampling", "metric"])
+def test_tiny_run_section_4(tmp_path, name):
+    path = experiments.run_experiment(name, "quick", seed=0, out=tmp_path, progress=False, **TINY[name])
+    rows = [r for r in RunDir(path).read_metrics() if r["variant"] != "baseline"]
+    if name == "sampling":
+        assert {r["variant"] for r in rows} == {"iid-infonce", "iid-nwj", "non-iid-infonce", "non-iid-nwj"}
+        assert all(r["true_mi"] == pytest.approx(-0.5 * np.log(0.96)) for r in rows)
+        assert [r["step"] for r in rows if r["variant"] == "iid-nwj"] == [10, 20, 30]
+        assert RunDir(path).load_arrays("iid-nwj")["trace"].shape == (30,)
+    else:
+        assert {r["variant"] for r in rows} == {"infonce", "nwj", "triplet", "triplet_hardest"}
+    figures = plots.plot_runs([path], tmp_path / "fig")
+    assert figures[0].stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("at", [5, 15, 61])
+def test_sampling_resume_is_identical(tmp_path, monkeypatch, at):
+    ref = experiments.run_experiment("sampling", "quick", 2, tmp_path / "ref", progress=False, **TINY["sampling"])
+    with monkeypatch.context() as m:
+        Interrupt(m, at)
+        with pytest.raises(KeyboardInterrupt):
+            experiments.run_experiment("sampling", "quick", 2, tmp_path / "cut", progress=False,
+                                       **TINY["sampling"])
+    cut = experiments.run_experiment("sampling", "quick", 2, tmp_path / "cut", resume=True, progress=False,
+                                     **TINY["sampling"])
+    assert RunDir(cut).read_metrics() == RunDir(ref).read_metrics()
+    np.testing.assert_array_equal(RunDir(cut).load_arrays("non-iid-nwj")["trace"],
+                                  RunDir(ref).load_arrays("non-iid-nwj")["trace"])
