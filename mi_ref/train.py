@@ -106,7 +106,7 @@ def probe_accuracy(apply, params, x_train, y_train, x_test, y_test, noise_std, r
                                   encode(apply, params, x_test), y_test, seed=seed)
 
 
-def test_bound(bound_fn, params, x1, x2, noise_std, rng, batch_size=EVAL_BATCH_SIZE):
+def evaluate_bound(bound_fn, params, x1, x2, noise_std, rng, batch_size=EVAL_BATCH_SIZE):
     """Mean of ``bound_fn(params, x1_b, x2_b)`` over test batches of 512, weighted by batch size.
 
     A final batch of a single example (where no bound is defined) is left out.
@@ -203,7 +203,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
         if is_eval and not (ckpt is not None and step == start):
             row = {"variant": variant, "step": step}
             row.update(extra_row or {})
-            row["bound"] = test_bound(bound_fn, params, views.x1_test, views.x2_test, settings.noise_std,
+            row["bound"] = evaluate_bound(bound_fn, params, views.x1_test, views.x2_test, settings.noise_std,
                                       eval_rng)
             row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
                                              views.x1_test, views.y_test, settings.noise_std, eval_rng,
