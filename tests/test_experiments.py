@@ -179,7 +179,7 @@ def test_paper_scale_models_take_one_gradient_step(name):
     finite gradient on a batch of 4; this guards the paper settings without training them."""
     from autograd import grad
 
-    from mi_ref.objectives import mi_loss
+    from mi_ref.experiments.common import make_objective
     from mi_ref.tree import tree_flatten
     exp = experiments.get(name)
     cfg = exp.presets["paper"]
@@ -190,10 +190,8 @@ def test_paper_scale_models_take_one_gradient_step(name):
     for v in module.variants(cfg, arg)[:3]:
         g1, g2, critic = v.build(rng)
         params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
-        if v.loss is None:
-            loss = lambda p: mi_loss(p, g1, g2, critic, v.estimator, x1, x2, v.target)  # noqa: E731
-        else:
-            loss = lambda p: v.loss(p, g1, g2, critic, x1, x2)  # noqa: E731
+        objective = make_objective(v, g1, g2, critic)
+        loss = lambda p: objective(p, x1, x2)  # noqa: E731
         g = grad(loss)(params)
         assert np.isfinite(loss(params))
         assert all(np.all(np.isfinite(leaf)) for _, leaf in tree_flatten(g))

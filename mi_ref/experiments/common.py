@@ -41,6 +41,13 @@ def settings_of(config, jacobian=False):
                         lr=config.lr, noise_std=config.noise_std, jacobian=jacobian)
 
 
+def make_objective(variant, g1, g2, critic):
+    """objective(params, x1, x2) -> loss for one variant: -I_EST, L_t = |I_EST - t|, or its own loss."""
+    if variant.loss is not None:
+        return lambda p, x1, x2: variant.loss(p, g1, g2, critic, x1, x2)
+    return lambda p, x1, x2: mi_loss(p, g1, g2, critic, variant.estimator, x1, x2, variant.target)
+
+
 def run_variants(config, store, seed, dataset, variants, progress=True, jacobian=False):
     """Train every variant not yet finished in ``store`` (resuming a partial one), in order."""
     views = make_views(dataset)
@@ -52,12 +59,7 @@ def run_variants(config, store, seed, dataset, variants, progress=True, jacobian
         if v.name in done:
             continue
         g1, g2, critic = v.build(np.random.default_rng(np.random.SeedSequence([int(seed), index, 7])))
-        if v.loss is None:
-            objective = (lambda g1, g2, critic, v: lambda p, x1, x2: mi_loss(
-                p, g1, g2, critic, v.estimator, x1, x2, v.target))(g1, g2, critic, v)
-        else:
-            objective = (lambda g1, g2, critic, v: lambda p, x1, x2: v.loss(p, g1, g2, critic, x1, x2))(
-                g1, g2, critic, v)
+        objective = make_objective(v, g1, g2, critic)
         label = f"{store.path.parent.name if store is not None else ''}/{v.name} seed {seed}"
         train_mi(g1=g1, g2=g2, critic=critic, objective=objective, estimator=v.estimator, views=views,
                  settings=settings, seed=seed, variant=v.name, variant_index=index, store=store,
