@@ -1,0 +1,483 @@
+"""Batch Jacobians of encoders, their singular values and log condition numbers (paper, Fig. 2).
+
+The "conditioning" experiment (PAPER.md, experiment 3) follows how hard the encoder g1 is to invert:
+at every evaluation it takes the Jacobian of g1 at each input of the current training batch,
+
+    J[b, i, j] = d g1(x)[b, i] / d x[b, j],        J: (B, out, in)     (B = 128, out = in = 392),
+
+computes its singular values sigma_1 >= ... >= sigma_k (k = min(out, in)) and plots percentiles
+(min, 20/40/60/80th, max) over the batch of the log condition number log(sigma_1 / sigma_k).
+
+This module gives
+
+* :func:`batch_jacobian_reference` - the ground truth for any model, by autograd (reverse mode);
+* :func:`batch_jacobian` - the same numbers by forward mode for the encoders the paper studies (plain
+  and residual MLPs, shift-only and affine RealNVP chains), with the reference as the fallback;
+* :func:`singular_values` - LAPACK's ``dgesdd`` without singular vectors, one matrix per numba thread;
+* :func:`log_condition_numbers` and :func:`condition_percentiles` - the numbers Fig. 2 plots.
+
+Forward mode ("push the identity through the layers"). Write tangents as rows: ``T[b, j, :]`` is the
+derivative of the current activations of example b with respect to input coordinate j, so
+``T: (B, in, width)`` and the Jacobian is ``J[b] = T[b]^T``. A dense layer ``u = h W + b`` maps the
+tangents by ``T <- T W``, which for all examples at once is ONE matrix product ``(B * in, n) @ (n, m)``;
+an activation multiplies column k of example b by ``act'(u[b, k])``; a shortcut ``h <- layer(h) + h``
+adds the old tangents. The first layer starts from the identity, ``I W = W``, so it needs no product.
+A RealNVP chain keeps its Jacobian as rows instead, ``J[b, i, :] = d x_i / d x_input`` (its permutations
+are then row gathers): each coupling net's own Jacobian comes from the forward mode above over its d // 2
+inputs, and one batched product per block chains it in (see :func:`_coupling_step`).
+
+Conventions and scope:
+
+* The fast paths compute values only; they are not differentiable by autograd.
+* ``relu'(0) = 1/2``: autograd differentiates ``np.maximum(u, 0)`` with ties split evenly, and the fast
+  path uses the same convention so that it equals the reference everywhere, kinks included (a kink is
+  only hit at exactly u = 0, e.g. with all-zero weights).
+* The MLP's Jacobian is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each
+  ``J[b]`` is then Fortran-ordered, which is what LAPACK reads. RealNVP's Jacobian is C-ordered.
+  :func:`singular_values` takes either without copying.
+"""
+
+import autograd
+import autograd.numpy as anp
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import get_cython_function_address
+from threadpoolctl import ThreadpoolController
+
+from . import flows, nn
+
+PERCENTILES = (0, 20, 40, 60, 80, 100)
+PERCENTILE_KEYS = ("min", "p20", "p40", "p60", "p80", "max")
+
+# ----------------------------------------------------------------------------------------------------
+# input validation (the module's boundary)
+
+
+def _check_batch_input(x, in_dim):
+    """x as a float64 array ``(B, in_dim)`` with B >= 1 and finite entries, else ``ValueError``."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 1 or (in_dim is not None and x.shape[1] != in_dim):
+        width = "in_dim" if in_dim is None else in_dim
+        raise ValueError(f"x must be a batch of inputs with shape (batch, {width}) and batch >= 1, "
+                         f"got shape {x.shape}; reshape a single input to (1, {width})")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float64, copy=False)
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"x has non-finite entries (nan or inf), first at index "
+                         f"{tuple(int(i) for i in bad)}; Jacobians are only defined at finite inputs")
+    return x
+
+
+def _check_jacobians(J):
+    """J as a float64 array ``(B, out, in)`` with all sizes >= 1, else ``ValueError``.
+
+    Finiteness is checked inside the singular-value kernel (it reads every entry anyway).
+    """
+    J = np.asarray(J)
+    if J.ndim != 3:
+        raise ValueError(f"J must be a stack of Jacobians with shape (batch, out, in), got shape {J.shape} "
+                         f"({J.ndim}-D); for a single matrix M pass M[None]")
+    if min(J.shape) < 1:
+        raise ValueError(f"J must have at least one matrix with at least one row and one column, "
+                         f"got shape {J.shape}")
+    if not np.issubdtype(J.dtype, np.number) or np.issubdtype(J.dtype, np.complexfloating):
+        raise ValueError(f"J must hold real numbers, got dtype {J.dtype}")
+    return J.astype(np.float64, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the reference: autograd, reverse mode
+
+
+def batch_jacobian_reference(apply, params, x):
+    """Per-example Jacobians by autograd: ``J[b, i, j] = d apply(params, x)[b, i] / d x[b, j]``.
+
+    Shapes: ``x: (B, in)``, ``apply(params, x): (B, out)``, result ``J: (B, out, in)``, C-ordered.
+
+    Works for any ``apply`` that autograd differentiates and that treats the examples of a batch
+    independently (output row b depends on input row b only; true of every mi-ref model). Then
+
+        d/dx[c, j] sum_b apply(params, x)[b, i] = d apply(params, x)[c, i] / d x[c, j] = J[c, i, j],
+
+    so autograd's ``jacobian`` of the batch-summed output ``(out,)`` is ``(out, B, in)``: ``out``
+    reverse-mode passes over the whole batch instead of ``B * out`` passes over single examples.
+    This is the ground truth the fast paths are tested against; it favours clarity over speed.
+    """
+    x = _check_batch_input(x, None)
+    y = apply(params, x)
+    if np.ndim(y) != 2 or np.shape(y)[0] != x.shape[0]:
+        raise ValueError(f"apply(params, x) must return a batch (batch, out) with batch = {x.shape[0]} "
+                         f"for x of shape {x.shape}, got shape {np.shape(y)}")
+
+    def summed_over_batch(x_):
+        return anp.sum(apply(params, x_), axis=0)
+
+    jac = autograd.jacobian(summed_over_batch)(x)          # (out, B, in)
+    return np.ascontiguousarray(np.transpose(jac, (1, 0, 2)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# fast forward-mode Jacobians
+
+
+def _relu_derivative(u):
+    """relu'(u) = 1 (u > 0), 1/2 (u = 0, autograd's convention for np.maximum), 0 (u < 0)."""
+    return 0.5 * (np.sign(u) + 1.0)
+
+
+def _softplus_derivative(u):
+    """softplus'(u) = sigmoid(u) = exp(u - softplus(u)) (autograd's derivative of logaddexp(0, u))."""
+    return np.exp(u - nn.softplus(u))
+
+
+# activation name -> (activation, derivative); None stands for the identity
+_ACTIVATIONS = {"relu": (nn.relu, _relu_derivative),
+                "softplus": (nn.softplus, _softplus_derivative),
+                "identity": (None, None)}
+
+
+def _mlp_values_and_tangents(layers, x, activation_name, shortcuts):
+    """Forward pass of an MLP and its forward-mode Jacobian from the identity.
+
+    With ``h_0 = x: (B, n_0)``, layer l computes ``u_l = h_{l-1} W_l + b_l`` and
+    ``h_l = act(u_l)`` (``u_l`` for the last layer), plus ``h_{l-1}`` with shortcuts; the tangents
+    ``T_l[b, j, :] = d h_l[b] / d x[b, j]`` follow
+
+        T_0 = I,   T_l = (T_{l-1} W_l) * act'(u_l)[b, None, :]   (+ T_{l-1} with shortcuts),
+
+    each ``T_{l-1} W_l`` being one ``(B * n_0, n_{l-1}) @ (n_{l-1}, n_l)`` matrix product (none for l = 1,
+    where ``I W_1 = W_1``). Returns ``(h_L: (B, n_L), T_L: (B, n_0, n_L))``; ``J[b] = T_L[b]^T``.
+    """
+    activation, derivative = _ACTIVATIONS[activation_name]
+    batch, n0 = x.shape
+    h, tangents, spare = x, None, None
+    for index, layer in enumerate(layers):
+        W = np.asarray(layer["W"], dtype=np.float64)
+        last = index == len(layers) - 1
+        u = h @ W + layer["b"]
+        scale = None if (last or derivative is None) else derivative(u)
+        if tangents is None:                                   # I W = W for every example
+            new = W * scale[:, None, :] if scale is not None else np.repeat(W[None], batch, axis=0)
+        else:
+            width = W.shape[1]
+            if spare is None or spare.shape != (batch, n0, width):
+                spare = np.empty((batch, n0, width))
+            new = spare
+            np.matmul(tangents.reshape(batch * n0, -1), W, out=new.reshape(batch * n0, width))
+            if scale is not None:
+                new *= scale[:, None, :]
+        out = u if (last or activation is None) else activation(u)
+        if shortcuts:
+            if tangents is None:
+                diagonal = np.arange(n0)
+                new[:, diagonal, diagonal] += 1.0
+            else:
+                new += tangents
+            out = out + h
+        spare, tangents, h = tangents, new, out
+    return h, tangents
+
+
+def _mlp_jacobian(model, params, x):
+    """J: (B, out, in) of an :class:`mi_ref.nn.MLP` (a transposed view of the tangents, see module doc)."""
+    x = _check_batch_input(x, model.in_dim)
+    _, tangents = _mlp_values_and_tangents(params["layers"], x, model.activation_name, model.shortcuts)
+    return tangents.transpose(0, 2, 1)
+
+
+def _coupling_step(block, params, x, J):
+    """One RealNVP coupling block + permutation, applied to values ``x: (B, d)`` and Jacobian rows.
+
+    ``J: (B, d, D)`` holds d x / d x_input (one row per current coordinate). With h = split,
+    x_a = x[:, :h], x_b = x[:, h:], the net's outputs and their Jacobian N[b] = (d net / d x_a)^T: (h, w)
+    (forward mode from the identity over h tangents):
+
+        shift-only:  y_b = x_b + t,          A = d t / d x_a                          (n, h)
+        affine:      y_b = x_b * s + t,      s = 1e-7 + softplus(r),
+                     A = d t / d x_a + diag(x_b * sigmoid(r)) d r / d x_a             (n, h)
+        rows of y_b:  J_b <- A J_a + s[:, None] * J_b     (J_b <- A J_a + J_b for shift-only),
+
+    where (t, r) = (net[:, :n], net[:, n:]), J_a = J[:, :h], J_b = J[:, h:]; the rows of x_a pass. The
+    permutation ``y = z[:, perm]`` then reorders the rows: z's row j goes to position argsort(perm)[j].
+    Returns ``(y: (B, d), J_new: (B, d, D))``.
+    """
+    h, n = block.split, block.n_out
+    x_a, x_b = x[:, :h], x[:, h:]
+    net = block.net
+    out, N = _mlp_values_and_tangents(params["net"]["layers"], x_a, net.activation_name, net.shortcuts)
+    if block.shift_only:
+        y_b, A_t = x_b + out, N                                   # A_t[b] = A[b]^T: (h, n)
+        rows_b = J[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), J[:, :h, :])
+    else:
+        t, r = out[:, :n], out[:, n:]
+        s = flows.SCALE_FLOOR + nn.softplus(r)
+        y_b = x_b * s + t
+        A_t = N[:, :, :n] + N[:, :, n:] * (x_b * _softplus_derivative(r))[:, None, :]
+        rows_b = s[:, :, None] * J[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), J[:, :h, :])
+    position = np.argsort(block.perm)                             # z[:, j] lands in y[:, position[j]]
+    J_new = np.empty_like(J)
+    J_new[:, position[:h], :] = J[:, :h, :]
+    J_new[:, position[h:], :] = rows_b
+    y = np.concatenate([x_a, y_b], axis=1)[:, block.perm]
+    return y, J_new
+
+
+def _coupling_chain_jacobian(blocks, block_params, x):
+    """J: (B, d, d) of a chain of coupling blocks, starting from J = I (C-ordered)."""
+    batch, dim = x.shape
+    J = np.repeat(np.eye(dim)[None], batch, axis=0)
+    for block, p in zip(blocks, block_params):
+        x, J = _coupling_step(block, p, x, J)
+    return J
+
+
+def _realnvp_jacobian(model, params, x):
+    first = model.blocks[0]
+    x = _check_batch_input(x, first.split + first.n_out)
+    return _coupling_chain_jacobian(model.blocks, params["blocks"], x)
+
+
+def _coupling_jacobian(model, params, x):
+    x = _check_batch_input(x, model.split + model.n_out)
+    return _coupling_chain_jacobian([model], [params], x)
+
+
+def _net_has_fast_path(net):
+    return type(net) is nn.MLP and net.activation_name in _ACTIVATIONS
+
+
+def has_fast_jacobian(model):
+    """True if :func:`batch_jacobian` has a forward-mode path for ``model`` (else it uses the reference).
+
+    Fast paths exist for exactly these types (subclasses may change ``apply``, so they are not trusted):
+    :class:`mi_ref.nn.MLP` (with or without shortcuts, activation relu, softplus or identity),
+    :class:`mi_ref.flows.RealNVP` and :class:`mi_ref.flows.AffineCoupling` (shift-only or affine) whose
+    coupling nets are such MLPs.
+    """
+    kind = type(model)
+    if kind is nn.MLP:
+        return _net_has_fast_path(model)
+    if kind is flows.RealNVP:
+        return all(_net_has_fast_path(block.net) for block in model.blocks)
+    if kind is flows.AffineCoupling:
+        return _net_has_fast_path(model.net)
+    return False
+
+
+_FAST_PATHS = {nn.MLP: _mlp_jacobian, flows.RealNVP: _realnvp_jacobian,
+               flows.AffineCoupling: _coupling_jacobian}
+
+
+def batch_jacobian(model, params, x):
+    """Per-example Jacobians ``J[b, i, j] = d model.apply(params, x)[b, i] / d x[b, j]``: (B, out, in).
+
+    Forward mode (see the module docstring) for the models of :func:`has_fast_jacobian`;
+    :func:`batch_jacobian_reference` otherwise. Both agree to rounding (measured <= 2e-12 relative per
+    entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
+    For the paper's residual MLP (B = 128, d = 392, 5 layers) the cost is 4 products
+    ``(B d, d) @ (d, d)``, i.e. 8 B d^3 ~ 62 GFLOP; see ``scripts/bench_jacobian.py``.
+
+    The result may be a transposed view (each ``J[b]`` Fortran-ordered); call
+    ``numpy.ascontiguousarray`` if C order matters.
+    """
+    if not callable(getattr(model, "apply", None)):
+        raise ValueError(f"model must be an mi-ref model with an apply(params, x) method, got {model!r}")
+    if has_fast_jacobian(model):
+        return _FAST_PATHS[type(model)](model, params, x)
+    return batch_jacobian_reference(model.apply, params, x)
+
+
+# ----------------------------------------------------------------------------------------------------
+# singular values: LAPACK dgesdd (JOBZ = 'N') from numba, one matrix per thread
+#
+# Route and why. numba's np.linalg.svd always computes U and V. LAPACK's dgesdd with JOBZ = 'N' computes
+# singular values only: Householder bidiagonalization (dgebrd, ~(8/3) n^3 flops for n x n) and the dqds
+# algorithm on the bidiagonal (high relative accuracy there). The whole is backward stable,
+# |sigma_i - sigma_i(computed)| <= p(n) eps sigma_1, which is what numpy.linalg.svd(compute_uv=False)
+# (the same LAPACK routine) gives too. The other candidate, eigenvalues of J^T J, squares the condition
+# number: its error in sigma_i is ~ eps sigma_1^2 / sigma_i, so log(sigma_1 / sigma_k) of an
+# ill-conditioned encoder - the very quantity Fig. 2 plots - would lose half its digits. Rejected.
+#
+# Reaching LAPACK from numba: scipy exports dgesdd as a C function (scipy.linalg.cython_lapack). Its
+# address is registered with LLVM under a fixed symbol name and the kernel calls it as an
+# ExternalFunction; the compiled code refers to the name, not the address, so it can be cached
+# (cache=True) and is re-linked to the current process's address on load.
+#
+# Threads: the kernel runs one matrix at a time per numba thread. LAPACK calls BLAS, and a multithreaded
+# BLAS inside each numba thread oversubscribes the cores (measured on 2 cores: 8 s to 65 s instead of
+# 0.75 s for 128 matrices of 392 x 392, because idle BLAS threads spin). So BLAS is limited to one
+# thread (threadpoolctl) for the duration of the kernel.
+
+_DGESDD = "mi_ref_scipy_cython_lapack_dgesdd"
+llvm.add_symbol(_DGESDD, get_cython_function_address("scipy.linalg.cython_lapack", "dgesdd"))
+_int_p, _double_p = types.CPointer(types.int32), types.CPointer(types.float64)
+_char_p = types.CPointer(types.uint8)
+# dgesdd(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info), Fortran conventions: all
+# arguments by pointer, `a` column-major m x n with leading dimension lda; overwritten.
+_dgesdd = types.ExternalFunction(_DGESDD, types.void(
+    _char_p, _int_p, _int_p, _double_p, _int_p, _double_p, _double_p, _int_p, _double_p, _int_p,
+    _double_p, _int_p, _int_p, _int_p))
+
+
+@njit(parallel=True, cache=True)
+def _singular_values_kernel(A, n_chunks, out, finite, info):
+    """Singular values of every ``A[b]``, written to ``out[b]`` (descending).
+
+    ``A: (B, p, q)`` C-ordered; LAPACK reads the memory of ``A[b]`` as the column-major q x p matrix
+    ``A[b]^T``, which has the same singular values. The batch is cut into ``n_chunks`` contiguous chunks
+    (one per thread); each chunk owns its workspace (size from one lwork = -1 query) and copies each
+    matrix into it (dgesdd overwrites its input), checking finiteness on the way. ``finite[b]`` is
+    False (and LAPACK not called) for a matrix with nan or inf; ``info[b]`` is LAPACK's INFO
+    (> 0: the bidiagonal SVD did not converge).
+    """
+    batch, p, q = A.shape
+    k = min(p, q)
+    for chunk in prange(n_chunks):
+        start = chunk * batch // n_chunks
+        stop = (chunk + 1) * batch // n_chunks
+        jobz = np.full(1, ord("N"), dtype=np.uint8)
+        m = np.full(1, q, dtype=np.int32)                     # rows of A[b]^T; also lda
+        n = np.full(1, p, dtype=np.int32)
+        one = np.full(1, 1, dtype=np.int32)                   # ldu, ldvt (U, V^T not referenced)
+        lwork = np.full(1, -1, dtype=np.int32)
+        status = np.zeros(1, dtype=np.int32)
+        a = np.empty(p * q)
+        s = np.empty(k)
+        unused = np.zeros(1)
+        iwork = np.empty(8 * k, dtype=np.int32)
+        query = np.zeros(1)
+        _dgesdd(jobz.ctypes, m.ctypes, n.ctypes, a.ctypes, m.ctypes, s.ctypes, unused.ctypes, one.ctypes,
+                unused.ctypes, one.ctypes, query.ctypes, lwork.ctypes, iwork.ctypes, status.ctypes)
+        lwork[0] = np.int32(query[0])
+        work = np.empty(max(lwork[0], 1))
+        for b in range(start, stop):
+            src = A[b].ravel()
+            ok = True
+            for i in range(p * q):
+                value = src[i]
+                a[i] = value
+                if not np.isfinite(value):
+                    ok = False
+            finite[b] = ok
+            info[b] = 0
+            if not ok:
+                out[b, :] = np.nan
+                continue
+            _dgesdd(jobz.ctypes, m.ctypes, n.ctypes, a.ctypes, m.ctypes, s.ctypes, unused.ctypes, one.ctypes,
+                    unused.ctypes, one.ctypes, work.ctypes, lwork.ctypes, iwork.ctypes, status.ctypes)
+            info[b] = status[0]
+            out[b, :] = s
+
+
+_BLAS_CONTROLLER = []       # one threadpoolctl controller, made on first use (after scipy's BLAS is loaded)
+
+
+def _blas_limited_to_one_thread():
+    if not _BLAS_CONTROLLER:
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
+def singular_values(J):
+    """Singular values of every matrix of a stack: ``(B, out, in) -> (B, min(out, in))``, descending.
+
+    sigma_1(J[b]) >= ... >= sigma_k(J[b]) >= 0, float64, from LAPACK's ``dgesdd`` (JOBZ = 'N', the
+    routine ``numpy.linalg.svd(J, compute_uv=False)`` uses), run in parallel across the batch by a numba
+    kernel (``prange``, compiled once and cached on disk). Accuracy is that of a backward-stable SVD:
+    absolute error ~ eps * sigma_1 per value (see the comment above the kernel for why not eig(J^T J)).
+
+    ``J`` may be C-ordered or a transposed view (each ``J[b]`` Fortran-ordered, as :func:`batch_jacobian`
+    returns for MLPs); neither is copied. Any other layout is copied once. Raises ``ValueError`` unless
+    ``J`` is 3-D, real, non-empty and finite, and ``numpy.linalg.LinAlgError`` if LAPACK does not converge.
+    """
+    J = _check_jacobians(J)
+    transposed = J.transpose(0, 2, 1)
+    A = transposed if transposed.flags.c_contiguous else np.ascontiguousarray(J)
+    batch = J.shape[0]
+    out = np.empty((batch, min(J.shape[1:])))
+    finite = np.ones(batch, dtype=np.bool_)
+    info = np.zeros(batch, dtype=np.int32)
+    with _blas_limited_to_one_thread():
+        _singular_values_kernel(A, min(batch, numba.get_num_threads()), out, finite, info)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"J has non-finite entries (nan or inf) in {bad.size} of {batch} matrices, "
+                         f"first J[{bad[0]}]; singular values need finite Jacobians")
+    if info.any():
+        bad = np.flatnonzero(info)
+        raise np.linalg.LinAlgError(f"LAPACK dgesdd did not converge for {bad.size} matrices, "
+                                    f"first J[{bad[0]}] (INFO = {info[bad[0]]})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# condition numbers and the percentiles Fig. 2 plots
+
+
+def log_condition_numbers(svals):
+    """log(sigma_max / sigma_min) = log sigma_max - log sigma_min along the last axis (natural log).
+
+    ``svals: (..., k)`` singular values (any order, k >= 1) -> ``(...)``; a float for 1-D input. Computed
+    as a difference of logs, so it stays finite for any positive pair (no overflow of the ratio).
+    sigma_min = 0 (a singular matrix, the zero matrix included) gives ``+inf``: never NaN, no warnings.
+    ``ValueError`` for negative, NaN or infinite singular values, or an empty last axis.
+    """
+    s = np.asarray(svals)
+    if s.ndim < 1 or s.shape[-1] < 1 or s.size == 0:
+        raise ValueError(f"svals must have shape (..., k) with k >= 1 singular values, got shape {s.shape}")
+    if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+        raise ValueError(f"svals must hold real numbers, got dtype {s.dtype}")
+    s = s.astype(np.float64, copy=False)
+    if not (np.isfinite(s).all() and (s >= 0).all()):
+        raise ValueError("singular values must be finite and >= 0, got "
+                         f"min {np.nanmin(s) if not np.isnan(s).all() else np.nan!r} "
+                         f"and {int(np.isnan(s).sum())} nan, {int(np.isinf(s).sum())} inf entries")
+    s_max, s_min = s.max(axis=-1), s.min(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(s_max) - np.log(s_min)
+    logs = np.where(s_min == 0.0, np.inf, logs)
+    return float(logs) if logs.ndim == 0 else logs
+
+
+def _linear_percentile(sorted_values, q):
+    """The q-th percentile by linear interpolation (numpy's default 'linear', Hyndman-Fan type 7).
+
+    With n sorted values v_0 <= ... <= v_{n-1}: position g = q / 100 * (n - 1), i = floor(g),
+    f = g - i, result v_i + f (v_{i+1} - v_i); equal neighbours (two +inf included) give that value and
+    a +inf upper neighbour with f > 0 gives +inf (numpy would give nan for inf - inf).
+    """
+    n = sorted_values.size
+    g = q / 100.0 * (n - 1)
+    i = min(int(np.floor(g)), n - 1)
+    f = g - i
+    lo, hi = sorted_values[i], sorted_values[min(i + 1, n - 1)]
+    if f == 0.0 or lo == hi:
+        return float(lo)
+    if np.isinf(hi):
+        return float(hi)
+    return float(lo + f * (hi - lo))
+
+
+def condition_percentiles(values):
+    """The bands of the paper's Fig. 2: min, 20th, 40th, 60th, 80th percentile and max of ``values``.
+
+    ``values``: any array of log condition numbers (flattened), finite or +inf, at least one.
+    Returns a float64 array ``(6,)`` in the order of ``PERCENTILE_KEYS`` = (min, p20, p40, p60, p80, max)
+    (``PERCENTILES`` = (0, 20, 40, 60, 80, 100)); percentiles by linear interpolation between order
+    statistics (numpy's default method, 'linear'), extended so that +inf values give +inf rather than nan.
+    ``ValueError`` for NaN, -inf or empty input.
+    """
+    v = np.asarray(values)
+    if v.size == 0:
+        raise ValueError("condition_percentiles needs at least one value, got an empty array")
+    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+        raise ValueError(f"values must hold real numbers, got dtype {v.dtype}")
+    v = np.sort(v.astype(np.float64).ravel())
+    if np.isnan(v).any() or v[0] == -np.inf:
+        raise ValueError("values must not contain nan or -inf (log condition numbers lie in [0, +inf]), "
+                         f"got {int(np.isnan(v).sum())} nan and {int((v == -np.inf).sum())} -inf")
+    return np.array([_linear_percentile(v, q) for q in PERCENTILES])
