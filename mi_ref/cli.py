@@ -135,6 +135,47 @@ def _cmd_reproduce(args):
     return 0
 
 
+def _cmd_vectors(args):
+    """``mi-ref vectors --out DIR [--seed S]``: golden vectors for checking other implementations."""
+    from .vectors import generate
+
+    if args.seed < 0:
+        raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    manifest = generate(args.out, args.seed)
+    n_arrays = sum(len(entry["arrays"]) for entry in manifest["components"].values())
+    print(f"wrote {len(manifest['components'])} component files ({n_arrays} arrays) and manifest.json to "
+          f"{args.out} (seed {args.seed}, mi-ref {__version__})")
+    print(f"array names, shapes, meanings and conventions: {args.out}/manifest.json; check your outputs with: "
+          f"mi-ref verify {args.out} RESULTS.npz")
+    return 0
+
+
+def _cmd_verify(args):
+    """``mi-ref verify DIR RESULTS.npz``: compare an implementation's outputs with the golden vectors."""
+    import zipfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from .verify import compare_results, format_reports
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise CLIError(f"{path} is not a readable .npz ({err})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise CLIError(f"{path} holds a single array; save a dict of arrays with numpy.savez(path, "
+                       "**{'COMPONENT/ARRAY': array, ...})")
+    with loaded:
+        results = {k: loaded[k] for k in loaded.files}
+    reports = compare_results(args.vectors, results, args.component, args.precision, args.allow_missing)
+    print(format_reports(reports))
+    return 0 if all(r.passed for r in reports) else 1
+
+
 def _add_run_options(p):
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
                    help="quick: laptop scale on digits (default); paper: the paper's settings on MNIST")
@@ -209,6 +250,29 @@ def build_parser():
     p.add_argument("--figures", default="figures", metavar="DIR", help="where figures go (default figures/)")
     p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("vectors", help="write golden vectors for checking another implementation",
+                       description="Write one COMPONENT.npz per component (inputs, params, outputs, cotangents, "
+                                   "gradients; float64) and manifest.json (every array's shape and meaning, the "
+                                   "layout conventions, the tolerances). The same seed gives identical files.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of all random numbers (default 0)")
+    p.set_defaults(func=_cmd_vectors)
+
+    p = sub.add_parser("verify", help="compare an implementation's outputs with the golden vectors",
+                       description="Compare RESULTS.npz (arrays named COMPONENT/ARRAY, e.g. dense/output/y, "
+                                   "dense/grad/param/W; or plain ARRAY names with --component) with the golden "
+                                   "vectors in DIR and print a table per component. Exit code 0 if every "
+                                   "component passes, 1 if any fails, 2 for bad input.")
+    p.add_argument("vectors", metavar="DIR", help="a directory written by `mi-ref vectors`")
+    p.add_argument("results", metavar="RESULTS.npz", help="your outputs and gradients")
+    p.add_argument("--component", metavar="NAME", default=None,
+                   help="RESULTS.npz holds plain array names of this one component")
+    p.add_argument("--precision", choices=["float64", "float32"], default=None,
+                   help="tolerances to use (default: float32 if any given array is float32, else float64)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="do not fail for outputs or gradients that RESULTS.npz does not hold")
+    p.set_defaults(func=_cmd_verify)
     return parser
 
 

@@ -1,0 +1,313 @@
+"""Check another implementation against mi-ref's golden vectors (see :mod:`mi_ref.vectors`).
+
+    report = compare("vectors/", "critic_bilinear", {"output/scores": S, "grad/u": gu, "grad/v": gv,
+                                                      "grad/param/W": gW})
+    print(report)           # a table: per array, max absolute and relative error, pass or fail
+    assert report.passed
+
+What is compared. Every ``output/`` and ``grad/`` array of the component is required (a missing one fails
+the report unless ``allow_missing=True``); ``aux/`` arrays (intermediate values) are optional; ``input/``,
+``param/``, ``cotangent/`` and ``const/`` arrays may be passed too (to check a conversion, e.g. a kernel
+transposed back to mi-ref's layout). A name the file does not hold fails the report (a typo must not pass
+silently), and so does a shape mismatch.
+
+The numbers, per array, with ``a`` the given values and ``e`` the golden ones (both taken as float64):
+
+* max abs err = max_i |a_i - e_i|;
+* max rel err = max_i |a_i - e_i| / |e_i| over the entries with e_i != 0 (an entry that is exactly 0 is
+  judged by the absolute term of the rule below alone);
+* scale = max(1, max_i |e_i|);
+* pass iff every entry is finite and |a_i - e_i| <= atol * scale + rtol * |e_i| (integer arrays: exact
+  equality).
+
+Why ``atol * scale``: an entry that comes out small because large terms cancel (a gradient entry of 0.09
+in an array whose entries reach 14) carries the rounding error of those terms, which is proportional to the
+array's magnitude rather than to the entry; a fixed absolute floor would be too tight for arrays of large
+magnitude, and the relative term alone fails on entries that are (nearly) zero.
+
+Tolerances (:data:`TOLERANCES`), chosen by ``precision`` or detected from the dtypes of the given arrays
+(any float32 or float16 array -> "float32", else "float64"):
+
+* float64: rtol 1e-10, atol 1e-12. Two correct float64 implementations differ only by rounding: another
+  summation order (BLAS blocking, a different reduction) or an equivalent formula (log-sum-exp shifted by
+  the row maximum or not, softplus as log1p(exp) or logaddexp). At the sizes here that stays below ~1e-13
+  relative (sums of at most a few thousand terms through a few layers); PyTorch float64
+  (``scripts/verify_torch_example.py``) reaches at most 1/300 of the tolerance. A real difference of
+  formula still fails by orders of magnitude: eps 1e-5 instead of 1e-6 in the layer norm changes its
+  outputs by ~1e-6 relative, a dropped 1e-7 floor of the RealNVP scale by ~1e-7.
+* float32: rtol 1e-4, atol 1e-5. float32 rounds at 6e-8 relative, and errors grow through layers, a
+  log-sum-exp and the reductions of a backward pass: the PyTorch float32 port of the example script errs by
+  up to 1.4e-4 relative on entries produced by cancellation and ~2e-5 relative elsewhere, which is at most
+  1/12 of this tolerance. The inputs and params are exactly representable in float32, so reading them adds
+  no error. Components marked ``float64_only`` in the manifest hold values beyond float32's range (3.4e38);
+  a float32 implementation is expected to fail them, and the report says so.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as onp
+
+from .vectors import load_component, load_manifest
+
+TOLERANCES = {
+    "float64": {"rtol": 1e-10, "atol": 1e-12,
+                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
+                "why": "correct float64 code differs here by rounding only, < ~1e-13 relative (PyTorch float64: "
+                       "at most 1/300 of the tolerance)"},
+    "float32": {"rtol": 1e-4, "atol": 1e-5,
+                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
+                "why": "a correct float32 port errs here by <= ~1.4e-4 relative on cancellation-produced entries, "
+                       "~2e-5 elsewhere (PyTorch float32: at most 1/12 of the tolerance)"},
+}
+REQUIRED = ("output", "grad")           # categories an implementation must provide
+OPTIONAL = ("aux",)                     # compared when given, never required
+ECHO = ("input", "const", "param", "cotangent")   # compared when given (conversion checks)
+
+
+@dataclass(frozen=True)
+class ArrayCheck:
+    """The comparison of one array.
+
+    ``status``: "pass", "FAIL" (compared, out of tolerance or not finite), "missing" (a required array not
+    given), "skipped" (an optional array not given, or a missing one with ``allow_missing``), "extra" (the
+    file holds no array of that name) or "shape" (shapes differ). ``max_abs_err`` and ``max_rel_err`` are
+    defined in the module docstring (None when nothing was compared); ``worst`` describes the entry with the
+    largest excess over the tolerance.
+    """
+
+    name: str
+    status: str
+    expected_shape: tuple = None
+    given_shape: tuple = None
+    max_abs_err: float = None
+    max_rel_err: float = None
+    worst: str = ""
+
+    @property
+    def ok(self):
+        return self.status in ("pass", "skipped")
+
+
+@dataclass
+class Report:
+    """The result of :func:`compare` for one component.
+
+    ``precision``, ``rtol``, ``atol``: the tolerances applied (see the module docstring for the rule);
+    ``checks``: one :class:`ArrayCheck` per array (the file's order, then names the file does not hold);
+    ``notes``: remarks (precision detected, float64-only component, unknown names). ``str(report)`` is a
+    table: status, array, shape, max abs err, max rel err and, for problems, the worst entry.
+    """
+
+    component: str
+    precision: str
+    rtol: float
+    atol: float
+    checks: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def compared(self):
+        """Checks of arrays actually compared (status pass or FAIL)."""
+        return [c for c in self.checks if c.status in ("pass", "FAIL")]
+
+    @property
+    def failures(self):
+        """Checks that make the report fail."""
+        return [c for c in self.checks if not c.ok]
+
+    @property
+    def passed(self):
+        """True iff at least one array was compared and no check failed."""
+        return bool(self.compared) and not self.failures
+
+    def summary(self):
+        """One line: component, PASSED or FAILED, arrays within tolerance, the tolerances."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        n_ok = sum(c.status == "pass" for c in self.checks)
+        return (f"{self.component}: {verdict} ({n_ok} of {len(self.compared)} compared arrays within "
+                f"{self.precision} tolerance rtol {self.rtol:g}, atol {self.atol:g}"
+                + (f"; {len(self.failures)} problem(s)" if self.failures else "") + ")")
+
+    def __str__(self):
+        rows = [("status", "array", "shape", "max abs err", "max rel err", "")]
+        for c in self.checks:
+            shape = _shape_text(c.expected_shape if c.expected_shape is not None else c.given_shape)
+            if c.status == "shape":
+                shape = f"{_shape_text(c.given_shape)} != {_shape_text(c.expected_shape)}"
+            rows.append((c.status, c.name, shape, _num(c.max_abs_err), _num(c.max_rel_err), c.worst))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [self.summary()]
+        for r in rows:
+            lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(5)) + ("  " + r[5] if r[5] else ""))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _shape_text(shape):
+    return "-" if shape is None else "(" + ", ".join(str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _num(x):
+    return "-" if x is None else f"{x:.3e}"
+
+
+def detect_precision(outputs):
+    """"float32" if any given floating array has fewer than 64 bits, else "float64"."""
+    for value in outputs.values():
+        dtype = onp.asarray(value).dtype
+        if dtype.kind == "f" and dtype.itemsize < 8:
+            return "float32"
+    return "float64"
+
+
+def _check_precision(precision):
+    if precision is not None and precision not in TOLERANCES:
+        raise ValueError(f"precision must be one of {sorted(TOLERANCES)} (or None to detect it from the dtypes "
+                         f"of the given arrays), got {precision!r}")
+
+
+def _compare_array(name, given, expected, rtol, atol):
+    given = onp.asarray(given)
+    if given.shape != expected.shape:
+        return ArrayCheck(name, "shape", expected.shape, given.shape,
+                          worst=f"given shape {given.shape}, golden shape {expected.shape}")
+    if expected.dtype.kind in "iub":
+        if given.dtype.kind not in "iubf":
+            return ArrayCheck(name, "FAIL", expected.shape, given.shape,
+                              worst=f"dtype {given.dtype} is not numeric")
+        diff = onp.abs(given.astype(onp.float64) - expected.astype(onp.float64))
+        max_abs = float(diff.max()) if diff.size else 0.0
+        ok = bool(onp.array_equal(given, expected))
+        worst = "" if ok else f"integer arrays must be equal; first difference at {_first(diff > 0)}"
+        return ArrayCheck(name, "pass" if ok else "FAIL", expected.shape, given.shape, max_abs, None, worst)
+    if given.dtype.kind not in "iuf":
+        return ArrayCheck(name, "FAIL", expected.shape, given.shape, worst=f"dtype {given.dtype} is not real")
+    a = given.astype(onp.float64)
+    e = expected.astype(onp.float64)
+    if a.size == 0:
+        return ArrayCheck(name, "pass", expected.shape, given.shape, 0.0, 0.0)
+    with onp.errstate(invalid="ignore", over="ignore"):
+        diff = onp.abs(a - e)
+    finite = onp.isfinite(a)
+    diff = onp.where(finite, diff, onp.inf)
+    nonzero = e != 0
+    max_abs = float(diff.max())
+    max_rel = float((diff[nonzero] / onp.abs(e[nonzero])).max()) if nonzero.any() else 0.0
+    scale = max(1.0, float(onp.abs(e).max()))
+    with onp.errstate(invalid="ignore", over="ignore"):
+        excess = diff - (atol * scale + rtol * onp.abs(e))
+    if (excess <= 0).all():
+        return ArrayCheck(name, "pass", expected.shape, given.shape, max_abs, max_rel)
+    index = onp.unravel_index(int(onp.argmax(onp.where(onp.isnan(excess), onp.inf, excess))), e.shape)
+    where = "" if e.ndim == 0 else f" at {tuple(int(i) for i in index)}"
+    what = "not finite" if not finite[index] else "out of tolerance"
+    n_bad = int((~(excess <= 0)).sum())
+    worst = (f"{n_bad} of {e.size} entries {what}; worst{where}: given {float(a[index])!r}, "
+             f"golden {float(e[index])!r}")
+    return ArrayCheck(name, "FAIL", expected.shape, given.shape, max_abs, max_rel, worst)
+
+
+def _first(mask):
+    index = onp.argwhere(mask)
+    return tuple(int(i) for i in index[0]) if index.size else ()
+
+
+def compare(vectors_dir, component, outputs, precision=None, allow_missing=False):
+    """Compare an implementation's arrays with the golden vectors of one component.
+
+    ``vectors_dir``: a directory written by ``mi-ref vectors``; ``component``: a name from its manifest
+    (e.g. "critic_bilinear"); ``outputs``: ``{array name: array}`` with names as in the component's file
+    ("output/scores", "grad/u", "grad/param/W", ...); ``precision``: "float64", "float32" or None (detect
+    from the dtypes, see :func:`detect_precision`); ``allow_missing``: do not fail for required arrays that
+    are not given (e.g. an implementation without gradients), as long as at least one array is compared.
+
+    Returns a :class:`Report`. Raises ``FileNotFoundError`` for a missing directory or file and
+    ``ValueError`` for an unknown component, a bad precision or ``outputs`` that is not a dict of arrays.
+    """
+    _check_precision(precision)
+    if not hasattr(outputs, "items"):
+        raise ValueError(f"outputs must be a dict {{array name: array}}, got {type(outputs).__name__}")
+    manifest = load_manifest(vectors_dir)
+    golden = load_component(vectors_dir, component, manifest)
+    detected = precision is None
+    precision = detect_precision(outputs) if detected else precision
+    tol = TOLERANCES[precision]
+    report = Report(component, precision, tol["rtol"], tol["atol"])
+    if detected:
+        report.notes.append(f"precision {precision} detected from the dtypes of the given arrays")
+    reason = manifest["components"][component].get("float64_only")
+    if reason and precision == "float32":
+        report.notes.append(f"float64-only component: {reason}")
+
+    for name, expected in golden.items():
+        category = name.split("/", 1)[0]
+        if name in outputs:
+            report.checks.append(_compare_array(name, outputs[name], expected, tol["rtol"], tol["atol"]))
+        elif category in REQUIRED:
+            status = "skipped" if allow_missing else "missing"
+            report.checks.append(ArrayCheck(name, status, expected.shape,
+                                            worst="not given" + (" (allowed)" if allow_missing else "")))
+        elif category in OPTIONAL:
+            report.checks.append(ArrayCheck(name, "skipped", expected.shape, worst="optional, not given"))
+    extra = [name for name in outputs if name not in golden]
+    for name in extra:
+        report.checks.append(ArrayCheck(name, "extra", None, onp.shape(outputs[name]),
+                                        worst=f"{component} holds no array of this name"))
+    if extra:
+        names = [n for n in golden if n.split("/", 1)[0] in REQUIRED + OPTIONAL]
+        report.notes.append(f"unknown names {extra}; {component} expects {names}")
+    if not report.compared:
+        report.notes.append("nothing was compared: pass arrays named as in the component file, e.g. "
+                            f"{[n for n in golden if n.startswith('output/')][:3]}")
+    given_float = {onp.asarray(v).dtype for v in outputs.values() if onp.asarray(v).dtype.kind == "f"}
+    if precision == "float64" and any(d.itemsize < 8 for d in given_float):
+        report.notes.append("some given arrays are not float64 but were compared at float64 tolerances")
+    return report
+
+
+def split_results(results, components, component=None):
+    """Group a flat ``{"COMPONENT/ARRAY": array}`` dict by component: ``{component: {array: value}}``.
+
+    With ``component`` the keys are plain array names ("output/y"); a leading "COMPONENT/" is accepted too.
+    ``ValueError`` for keys that name no known component.
+    """
+    if not results:
+        raise ValueError("the results hold no arrays")
+    if component is not None:
+        if component not in components:
+            raise ValueError(f"unknown component {component!r}; expected one of {list(components)}")
+        prefix = component + "/"
+        return {component: {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in results.items()}}
+    grouped, bad = {}, []
+    for key, value in results.items():
+        head, sep, rest = key.partition("/")
+        if not sep or head not in components:
+            bad.append(key)
+            continue
+        grouped.setdefault(head, {})[rest] = value
+    if bad:
+        hint = (" (these look like plain array names: pass the component, e.g. --component NAME)"
+                if all(k.split("/", 1)[0] in REQUIRED + OPTIONAL + ECHO for k in bad) else "")
+        raise ValueError(f"results keys must be COMPONENT/ARRAY with a component of the manifest; "
+                         f"not understood: {bad[:5]}{' ...' if len(bad) > 5 else ''}{hint}; "
+                         f"components: {list(components)}")
+    return grouped
+
+
+def compare_results(vectors_dir, results, component=None, precision=None, allow_missing=False):
+    """:func:`compare` for every component named in a flat results dict (see :func:`split_results`).
+
+    Returns a list of :class:`Report`, in the manifest's component order.
+    """
+    _check_precision(precision)
+    manifest = load_manifest(vectors_dir)
+    grouped = split_results(results, manifest["components"], component)
+    order = [c for c in manifest["components"] if c in grouped]
+    return [compare(vectors_dir, c, grouped[c], precision, allow_missing) for c in order]
+
+
+def format_reports(reports):
+    """All reports' tables and a final line "N of M components passed"."""
+    n_ok = sum(r.passed for r in reports)
+    verdict = "all passed" if n_ok == len(reports) else f"{len(reports) - n_ok} FAILED"
+    return "\n\n".join(str(r) for r in reports) + f"\n\n{n_ok} of {len(reports)} components passed ({verdict})"

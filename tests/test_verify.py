@@ -1,0 +1,516 @@
+"""Tests for the verification kit: golden vectors (mi_ref.vectors), compare (mi_ref.verify), the CLI and the
+PyTorch example.
+
+What is proven here:
+
+* generation is deterministic to the byte (same seed -> identical files) and the files need no pickle;
+* every stored output, aux value and gradient is what mi-ref computes from the stored inputs, params and
+  cotangents (exactly: the same code on the same numbers gives the same bits), and the training steps are
+  exactly ``value_and_grad`` of ``mi_ref.objectives.mi_loss``;
+* the conventions the manifest documents (dense layout, 'same' padding, permutations, score axes, Adam,
+  Jacobians) reproduce the stored numbers when implemented independently from the text, to 1e-12;
+* the manifest describes every array of every file, and nothing else;
+* ``compare`` passes the true numbers (float64, and float32 casts at float32 tolerances) and flags
+  perturbed, missing, misnamed and misshapen arrays; bad input raises clear errors.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as onp
+import pytest
+from autograd import grad, value_and_grad
+
+from mi_ref import cli, critics, flows, jacobian, nn, objectives, vectors, verify
+from mi_ref.tree import tree_flatten, tree_unflatten
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "verify_torch_example.py"
+
+
+@pytest.fixture(scope="module")
+def vdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vectors") / "v"
+    vectors.generate(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(vdir):
+    return json.loads((vdir / "manifest.json").read_text())
+
+
+def load(vdir, name):
+    return vectors.load_component(vdir, name)
+
+
+def golden_results(arrays, categories=("output", "grad", "aux")):
+    return {k: v for k, v in arrays.items() if k.split("/", 1)[0] in categories}
+
+
+# ---------------------------------------------------------------- generation: determinism and format
+
+
+def test_same_seed_gives_byte_identical_files(vdir, tmp_path):
+    again = tmp_path / "again"
+    vectors.generate(again, seed=0)
+    names = sorted(p.name for p in vdir.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (vdir / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_other_seed_gives_other_numbers(vdir, tmp_path):
+    vectors.generate(tmp_path / "s1", seed=1, names=["critic_bilinear"])
+    a, b = load(vdir, "critic_bilinear"), load(tmp_path / "s1", "critic_bilinear")
+    assert not onp.array_equal(a["input/u"], b["input/u"])
+
+
+def test_component_streams_are_independent(vdir, tmp_path):
+    """A component's numbers do not depend on which other components are generated."""
+    vectors.generate(tmp_path / "one", seed=0, names=["train_invertible"])
+    assert ((tmp_path / "one" / "train_invertible.npz").read_bytes()
+            == (vdir / "train_invertible.npz").read_bytes())
+
+
+def test_files_are_plain_npz_of_float64_and_int64(vdir, manifest):
+    for name, entry in manifest["components"].items():
+        with onp.load(vdir / entry["file"], allow_pickle=False) as f:
+            for key in f.files:
+                value = f[key]
+                assert value.dtype in (onp.float64, onp.int64), (name, key, value.dtype)
+                if value.dtype == onp.float64:
+                    assert onp.isfinite(value).all(), (name, key)
+
+
+def test_inputs_params_and_cotangents_are_exact_in_float32(vdir, manifest):
+    for name in manifest["components"]:
+        for key, value in load(vdir, name).items():
+            if key.split("/", 1)[0] in ("input", "param", "cotangent"):
+                assert onp.array_equal(value.astype(onp.float32).astype(onp.float64), value), (name, key)
+
+
+def test_manifest_describes_every_array_and_nothing_more(vdir, manifest):
+    assert manifest["format"] == vectors.FORMAT and manifest["format_version"] == vectors.FORMAT_VERSION
+    assert manifest["seed"] == 0
+    from mi_ref import __version__
+    assert manifest["mi_ref_version"] == __version__
+    for key in ("dense", "conv2d", "permutation", "scores", "param_order", "scalar", "layer_norm", "adam"):
+        assert manifest["conventions"][key]
+    assert set(manifest["tolerances"]) == {"float64", "float32"}
+    assert list(manifest["components"]) == vectors.component_names()
+    files = {entry["file"] for entry in manifest["components"].values()}
+    assert {p.name for p in vdir.iterdir()} == files | {"manifest.json"}
+    for name, entry in manifest["components"].items():
+        assert entry["summary"] and entry["functions"] and "structure_seed" in entry["config"]
+        with onp.load(vdir / entry["file"], allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+        described = entry["arrays"]
+        assert [a["name"] for a in described] == list(stored), name
+        for a in described:
+            assert a["shape"] == list(stored[a["name"]].shape), (name, a["name"])
+            assert a["dtype"] == str(stored[a["name"]].dtype), (name, a["name"])
+            assert isinstance(a["meaning"], str) and len(a["meaning"]) > 10, (name, a["name"])
+        has_grads = any(k.startswith("grad/") for k in stored)
+        assert (entry["scalar"] is not None) == has_grads, name
+        # every output has a cotangent and every input and param a gradient (differentiable components)
+        if has_grads:
+            for k in stored:
+                cat, _, rest = k.partition("/")
+                if cat == "output":
+                    assert f"cotangent/{rest}" in stored, (name, k)
+                if cat == "input":
+                    assert f"grad/{rest}" in stored, (name, k)
+                if cat == "param":
+                    assert f"grad/param/{rest}" in stored, (name, k)
+
+
+def test_param_arrays_follow_the_canonical_flattening_order(vdir):
+    arrays = load(vdir, "train_invertible")
+    paths = [k[len("param/"):] for k in arrays if k.startswith("param/")]
+    assert paths[0] == "critic/W" and paths[1] == "g1/blocks/0/net/layers/0/W"
+    assert paths == sorted(paths, key=lambda p: [(int(s), "") if s.isdigit() else (-1, s) for s in p.split("/")])
+
+
+# ---------------------------------------------------------------- the stored numbers are mi-ref's
+
+
+def test_recompute_reproduces_every_output_and_gradient_exactly(vdir, manifest):
+    for name in manifest["components"]:
+        arrays = load(vdir, name)
+        again = vectors.recompute(vdir, name)
+        assert set(again) == set(golden_results(arrays)), name
+        for key, value in again.items():
+            assert value.shape == arrays[key].shape and onp.array_equal(value, arrays[key]), (name, key)
+
+
+def test_training_steps_are_value_and_grad_of_mi_loss(vdir, manifest):
+    for name in ("train_invertible", "train_conditioning", "train_critics_infonce", "train_critics_nwj"):
+        config = manifest["components"][name]["config"]
+        arrays = load(vdir, name)
+        built = vectors.COMPONENTS[name].build(config)
+        g1, g2, critic = _train_models(config)
+        leaves = [arrays[f"param/{p}"] for p, _ in tree_flatten(built.template)]
+        params = tree_unflatten(built.template, leaves)
+        x1, x2 = arrays["input/x1"], arrays["input/x2"]
+        loss, g = value_and_grad(objectives.mi_loss)(params, g1, g2, critic, config["estimator"], x1, x2)
+        assert onp.array_equal(loss, arrays["output/loss"]) and arrays["cotangent/loss"] == 1.0
+        for path, leaf in tree_flatten(g):
+            assert onp.array_equal(leaf, arrays[f"grad/param/{path}"]), (name, path)
+        gx1 = grad(objectives.mi_loss, 5)(params, g1, g2, critic, config["estimator"], x1, x2)
+        onp.testing.assert_allclose(gx1, arrays["grad/x1"], rtol=1e-12, atol=1e-14)
+        assert onp.array_equal(-arrays["aux/bound"], arrays["output/loss"])
+
+
+def _train_models(config):
+    rng = onp.random.default_rng(config["structure_seed"])
+    d = config["dim"]
+    if config["encoder"] == "realnvp":
+        g1, g2 = (flows.RealNVP(d, config["n_couplings"], config["hidden"], config["shift_only"], rng=rng)
+                  for _ in range(2))
+    else:
+        g1, g2 = (nn.MLP(d, config["encoder_dims"], shortcuts=config["shortcuts"]) for _ in range(2))
+    e = g1.out_dim
+    if config["critic"] == "bilinear":
+        return g1, g2, critics.Bilinear(e)
+    return g1, g2, critics.Concat(e, hidden=config["critic_hidden"])
+
+
+# ---------------------------------------------------------------- the documented conventions reproduce them
+
+
+def test_bounds_from_their_formulas(vdir):
+    """I_NCE, TUBA (with and without baseline) and I_NWJ written from the manifest's formulas."""
+    def logsumexp(a):
+        m = a.max()
+        return m + onp.log(onp.exp(a - m).sum())
+
+    def infonce(S):
+        return onp.log(len(S)) + onp.mean([S[i, i] - logsumexp(S[i]) for i in range(len(S))])
+
+    def tuba(S, l=None):
+        K = len(S)
+        l = onp.zeros(K) if l is None else l
+        off = [S[i, j] - l[j] for i in range(K) for j in range(K) if i != j]
+        return 1 + onp.mean(onp.diag(S)) - onp.exp(logsumexp(onp.array(off)) - onp.log(K * (K - 1))) - l.mean()
+
+    for name, fn in (("bound_infonce", infonce), ("bound_infonce_large", infonce), ("bound_tuba", tuba),
+                     ("bound_nwj", lambda S: tuba(S - 1)), ("bound_tuba_large", tuba)):
+        a = load(vdir, name)
+        onp.testing.assert_allclose(fn(a["input/scores"]), a["output/bound"], rtol=1e-13, err_msg=name)
+    a = load(vdir, "bound_tuba_baseline")
+    onp.testing.assert_allclose(tuba(a["input/scores"], a["input/log_baseline"]), a["output/bound"], rtol=1e-13)
+    # the gradient of I_NCE: (I - softmax rows) / K, rows = u, columns = v
+    a = load(vdir, "bound_infonce")
+    S = a["input/scores"]
+    P = onp.exp(S - S.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    onp.testing.assert_allclose((onp.eye(len(S)) - P) / len(S), a["grad/scores"], atol=1e-15)
+
+
+def test_dense_layout_and_vjp(vdir):
+    a = load(vdir, "dense")
+    x, W, b, c = a["input/x"], a["param/W"], a["param/b"], a["cotangent/y"]
+    assert W.shape == (x.shape[1], a["output/y"].shape[1])                 # (in, out)
+    onp.testing.assert_allclose(x @ W + b, a["output/y"], rtol=1e-14)
+    onp.testing.assert_allclose(c @ W.T, a["grad/x"], rtol=1e-13)
+    onp.testing.assert_allclose(x.T @ c, a["grad/param/W"], rtol=1e-13)
+    onp.testing.assert_allclose(c.sum(axis=0), a["grad/param/b"], rtol=1e-13)
+
+
+def test_critics_from_their_formulas(vdir):
+    a = load(vdir, "critic_bilinear")
+    u, v, W = a["input/u"], a["input/v"], a["param/W"]
+    assert W.shape == (v.shape[1], u.shape[1])                             # (d_v, d_u)
+    onp.testing.assert_allclose(onp.einsum("ia,ba,jb->ij", u, W, v), a["output/scores"], rtol=1e-13)
+    a = load(vdir, "critic_concat")
+    u, v = a["input/u"], a["input/v"]
+    K = len(u)
+    h = onp.array([[onp.concatenate([u[i], v[j]]) for j in range(K)] for i in range(K)])   # row i = u_i
+    for i in range(3):
+        h = h @ a[f"param/layers/{i}/W"] + a[f"param/layers/{i}/b"]
+        h = onp.maximum(h, 0) if i < 2 else h
+    onp.testing.assert_allclose(h[..., 0], a["output/scores"], rtol=1e-13)
+
+
+def test_conv2d_padding_rule_from_the_manifest(vdir, manifest):
+    for name in ("conv2d_odd", "conv2d_even"):
+        a, config = load(vdir, name), manifest["components"][name]["config"]
+        x, W, s = a["input/x"], a["param/W"], config["stride"]
+        B, H, Wd, C = x.shape
+        k = W.shape[0]
+        pads = []
+        for n in (H, Wd):      # out = ceil(n / s); total = max((out - 1) s + k - n, 0); before = total // 2
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            pads.append((out, total // 2, total - total // 2))
+        assert [p[0] for p in pads] == list(a["output/y"].shape[1:3])
+        for axis, pad in zip("HW", pads):
+            assert pad == tuple(config["padding"][axis][k] for k in ("out", "before", "after"))
+        xp = onp.pad(x, ((0, 0), pads[0][1:], pads[1][1:], (0, 0)))
+        y = onp.zeros(a["output/y"].shape)
+        for p in range(pads[0][0]):
+            for q in range(pads[1][0]):
+                y[:, p, q, :] = onp.einsum("bijc,ijco->bo", xp[:, p * s:p * s + k, q * s:q * s + k, :], W)
+        onp.testing.assert_allclose(y + a["param/b"], a["output/y"], rtol=1e-12, atol=1e-14)
+    assert manifest["components"]["conv2d_even"]["config"]["padding"]["H"] == {"out": 4, "before": 1, "after": 2}
+
+
+def test_layer_norm_from_its_formula(vdir):
+    a = load(vdir, "layer_norm")
+    x = a["input/x"]
+    mu = x.mean(axis=(1, 2, 3), keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    y = (x - mu) / onp.sqrt(var + 1e-6) * a["param/scale"] + a["param/bias"]
+    onp.testing.assert_allclose(y, a["output/y"], rtol=1e-13, atol=1e-14)
+
+
+def test_coupling_block_and_permutation_semantics(vdir, manifest):
+    for name, shift_only in (("realnvp_block_shift", True), ("realnvp_block_affine", False)):
+        a = load(vdir, name)
+        x, perm = a["input/x"], a["const/perm"]
+        d = x.shape[1]
+        h = d // 2
+        net = x[:, :h]
+        for i in range(2):
+            net = net @ a[f"param/net/layers/{i}/W"] + a[f"param/net/layers/{i}/b"]
+            net = onp.maximum(net, 0) if i == 0 else net
+        t = net[:, :d - h]
+        scale = onp.ones_like(t) if shift_only else 1e-7 + onp.logaddexp(0, net[:, d - h:])
+        z = onp.concatenate([x[:, :h], x[:, h:] * scale + t], axis=1)
+        onp.testing.assert_allclose(z[:, perm], a["output/forward"], rtol=1e-13, atol=1e-15)
+        onp.testing.assert_allclose(onp.log(scale).sum(axis=1), a["output/log_det"], rtol=1e-13, atol=1e-15)
+    a = load(vdir, "realnvp_chain")
+    assert a["const/perms"].shape == (3, 6)
+    for k in range(3):
+        assert sorted(a["const/perms"][k]) == list(range(6))
+    # the inverse undoes the forward map: forward(inverse(y)) = y, with mi-ref's chain rebuilt from the config
+    config = manifest["components"]["realnvp_chain"]["config"]
+    model = flows.RealNVP(config["dim"], config["n_couplings"], config["hidden"], config["shift_only"],
+                          rng=onp.random.default_rng(config["structure_seed"]))
+    assert onp.array_equal(model.permutations, a["const/perms"])
+    params = tree_unflatten(model.init(onp.random.default_rng(0)),
+                                    [a[k] for k in a if k.startswith("param/")])
+    onp.testing.assert_allclose(model.apply(params, a["output/inverse"]), a["input/y"], rtol=1e-10, atol=1e-12)
+    onp.testing.assert_allclose(model.apply(params, a["input/x"]), a["output/forward"], rtol=0, atol=0)
+
+
+def test_jacobian_numbers(vdir, manifest):
+    for name in ("jacobian_mlp_residual", "jacobian_realnvp"):
+        a = load(vdir, name)
+        J = a["output/jacobian"]
+        s = onp.linalg.svd(J, compute_uv=False)
+        onp.testing.assert_allclose(s, a["output/singular_values"], rtol=1e-12)
+        onp.testing.assert_allclose(onp.log(s[:, 0] / s[:, -1]), a["output/log_condition_numbers"], rtol=1e-12)
+        onp.testing.assert_allclose(onp.percentile(a["output/log_condition_numbers"], [0, 20, 40, 60, 80, 100]),
+                                    a["aux/condition_percentiles"], rtol=1e-12)
+    a = load(vdir, "jacobian_mlp_residual")
+    layers = [{"W": a[f"param/layers/{i}/W"], "b": a[f"param/layers/{i}/b"]} for i in range(3)]
+    J = jacobian.batch_jacobian_reference(lambda p, x: nn.mlp_apply(p, x, nn.relu, True), {"layers": layers},
+                                          a["input/x"])
+    onp.testing.assert_allclose(J, a["output/jacobian"], rtol=1e-12, atol=1e-14)
+    assert not a["grad/x"].any()            # a ReLU network's Jacobian is piecewise constant in x
+
+
+def test_adam_step_from_its_formula(vdir, manifest):
+    a = load(vdir, "adam_step")
+    config = manifest["components"]["adam_step"]["config"]
+    t = int(a["const/step"]) + 1
+    lr, b1, b2, eps = config["lr"], config["b1"], config["b2"], config["eps"]
+    for key in [k for k in a if k.startswith("param/")]:
+        path = key[len("param/"):]
+        g, m, v = a[f"input/g/{path}"], a[f"input/m/{path}"], a[f"input/v/{path}"]
+        m2, v2 = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        new = a[key] - lr * (m2 / (1 - b1 ** t)) / (onp.sqrt(v2 / (1 - b2 ** t)) + eps)
+        onp.testing.assert_allclose(m2, a[f"output/m/{path}"], rtol=1e-15)
+        onp.testing.assert_allclose(v2, a[f"output/v/{path}"], rtol=1e-15)
+        onp.testing.assert_allclose(new, a[f"output/param/{path}"], rtol=1e-15)
+    assert not any(k.startswith(("grad/", "cotangent/")) for k in a)
+
+
+def test_large_scores_are_what_the_manifest_says(vdir, manifest):
+    S = load(vdir, "bound_infonce_large")["input/scores"]
+    assert onp.abs(S).max() > 900 and onp.array_equal(S * 64, onp.round(S * 64))
+    for name in ("bound_nwj_large", "bound_tuba_large"):
+        S = load(vdir, name)["input/scores"]
+        off = S[~onp.eye(len(S), dtype=bool)]
+        assert off.max() == 700.0 and onp.abs(onp.diag(S)).max() > 500
+        assert manifest["components"][name]["float64_only"]
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_passes_the_true_numbers(vdir, manifest):
+    for name in manifest["components"]:
+        report = verify.compare(vdir, name, golden_results(load(vdir, name)))
+        assert report.passed and report.precision == "float64", str(report)
+        assert all(c.max_abs_err == 0.0 for c in report.compared)
+
+
+def test_compare_float32_path(vdir, manifest):
+    """float32 casts of the true numbers pass at float32 tolerances (detected from the dtype)."""
+    for name, entry in manifest["components"].items():
+        with onp.errstate(over="ignore"):         # float64-only components overflow float32, as documented
+            given = {k: v.astype(onp.float32) for k, v in golden_results(load(vdir, name)).items()}
+            report = verify.compare(vdir, name, given)
+        assert report.precision == "float32"
+        if entry["float64_only"]:
+            assert not report.passed and any("float64-only" in n for n in report.notes)
+        else:
+            assert report.passed, str(report)
+    a = golden_results(load(vdir, "mlp"))
+    good = {k: v * (1 + 3e-5) for k, v in a.items()}
+    bad = dict(good, **{"output/y": a["output/y"] * (1 + 1e-3)})
+    assert verify.compare(vdir, "mlp", good, precision="float32").passed
+    assert not verify.compare(vdir, "mlp", good, precision="float64").passed
+    report = verify.compare(vdir, "mlp", bad, precision="float32")
+    assert [c.name for c in report.failures] == ["output/y"]
+
+
+def test_compare_flags_a_perturbed_output(vdir):
+    a = golden_results(load(vdir, "train_invertible"))
+    bad = dict(a)
+    bad["grad/param/g2/blocks/1/net/layers/0/W"] = a["grad/param/g2/blocks/1/net/layers/0/W"].copy()
+    bad["grad/param/g2/blocks/1/net/layers/0/W"][2, 3] *= 1 + 1e-8
+    report = verify.compare(vdir, "train_invertible", bad)
+    assert not report.passed
+    assert [c.name for c in report.failures] == ["grad/param/g2/blocks/1/net/layers/0/W"]
+    text = str(report)
+    assert "FAILED" in text and "worst at (2, 3)" in text and "1 of 24 entries out of tolerance" in text
+    assert verify.compare(vdir, "train_invertible", a).passed
+
+
+def test_compare_detects_a_subtly_different_formula(vdir):
+    """eps 1e-5 instead of 1e-6 in the layer norm: ~1e-6 relative, far outside the float64 tolerance."""
+    a = load(vdir, "layer_norm")
+    y = nn.layer_norm(a["input/x"], a["param/scale"], a["param/bias"], eps=1e-5)
+    report = verify.compare(vdir, "layer_norm", {"output/y": y}, allow_missing=True)
+    assert not report.passed and report.failures[0].max_rel_err > 1e-7
+
+
+def test_compare_missing_optional_extra_and_shape(vdir):
+    a = golden_results(load(vdir, "train_critics_nwj"))
+    no_aux = {k: v for k, v in a.items() if not k.startswith("aux/")}
+    report = verify.compare(vdir, "train_critics_nwj", no_aux)
+    assert report.passed and {c.status for c in report.checks} == {"pass", "skipped"}
+
+    no_grad = {k: v for k, v in a.items() if k != "grad/x1"}
+    report = verify.compare(vdir, "train_critics_nwj", no_grad)
+    assert not report.passed and [(c.name, c.status) for c in report.failures] == [("grad/x1", "missing")]
+    assert verify.compare(vdir, "train_critics_nwj", no_grad, allow_missing=True).passed
+    assert not verify.compare(vdir, "train_critics_nwj", {}, allow_missing=True).passed   # nothing compared
+
+    typo = dict(a, **{"grad/param/g1/layers/0/w": a["grad/param/g1/layers/0/W"]})
+    report = verify.compare(vdir, "train_critics_nwj", typo)
+    assert [(c.name, c.status) for c in report.failures] == [("grad/param/g1/layers/0/w", "extra")]
+    assert "unknown names" in str(report)
+
+    transposed = dict(a, **{"grad/param/g1/layers/0/W": a["grad/param/g1/layers/0/W"].T})
+    report = verify.compare(vdir, "train_critics_nwj", transposed)
+    assert [(c.name, c.status) for c in report.failures] == [("grad/param/g1/layers/0/W", "shape")]
+    assert "(10, 8) != (8, 10)" in str(report)
+
+    nan = dict(a, **{"output/loss": onp.array(onp.nan)})
+    report = verify.compare(vdir, "train_critics_nwj", nan)
+    assert "not finite" in report.failures[0].worst
+
+    # echoed inputs and params are compared too; integer consts exactly
+    inv = load(vdir, "train_invertible")
+    echo = {"const/g1/perms": inv["const/g1/perms"], "param/critic/W": inv["param/critic/W"]}
+    assert verify.compare(vdir, "train_invertible", echo, allow_missing=True).passed
+    wrong = dict(echo, **{"const/g1/perms": inv["const/g1/perms"][:, ::-1]})
+    assert not verify.compare(vdir, "train_invertible", wrong, allow_missing=True).passed
+
+
+def test_compare_results_splits_by_component(vdir):
+    flat = {f"dense/{k}": v for k, v in golden_results(load(vdir, "dense")).items()}
+    flat.update({f"bound_nwj/{k}": v for k, v in golden_results(load(vdir, "bound_nwj")).items()})
+    reports = verify.compare_results(vdir, flat)
+    assert [r.component for r in reports] == ["bound_nwj", "dense"] and all(r.passed for r in reports)
+    assert "2 of 2 components passed" in verify.format_reports(reports)
+    plain = golden_results(load(vdir, "dense"))
+    assert verify.compare_results(vdir, plain, component="dense")[0].passed
+    with pytest.raises(ValueError, match="--component"):
+        verify.compare_results(vdir, plain)
+    with pytest.raises(ValueError, match="not understood"):
+        verify.compare_results(vdir, {"densee/output/y": plain["output/y"]})
+
+
+def test_bad_input_errors(vdir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        verify.compare(tmp_path / "nope", "dense", {})
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        verify.compare(tmp_path, "dense", {})
+    with pytest.raises(ValueError, match="unknown component 'dens'"):
+        verify.compare(vdir, "dens", {})
+    with pytest.raises(ValueError, match="precision"):
+        verify.compare(vdir, "dense", {}, precision="float16")
+    with pytest.raises(ValueError, match="dict"):
+        verify.compare(vdir, "dense", [1, 2])
+    with pytest.raises(ValueError, match="no arrays"):
+        verify.compare_results(vdir, {})
+    with pytest.raises(ValueError, match="seed"):
+        vectors.generate(tmp_path / "x", seed=-1)
+    with pytest.raises(ValueError, match="unknown component"):
+        vectors.generate(tmp_path / "x", names=["nope"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{\"format\": \"other\"}")
+    with pytest.raises(ValueError, match="not an mi-ref golden-vector manifest"):
+        verify.compare(tmp_path / "bad", "dense", {})
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_vectors_and_verify(vdir, tmp_path, capsys):
+    out = tmp_path / "v"
+    assert cli.main(["vectors", "--out", str(out), "--seed", "0"]) == 0
+    assert (out / "dense.npz").read_bytes() == (vdir / "dense.npz").read_bytes()
+    assert "manifest.json" in capsys.readouterr().out
+
+    flat = {f"critic_bilinear/{k}": v for k, v in golden_results(load(vdir, "critic_bilinear")).items()}
+    good = tmp_path / "good.npz"
+    onp.savez(good, **flat)
+    assert cli.main(["verify", str(vdir), str(good)]) == 0
+    assert "critic_bilinear: PASSED" in capsys.readouterr().out
+
+    flat["critic_bilinear/grad/u"] = flat["critic_bilinear/grad/u"] + 1e-6
+    bad = tmp_path / "bad.npz"
+    onp.savez(bad, **flat)
+    assert cli.main(["verify", str(vdir), str(bad)]) == 1
+    assert cli.main(["verify", str(vdir), str(bad), "--precision", "float32"]) == 0
+    capsys.readouterr()
+
+    plain = tmp_path / "plain.npz"
+    onp.savez(plain, **golden_results(load(vdir, "dense")))
+    assert cli.main(["verify", str(vdir), str(plain), "--component", "dense"]) == 0
+    assert cli.main(["verify", str(vdir), str(plain)]) == 2
+    assert "--component" in capsys.readouterr().err
+    assert cli.main(["verify", str(vdir), str(tmp_path / "missing.npz")]) == 2
+    assert cli.main(["verify", str(tmp_path / "nodir"), str(plain)]) == 2
+    assert cli.main(["verify", str(vdir), str(plain), "--component", "nope"]) == 2
+    assert "unknown component" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the PyTorch example
+
+
+def _torch_example():
+    pytest.importorskip("torch", reason="PyTorch is not installed; the example (and this test) needs it")
+    spec = importlib.util.spec_from_file_location("verify_torch_example", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_torch_example_passes(vdir, precision):
+    example = _torch_example()
+    results, reports = example.run(vdir, precision)
+    covered = {r.component for r in reports}
+    assert {"bound_infonce", "bound_tuba_baseline", "critic_concat", "critic_separable", "dense", "mlp_residual",
+            "train_conditioning", "train_critics_infonce", "train_critics_nwj"} <= covered
+    for r in reports:
+        assert r.passed and r.precision == precision and not [c for c in r.checks if c.status != "pass"], str(r)
+    assert all(onp.asarray(v).dtype == onp.dtype(precision) for v in results.values())
