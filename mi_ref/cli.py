@@ -66,13 +66,19 @@ def _cmd_list(args):
 
 
 def _overrides(exp, args):
-    """Command-line overrides of a preset: --dataset and --steps (evaluations are capped at the steps)."""
+    """Command-line overrides of a preset: --dataset, --steps and --evals (evaluations capped at the steps)."""
+    import dataclasses
+    base = exp.presets[args.preset]
+    fields = {f.name for f in dataclasses.fields(base)}
     overrides = {"dataset": args.dataset}
+    if args.evals is not None:
+        if "n_evals" not in fields:
+            raise CLIError(f"{exp.name} takes no --evals (it has no evaluation schedule of that kind)")
+        overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
-        base = exp.presets[args.preset]
-        if "n_evals" in {f.name for f in __import__("dataclasses").fields(base)}:
-            overrides["n_evals"] = min(base.n_evals, args.steps)
+        if "n_evals" in fields:
+            overrides["n_evals"] = min(overrides.get("n_evals") or base.n_evals, args.steps)
     return overrides
 
 
@@ -190,6 +196,8 @@ def _add_run_options(p):
                    help="continue runs already in --out from their last evaluation")
     p.add_argument("--steps", type=_positive, default=None, metavar="N",
                    help="override the number of training steps (iterations for adversarial)")
+    p.add_argument("--evals", type=_positive, default=None, metavar="N",
+                   help="override the number of evaluations (one every steps // N steps, from step 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

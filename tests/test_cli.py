@@ -78,3 +78,14 @@ def test_reproduce_subset(tmp_path, capsys):
     assert code == 0 and "total" in out
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["adversarial-quick-digits.png",
                                                                   "invertible-quick-digits.png"]
+
+
+def test_evals_override(tmp_path, capsys):
+    code, _, _ = run(["run", "conditioning", "--out", str(tmp_path), "--steps", "6", "--evals", "2", "--quiet"],
+                     capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in
+            (tmp_path / "conditioning-quick" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["variant"] == "nwj"] == [0, 3]
+    code, _, err = run(["run", "sampling", "--out", str(tmp_path), "--evals", "2", "--quiet"], capsys)
+    assert code == 2 and "takes no --evals" in err
