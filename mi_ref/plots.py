@@ -107,12 +107,34 @@ def _accuracy_panel(ax, runs, variants, label_of, color_of):
 
 
 def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="bound on the test set (nats)"):
+    later = []
     for v in variants:
         steps, mean, sd, _ = series(runs, v, "bound")
         if len(steps):
             _band(ax, steps, mean, sd, label_of(v), color_of(v))
+            later.append(mean[1:])
+    _clip_initial_outliers(ax, later)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+
+
+def _clip_initial_outliers(ax, later_values):
+    """Keep the y range on the trained part of the curves when a step-0 value lies far below it.
+
+    I_NWJ at initialization can be hugely negative (-e^S for large scores S); drawn to scale it would
+    flatten every curve. The axis then starts just below the later values and a note says so.
+    """
+    values = np.concatenate([v for v in later_values if len(v)]) if later_values else np.array([])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    lo, hi = values.min(), values.max()
+    span = max(hi - lo, 1e-3)
+    bottom = ax.get_ylim()[0]
+    if bottom < lo - 10 * span:
+        ax.set_ylim(lo - 0.5 * span, hi + 0.25 * span)
+        ax.text(0.02, 0.02, "step-0 values lie below the axis", transform=ax.transAxes, fontsize=7,
+                color="gray")
 
 
 def _estimator_label(v):
@@ -240,6 +262,8 @@ def plot_encoders(runs, path):
         base = baseline(runs)
         if base is not None:
             axes[0, col].axhline(base, color="black", linestyle="--", linewidth=1, label=f"pixels ({base:.3f})")
+        _clip_initial_outliers(axes[1, col], [series(runs, v, "bound")[1][1:] for v in chosen]
+                               + [np.array(targets, dtype=float)])
         for t in targets:
             axes[1, col].axhline(t, color="gray", linestyle=styles[t], linewidth=0.8)
         axes[0, col].set_ylabel("linear-probe test accuracy")

@@ -164,6 +164,6 @@ EXPERIMENT = register(Experiment(
     name="adversarial", figure="Fig. 1c",
     summary="an adversarially trained bijective encoder falls below the raw-pixel baseline",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", warmup_steps=200, n_iters=401, probe_every=40,
+             "quick": Config(dataset="digits", warmup_steps=200, n_iters=801, probe_every=80,
                              n_couplings=10, hidden=(64, 64), encoder_lr=1e-4)},
     run=run))

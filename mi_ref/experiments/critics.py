@@ -67,5 +67,5 @@ EXPERIMENT = register(Experiment(
     name="critics", figure="Fig. 3",
     summary="the high-capacity concat (MLP) critic gives the tightest bound but the worst representation",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", n_iters=1500, n_evals=6, lr=1e-3)},
+             "quick": Config(dataset="digits", n_iters=1000, n_evals=6, lr=1e-3)},
     run=run))

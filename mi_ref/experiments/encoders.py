@@ -67,5 +67,5 @@ EXPERIMENT = register(Experiment(
     name="encoders", figure="Fig. 4a, 4b",
     summary="trained to the same bound value L_t, the ConvNet beats the MLP: architecture over estimator",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", n_iters=1000, n_evals=6, lr=1e-3)},
+             "quick": Config(dataset="digits", n_iters=600, n_evals=6, lr=1e-3)},
     run=run))
