@@ -91,7 +91,9 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
 def _title(runs, what):
     cfg = runs[0]["config"]
     dataset = cfg["config"].get("dataset", "synthetic")
-    return f"{what}\n{cfg['experiment']}, preset {cfg['preset']}, {dataset}, {len(runs)} run(s), mean ± sd"
+    steps = cfg["config"].get("n_iters")
+    return (f"{what}\n{cfg['experiment']}, preset {cfg['preset']}, {dataset}, {steps} steps, "
+            f"{len(runs)} run(s), mean ± sd")
 
 
 def _accuracy_panel(ax, runs, variants, label_of, color_of):
