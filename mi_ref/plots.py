@@ -209,6 +209,16 @@ CRITIC_COLORS = {"bilinear": "tab:blue", "separable": "tab:green", "concat": "ta
 CRITIC_LABELS = {"bilinear": "bilinear", "separable": "separable", "concat": "MLP (concat)"}
 
 
+def _distinct(runs, field):
+    """The distinct values of a metric-row field over the variants, in order of appearance."""
+    values = []
+    for v in variants_of(runs):
+        value = variant_field(runs, v, field)
+        if value not in values:
+            values.append(value)
+    return values
+
+
 def _by_field(runs, field, value):
     return [v for v in variants_of(runs) if variant_field(runs, v, field) == value]
 
@@ -216,11 +226,7 @@ def _by_field(runs, field, value):
 def plot_critics(runs, path):
     """Fig. 3: bound (top) and accuracy (bottom) per critic, one column per estimator."""
     plt = _pyplot()
-    estimators = []
-    for v in variants_of(runs):
-        est = variant_field(runs, v, "estimator")
-        if est not in estimators:
-            estimators.append(est)
+    estimators = _distinct(runs, "estimator")
     fig, axes = plt.subplots(2, len(estimators), figsize=(5 * len(estimators), 7.5), squeeze=False)
     for col, est in enumerate(estimators):
         chosen = _by_field(runs, "estimator", est)
@@ -240,11 +246,7 @@ ENCODER_COLORS = {"convnet": "tab:purple", "mlp": "tab:olive"}
 def plot_encoders(runs, path):
     """Fig. 4a-b: accuracy (top) and the bound (bottom) for each encoder and target t, per estimator."""
     plt = _pyplot()
-    estimators = []
-    for v in variants_of(runs):
-        est = variant_field(runs, v, "estimator")
-        if est not in estimators:
-            estimators.append(est)
+    estimators = _distinct(runs, "estimator")
     fig, axes = plt.subplots(2, len(estimators), figsize=(5 * len(estimators), 7.5), squeeze=False)
     targets = sorted({variant_field(runs, v, "target") for v in variants_of(runs)})
     styles = {t: s for t, s in zip(targets, ["-", "--", ":", "-."])}

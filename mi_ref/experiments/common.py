@@ -1,4 +1,4 @@
-"""What the MI experiments share: the pixel-baseline row and the loop over variants."""
+"""What the MI experiments share: their common settings, the pixel-baseline row and the loop over variants."""
 
 from dataclasses import dataclass, field
 
@@ -10,6 +10,30 @@ from ..train import LoopSettings, Progress, make_views, train_mi
 
 # the seed-sequence entry that separates the baseline's noise from every variant's streams
 BASELINE_STREAM = 10 ** 6
+
+
+@dataclass(frozen=True)
+class MIConfig:
+    """The settings every MI experiment on images shares (defaults: the paper's, PAPER.md "Common setup").
+
+    Experiment configs subclass it and add their own fields (architectures, estimators, ...).
+    """
+
+    dataset: str = "mnist"
+    n_iters: int = 21000
+    n_evals: int = 21
+    batch_size: int = 128
+    lr: float = 1e-4
+    noise_std: float = 0.0
+
+    def check(self):
+        check_common(self)
+
+
+def view_dim(dataset):
+    """Number of values in one view (half image): 392 on MNIST, 32 on the 8x8 digits."""
+    h, w = dataset.image_shape
+    return (h // 2) * w
 
 
 @dataclass(frozen=True)

@@ -11,23 +11,15 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import Variant, check_common, run_variants
+from .common import MIConfig, Variant, run_variants, view_dim
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.05
+class Config(MIConfig):
+    noise_std: float = 0.05        # shared input noise (the inputs span the whole space)
     n_layers: int = 5
     init_std: float = 1e-4
     estimators: tuple = ("infonce", "nwj")
-
-    def check(self):
-        check_common(self)
 
 
 def variants(config, dim):
@@ -40,8 +32,7 @@ def variants(config, dim):
 
 
 def run(config, store, seed, dataset, progress=True):
-    h, w = dataset.image_shape
-    run_variants(config, store, seed, dataset, variants(config, (h // 2) * w), progress, jacobian=True)
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, jacobian=True)
 
 
 EXPERIMENT = register(Experiment(

@@ -10,19 +10,13 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import Variant, check_common, run_variants
+from .common import MIConfig, Variant, run_variants, view_dim
 
 CRITIC_NAMES = ("bilinear", "separable", "concat")
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.0
+class Config(MIConfig):
     encoder_dims: tuple = (300, 300, 100)
     critics: tuple = CRITIC_NAMES
     separable_hidden: tuple = (100,)
@@ -31,7 +25,7 @@ class Config:
     estimators: tuple = ("infonce", "nwj")
 
     def check(self):
-        check_common(self)
+        super().check()
         unknown = sorted(set(self.critics) - set(CRITIC_NAMES))
         if unknown:
             raise ValueError(f"unknown critics {unknown}; expected a subset of {list(CRITIC_NAMES)}")
@@ -59,8 +53,7 @@ def variants(config, in_dim):
 
 
 def run(config, store, seed, dataset, progress=True):
-    h, w = dataset.image_shape
-    run_variants(config, store, seed, dataset, variants(config, (h // 2) * w), progress)
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
 
 
 EXPERIMENT = register(Experiment(

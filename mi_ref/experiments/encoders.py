@@ -9,19 +9,13 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import Variant, check_common, run_variants
+from .common import MIConfig, Variant, run_variants
 
 ENCODER_NAMES = ("convnet", "mlp")
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.0
+class Config(MIConfig):
     encoders: tuple = ENCODER_NAMES
     mlp_dims: tuple = (300, 300, 100)
     code_dim: int = 100
@@ -29,7 +23,7 @@ class Config:
     estimators: tuple = ("infonce", "nwj")
 
     def check(self):
-        check_common(self)
+        super().check()
         unknown = sorted(set(self.encoders) - set(ENCODER_NAMES))
         if unknown:
             raise ValueError(f"unknown encoders {unknown}; expected a subset of {list(ENCODER_NAMES)}")

@@ -10,24 +10,15 @@ from dataclasses import dataclass
 
 from .. import critics, flows, nn
 from . import Experiment, register
-from .common import Variant, check_common, run_variants
+from .common import MIConfig, Variant, run_variants, view_dim
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.0
+class Config(MIConfig):
     n_couplings: int = 30
     hidden: tuple = (512, 512)
     init_std: float = 1e-4
     estimators: tuple = ("infonce", "nwj")
-
-    def check(self):
-        check_common(self)
 
 
 def variants(config, dim):
@@ -40,8 +31,7 @@ def variants(config, dim):
 
 
 def run(config, store, seed, dataset, progress=True):
-    h, w = dataset.image_shape
-    run_variants(config, store, seed, dataset, variants(config, (h // 2) * w), progress)
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
 
 
 EXPERIMENT = register(Experiment(

@@ -13,26 +13,20 @@ from dataclasses import dataclass
 from .. import critics, metric_learning, nn
 from ..objectives import mi_scores
 from . import Experiment, register
-from .common import Variant, check_common, run_variants
+from .common import MIConfig, Variant, run_variants, view_dim
 
 OBJECTIVES = ("infonce", "nwj", "triplet", "triplet_hardest")
 
 
 @dataclass(frozen=True)
-class Config:
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.0
+class Config(MIConfig):
     encoder_dims: tuple = (300, 300, 100)
     critic: str = "inner_product"
     objectives: tuple = OBJECTIVES
     margin: float = 1.0
 
     def check(self):
-        check_common(self)
+        super().check()
         unknown = sorted(set(self.objectives) - set(OBJECTIVES))
         if unknown:
             raise ValueError(f"unknown objectives {unknown}; expected a subset of {list(OBJECTIVES)}")
@@ -66,8 +60,7 @@ def variants(config, in_dim):
 
 
 def run(config, store, seed, dataset, progress=True):
-    h, w = dataset.image_shape
-    run_variants(config, store, seed, dataset, variants(config, (h // 2) * w), progress)
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
 
 
 EXPERIMENT = register(Experiment(
