@@ -7,7 +7,8 @@ off-diagonal entries are the negative pairs. Paper, Section 3.2 and Fig. 3.
 
 import autograd.numpy as np
 
-from .nn import MLP, check_positive_int, glorot_uniform, mlp_apply, relu
+from . import fast
+from .nn import MLP, check_positive_int, glorot_uniform, relu
 
 
 def check_pair(u, v, d_u=None, d_v=None):
@@ -75,7 +76,7 @@ class Separable:
 
     def embed(self, params, u, v):
         """The two embeddings (f(u), h(v)) whose inner products are the scores."""
-        return mlp_apply(params["f"], u), mlp_apply(params["h"], v)
+        return self.f.apply(params["f"], u), self.h.apply(params["h"], v)
 
     def apply(self, params, u, v):
         check_pair(u, v, self.dim_u, self.dim_v)
@@ -91,7 +92,9 @@ class Concat:
     hidden + [1])``; the first kernel's rows are [rows for u ; rows for v].
 
     Computed without materializing the K*K concatenations: the first layer is split,
-    [u_i ; v_j] W_1 = u_i W_1[:d_u] + v_j W_1[d_u:], broadcast to a (K, K, H) tensor.
+    [u_i ; v_j] W_1 = u_i W_1[:d_u] + v_j W_1[d_u:], broadcast to a (K, K, H) tensor
+    (:meth:`apply_reference`). With one hidden layer (the paper's critic) :meth:`apply` runs the fast
+    primitive :func:`mi_ref.fast.concat_scores`, which never stores the (K, K, H) tensor.
     """
 
     def __init__(self, dim_u, dim_v=None, hidden=(200,), kernel_init=glorot_uniform):
@@ -103,6 +106,13 @@ class Concat:
         return self.mlp.init(rng)
 
     def apply(self, params, u, v):
+        check_pair(u, v, self.dim_u, self.dim_v)
+        if len(self.mlp.dims) == 2 and fast.supports(params):
+            return fast.concat_scores(params, u, v, self.dim_u)
+        return self.apply_reference(params, u, v)
+
+    def apply_reference(self, params, u, v):
+        """The formula with numpy broadcasting over the (K, K, H) tensor (any number of hidden layers)."""
         check_pair(u, v, self.dim_u, self.dim_v)
         layers = params["layers"]
         first = layers[0]

@@ -23,6 +23,7 @@ log|det dy/dx|, shape ``(B,)``) and ``forward(params, x) -> (y, log_det)``.
 import autograd.numpy as np
 import numpy as onp
 
+from . import fast
 from .nn import MLP, check_batch, check_positive_int, mlp_apply, softplus, truncated_normal
 
 SCALE_FLOOR = 1e-7
@@ -120,7 +121,18 @@ class RealNVP:
         return {"blocks": [b.init(rng) for b in self.blocks]}
 
     def forward(self, params, x):
-        """(y, log|det dy/dx|) with ``y: (B, dim)`` and the log-determinant per example ``(B,)``."""
+        """(y, log|det dy/dx|) with ``y: (B, dim)`` and the log-determinant per example ``(B,)``.
+
+        Runs the whole chain as one primitive (:func:`mi_ref.fast.coupling_chain`) when it can; the map is
+        the one :meth:`forward_reference` computes block by block.
+        """
+        check_batch(x, self.dim)
+        if fast.supports(params, self.blocks[0].net.activation_name):
+            return fast.coupling_chain(self.blocks, params, x)
+        return self.forward_reference(params, x)
+
+    def forward_reference(self, params, x):
+        """The reference formulation: the blocks' own :meth:`AffineCoupling.forward`, one after the other."""
         check_batch(x, self.dim)
         logdet = 0.0
         for block, p in zip(self.blocks, params["blocks"]):

@@ -20,6 +20,8 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, primitive
 
+from . import fast
+
 # ----------------------------------------------------------------------------------------------------
 # validation helpers (used at model boundaries only)
 
@@ -180,6 +182,14 @@ class MLP:
                            for a, b in zip(sizes[:-1], sizes[1:])]}
 
     def apply(self, params, x):
+        """The formula above, run as one fast primitive (:func:`mi_ref.fast.mlp`) when it can be."""
+        check_batch(x, self.in_dim)
+        if fast.supports(params, self.activation_name):
+            return fast.mlp(params, x, self.activation_name, self.shortcuts)
+        return mlp_apply(params, x, self.activation, self.shortcuts)
+
+    def apply_reference(self, params, x):
+        """The same map computed op by op with :func:`mlp_apply` (the reference the fast path is tested against)."""
         check_batch(x, self.in_dim)
         return mlp_apply(params, x, self.activation, self.shortcuts)
 
@@ -291,11 +301,20 @@ class Conv2D:
         return {"W": self.kernel_init(rng, (k, k, self.in_channels, self.out_channels)),
                 "b": self.bias_init(rng, (self.out_channels,))}
 
-    def apply(self, params, x):
+    def check_input(self, x):
         shape = np.shape(x)
         if len(shape) != 4 or shape[-1] != self.in_channels:
             raise ValueError(f"Conv2D input must be NHWC (batch, height, width, {self.in_channels}), "
                              f"got shape {shape}")
+
+    def apply(self, params, x):
+        """``conv2d(x, W, stride) + b`` with the fast convolution :func:`mi_ref.fast.conv2d`."""
+        self.check_input(x)
+        return fast.conv2d(x, params["W"], self.stride) + params["b"]
+
+    def apply_reference(self, params, x):
+        """The same layer with the reference convolution :func:`conv2d`."""
+        self.check_input(x)
         return conv2d(x, params["W"], self.stride) + params["b"]
 
 
@@ -327,6 +346,8 @@ class ConvNet:
     Params: ``{"conv1": {W, b}, "conv2": {W, b}, "norm": {"scale", "bias"}, "out": {W, b}}``.
     """
 
+    NORM_EPS = 1e-6
+
     def __init__(self, height, width, out_dim=100, channels=(64, 128), kernel_size=5, stride=2,
                  kernel_init=glorot_uniform, bias_init=zeros):
         self.height = check_positive_int(height, "height")
@@ -346,11 +367,19 @@ class ConvNet:
                 "out": self.out.init(rng)}
 
     def apply(self, params, x):
+        """The network above, run as one fast primitive (:func:`mi_ref.fast.convnet`) when it can be."""
+        check_batch(x, self.in_dim, f"ConvNet input (flattened {self.height} x {self.width} image)")
+        if fast.supports(params):
+            return fast.convnet(self, params, x)
+        return self.apply_reference(params, x)
+
+    def apply_reference(self, params, x):
+        """The network computed layer by layer (the reference the fast path is tested against)."""
         check_batch(x, self.in_dim, f"ConvNet input (flattened {self.height} x {self.width} image)")
         h = np.reshape(x, (-1, self.height, self.width, 1))
         h = relu(conv2d(h, params["conv1"]["W"], self.conv1.stride) + params["conv1"]["b"])
         h = relu(conv2d(h, params["conv2"]["W"], self.conv2.stride) + params["conv2"]["b"])
-        h = layer_norm(h, params["norm"]["scale"], params["norm"]["bias"])
+        h = layer_norm(h, params["norm"]["scale"], params["norm"]["bias"], self.NORM_EPS)
         return dense(params["out"], global_avg_pool(h))
 
 

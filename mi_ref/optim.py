@@ -14,6 +14,7 @@ save and restore exactly.
 
 import numpy as onp
 
+from . import fast
 from .tree import tree_from_dict, tree_map, tree_to_dict
 
 
@@ -34,7 +35,19 @@ class Adam:
         return {"step": 0, "m": zeros, "v": tree_map(onp.copy, zeros)}
 
     def update(self, params, grads, state):
-        """One step: returns ``(new_params, new_state)``; inputs are not modified."""
+        """One step: returns ``(new_params, new_state)``; inputs are not modified.
+
+        Each leaf is updated in one fused pass (:func:`mi_ref.fast.adam_tree`) with the operations of
+        :meth:`update_reference` in the same order, so the results are the same bit for bit.
+        """
+        t = state["step"] + 1
+        c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
+        new, m, v = fast.adam_tree(params, grads, state["m"], state["v"], self.b1, self.b2, self.lr, c1, c2,
+                                   self.eps)
+        return new, {"step": t, "m": m, "v": v}
+
+    def update_reference(self, params, grads, state):
+        """The formula of the module docstring, leaf by leaf with numpy (the reference for :meth:`update`)."""
         t = state["step"] + 1
         b1, b2 = self.b1, self.b2
         m = tree_map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, state["m"], grads)

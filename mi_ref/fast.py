@@ -1,0 +1,764 @@
+"""Fast paths: autograd primitives with hand-written VJPs for the hot spots of a training step (issue 5).
+
+Why this module exists. Differentiated op by op, a RealNVP chain spends most of its time not in matrix
+products but in autograd's generic gradients of slicing, concatenation and fancy indexing (each builds a
+dense zero array and scatters into it) and in accumulating gradients through nested containers. Each
+primitive here runs a whole sub-network in plain numpy: the forward pass keeps what the backward pass
+needs, and the VJP is the textbook backpropagation written out by hand, so that a step costs its matrix
+products plus a few passes over memory.
+
+Every primitive computes exactly the formula of a plain formulation that stays in the code as the reference
+a reader studies; ``tests/test_fast.py`` proves (a) fast == reference to ~1e-12 relative, values and
+gradients, and (b) each VJP against central finite differences (``tests/gradcheck.check_grad``):
+
+======================================  ==============================================================
+fast path (this module)                 reference formulation
+======================================  ==============================================================
+:func:`mlp`                             :func:`mi_ref.nn.mlp_apply` (``MLP.apply_reference``)
+:func:`coupling_chain`                  :meth:`mi_ref.flows.RealNVP.forward_reference`
+:func:`concat_scores`                   :meth:`mi_ref.critics.Concat.apply_reference`
+:func:`convnet`                         :meth:`mi_ref.nn.ConvNet.apply_reference`
+:func:`conv2d`                          :func:`mi_ref.nn.conv2d` (``Conv2D.apply_reference``)
+:func:`adam_tree`                       :meth:`mi_ref.optim.Adam.update_reference` (bit for bit)
+======================================  ==============================================================
+
+The models' ``apply`` / ``forward`` run these; ``scripts/bench_steps.py`` measures a whole training step
+against PyTorch. Conventions (the same as the references, so that the gradients agree too):
+
+* ReLU's derivative at exactly 0 is 1/2 (autograd's rule for ``np.maximum(a, 0.0)``: a tie splits the
+  gradient); PyTorch uses 0 there. It matters only when a pre-activation is exactly 0 (e.g. an all-zero
+  input row with zero biases).
+* Activations are ``(batch, features)`` as everywhere in mi-ref, so every dense layer is one plain GEMM
+  ``h @ W`` (measured here: 10-25 % faster than the transposed ``W^T @ h^T`` orientation for these
+  shapes); the RealNVP permutations are column gathers fused into the coupling kernels.
+* A primitive takes a whole parameter tree as one argument, so that autograd builds one node per
+  sub-network, not one per leaf, and returns that tree's gradient in one piece. :func:`supports` says when
+  that is possible (always, except when a plain container holds autograd boxes at an inner level; callers
+  then use the reference).
+* What the backward pass needs is kept by the forward pass in a list passed as the primitive's last
+  argument (autograd hands the arguments to the VJP); without autograd boxes nothing is kept.
+* The VJPs are first order: differentiating a VJP again (``grad(grad(...))``) raises
+  ``NotImplementedError``; use the reference formulation for higher derivatives. A VJP may run many times
+  on one forward pass (``autograd.jacobian`` does): the kept values are only read.
+* Nothing is modified in place that autograd or the caller owns: incoming gradients are read-only, every
+  returned array is fresh.
+
+Numba kernels (``cache=True``, ``error_model="numpy"`` so that divisions vectorize) fuse the elementwise
+work around the matrix products; the matrix products themselves are numpy/BLAS calls. Speed also depends on
+memory reuse: see :func:`configure_malloc`.
+"""
+
+import ctypes
+import ctypes.util
+import math
+
+import numpy as np
+from autograd.extend import Box, defvjp_argnums, primitive
+from numba import njit
+
+SCALE_FLOOR = 1e-7          # RealNVP's scale = SCALE_FLOOR + softplus(raw); the same as flows.SCALE_FLOOR
+ACTIVATIONS = ("relu", "softplus", "identity")
+
+
+# ----------------------------------------------------------------------------------------------------
+# plumbing
+
+
+def _contains_box(tree):
+    if isinstance(tree, Box):
+        return True
+    if isinstance(tree, dict):
+        return any(_contains_box(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return any(_contains_box(v) for v in tree)
+    return False
+
+
+def supports(params, activation="relu"):
+    """True when the fast primitives can differentiate through ``params``.
+
+    That is when ``params`` is a plain tree of arrays or is itself one autograd box (the usual case:
+    ``grad`` with respect to a whole params tree or a sub-tree of it), and the activation is one of
+    ``ACTIVATIONS``. A plain container holding boxes at an inner level (built by hand from boxed leaves)
+    would hide those boxes from the primitive, so callers use the reference formulation then.
+    """
+    if activation not in ACTIVATIONS:
+        return False
+    return isinstance(params, Box) or not _contains_box(params)
+
+
+def _traced(*args):
+    return any(isinstance(a, Box) for a in args)
+
+
+def _first_order(g, name):
+    if _contains_box(g):
+        raise NotImplementedError(
+            f"the VJP of mi_ref.fast.{name} is first order only; for higher derivatives use the reference "
+            f"formulation (see the table in mi_ref/fast.py)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# numba kernels: the elementwise work around the matrix products, on (batch, features) arrays
+
+
+@njit(cache=True, error_model="numpy")
+def _bias_relu(a, b, h):
+    """In place a[i, j] += b[j]; h[i, j] = relu(a[i, j]) (NaN propagates, like np.maximum)."""
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            v = a[i, j] + b[j]
+            a[i, j] = v
+            h[i, j] = 0.0 if v < 0.0 else v
+
+
+@njit(cache=True, error_model="numpy")
+def _relu_backward(g, a, delta, db):
+    """delta = g * relu'(a) with relu'(0) = 1/2 (autograd's tie rule); db[j] = sum_i delta[i, j]."""
+    n, m = a.shape
+    for j in range(m):
+        db[j] = 0.0
+    for i in range(n):
+        for j in range(m):
+            ai = a[i, j]
+            d = g[i, j] if ai > 0.0 else (0.5 * g[i, j] if ai == 0.0 else 0.0)
+            delta[i, j] = d
+            db[j] += d
+
+
+@njit(cache=True, error_model="numpy")
+def _couple_shift(x, t, perm, split, y):
+    """Shift-only coupling and its permutation in one pass: z = [x_a, x_b + t], y[:, j] = z[:, perm[j]]."""
+    n, d = x.shape
+    for i in range(n):
+        for j in range(d):
+            src = perm[j]
+            y[i, j] = x[i, src] if src < split else x[i, src] + t[i, src - split]
+
+
+@njit(cache=True, error_model="numpy")
+def _couple_affine(x, t, s, perm, split, y):
+    """Affine coupling and its permutation in one pass: z = [x_a, x_b s + t], y[:, j] = z[:, perm[j]]."""
+    n, d = x.shape
+    for i in range(n):
+        for j in range(d):
+            src = perm[j]
+            if src < split:
+                y[i, j] = x[i, src]
+            else:
+                r = src - split
+                y[i, j] = x[i, src] * s[i, r] + t[i, r]
+
+
+@njit(cache=True, error_model="numpy")
+def _gather_columns(g, index, out):
+    """out[:, k] = g[:, index[k]] (the VJP of a column permutation is the gather by its inverse)."""
+    n, d = out.shape
+    for i in range(n):
+        for k in range(d):
+            out[i, k] = g[i, index[k]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# dense chains (the MLP of mi_ref.nn)
+
+
+def _dense_forward(h, layers, activation, shortcuts, cache):
+    """MLP forward for ``h: (B, in)``; appends what backprop needs to ``cache`` (a list, or None).
+
+    Layer l: a_l = h_{l-1} W_l + b_l; h_l = act(a_l) (not after the last layer) [+ h_{l-1} with shortcuts].
+    ``cache`` receives (h_{l-1}, a_l) per layer (a_l only where an activation follows; else None).
+    """
+    n = len(layers)
+    for i, layer in enumerate(layers):
+        a = h @ layer["W"]
+        hidden = i < n - 1 and activation != "identity"
+        if hidden and activation == "relu":
+            out = np.empty_like(a)
+            _bias_relu(a, layer["b"], out)
+        else:
+            a += layer["b"]
+            out = np.logaddexp(0.0, a) if hidden else a
+        if shortcuts:
+            out += h            # out is fresh (or a, which is not kept when no activation follows)
+        if cache is not None:
+            cache.append((h, a if hidden else None))
+        h = out
+    return h
+
+
+def _dense_backward(g, layers, activation, shortcuts, cache, need_dx):
+    """Backprop of :func:`_dense_forward`: (dx or None, [{"W": dW, "b": db}, ...]); ``g`` is only read."""
+    n = len(layers)
+    grads = [None] * n
+    for i in range(n - 1, -1, -1):
+        w = layers[i]["W"]
+        h, a = cache[i]
+        if a is None:                              # last layer, or identity activation
+            delta = g
+            db = g.sum(axis=0)
+        elif activation == "relu":
+            delta = np.empty_like(a)
+            db = np.empty(w.shape[1])
+            _relu_backward(g, a, delta, db)
+        else:                                      # softplus: d/da log(1 + e^a) = exp(a - softplus(a))
+            delta = g * np.exp(a - np.logaddexp(0.0, a))
+            db = delta.sum(axis=0)
+        grads[i] = {"W": h.T @ delta, "b": db}
+        if i > 0 or need_dx:
+            g_in = delta @ w.T
+            if shortcuts:
+                g_in += g
+            g = g_in
+        else:
+            g = None
+    return g, grads
+
+
+def _as_input(x):
+    return np.ascontiguousarray(x, dtype=float)
+
+
+@primitive
+def _mlp(x, params, activation, shortcuts, cache):
+    return _dense_forward(_as_input(x), params["layers"], activation, shortcuts, cache)
+
+
+def _mlp_vjp(argnums, ans, args, kwargs):
+    x, params, activation, shortcuts, cache = args
+
+    def vjp(g):
+        _first_order(g, "mlp")
+        dx, grads = _dense_backward(_as_input(g), params["layers"], activation, shortcuts, cache, 0 in argnums)
+        return [dx if a == 0 else {"layers": grads} for a in argnums]
+    return vjp
+
+
+defvjp_argnums(_mlp, _mlp_vjp)
+
+
+def mlp(params, x, activation="relu", shortcuts=False):
+    """The MLP of :class:`mi_ref.nn.MLP` as one primitive (reference: :func:`mi_ref.nn.mlp_apply`).
+
+        h_0 = x,  h_l = act(h_{l-1} W_l + b_l) [+ h_{l-1}]  (l < L),  y = h_{L-1} W_L + b_L [+ h_{L-1}],
+
+    ``params = {"layers": [{"W": (in, out), "b": (out,)}, ...]}``, ``x: (B, in)``, the bracketed terms with
+    ``shortcuts``. VJP: the usual backprop, delta_l = g_l * act'(a_l), dW_l = h_{l-1}^T delta_l,
+    db_l = sum_b delta_l, g_{l-1} = delta_l W_l^T [+ g_l].
+    """
+    return _mlp(x, params, activation, shortcuts, [] if _traced(x, params) else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RealNVP: a whole chain of coupling blocks as one primitive
+
+
+@primitive
+def _chain(x, params, blocks, cache):
+    y = _as_input(x)
+    logdet = np.zeros(y.shape[0])
+    for blk, p in zip(blocks, params["blocks"]):
+        x_k, h = y, blk.split
+        net_cache = [] if cache is not None else None
+        out = _dense_forward(x_k[:, :h], p["net"]["layers"], blk.net.activation_name, blk.net.shortcuts,
+                             net_cache)
+        y = np.empty_like(x_k)
+        if blk.shift_only:
+            soft = s = None
+            _couple_shift(x_k, out, blk.perm, h, y)
+        else:
+            soft = np.logaddexp(0.0, out[:, blk.n_out:])
+            s = SCALE_FLOOR + soft
+            _couple_affine(x_k, out[:, :blk.n_out], s, blk.perm, h, y)
+            logdet = logdet + np.sum(np.log(s), axis=1)
+        if cache is not None:
+            cache.append((x_k, net_cache, out, soft, s))
+    return y, logdet
+
+
+def _chain_vjp(argnums, ans, args, kwargs):
+    x, params, blocks, cache = args
+
+    def vjp(g):
+        _first_order(g, "coupling_chain")
+        g_y, g_logdet = g
+        g_next = _as_input(g_y)
+        g_logdet = np.asarray(g_logdet)[:, None]
+        grads = [None] * len(blocks)
+        for k in range(len(blocks) - 1, -1, -1):
+            blk, p = blocks[k], params["blocks"][k]
+            x_k, net_cache, out, soft, s = cache[k]
+            h, n = blk.split, blk.n_out
+            gz = np.empty_like(g_next)
+            _gather_columns(g_next, blk.inv_perm, gz)        # y = z[:, perm]  =>  dz = dy[:, inv_perm]
+            if blk.shift_only:
+                g_out = gz[:, h:]                            # dt = dy_b; dx_b = dy_b (already in gz)
+            else:
+                g_out = np.empty((gz.shape[0], 2 * n))
+                g_out[:, :n] = gz[:, h:]                     # dt = dy_b
+                g_s = gz[:, h:] * x_k[:, h:] + g_logdet / s  # y_b = x_b s + t, logdet += sum log s
+                g_out[:, n:] = g_s * np.exp(out[:, n:] - soft)   # s = floor + softplus(raw)
+                gz[:, h:] *= s                               # dx_b = dy_b s
+            need_dx = k > 0 or 0 in argnums
+            dxa, net_grads = _dense_backward(g_out, p["net"]["layers"], blk.net.activation_name,
+                                             blk.net.shortcuts, net_cache, need_dx)
+            if need_dx:
+                gz[:, :h] += dxa                             # x_a passes through and conditions the net
+            grads[k] = {"net": {"layers": net_grads}}
+            g_next = gz
+        return [g_next if a == 0 else {"blocks": grads} for a in argnums]
+    return vjp
+
+
+defvjp_argnums(_chain, _chain_vjp)
+
+
+def coupling_chain(blocks, params, x):
+    """``(y, log|det dy/dx|)`` of a chain of :class:`mi_ref.flows.AffineCoupling` blocks, as one primitive.
+
+    Reference: :meth:`mi_ref.flows.RealNVP.forward_reference` (block k: z = [x_a, x_b s + t],
+    y = z[:, perm]; shift-only s = 1). ``params = {"blocks": [{"net": MLP params}, ...]}``; returns
+    ``y: (B, d)`` and the per-example log-determinant ``(B,)`` (zeros for shift-only chains). Each block's
+    coupling and permutation are one numba pass. VJP, block by block from the end: dz = dy[:, inv_perm];
+    dt = dz_b; dx_b = dz_b s; ds = dz_b x_b + dlogdet / s; d raw = ds sigmoid(raw); the net's backprop adds
+    its input gradient to dx_a = dz_a.
+    """
+    out = _chain(x, params, blocks, [] if _traced(x, params) else None)
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the concat critic S[i, j] = w2 . relu(u_i W1u + v_j W1v + b1) + b2, without the (K, K, H) tensor
+
+
+@njit(cache=True, error_model="numpy")
+def _concat_forward_kernel(a, b_t, b1, w2, b2, s):
+    """s[i, j] = sum_h w2[h] relu((a[i, h] + b[j, h]) + b1[h]) + b2, with ``b_t = b.T`` so that the inner
+    loop runs over j (contiguous, vectorized) and every (i, j) sums over h in order."""
+    k, hdim = a.shape
+    for i in range(k):
+        for j in range(k):
+            s[i, j] = 0.0
+        for h in range(hdim):
+            aih, b1h, w2h = a[i, h], b1[h], w2[h]
+            for j in range(k):
+                p = (aih + b_t[h, j]) + b1h
+                s[i, j] += (0.0 if p < 0.0 else p) * w2h
+        for j in range(k):
+            s[i, j] += b2
+
+
+@njit(cache=True, error_model="numpy")
+def _concat_backward_kernel(a, b, b1, w2, gs, ga, gb, gw2):
+    """ga[i] = sum_j D[i, j], gb[j] = sum_i D[i, j] with D[i, j, h] = gs[i, j] w2[h] relu'(p), and
+    gw2[h] = sum_ij gs[i, j] relu(p), p = (a[i, h] + b[j, h]) + b1[h]; relu'(0) = 1/2 (autograd's tie rule)."""
+    k, hdim = a.shape
+    ga[:] = 0.0
+    gb[:] = 0.0
+    gw2[:] = 0.0
+    for i in range(k):
+        for j in range(k):
+            g = gs[i, j]
+            for h in range(hdim):
+                p = (a[i, h] + b[j, h]) + b1[h]
+                gw2[h] += g * (0.0 if p < 0.0 else p)
+                d = g * w2[h]
+                d = d if p > 0.0 else (0.5 * d if p == 0.0 else 0.0)
+                ga[i, h] += d
+                gb[j, h] += d
+
+
+@primitive
+def _concat(u, v, params, dim_u, cache):
+    w1, b1 = params["layers"][0]["W"], params["layers"][0]["b"]
+    w2, b2 = params["layers"][1]["W"], params["layers"][1]["b"]
+    a = u @ w1[:dim_u]
+    b = v @ w1[dim_u:]
+    s = np.empty((a.shape[0], b.shape[0]))
+    _concat_forward_kernel(a, np.ascontiguousarray(b.T), b1, np.ascontiguousarray(w2[:, 0]), float(b2[0]), s)
+    if cache is not None:
+        cache.extend([a, b])
+    return s
+
+
+def _concat_vjp(argnums, ans, args, kwargs):
+    u, v, params, dim_u, cache = args
+    a, b = cache
+    w1, b1 = params["layers"][0]["W"], params["layers"][0]["b"]
+    w2 = np.ascontiguousarray(params["layers"][1]["W"][:, 0])
+
+    def vjp(g):
+        _first_order(g, "concat_scores")
+        g = _as_input(g)
+        ga, gb, gw2 = np.empty_like(a), np.empty_like(b), np.empty(a.shape[1])
+        _concat_backward_kernel(a, b, b1, w2, g, ga, gb, gw2)
+        out = []
+        for arg in argnums:
+            if arg == 0:
+                out.append(ga @ w1[:dim_u].T)
+            elif arg == 1:
+                out.append(gb @ w1[dim_u:].T)
+            else:
+                gw1 = np.concatenate([u.T @ ga, v.T @ gb], axis=0)
+                out.append({"layers": [{"W": gw1, "b": ga.sum(axis=0)},
+                                       {"W": gw2[:, None], "b": np.array([g.sum()])}]})
+        return out
+    return vjp
+
+
+defvjp_argnums(_concat, _concat_vjp)
+
+
+def concat_scores(params, u, v, dim_u):
+    """The concat critic with one hidden ReLU layer, as one primitive (reference: ``Concat.apply_reference``).
+
+        S[i, j] = relu([u_i ; v_j] W1 + b1) w2 + b2 = sum_h w2[h] relu(A[i, h] + B[j, h] + b1[h]) + b2,
+        A = u W1[:d_u],  B = v W1[d_u:],
+
+    computed pair by pair in a numba kernel, so the (K, K, H) hidden tensor is never stored. VJP: with
+    D[i, j, h] = dS[i, j] w2[h] relu'(.), dA = sum_j D, dB = sum_i D, db1 = sum_ij D,
+    dw2 = sum_ij dS[i, j] relu(.), db2 = sum_ij dS; then du = dA W1[:d_u]^T, dv = dB W1[d_u:]^T,
+    dW1 = [u^T dA ; v^T dB].
+    """
+    return _concat(u, v, params, dim_u, [] if _traced(u, v, params) else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# conv2d ('same' padding) with numba im2col / col2im and the patches kept for the kernel gradient
+
+
+def same_padding(size, kernel, stride):
+    """TensorFlow's 'same' padding along one axis: ``(out, before, after)`` (as :func:`mi_ref.nn.same_padding`)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+@njit(cache=True, error_model="numpy")
+def _im2col(xpad, kh, kw, stride, ho, wo, cols):
+    """cols[b, p, q, (i, j, c)] = xpad[b, p s + i, q s + j, c] for a zero-padded NHWC batch ``xpad``.
+
+    For fixed (b, p, q, i) the kw * C values (j, c) are contiguous in both arrays: one straight copy each.
+    """
+    nb, hp, wp, c = xpad.shape
+    seg = kw * c
+    x2 = xpad.reshape(nb * hp, wp * c)
+    c2 = cols.reshape(nb * ho * wo, kh * seg)
+    for b in range(nb):
+        for p in range(ho):
+            for q in range(wo):
+                dst = c2[(b * ho + p) * wo + q]
+                off = q * stride * c
+                for i in range(kh):
+                    src = x2[b * hp + p * stride + i]
+                    for k in range(seg):
+                        dst[i * seg + k] = src[off + k]
+
+
+@njit(cache=True, error_model="numpy")
+def _col2im(dcols, kh, kw, stride, dxpad):
+    """The adjoint of :func:`_im2col`: dxpad[b, r, s, c] = sum of the dcols entries that copied (b, r, s, c)."""
+    nb, hp, wp, c = dxpad.shape
+    ho, wo = dcols.shape[1], dcols.shape[2]
+    seg = kw * c
+    x2 = dxpad.reshape(nb * hp, wp * c)
+    d2 = dcols.reshape(nb * ho * wo, kh * seg)
+    x2[:] = 0.0
+    for b in range(nb):
+        for p in range(ho):
+            for q in range(wo):
+                src = d2[(b * ho + p) * wo + q]
+                off = q * stride * c
+                for i in range(kh):
+                    dst = x2[b * hp + p * stride + i]
+                    for k in range(seg):
+                        dst[off + k] += src[i * seg + k]
+
+
+def _geometry(shape, kh, kw, stride):
+    """(ho, wo, top, left, padded shape) of a 'same' convolution of an NHWC batch of ``shape``."""
+    b, h, w, c = shape
+    ho, top, bottom = same_padding(h, kh, stride)
+    wo, left, right = same_padding(w, kw, stride)
+    return ho, wo, top, left, (b, h + top + bottom, w + left + right, c)
+
+
+def _patches(x, kh, kw, stride):
+    """The im2col patches ``(B, Ho, Wo, kh * kw * C)`` of an NHWC batch (zero 'same' padding)."""
+    ho, wo, top, left, padded = _geometry(x.shape, kh, kw, stride)
+    xpad = np.zeros(padded)
+    xpad[:, top:top + x.shape[1], left:left + x.shape[2]] = x
+    cols = np.empty((x.shape[0], ho, wo, kh * kw * x.shape[3]))
+    _im2col(xpad, kh, kw, stride, ho, wo, cols)
+    return cols
+
+
+def _unpatch(dcols, x_shape, kh, kw, stride):
+    """The adjoint of :func:`_patches`: the gradient with respect to x of <dcols, patches(x)>."""
+    _, _, top, left, padded = _geometry(x_shape, kh, kw, stride)
+    dxpad = np.empty(padded)
+    _col2im(np.ascontiguousarray(dcols), kh, kw, stride, dxpad)
+    return np.ascontiguousarray(dxpad[:, top:top + x_shape[1], left:left + x_shape[2]])
+
+
+@primitive
+def _conv2d(x, kernel, stride, cache):
+    kh, kw, c, o = kernel.shape
+    cols = _patches(x, kh, kw, stride)
+    if cache is not None:
+        cache.append(cols)
+    return (cols.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, o)).reshape(cols.shape[:3] + (o,))
+
+
+def _conv2d_vjp(argnums, ans, args, kwargs):
+    x, kernel, stride, cache = args
+    kh, kw, c, o = kernel.shape
+
+    def vjp(g):
+        _first_order(g, "conv2d")
+        g2 = np.reshape(g, (-1, o))
+        out = []
+        for arg in argnums:
+            if arg == 0:
+                dcols = (g2 @ kernel.reshape(kh * kw * c, o).T).reshape(np.shape(g)[:3] + (kh * kw * c,))
+                out.append(_unpatch(dcols, np.shape(x), kh, kw, stride))
+            else:
+                cols = cache[0] if cache else _patches(x, kh, kw, stride)
+                out.append((cols.reshape(-1, kh * kw * c).T @ g2).reshape(kernel.shape))
+        return out
+    return vjp
+
+
+defvjp_argnums(_conv2d, _conv2d_vjp)
+
+
+def conv2d(x, kernel, stride=1):
+    """2-D cross-correlation with 'same' padding, as :func:`mi_ref.nn.conv2d` (its reference).
+
+    y[b, p, q, o] = sum_{i, j, c} xpad[b, p s + i, q s + j, c] kernel[i, j, c, o]. Forward: numba im2col
+    (no padded copy) and one GEMM, keeping the patches when the kernel's gradient will be asked;
+    VJP: d kernel = patches^T g, dx = col2im(g kernel^T) (numba).
+    """
+    keep = isinstance(kernel, Box)
+    return _conv2d(x, kernel, stride, [] if keep else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the paper's ConvNet as one primitive: conv-ReLU, conv-ReLU, layer norm, average pooling, dense
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_norm_pool(a, eps, scale, bias, xhat, rstd, pooled):
+    """Per example b (a: (B, P, C)): xhat = (a - mean) / sqrt(var + eps) over all P * C values;
+    pooled[b, c] = mean_p (xhat[b, p, c] scale[c] + bias[c]) = scale[c] mean_p xhat[b, p, c] + bias[c]."""
+    nb, npos, nc = a.shape
+    n = npos * nc
+    for b in range(nb):
+        mu = 0.0
+        for p in range(npos):
+            for c in range(nc):
+                mu += a[b, p, c]
+        mu /= n
+        var = 0.0
+        for p in range(npos):
+            for c in range(nc):
+                d = a[b, p, c] - mu
+                var += d * d
+        r = 1.0 / math.sqrt(var / n + eps)
+        rstd[b] = r
+        for c in range(nc):
+            pooled[b, c] = 0.0
+        for p in range(npos):
+            for c in range(nc):
+                xh = (a[b, p, c] - mu) * r
+                xhat[b, p, c] = xh
+                pooled[b, c] += xh
+        for c in range(nc):
+            pooled[b, c] = scale[c] * (pooled[b, c] / npos) + bias[c]
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_norm_pool_backward(g_pooled, xhat, rstd, scale, g_a, d_scale, d_bias):
+    """VJP of :func:`_layer_norm_pool`. With gs[b, c] = g_pooled[b, c] scale[c] / P (the gradient of every
+    xhat[b, p, c]), the layer-norm rule g_a = rstd (gs - mean(gs) - xhat mean(gs xhat)) over the P * C values."""
+    nb, npos, nc = xhat.shape
+    n = npos * nc
+    for c in range(nc):
+        d_scale[c] = 0.0
+        d_bias[c] = 0.0
+    for b in range(nb):
+        m1 = 0.0
+        m2 = 0.0
+        for c in range(nc):
+            col = 0.0
+            for p in range(npos):
+                col += xhat[b, p, c]
+            gs = g_pooled[b, c] * scale[c] / npos
+            m1 += gs * npos
+            m2 += gs * col
+            d_scale[c] += g_pooled[b, c] * (col / npos)
+            d_bias[c] += g_pooled[b, c]
+        m1 /= n
+        m2 /= n
+        r = rstd[b]
+        for p in range(npos):
+            for c in range(nc):
+                gs = g_pooled[b, c] * scale[c] / npos
+                g_a[b, p, c] = r * (gs - m1 - xhat[b, p, c] * m2)
+
+
+def _conv_relu_forward(x, layer, stride, cache):
+    """relu(conv2d(x, W, stride) + b) for NHWC x; keeps the patches and the pre-activation in ``cache``."""
+    w, b = layer["W"], layer["b"]
+    kh, kw, c, o = w.shape
+    cols = _patches(x, kh, kw, stride)
+    z = cols.reshape(-1, kh * kw * c) @ w.reshape(kh * kw * c, o)
+    a = np.empty_like(z)
+    _bias_relu(z, b, a)
+    if cache is not None:
+        cache.append((cols, z))
+    return a.reshape(cols.shape[:3] + (o,))
+
+
+def _conv_relu_backward(g_a, layer, stride, x_shape, cached, need_dx):
+    """(dx or None, {"W", "b"}) of :func:`_conv_relu_forward` given the gradient of its output."""
+    cols, z = cached
+    w = layer["W"]
+    kh, kw, c, o = w.shape
+    delta = np.empty_like(z)
+    db = np.empty(o)
+    _relu_backward(_as_input(g_a).reshape(z.shape), z, delta, db)
+    grads = {"W": (cols.reshape(-1, kh * kw * c).T @ delta).reshape(w.shape), "b": db}
+    if not need_dx:
+        return None, grads
+    dcols = (delta @ w.reshape(kh * kw * c, o).T).reshape(cols.shape)
+    return _unpatch(dcols, x_shape, kh, kw, stride), grads
+
+
+@primitive
+def _convnet(x, params, model, cache):
+    h = _as_input(x).reshape(-1, model.height, model.width, 1)
+    shapes = [h.shape]
+    h = _conv_relu_forward(h, params["conv1"], model.conv1.stride, cache)
+    shapes.append(h.shape)
+    h = _conv_relu_forward(h, params["conv2"], model.conv2.stride, cache)
+    nb, ho, wo, nc = h.shape
+    xhat, rstd, pooled = np.empty((nb, ho * wo, nc)), np.empty(nb), np.empty((nb, nc))
+    _layer_norm_pool(h.reshape(nb, ho * wo, nc), model.NORM_EPS, params["norm"]["scale"], params["norm"]["bias"],
+                     xhat, rstd, pooled)
+    if cache is not None:
+        cache.extend([shapes, xhat, rstd, pooled])
+    return pooled @ params["out"]["W"] + params["out"]["b"]
+
+
+def _convnet_vjp(argnums, ans, args, kwargs):
+    x, params, model, cache = args
+    cached1, cached2, shapes, xhat, rstd, pooled = cache
+
+    def vjp(g):
+        _first_order(g, "convnet")
+        g = _as_input(g)
+        g_pooled = g @ params["out"]["W"].T
+        g_a2 = np.empty_like(xhat)
+        d_scale, d_bias = np.empty(xhat.shape[2]), np.empty(xhat.shape[2])
+        _layer_norm_pool_backward(g_pooled, xhat, rstd, params["norm"]["scale"], g_a2, d_scale, d_bias)
+        g_a1, g_conv2 = _conv_relu_backward(g_a2, params["conv2"], model.conv2.stride, shapes[1], cached2, True)
+        dx, g_conv1 = _conv_relu_backward(g_a1, params["conv1"], model.conv1.stride, shapes[0], cached1,
+                                          0 in argnums)
+        grads = {"conv1": g_conv1, "conv2": g_conv2, "norm": {"scale": d_scale, "bias": d_bias},
+                 "out": {"W": pooled.T @ g, "b": g.sum(axis=0)}}
+        return [dx.reshape(np.shape(x)) if a == 0 else grads for a in argnums]
+    return vjp
+
+
+defvjp_argnums(_convnet, _convnet_vjp)
+
+
+def convnet(model, params, x):
+    """The paper's ConvNet (:class:`mi_ref.nn.ConvNet`) as one primitive (reference: ``ConvNet.apply_reference``).
+
+    x (B, H W) -> conv 5x5 stride 2 'same' + ReLU -> conv 5x5 stride 2 'same' + ReLU -> layer norm over
+    (h, w, c) with per-channel scale and bias (eps 1e-6) -> mean over (h, w) -> dense. Convolutions are
+    im2col + one GEMM (numba im2col, patches kept for the kernel gradient); the layer norm and the pooling
+    are one numba pass, and so is their VJP: with gs = g_pooled scale / P the gradient of every normalized
+    value, g_a = rstd (gs - mean(gs) - xhat mean(gs xhat)) per example.
+    """
+    return _convnet(x, params, model, [] if _traced(x, params) else None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Adam: one fused pass per parameter leaf
+
+
+@njit(cache=True, error_model="numpy")
+def _adam_kernel(p, g, m, v, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new):
+    """The formula of Adam.update_reference, in its order of operations (bitwise the same results)."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = b1 * m[i] + (1.0 - b1) * gi
+        vi = b2 * v[i] + (1.0 - b2) * gi * gi
+        m_new[i] = mi
+        v_new[i] = vi
+        p_new[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+
+
+def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps):
+    """(p', m', v') for one leaf: m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2,
+    p' = p - lr (m' / c1) / (sqrt(v' / c2) + eps); new arrays, inputs untouched."""
+    shape = np.shape(p)
+    flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, g, m, v)]
+    p_new, m_new, v_new = np.empty(flat[0].shape), np.empty(flat[0].shape), np.empty(flat[0].shape)
+    _adam_kernel(*flat, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new)
+    return p_new.reshape(shape), m_new.reshape(shape), v_new.reshape(shape)
+
+
+def adam_tree(params, grads, m, v, b1, b2, lr, c1, c2, eps):
+    """:func:`adam_leaf` over four trees of the same structure in one walk: ``(params', m', v')``.
+
+    Dict keys come out in sorted order and lists/tuples keep their type, as :func:`mi_ref.tree.tree_map`
+    builds them (the reference, ``Adam.update_reference``, uses tree_map). Adam is bound by memory traffic
+    (seven arrays per leaf, ~22-25 GB/s here); splitting the leaves over two threads was measured slower on
+    the 2-core benchmark machine, so one thread does all.
+    """
+    if isinstance(params, dict):
+        keys = sorted(params)
+        parts = [adam_tree(params[k], grads[k], m[k], v[k], b1, b2, lr, c1, c2, eps) for k in keys]
+        return tuple({k: part[i] for k, part in zip(keys, parts)} for i in range(3))
+    if isinstance(params, (list, tuple)):
+        parts = [adam_tree(p, g, m_, v_, b1, b2, lr, c1, c2, eps) for p, g, m_, v_ in zip(params, grads, m, v)]
+        return tuple(type(params)(part[i] for part in parts) for i in range(3))
+    return adam_leaf(params, grads, m, v, b1, b2, lr, c1, c2, eps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# memory: keep freed heap memory for the next step instead of returning it to the OS
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc's mallopt parameter numbers (malloc.h)
+
+
+def configure_malloc(mmap_threshold=32 * 2 ** 20, trim_threshold=2 ** 31 - 1):
+    """Tell glibc's malloc to serve arrays up to ``mmap_threshold`` bytes from its heap and to keep up to
+    ``trim_threshold`` bytes of freed heap memory instead of handing it back to the OS. Returns True if
+    applied (glibc found), False otherwise (e.g. macOS, musl): then nothing changes.
+
+    Why: a training step allocates and frees the same few hundred MB every step (activations kept for the
+    backward pass, gradients, Adam's new arrays, autograd's zero trees). By default glibc maps blocks above
+    128 KiB freshly and returns freed memory at the top of the heap, so every step pays a page fault per
+    4 KiB page it touches; on the 2-core VM of the benchmarks a fault costs ~2.6 us, i.e. ~0.7 ms per MB,
+    which made the invertible step up to 1.6x slower and its time bimodal from run to run. With the
+    thresholds raised, the second step onwards reuses resident memory. The process keeps its peak heap size
+    until it exits (a training run reaches that peak every step anyway). Results are unchanged: this is
+    about where bytes live, not what they hold.
+
+    It is a process-wide setting, so mi-ref never calls it on import: ``scripts/bench_steps.py`` calls it,
+    and a long-running training process can call it once at start-up.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))

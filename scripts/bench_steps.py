@@ -1,0 +1,417 @@
+"""Benchmark one full training step of the paper's four MI configurations (issue 5).
+
+A step is what the training loop does 21000 times per run: the loss -I_NCE(critic(g1(x1), g2(x2))), its
+gradient with respect to every parameter (autograd's ``value_and_grad`` of :func:`mi_ref.objectives.mi_loss`)
+and one Adam update. Batch 128, float64, random MNIST-like inputs in [0, 1] (392 values per view).
+
+Configurations (PAPER.md, "The experiments"):
+
+* ``invertible``:   g1, g2 = RealNVP(392, 30 couplings, hidden [512, 512], shift-only), bilinear critic (392);
+* ``conditioning``: g1, g2 = MLP(392, [392] * 5, shortcuts, truncated_normal(1e-4)), bilinear critic (392);
+* ``critics``:      g1, g2 = MLP(392, [300, 300, 100]), concat critic (one hidden layer of 200);
+* ``encoders``:     g1, g2 = ConvNet(14, 28) (output 100), bilinear critic (100).
+
+For each configuration the script prints the median seconds per step over ``--repeats`` steps (after a
+warm-up), and, when PyTorch is importable, the same step in a small PyTorch float64 implementation held in
+this script only (same shapes and the same initial parameter values, ``torch.set_num_threads(2)``,
+``torch.optim.Adam``), and the ratio mi-ref / PyTorch. The loss values of both implementations on the
+first step are compared as a check that they compute the same thing.
+
+It also prints each step's FLOP count, counting matrix products only (GEMMs and the convolutions'
+im2col GEMMs; forward + backward ~ 3 x forward, less the input gradient of each encoder's first layer,
+which neither implementation computes), and the GFLOP/s reached, next to the GFLOP/s of a plain float64
+GEMM (numpy, (128 x 512) @ (512 x 512) and 1024^3) measured in the same run.
+
+Usage::
+
+    python scripts/bench_steps.py                       # all four, 20 repeats
+    python scripts/bench_steps.py --configs invertible encoders --repeats 10
+
+Timings on a shared machine are noisy; the median of several repeats, measured alternately for the two
+implementations, is the figure to quote.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as onp
+from autograd import value_and_grad
+
+from mi_ref import critics, fast, flows, nn, objectives, optim
+
+BATCH = 128
+HALF = 392           # 14 x 28 pixels per view
+CONFIGS = ("invertible", "conditioning", "critics", "encoders")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the four configurations in mi-ref
+
+
+def build(config, seed=0):
+    """(g1, g2, critic, params) of one configuration, params drawn from ``seed``."""
+    rng = onp.random.default_rng(seed)
+    if config == "invertible":
+        g1 = flows.RealNVP(HALF, 30, [512, 512], shift_only=True, rng=rng)
+        g2 = flows.RealNVP(HALF, 30, [512, 512], shift_only=True, rng=rng)
+        critic = critics.bilinear(HALF)
+    elif config == "conditioning":
+        init = nn.truncated_normal(1e-4)
+        g1 = nn.MLP(HALF, [HALF] * 5, shortcuts=True, kernel_init=init)
+        g2 = nn.MLP(HALF, [HALF] * 5, shortcuts=True, kernel_init=init)
+        critic = critics.bilinear(HALF)
+    elif config == "critics":
+        g1, g2 = nn.MLP(HALF, [300, 300, 100]), nn.MLP(HALF, [300, 300, 100])
+        critic = critics.concat(100, hidden=(200,))
+    elif config == "encoders":
+        g1, g2 = nn.ConvNet(14, 28), nn.ConvNet(14, 28)
+        critic = critics.bilinear(100)
+    else:
+        raise ValueError(f"unknown config {config!r}; expected one of {CONFIGS}")
+    params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
+    return g1, g2, critic, params
+
+
+def batch(seed=1):
+    rng = onp.random.default_rng(seed)
+    return rng.uniform(size=(BATCH, HALF)), rng.uniform(size=(BATCH, HALF))
+
+
+class Reference:
+    """A model whose ``apply`` is its plain reference formulation (``apply_reference`` / ``forward_reference``)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, params, *args):
+        if hasattr(self.model, "forward_reference"):
+            return self.model.forward_reference(params, *args)[0]
+        return getattr(self.model, "apply_reference", self.model.apply)(params, *args)
+
+
+def mi_ref_stepper(config, reference=False):
+    """A function doing one training step (loss, gradients, Adam update) on fixed inputs.
+
+    ``reference=True`` runs the plain formulations instead of the fast primitives (models' reference
+    methods, ``Adam.update_reference``), to show what the fast paths buy.
+    """
+    g1, g2, critic, params = build(config)
+    if reference:
+        g1, g2, critic = Reference(g1), Reference(g2), Reference(critic)
+    x1, x2 = batch()
+    adam = optim.Adam(lr=1e-4)
+    update = adam.update_reference if reference else adam.update
+    loss_and_grad = value_and_grad(objectives.mi_loss)
+    state = {"params": params, "adam": adam.init(params), "losses": []}
+
+    def step():
+        loss, grads = loss_and_grad(state["params"], g1, g2, critic, "infonce", x1, x2)
+        state["params"], state["adam"] = update(state["params"], grads, state["adam"])
+        state["losses"].append(float(loss))
+
+    return step, state
+
+
+# ----------------------------------------------------------------------------------------------------
+# FLOPs (matrix products only; a GEMM (m x k) @ (k x n) is 2 m k n)
+
+
+def dense_flops(batch_size, sizes):
+    return sum(2 * batch_size * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def forward_flops(config, b=BATCH):
+    """(forward GEMM FLOPs of the whole step, FLOPs of the encoders' first-layer input products)."""
+    if config == "invertible":
+        block = dense_flops(b, [HALF // 2, 512, 512, HALF - HALF // 2])
+        enc, first = 30 * block, 2 * b * (HALF // 2) * 512
+        crit = 2 * b * HALF * HALF + 2 * b * b * HALF
+    elif config == "conditioning":
+        enc, first = dense_flops(b, [HALF] * 6), 2 * b * HALF * HALF
+        crit = 2 * b * HALF * HALF + 2 * b * b * HALF
+    elif config == "critics":
+        enc, first = dense_flops(b, [HALF, 300, 300, 100]), 2 * b * HALF * 300
+        crit = 2 * (2 * b * 100 * 200) + 2 * b * b * 200
+    elif config == "encoders":
+        conv1 = 2 * b * 7 * 14 * (25 * 1) * 64
+        conv2 = 2 * b * 4 * 7 * (25 * 64) * 128
+        enc, first = conv1 + conv2 + 2 * b * 128 * 100, conv1
+        crit = 2 * b * 100 * 100 + 2 * b * b * 100
+    return 2 * enc + crit, 2 * first
+
+
+def step_flops(config):
+    """Forward + backward GEMM FLOPs: 3 x forward, minus the input gradients of the encoders' first layers."""
+    fwd, first = forward_flops(config)
+    return 3 * fwd - first
+
+
+# ----------------------------------------------------------------------------------------------------
+# the same steps in PyTorch (only here, for the comparison; torch is not a dependency of mi-ref)
+
+
+def torch_stepper(config, torch):
+    """The PyTorch float64 version of one step, starting from the same parameter values as mi-ref."""
+    import torch.nn.functional as F
+
+    g1, g2, critic, params = build(config)
+    x1n, x2n = batch()
+    t = lambda a: torch.tensor(onp.asarray(a), dtype=torch.float64)
+    x1, x2 = t(x1n), t(x2n)
+    leaves = []
+
+    def leaf(a):
+        p = t(a).requires_grad_(True)
+        leaves.append(p)
+        return p
+
+    def mlp_params(p):
+        return [(leaf(l["W"]), leaf(l["b"])) for l in p["layers"]]
+
+    def mlp(layers, h, shortcuts=False):
+        for i, (w, b) in enumerate(layers):
+            out = h @ w + b
+            if i < len(layers) - 1:
+                out = torch.relu(out)
+            h = out + h if shortcuts else out
+        return h
+
+    if config == "invertible":
+        def flow_params(flow, p):
+            return [(mlp_params(bp["net"]), torch.as_tensor(blk.perm)) for blk, bp in zip(flow.blocks, p["blocks"])]
+
+        def flow_apply(blocks, x):
+            h = HALF // 2
+            for layers, perm in blocks:
+                xa, xb = x[:, :h], x[:, h:]
+                z = torch.cat([xa, xb + mlp(layers, xa)], dim=1)
+                x = z[:, perm]
+            return x
+        e1, e2 = flow_params(g1, params["g1"]), flow_params(g2, params["g2"])
+        enc1, enc2 = (lambda x: flow_apply(e1, x)), (lambda x: flow_apply(e2, x))
+    elif config in ("conditioning", "critics"):
+        e1, e2 = mlp_params(params["g1"]), mlp_params(params["g2"])
+        sc = config == "conditioning"
+        enc1, enc2 = (lambda x: mlp(e1, x, sc)), (lambda x: mlp(e2, x, sc))
+    elif config == "encoders":
+        def conv_params(p):
+            return {"w1": leaf(p["conv1"]["W"].transpose(3, 2, 0, 1)), "b1": leaf(p["conv1"]["b"]),
+                    "w2": leaf(p["conv2"]["W"].transpose(3, 2, 0, 1)), "b2": leaf(p["conv2"]["b"]),
+                    "scale": leaf(p["norm"]["scale"]), "bias": leaf(p["norm"]["bias"]),
+                    "wo": leaf(p["out"]["W"]), "bo": leaf(p["out"]["b"])}
+
+        def conv_apply(q, x):
+            # NCHW; F.pad takes (left, right, top, bottom): TensorFlow's 'same' rule (nn.same_padding)
+            h = x.view(-1, 1, 14, 28)
+            h = torch.relu(F.conv2d(F.pad(h, (1, 2, 1, 2)), q["w1"], stride=2) + q["b1"][:, None, None])
+            h = torch.relu(F.conv2d(F.pad(h, (1, 2, 2, 2)), q["w2"], stride=2) + q["b2"][:, None, None])
+            mu = h.mean(dim=(1, 2, 3), keepdim=True)
+            c = h - mu
+            var = (c * c).mean(dim=(1, 2, 3), keepdim=True)
+            h = c / torch.sqrt(var + 1e-6) * q["scale"][:, None, None] + q["bias"][:, None, None]
+            return h.mean(dim=(2, 3)) @ q["wo"] + q["bo"]
+        e1, e2 = conv_params(params["g1"]), conv_params(params["g2"])
+        enc1, enc2 = (lambda x: conv_apply(e1, x)), (lambda x: conv_apply(e2, x))
+
+    if config == "critics":
+        cl = mlp_params(params["critic"])
+        (w1, b1), (w2, b2) = cl
+        du = 100
+
+        def scores(u, v):
+            h = torch.relu((u @ w1[:du])[:, None, :] + (v @ w1[du:])[None, :, :] + b1)
+            return (h @ w2 + b2)[:, :, 0]
+    else:
+        wc = leaf(params["critic"]["W"])
+
+        def scores(u, v):
+            return u @ (v @ wc).T
+
+    def loss_fn():
+        s = scores(enc1(x1), enc2(x2))
+        k = s.shape[0]
+        return -(onp.log(k) + torch.mean(torch.diagonal(s) - torch.logsumexp(s, dim=1)))
+
+    opt = torch.optim.Adam(leaves, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+
+    return step, losses
+
+
+# ----------------------------------------------------------------------------------------------------
+# timing
+
+
+def gemm_gflops(m, k, n, repeats=20):
+    rng = onp.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    c = onp.empty((m, n))
+    for _ in range(3):
+        onp.matmul(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        onp.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def time_steps(steps, repeats, warmup, rounds=4, pause=0.2):
+    """Median seconds per step of every function in ``steps``.
+
+    The implementations are timed in alternating blocks (``rounds`` blocks of ``repeats / rounds`` steps
+    each), so that a load change on a shared machine affects both alike; a short pause between blocks lets
+    the idle worker threads of the other library (OpenBLAS, OpenMP) go to sleep before timing starts.
+    """
+    for s in steps:
+        for _ in range(warmup):
+            s()
+    times = [[] for _ in steps]
+    per_block = max(1, -(-repeats // rounds))
+    while len(times[0]) < repeats:
+        for i, s in enumerate(steps):
+            time.sleep(pause)
+            for _ in range(min(per_block, repeats - len(times[i]))):
+                t0 = time.perf_counter()
+                s()
+                times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class OtherLoad:
+    """The share of the machine's CPU time used by other processes while the block runs (Linux; else None).
+
+    Timings are only comparable on an otherwise idle machine: a busy core stalls the two BLAS threads of
+    both implementations (and mi-ref's more), so the script reports this share and warns above 5 %.
+    """
+
+    @staticmethod
+    def _snapshot():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        t = os.times()
+        return sum(v) - v[3] - v[4], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        try:
+            self.start = self._snapshot()
+        except (OSError, ValueError, AttributeError):
+            self.start = None
+        self.value = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.start is not None:
+            end = self._snapshot()
+            busy, total, ours = (e - s for e, s in zip(end, self.start))
+            self.value = max(0.0, (busy - ours) / max(total, 1))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation and configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the plain reference formulations (no fast primitives)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds alone (see mi_ref.fast.configure_malloc)")
+    args = parser.parse_args(argv)
+    malloc_tuned = False if args.default_malloc else fast.configure_malloc()
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(2)
+        except ImportError:
+            torch = None
+
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()
+    machine = f"{cpu_name()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}; numpy {onp.__version__} (BLAS threads: {threads}); "
+          f"torch {torch.__version__ + ' (2 threads)' if torch else 'not installed'}; "
+          f"python {platform.python_version()}; malloc thresholds "
+          f"{'raised (mi_ref.fast.configure_malloc)' if malloc_tuned else 'default'}")
+    peak_small = gemm_gflops(128, 512, 512)
+    peak_big = gemm_gflops(1024, 1024, 1024, repeats=5)
+    print(f"float64 GEMM (numpy, same run): (128x512)@(512x512) {peak_small:.1f} GFLOP/s, "
+          f"1024^3 {peak_big:.1f} GFLOP/s\n")
+
+    rows = []
+    for config in args.configs:
+        names, steps = ["mi-ref"], []
+        step, state = mi_ref_stepper(config)
+        steps.append(step)
+        if torch is not None:
+            tstep, tlosses = torch_stepper(config, torch)
+            names.append("PyTorch")
+            steps.append(tstep)
+        if args.reference:
+            rstep, _ = mi_ref_stepper(config, reference=True)
+            names.append("reference")
+            steps.append(rstep)
+        with OtherLoad() as load:
+            medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup)))
+        flops = step_flops(config)
+        ours, theirs, ref = medians["mi-ref"], medians.get("PyTorch"), medians.get("reference")
+        line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
+                f"{flops / 1e9:.2f} GFLOP)")
+        if theirs is not None:
+            diff = abs(state["losses"][0] - tlosses[0])
+            line += (f" | PyTorch {theirs * 1e3:8.1f} ms/step ({flops / theirs / 1e9:5.1f} GFLOP/s)"
+                     f" | ratio {ours / theirs:.2f} | first loss |diff| {diff:.1e}")
+        if ref is not None:
+            line += f" | reference {ref * 1e3:8.1f} ms/step ({ref / ours:.1f}x mi-ref)"
+        if load.value is not None:
+            line += f" | other load {100 * load.value:.0f}%"
+            if load.value > 0.05:
+                line += " (WARNING: machine busy, timings unreliable)"
+        print(line, flush=True)
+        rows.append((config, ours, theirs, ref, flops, load.value))
+
+    print()
+    header = "| config | mi-ref s/step | PyTorch s/step | mi-ref / PyTorch | GFLOP/step | mi-ref GFLOP/s | PyTorch GFLOP/s |"
+    if args.reference:
+        header += " reference s/step |"
+    print(header + " other load |")
+    print("|---" * (header.count("|") - 1 + 1) + "|")
+    for config, ours, theirs, ref, flops, other in rows:
+        cells = [config, f"{ours:.4f}", f"{theirs:.4f}" if theirs else "n/a",
+                 f"{ours / theirs:.2f}" if theirs else "n/a", f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}",
+                 f"{flops / theirs / 1e9:.1f}" if theirs else "n/a"]
+        if args.reference:
+            cells.append(f"{ref:.4f}")
+        cells.append(f"{100 * other:.0f}%" if other is not None else "n/a")
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nmachine: {machine}, float64, batch {BATCH}, 2 threads; median of {args.repeats} steps after "
+          f"{args.warmup} warm-up steps; float64 GEMM in the same run: {peak_small:.1f} GFLOP/s "
+          f"((128x512)@(512x512)), {peak_big:.1f} GFLOP/s (1024^3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
