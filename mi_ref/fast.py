@@ -762,3 +762,17 @@ def configure_malloc(mmap_threshold=32 * 2 ** 20, trim_threshold=2 ** 31 - 1):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
+
+
+class Reference:
+    """A model whose ``apply`` is its plain reference formulation: ``forward_reference`` for flows,
+    ``apply_reference`` where a fast path exists, else the model's own ``apply``. Used to compare a whole
+    training step computed with and without the fast primitives."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, params, *args):
+        if hasattr(self.model, "forward_reference"):
+            return self.model.forward_reference(params, *args)[0]
+        return getattr(self.model, "apply_reference", self.model.apply)(params, *args)

@@ -81,18 +81,6 @@ def batch(seed=1):
     return rng.uniform(size=(BATCH, HALF)), rng.uniform(size=(BATCH, HALF))
 
 
-class Reference:
-    """A model whose ``apply`` is its plain reference formulation (``apply_reference`` / ``forward_reference``)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def apply(self, params, *args):
-        if hasattr(self.model, "forward_reference"):
-            return self.model.forward_reference(params, *args)[0]
-        return getattr(self.model, "apply_reference", self.model.apply)(params, *args)
-
-
 def mi_ref_stepper(config, reference=False):
     """A function doing one training step (loss, gradients, Adam update) on fixed inputs.
 
@@ -101,7 +89,7 @@ def mi_ref_stepper(config, reference=False):
     """
     g1, g2, critic, params = build(config)
     if reference:
-        g1, g2, critic = Reference(g1), Reference(g2), Reference(critic)
+        g1, g2, critic = fast.Reference(g1), fast.Reference(g2), fast.Reference(critic)
     x1, x2 = batch()
     adam = optim.Adam(lr=1e-4)
     update = adam.update_reference if reference else adam.update
