@@ -19,7 +19,8 @@ fast path (this module)                 reference formulation
 :func:`concat_scores`                   :meth:`mi_ref.critics.Concat.apply_reference`
 :func:`convnet`                         :meth:`mi_ref.nn.ConvNet.apply_reference`
 :func:`conv2d`                          :func:`mi_ref.nn.conv2d` (``Conv2D.apply_reference``)
-:func:`adam_tree`                       :meth:`mi_ref.optim.Adam.update_reference` (bit for bit)
+:func:`adam_tree`                       :meth:`mi_ref.optim.Adam.update_reference` (bit for bit, also
+                                        in place)
 ======================================  ==============================================================
 
 The models' ``apply`` / ``forward`` run these; ``scripts/bench_steps.py`` measures a whole training step
@@ -703,32 +704,64 @@ def _adam_kernel(p, g, m, v, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new):
         p_new[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
 
 
-def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps):
+@njit(cache=True, error_model="numpy")
+def _adam_kernel_inplace(p, g, m, v, b1, b2, lr, c1, c2, eps):
+    """:func:`_adam_kernel` writing the new values over p, m and v (the same operations, the same bits)."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = b1 * m[i] + (1.0 - b1) * gi
+        vi = b2 * v[i] + (1.0 - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+
+
+def _writable_flat(a):
+    """``a`` as a 1-D view if it is a C-contiguous, writable float64 ndarray, else None."""
+    if type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable:
+        return a.reshape(-1)
+    return None
+
+
+def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
     """(p', m', v') for one leaf: m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2,
-    p' = p - lr (m' / c1) / (sqrt(v' / c2) + eps); new arrays, inputs untouched."""
+    p' = p - lr (m' / c1) / (sqrt(v' / c2) + eps).
+
+    New arrays (inputs untouched), or with ``inplace`` the new values overwrite p, m and v, which are
+    returned (a leaf that is not a contiguous writable float64 array gets new arrays anyway).
+    """
     shape = np.shape(p)
-    flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, g, m, v)]
-    p_new, m_new, v_new = np.empty(flat[0].shape), np.empty(flat[0].shape), np.empty(flat[0].shape)
-    _adam_kernel(*flat, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new)
+    g_flat = np.ascontiguousarray(g, dtype=float).reshape(-1)
+    if inplace:
+        targets = [_writable_flat(a) for a in (p, m, v)]
+        if all(t is not None for t in targets) and len({id(p), id(m), id(v)}) == 3:
+            _adam_kernel_inplace(targets[0], g_flat, targets[1], targets[2], b1, b2, lr, c1, c2, eps)
+            return p, m, v
+    flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, m, v)]
+    p_new, m_new, v_new = np.empty(g_flat.shape), np.empty(g_flat.shape), np.empty(g_flat.shape)
+    _adam_kernel(flat[0], g_flat, flat[1], flat[2], b1, b2, lr, c1, c2, eps, p_new, m_new, v_new)
     return p_new.reshape(shape), m_new.reshape(shape), v_new.reshape(shape)
 
 
-def adam_tree(params, grads, m, v, b1, b2, lr, c1, c2, eps):
+def adam_tree(params, grads, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
     """:func:`adam_leaf` over four trees of the same structure in one walk: ``(params', m', v')``.
 
     Dict keys come out in sorted order and lists/tuples keep their type, as :func:`mi_ref.tree.tree_map`
-    builds them (the reference, ``Adam.update_reference``, uses tree_map). Adam is bound by memory traffic
-    (seven arrays per leaf, ~22-25 GB/s here); splitting the leaves over two threads was measured slower on
+    builds them (the reference, ``Adam.update_reference``, uses tree_map). Adam is bound by memory traffic:
+    with new arrays it reads p, g, m, v and writes three fresh arrays (whose cache lines the CPU reads
+    first); in place it reads four and writes three it already holds, measured 1.7x faster here (RealNVP
+    invertible: 88 -> 51 ms per update). Splitting the leaves over two threads was measured slower on
     the 2-core benchmark machine, so one thread does all.
     """
     if isinstance(params, dict):
         keys = sorted(params)
-        parts = [adam_tree(params[k], grads[k], m[k], v[k], b1, b2, lr, c1, c2, eps) for k in keys]
+        parts = [adam_tree(params[k], grads[k], m[k], v[k], b1, b2, lr, c1, c2, eps, inplace) for k in keys]
         return tuple({k: part[i] for k, part in zip(keys, parts)} for i in range(3))
     if isinstance(params, (list, tuple)):
-        parts = [adam_tree(p, g, m_, v_, b1, b2, lr, c1, c2, eps) for p, g, m_, v_ in zip(params, grads, m, v)]
+        parts = [adam_tree(p, g, m_, v_, b1, b2, lr, c1, c2, eps, inplace)
+                 for p, g, m_, v_ in zip(params, grads, m, v)]
         return tuple(type(params)(part[i] for part in parts) for i in range(3))
-    return adam_leaf(params, grads, m, v, b1, b2, lr, c1, c2, eps)
+    return adam_leaf(params, grads, m, v, b1, b2, lr, c1, c2, eps, inplace)
 
 
 # ----------------------------------------------------------------------------------------------------

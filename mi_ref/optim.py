@@ -34,16 +34,23 @@ class Adam:
         zeros = tree_map(lambda p: onp.zeros(onp.shape(p)), params)
         return {"step": 0, "m": zeros, "v": tree_map(onp.copy, zeros)}
 
-    def update(self, params, grads, state):
+    def update(self, params, grads, state, inplace=False):
         """One step: returns ``(new_params, new_state)``; inputs are not modified.
 
         Each leaf is updated in one fused pass (:func:`mi_ref.fast.adam_tree`) with the operations of
         :meth:`update_reference` in the same order, so the results are the same bit for bit.
+
+        ``inplace=True`` writes the new values over the arrays of ``params`` and ``state`` instead (the
+        returned trees hold those same arrays; grads are only read). That is for a training loop that
+        replaces its params and state by the returned ones anyway: it saves allocating three arrays per
+        leaf and ~40 % of the update's memory traffic. Do not use it while anything else still needs the old
+        values (a copy kept for comparison, an autograd trace not yet differentiated), nor with leaves that
+        share memory (a leaf listed twice would be updated twice).
         """
         t = state["step"] + 1
         c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
         new, m, v = fast.adam_tree(params, grads, state["m"], state["v"], self.b1, self.b2, self.lr, c1, c2,
-                                   self.eps)
+                                   self.eps, inplace)
         return new, {"step": t, "m": m, "v": v}
 
     def update_reference(self, params, grads, state):

@@ -26,9 +26,18 @@ Usage::
 
     python scripts/bench_steps.py                       # all four, 20 repeats
     python scripts/bench_steps.py --configs invertible encoders --repeats 10
+    python scripts/bench_steps.py --reference           # also the plain formulations (no fast primitives)
+    python scripts/bench_steps.py --adam-inplace        # mi-ref's Adam overwrites params and state
+    python scripts/bench_steps.py --fused-adam          # also PyTorch with torch.optim.Adam(fused=True)
 
-Timings on a shared machine are noisy; the median of several repeats, measured alternately for the two
-implementations, is the figure to quote.
+How it measures. The process first raises glibc's malloc thresholds (:func:`mi_ref.fast.configure_malloc`,
+as ``mi-ref run`` does; ``--default-malloc`` skips it), so freed memory is reused instead of being faulted
+in again every step. The implementations then alternate in blocks of ``--block`` steps, each block after a
+short pause and one untimed step, and the medians are quoted. The virtual machine's speed drifts on its
+own (the same step varies by up to 1.4x from minute to minute on an idle machine, small GEMMs most), so
+single runs of the tightest configuration (conditioning) scatter around their median ratio by +-0.07;
+the script reports the share of CPU time other processes and the hypervisor (steal) took meanwhile, and
+flags a run where they exceed 5 %.
 """
 
 import argparse
@@ -81,18 +90,22 @@ def batch(seed=1):
     return rng.uniform(size=(BATCH, HALF)), rng.uniform(size=(BATCH, HALF))
 
 
-def mi_ref_stepper(config, reference=False):
+def mi_ref_stepper(config, reference=False, adam_inplace=False):
     """A function doing one training step (loss, gradients, Adam update) on fixed inputs.
 
     ``reference=True`` runs the plain formulations instead of the fast primitives (models' reference
-    methods, ``Adam.update_reference``), to show what the fast paths buy.
+    methods, ``Adam.update_reference``), to show what the fast paths buy. ``adam_inplace=True`` lets Adam
+    overwrite the old params and state (``Adam.update(..., inplace=True)``), as a training loop may.
     """
     g1, g2, critic, params = build(config)
     if reference:
         g1, g2, critic = fast.Reference(g1), fast.Reference(g2), fast.Reference(critic)
     x1, x2 = batch()
     adam = optim.Adam(lr=1e-4)
-    update = adam.update_reference if reference else adam.update
+    if reference:
+        update = adam.update_reference
+    else:
+        update = lambda p, g, s: adam.update(p, g, s, inplace=adam_inplace)  # noqa: E731
     loss_and_grad = value_and_grad(objectives.mi_loss)
     state = {"params": params, "adam": adam.init(params), "losses": []}
 
@@ -142,8 +155,12 @@ def step_flops(config):
 # the same steps in PyTorch (only here, for the comparison; torch is not a dependency of mi-ref)
 
 
-def torch_stepper(config, torch):
-    """The PyTorch float64 version of one step, starting from the same parameter values as mi-ref."""
+def torch_stepper(config, torch, fused_adam=False):
+    """The PyTorch float64 version of one step, starting from the same parameter values as mi-ref.
+
+    ``fused_adam``: ``torch.optim.Adam(fused=True)`` (one fused kernel per step, CPU support since 2.4)
+    instead of the default per-tensor loop.
+    """
     import torch.nn.functional as F
 
     g1, g2, critic, params = build(config)
@@ -224,7 +241,8 @@ def torch_stepper(config, torch):
         k = s.shape[0]
         return -(onp.log(k) + torch.mean(torch.diagonal(s) - torch.logsumexp(s, dim=1)))
 
-    opt = torch.optim.Adam(leaves, lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    fused = {"fused": True} if fused_adam else {}
+    opt = torch.optim.Adam(leaves, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, **fused)
     losses = []
 
     def step():
@@ -255,22 +273,24 @@ def gemm_gflops(m, k, n, repeats=20):
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
-def time_steps(steps, repeats, warmup, rounds=4, pause=0.2):
+def time_steps(steps, repeats, warmup, block=5, pause=0.2):
     """Median seconds per step of every function in ``steps``.
 
-    The implementations are timed in alternating blocks (``rounds`` blocks of ``repeats / rounds`` steps
-    each), so that a load change on a shared machine affects both alike; a short pause between blocks lets
-    the idle worker threads of the other library (OpenBLAS, OpenMP) go to sleep before timing starts.
+    The implementations are timed in alternating blocks of ``block`` steps, so that the slow drifts of a
+    virtual machine's speed (measured here: the same step varies by up to 1.4x from minute to minute on an
+    otherwise idle machine) affect all alike. Before each block a short pause lets the idle worker threads
+    of the other library (OpenBLAS, OpenMP) go to sleep, and one untimed step brings threads and caches
+    back, so every timed step runs in the steady state of a training loop.
     """
     for s in steps:
         for _ in range(warmup):
             s()
     times = [[] for _ in steps]
-    per_block = max(1, -(-repeats // rounds))
     while len(times[0]) < repeats:
         for i, s in enumerate(steps):
             time.sleep(pause)
-            for _ in range(min(per_block, repeats - len(times[i]))):
+            s()
+            for _ in range(min(max(1, block), repeats - len(times[i]))):
                 t0 = time.perf_counter()
                 s()
                 times[i].append(time.perf_counter() - t0)
@@ -289,10 +309,11 @@ def cpu_name():
 
 
 class OtherLoad:
-    """The share of the machine's CPU time used by other processes while the block runs (Linux; else None).
+    """CPU time the machine spent elsewhere while the block ran, as shares of all CPU time (Linux; else None):
+    ``value`` = other processes, ``steal`` = time the hypervisor gave the virtual CPUs to other guests.
 
-    Timings are only comparable on an otherwise idle machine: a busy core stalls the two BLAS threads of
-    both implementations (and mi-ref's more), so the script reports this share and warns above 5 %.
+    Timings are only comparable on an otherwise idle machine: a busy or stolen core stalls the two BLAS
+    threads of both implementations (and mi-ref's more), so the script reports both shares and warns above 5 %.
     """
 
     @staticmethod
@@ -300,21 +321,23 @@ class OtherLoad:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
         t = os.times()
-        return sum(v) - v[3] - v[4], sum(v), (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+        busy = v[0] + v[1] + v[2] + v[5] + v[6]               # user, nice, system, irq, softirq
+        steal = v[7] if len(v) > 7 else 0
+        return busy, sum(v[:8]), (t.user + t.system) * os.sysconf("SC_CLK_TCK"), steal
 
     def __enter__(self):
         try:
             self.start = self._snapshot()
         except (OSError, ValueError, AttributeError):
             self.start = None
-        self.value = None
+        self.value = self.steal = None
         return self
 
     def __exit__(self, *exc):
         if self.start is not None:
-            end = self._snapshot()
-            busy, total, ours = (e - s for e, s in zip(end, self.start))
+            busy, total, ours, steal = (e - s for e, s in zip(self._snapshot(), self.start))
             self.value = max(0.0, (busy - ours) / max(total, 1))
+            self.steal = steal / max(total, 1)
 
 
 def main(argv=None):
@@ -322,7 +345,13 @@ def main(argv=None):
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation and configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--block", type=int, default=5,
+                        help="timed steps per block; the implementations alternate block by block")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--fused-adam", action="store_true",
+                        help="also time PyTorch with torch.optim.Adam(fused=True) (default: the per-tensor loop)")
+    parser.add_argument("--adam-inplace", action="store_true",
+                        help="mi-ref's Adam overwrites the old params and state (Adam.update(..., inplace=True))")
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain reference formulations (no fast primitives)")
     parser.add_argument("--default-malloc", action="store_true",
@@ -339,10 +368,13 @@ def main(argv=None):
             torch = None
 
     threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()
+    torch_text = (f"{torch.__version__} (2 threads)" if torch is not None
+                  else "not used" if args.no_torch else "not installed")
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"machine: {machine}; numpy {onp.__version__} (BLAS threads: {threads}); "
-          f"torch {torch.__version__ + ' (2 threads)' if torch else 'not installed'}; "
-          f"python {platform.python_version()}; malloc thresholds "
+          f"torch {torch_text}; "
+          f"python {platform.python_version()}; mi-ref Adam {'in place' if args.adam_inplace else 'functional'}; "
+          f"malloc thresholds "
           f"{'raised (mi_ref.fast.configure_malloc)' if malloc_tuned else 'default'}")
     peak_small = gemm_gflops(128, 512, 512)
     peak_big = gemm_gflops(1024, 1024, 1024, repeats=5)
@@ -352,51 +384,64 @@ def main(argv=None):
     rows = []
     for config in args.configs:
         names, steps = ["mi-ref"], []
-        step, state = mi_ref_stepper(config)
+        step, state = mi_ref_stepper(config, adam_inplace=args.adam_inplace)
         steps.append(step)
         if torch is not None:
             tstep, tlosses = torch_stepper(config, torch)
             names.append("PyTorch")
             steps.append(tstep)
+            if args.fused_adam:
+                fstep, _ = torch_stepper(config, torch, fused_adam=True)
+                names.append("PyTorch fused Adam")
+                steps.append(fstep)
         if args.reference:
             rstep, _ = mi_ref_stepper(config, reference=True)
             names.append("reference")
             steps.append(rstep)
         with OtherLoad() as load:
-            medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup)))
+            medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup, args.block)))
         flops = step_flops(config)
         ours, theirs, ref = medians["mi-ref"], medians.get("PyTorch"), medians.get("reference")
+        fused = medians.get("PyTorch fused Adam")
         line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
                 f"{flops / 1e9:.2f} GFLOP)")
         if theirs is not None:
             diff = abs(state["losses"][0] - tlosses[0])
             line += (f" | PyTorch {theirs * 1e3:8.1f} ms/step ({flops / theirs / 1e9:5.1f} GFLOP/s)"
                      f" | ratio {ours / theirs:.2f} | first loss |diff| {diff:.1e}")
+        if fused is not None:
+            line += f" | PyTorch fused Adam {fused * 1e3:8.1f} ms/step (ratio {ours / fused:.2f})"
         if ref is not None:
             line += f" | reference {ref * 1e3:8.1f} ms/step ({ref / ours:.1f}x mi-ref)"
         if load.value is not None:
-            line += f" | other load {100 * load.value:.0f}%"
-            if load.value > 0.05:
+            line += f" | other load {100 * load.value:.0f}%, steal {100 * load.steal:.0f}%"
+            if load.value + load.steal > 0.05:
                 line += " (WARNING: machine busy, timings unreliable)"
         print(line, flush=True)
-        rows.append((config, ours, theirs, ref, flops, load.value))
+        rows.append((config, ours, theirs, fused, ref, flops, load))
 
     print()
-    header = "| config | mi-ref s/step | PyTorch s/step | mi-ref / PyTorch | GFLOP/step | mi-ref GFLOP/s | PyTorch GFLOP/s |"
+    header = ("| config | mi-ref s/step | PyTorch s/step | mi-ref / PyTorch | GFLOP/step | mi-ref GFLOP/s "
+              "| PyTorch GFLOP/s |")
+    if args.fused_adam:
+        header += " PyTorch fused-Adam s/step | mi-ref / fused |"
     if args.reference:
         header += " reference s/step |"
-    print(header + " other load |")
-    print("|---" * (header.count("|") - 1 + 1) + "|")
-    for config, ours, theirs, ref, flops, other in rows:
+    print(header + " other load / steal |")
+    print("|---" * header.count("|") + "|")
+    for config, ours, theirs, fused, ref, flops, other in rows:
         cells = [config, f"{ours:.4f}", f"{theirs:.4f}" if theirs else "n/a",
                  f"{ours / theirs:.2f}" if theirs else "n/a", f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}",
                  f"{flops / theirs / 1e9:.1f}" if theirs else "n/a"]
+        if args.fused_adam:
+            cells += [f"{fused:.4f}", f"{ours / fused:.2f}"] if fused else ["n/a", "n/a"]
         if args.reference:
             cells.append(f"{ref:.4f}")
-        cells.append(f"{100 * other:.0f}%" if other is not None else "n/a")
+        cells.append(f"{100 * other.value:.0f}% / {100 * other.steal:.0f}%" if other.value is not None else "n/a")
         print("| " + " | ".join(cells) + " |")
-    print(f"\nmachine: {machine}, float64, batch {BATCH}, 2 threads; median of {args.repeats} steps after "
-          f"{args.warmup} warm-up steps; float64 GEMM in the same run: {peak_small:.1f} GFLOP/s "
+    print(f"\nmachine: {machine}, float64, batch {BATCH}, 2 threads; median of {args.repeats} steps (blocks of "
+          f"{args.block}, alternating) after {args.warmup} warm-up steps; float64 GEMM in the same run: "
+          f"{peak_small:.1f} GFLOP/s "
           f"((128x512)@(512x512)), {peak_big:.1f} GFLOP/s (1024^3)")
     return 0
 
