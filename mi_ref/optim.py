@@ -65,6 +65,19 @@ class Adam:
         return new, {"step": t, "m": m, "v": v}
 
 
+def owned(params, state):
+    """Fresh copies ``(params, state)``: every leaf a distinct, C-contiguous, writable float64 array.
+
+    A training loop calls this once before it switches to ``Adam.update(..., inplace=True)``, so that the
+    in-place updates write only into memory the loop owns: not into arrays a caller, a model's
+    initializer or a loaded checkpoint may still hold, and never twice into one buffer shared by two leaves.
+    """
+    def copy(leaf):
+        return onp.array(leaf, dtype=onp.float64, order="C", copy=True)
+    return tree_map(copy, params), {"step": state["step"], "m": tree_map(copy, state["m"]),
+                                    "v": tree_map(copy, state["v"])}
+
+
 def state_to_arrays(state, prefix="adam/"):
     """Flatten an Adam state to ``{name: array}`` (for ``numpy.savez``)."""
     out = {prefix + "step": onp.asarray(state["step"], dtype=onp.int64)}

@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from autograd import value_and_grad
 
 from . import probe as probe_mod
 from .bounds import get_estimator
 from .data import BatchIterator, add_shared_noise
-from .optim import Adam, state_from_arrays, state_to_arrays
+from .fast import value_and_grad_by_key
+from .optim import Adam, owned, state_from_arrays, state_to_arrays
 from .tree import tree_from_dict, tree_to_dict
 
 EVAL_BATCH_SIZE = 512
@@ -188,7 +188,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
     elif store is not None:
         store.truncate_variant(variant, None)
 
-    grad_fn = value_and_grad(objective)
+    params, state = owned(params, state)       # Adam below overwrites them in place
+    grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
     every = settings.eval_every
     progress = progress or Progress(variant, settings.n_iters, enabled=False)
     t0 = time.perf_counter()
@@ -227,7 +228,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
         if not np.isfinite(loss):
             raise FloatingPointError(f"{variant}: the loss became {loss} at step {step}; lower the learning "
                                      "rate or check the inputs")
-        params, state = optimizer.update(params, grads, state)
+        params, state = optimizer.update(params, grads, state, inplace=True)
     if store is not None:
         store.mark_done(variant)
     return rows

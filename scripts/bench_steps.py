@@ -1,8 +1,9 @@
 """Benchmark one full training step of the paper's four MI configurations (issue 5).
 
 A step is what the training loop does 21000 times per run: the loss -I_NCE(critic(g1(x1), g2(x2))), its
-gradient with respect to every parameter (autograd's ``value_and_grad`` of :func:`mi_ref.objectives.mi_loss`)
-and one Adam update. Batch 128, float64, random MNIST-like inputs in [0, 1] (392 values per view).
+gradient with respect to every parameter (:func:`mi_ref.fast.value_and_grad_by_key` of
+:func:`mi_ref.objectives.mi_loss`, autograd's numbers without a zero tree for the params dict) and one Adam
+update in place, exactly as ``mi_ref.train.train_mi`` does. Batch 128, float64, random MNIST-like inputs in [0, 1] (392 values per view).
 
 Configurations (PAPER.md, "The experiments"):
 
@@ -27,7 +28,7 @@ Usage::
     python scripts/bench_steps.py                       # all four, 20 repeats
     python scripts/bench_steps.py --configs invertible encoders --repeats 10
     python scripts/bench_steps.py --reference           # also the plain formulations (no fast primitives)
-    python scripts/bench_steps.py --adam-inplace        # mi-ref's Adam overwrites params and state
+    python scripts/bench_steps.py --adam-functional     # mi-ref's Adam returns new arrays (default: in place)
     python scripts/bench_steps.py --fused-adam          # also PyTorch with torch.optim.Adam(fused=True)
 
 How it measures. The process first raises glibc's malloc thresholds (:func:`mi_ref.fast.configure_malloc`,
@@ -90,12 +91,13 @@ def batch(seed=1):
     return rng.uniform(size=(BATCH, HALF)), rng.uniform(size=(BATCH, HALF))
 
 
-def mi_ref_stepper(config, reference=False, adam_inplace=False):
+def mi_ref_stepper(config, reference=False, adam_inplace=True):
     """A function doing one training step (loss, gradients, Adam update) on fixed inputs.
 
     ``reference=True`` runs the plain formulations instead of the fast primitives (models' reference
-    methods, ``Adam.update_reference``), to show what the fast paths buy. ``adam_inplace=True`` lets Adam
-    overwrite the old params and state (``Adam.update(..., inplace=True)``), as a training loop may.
+    methods, ``Adam.update_reference``), to show what the fast paths buy. ``adam_inplace=True`` (the default)
+    lets Adam overwrite the old params and state (``Adam.update(..., inplace=True)`` after
+    ``optim.owned``), as mi-ref's training loops do; ``False`` returns new arrays every step.
     """
     g1, g2, critic, params = build(config)
     if reference:
@@ -106,8 +108,9 @@ def mi_ref_stepper(config, reference=False, adam_inplace=False):
         update = adam.update_reference
     else:
         update = lambda p, g, s: adam.update(p, g, s, inplace=adam_inplace)  # noqa: E731
-    loss_and_grad = value_and_grad(objectives.mi_loss)
-    state = {"params": params, "adam": adam.init(params), "losses": []}
+    loss_and_grad = (value_and_grad if reference else fast.value_and_grad_by_key)(objectives.mi_loss)
+    own_params, own_adam = optim.owned(params, adam.init(params))
+    state = {"params": own_params, "adam": own_adam, "losses": []}
 
     def step():
         loss, grads = loss_and_grad(state["params"], g1, g2, critic, "infonce", x1, x2)
@@ -350,8 +353,9 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--fused-adam", action="store_true",
                         help="also time PyTorch with torch.optim.Adam(fused=True) (default: the per-tensor loop)")
-    parser.add_argument("--adam-inplace", action="store_true",
-                        help="mi-ref's Adam overwrites the old params and state (Adam.update(..., inplace=True))")
+    parser.add_argument("--adam-functional", action="store_true",
+                        help="mi-ref's Adam returns new arrays every step (default: it overwrites the params "
+                             "and state in place, as the training loops do)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain reference formulations (no fast primitives)")
     parser.add_argument("--default-malloc", action="store_true",
@@ -373,7 +377,7 @@ def main(argv=None):
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"machine: {machine}; numpy {onp.__version__} (BLAS threads: {threads}); "
           f"torch {torch_text}; "
-          f"python {platform.python_version()}; mi-ref Adam {'in place' if args.adam_inplace else 'functional'}; "
+          f"python {platform.python_version()}; mi-ref Adam {'functional' if args.adam_functional else 'in place'}; "
           f"malloc thresholds "
           f"{'raised (mi_ref.fast.configure_malloc)' if malloc_tuned else 'default'}")
     peak_small = gemm_gflops(128, 512, 512)
@@ -384,7 +388,7 @@ def main(argv=None):
     rows = []
     for config in args.configs:
         names, steps = ["mi-ref"], []
-        step, state = mi_ref_stepper(config, adam_inplace=args.adam_inplace)
+        step, state = mi_ref_stepper(config, adam_inplace=not args.adam_functional)
         steps.append(step)
         if torch is not None:
             tstep, tlosses = torch_stepper(config, torch)

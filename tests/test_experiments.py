@@ -57,11 +57,11 @@ class Interrupt:
         self.calls, self.at = 0, at
         original = optim.Adam.update
 
-        def update(adam, *args):
+        def update(adam, *args, **kwargs):
             self.calls += 1
             if self.calls == self.at:
                 raise KeyboardInterrupt
-            return original(adam, *args)
+            return original(adam, *args, **kwargs)
         monkeypatch.setattr(optim.Adam, "update", update)
 
 

@@ -318,10 +318,8 @@ def test_adam_in_place_equals_functional():
 
 # ---------------------------------------------------------------- integration and plumbing
 
-@pytest.mark.parametrize("config", ["invertible", "conditioning", "critics", "encoders"])
-def test_training_loss_and_gradient_equal_reference(config):
-    """mi_loss and its gradient in each paper configuration (smaller widths), fast vs reference models."""
-    rng = onp.random.default_rng(12)
+def small_config(config, rng):
+    """(g1, g2, critic, params, x1, x2): a paper configuration at small widths, nonzero biases."""
     if config == "invertible":
         g1, g2 = (flows.realnvp(10, 3, [8, 8], rng=rng, kernel_init=nn.truncated_normal(0.1)) for _ in range(2))
         critic, d = critics.bilinear(10), 10
@@ -336,6 +334,16 @@ def test_training_loss_and_gradient_equal_reference(config):
         critic, d = critics.bilinear(5), 32
     params = with_biases(rng, {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)})
     x1, x2 = rng.uniform(size=(6, d)), rng.uniform(size=(6, d))
+    return g1, g2, critic, params, x1, x2
+
+
+CONFIGS = ["invertible", "conditioning", "critics", "encoders"]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_training_loss_and_gradient_equal_reference(config):
+    """mi_loss and its gradient in each paper configuration (smaller widths), fast vs reference models."""
+    g1, g2, critic, params, x1, x2 = small_config(config, onp.random.default_rng(12))
     for estimator in ("infonce", "nwj"):
         fast_vg = value_and_grad(objectives.mi_loss)(params, g1, g2, critic, estimator, x1, x2)
         refs = [fast.Reference(m) for m in (g1, g2, critic)]
@@ -343,6 +351,59 @@ def test_training_loss_and_gradient_equal_reference(config):
         assert_close(fast_vg[0], ref_vg[0])
         assert_close(fast_vg[1], ref_vg[1])
     check_grad(lambda p: objectives.mi_loss(p, g1, g2, critic, "infonce", x1, x2), [params], n_dirs=1)
+
+
+def assert_same_bits(actual, expected):
+    flat_a, flat_e = tree_flatten(actual), tree_flatten(expected)
+    assert [path for path, _ in flat_a] == [path for path, _ in flat_e]
+    for (path, a), (_, e) in zip(flat_a, flat_e):
+        assert onp.shape(a) == onp.shape(e) and onp.array_equal(a, e), path
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("models", ["fast", "reference"])
+def test_value_and_grad_by_key_equals_autograd_bit_for_bit(config, models):
+    """One root per entry gives autograd's numbers exactly, through the fast primitives (one node per
+    sub-model) and through the reference formulations (which index deep into each entry)."""
+    g1, g2, critic, params, x1, x2 = small_config(config, onp.random.default_rng(16))
+    if models == "reference":
+        g1, g2, critic = (fast.Reference(m) for m in (g1, g2, critic))
+    for target in (None, 0.5):
+        args = (g1, g2, critic, "infonce", x1, x2, target)
+        value, grads = fast.value_and_grad_by_key(objectives.mi_loss)(params, *args)
+        ref_value, ref_grads = value_and_grad(objectives.mi_loss)(params, *args)
+        assert value == ref_value
+        assert list(grads) == ["critic", "g1", "g2"]
+        assert_same_bits(grads, ref_grads)
+
+
+def test_value_and_grad_by_key_entries_used_twice_or_not_at_all():
+    rng = onp.random.default_rng(17)
+    params = {"b": rng.standard_normal(3), "a": rng.standard_normal((2, 3)), "unused": {"w": onp.ones(4)},
+              "nested": {"u": [rng.standard_normal(3), 2.0]}}
+
+    def loss(p, scale=1.0):
+        first = anp.sum(anp.tanh(p["a"] * p["b"]))
+        second = anp.sum(p["b"] ** 3) * p["nested"]["u"][1] + anp.sum(anp.sin(p["nested"]["u"][0]))
+        return scale * (first + second)
+    value, grads = fast.value_and_grad_by_key(loss)(params, scale=2.0)
+    ref_value, ref_grads = value_and_grad(loss)(params, scale=2.0)
+    assert value == ref_value
+    assert_same_bits(grads, ref_grads)
+    assert onp.array_equal(grads["unused"]["w"], onp.zeros(4))
+    check_grad(lambda p: loss(p, 2.0), [params], n_dirs=2)      # and both are the true derivative
+
+
+def test_value_and_grad_by_key_constant_and_bad_input():
+    value, grads = fast.value_and_grad_by_key(lambda p: 3.0)({"a": onp.ones(2)})
+    assert value == 3.0 and onp.array_equal(grads["a"], onp.zeros(2))
+    vg = fast.value_and_grad_by_key(lambda p: p["a"] * 2.0)
+    with pytest.raises(ValueError, match="real scalar"):
+        vg({"a": onp.ones(2)})
+    with pytest.raises(ValueError, match="dict of parameters"):
+        vg([onp.ones(2)])
+    value, grads = vg({"a": onp.ones(1)})                  # a one-element array is a scalar loss
+    assert onp.array_equal(grads["a"], [2.0])
 
 
 def test_inner_boxes_fall_back_to_reference():

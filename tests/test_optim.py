@@ -3,7 +3,7 @@
 import numpy as onp
 import pytest
 
-from mi_ref import optim
+from mi_ref import optim, tree
 
 
 def test_adam_matches_hand_computation_on_quadratic():
@@ -62,3 +62,34 @@ def test_save_restore_continues_identically(tmp_path):
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.Adam(**kwargs)
+
+
+def test_owned_copies_every_leaf_into_distinct_writable_float64_arrays():
+    """Training loops update in place after ``owned``: nothing the caller holds may change, even when
+    leaves share a buffer, are read-only, non-contiguous or not float64."""
+    shared = onp.zeros(3)
+    frozen = onp.arange(4.0)
+    frozen.setflags(write=False)
+    params = {"a": shared, "b": [shared, frozen], "c": onp.ones((3, 4))[:, ::2], "d": onp.arange(2)}
+    adam = optim.Adam(0.1)
+    state = adam.init(params)
+    own_params, own_state = optim.owned(params, state)
+    leaves = [leaf for _, leaf in tree.tree_flatten(own_params)]
+    leaves += [leaf for _, leaf in tree.tree_flatten(own_state["m"])] + [leaf for _, leaf in tree.tree_flatten(own_state["v"])]
+    originals = [leaf for _, leaf in tree.tree_flatten(params)]
+    originals += [leaf for _, leaf in tree.tree_flatten(state["m"])] + [leaf for _, leaf in tree.tree_flatten(state["v"])]
+    for leaf in leaves:
+        assert leaf.dtype == onp.float64 and leaf.flags.c_contiguous and leaf.flags.writeable
+        assert not any(onp.shares_memory(leaf, other) for other in originals)
+    for i, leaf in enumerate(leaves):
+        assert not any(onp.shares_memory(leaf, other) for other in leaves[i + 1:])
+    before = [onp.array(leaf) for leaf in originals]
+    grads = tree.tree_map(lambda p: onp.ones(onp.shape(p)), params)
+    new, new_state = adam.update(own_params, grads, own_state, inplace=True)
+    assert new["a"] is own_params["a"]                       # really updated in place ...
+    onp.testing.assert_allclose(new["a"], -0.1 * onp.ones(3), rtol=1e-7)   # first step: lr * sign(-g) (eps)
+    for leaf, old in zip(originals, before):                 # ... and the caller's arrays are untouched
+        onp.testing.assert_array_equal(leaf, old)
+    ref, _ = adam.update_reference(params, grads, state)
+    for (_, a), (_, b) in zip(tree.tree_flatten(new), tree.tree_flatten(ref)):
+        onp.testing.assert_array_equal(a, b)

@@ -21,7 +21,7 @@ from autograd.scipy.special import logsumexp
 
 from .. import flows, nn
 from ..data import BatchIterator
-from ..optim import Adam, state_from_arrays, state_to_arrays
+from ..optim import Adam, owned, state_from_arrays, state_to_arrays
 from ..train import Progress, make_views, probe_accuracy, variant_streams
 from ..tree import tree_from_dict, tree_to_dict
 from . import Experiment, register
@@ -95,6 +95,11 @@ def run(config, store, seed, dataset, progress=True):
     state_c, state_e = opt_c.init(params["classifier"]), opt_e.init(params["encoder"])
     it = BatchIterator(len(views.x1_train), config.batch_size, data_rng)
 
+    def own():                       # the updates below are in place: into arrays only this loop holds
+        nonlocal state_c, state_e
+        params["classifier"], state_c = owned(params["classifier"], state_c)
+        params["encoder"], state_e = owned(params["encoder"], state_e)
+
     grad_c = value_and_grad(lambda pc, pe, x, y: classifier_loss({"classifier": pc, "encoder": pe}, encoder,
                                                                   x, y))
     grad_e = value_and_grad(lambda pe, pc, x: encoder_loss({"classifier": pc, "encoder": pe}, encoder, x))
@@ -110,7 +115,7 @@ def run(config, store, seed, dataset, progress=True):
         nonlocal state_c
         x, y = batch()
         loss, g = grad_c(params["classifier"], params["encoder"], x, y)
-        params["classifier"], state_c = opt_c.update(params["classifier"], g, state_c)
+        params["classifier"], state_c = opt_c.update(params["classifier"], g, state_c, inplace=True)
         return float(loss)
 
     start, resumed = 0, False
@@ -125,7 +130,9 @@ def run(config, store, seed, dataset, progress=True):
         eval_rng.bit_generator.state = meta["eval_rng"]
         start, resumed = int(meta["iteration"]), True
         store.truncate_variant(VARIANT, start)
+        own()
     else:
+        own()
         if store is not None:
             store.truncate_variant(VARIANT, None)
         for _ in range(config.warmup_steps):
@@ -155,7 +162,7 @@ def run(config, store, seed, dataset, progress=True):
         x, _ = batch()
         loss_e, g = grad_e(params["encoder"], params["classifier"], x)
         loss_e = float(loss_e)
-        params["encoder"], state_e = opt_e.update(params["encoder"], g, state_e)
+        params["encoder"], state_e = opt_e.update(params["encoder"], g, state_e, inplace=True)
     if store is not None:
         store.mark_done(VARIANT)
 

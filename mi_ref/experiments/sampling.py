@@ -12,7 +12,7 @@ import numpy as np
 from autograd import value_and_grad
 
 from .. import bounds, critics
-from ..optim import Adam, state_from_arrays, state_to_arrays
+from ..optim import Adam, owned, state_from_arrays, state_to_arrays
 from ..synthetic import SIGMA_EPS, SIGMA_Z, gaussian_mi, gaussian_pairs
 from ..train import Progress, variant_streams
 from ..tree import tree_from_dict, tree_to_dict
@@ -77,6 +77,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         store.truncate_variant(name, start)
     elif store is not None:
         store.truncate_variant(name, None)
+    params, state = owned(params, state)       # Adam below overwrites them in place
     grad_fn = value_and_grad(lambda p: -bound(critic.apply(p, x, y)))
     bar = Progress(f"sampling/{name} seed {seed}", config.n_iters, enabled=progress)
 
@@ -95,7 +96,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
             record(step)
         loss, grads = grad_fn(params)
         trace.append(-float(loss))
-        params, state = adam.update(params, grads, state)
+        params, state = adam.update(params, grads, state, inplace=True)
     record(config.n_iters)
     if store is not None:
         store.mark_done(name)
