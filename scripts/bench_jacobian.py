@@ -17,12 +17,18 @@ each run, so slow phases of a shared machine spread over all of them):
 * (c) one float64 GEMM (numpy) with the FLOP count of (b)'s Jacobian products, (B d, d) @ (d, (L - 1) d),
   written into a preallocated output (``out=``, so no page faults are timed): the forward-mode method
   cannot beat it on this machine;
+* (a0) with ``--per-example``: the textbook autograd route, ``autograd.jacobian`` of the single-example
+  function looped over the batch (B * out reverse passes of one example each), + the same SVD;
 * torch (when importable; torch is not a dependency of mi-ref): ``torch.func.vmap(torch.func.jacrev(f))``
   + ``torch.linalg.svdvals`` in float64 on the same network (the same weights), ``torch.set_num_threads(2)``
   (or ``--threads``).
 
 Ratios of medians: (a) / (b) and (b)'s Jacobian / (c) (targets: >= 5 and <= 1.5), and torch / (b).
 The table also gives each row's fastest and slowest run.
+
+Modes: ``--modes`` also times forward against reverse mode (:func:`mi_ref.jacobian.batch_jacobian` with
+``mode=``) on the critics experiment's encoder MLP(392, [300, 300, 100]) (output narrower than input, where
+``mode="auto"`` takes reverse mode) at the same batch size.
 
 Compile time: numba compiles the singular-value kernel on first use and caches it on disk. The script
 times the first call of ``singular_values`` (and, for comparison, of ``batch_jacobian`` on a tiny residual
@@ -34,6 +40,7 @@ Usage::
 
     python scripts/bench_jacobian.py                   # the paper's setting, 5 repeats
     python scripts/bench_jacobian.py --repeats 9 --no-torch
+    python scripts/bench_jacobian.py --per-example --modes    # the textbook reference; forward vs reverse
     python scripts/bench_jacobian.py --batch 32 --dim 100 --layers 3
 """
 
@@ -68,6 +75,28 @@ def forward_mode_flops(batch, dims):
     flops; layer 1 needs none (I W_1 = W_1).
     """
     return sum(2 * batch * dims[0] * a * b for a, b in zip(dims[1:-1], dims[2:]))
+
+
+def per_example_jacobian(apply, params, x):
+    """The textbook route: autograd.jacobian of the one-example function, example by example."""
+    import autograd
+    return onp.stack([autograd.jacobian(lambda row: apply(params, row[None, :])[0])(row) for row in x])
+
+
+def mode_times(batch, repeats):
+    """Median seconds of forward and reverse mode on MLP(392, [300, 300, 100]) (and their max difference)."""
+    rng = onp.random.default_rng(2)
+    model = nn.MLP(392, [300, 300, 100])
+    params = model.init(rng)
+    x = rng.random((batch, 392))
+    out = {}
+    for mode in ("forward", "reverse"):
+        jacobian.batch_jacobian(model, params, x, mode=mode)
+        out[mode] = statistics.median(timed(jacobian.batch_jacobian, model, params, x, mode=mode)[0]
+                                      for _ in range(repeats))
+    diff = onp.abs(jacobian.batch_jacobian(model, params, x, mode="forward")
+                   - jacobian.batch_jacobian(model, params, x, mode="reverse")).max()
+    return out, float(diff), jacobian.mlp_jacobian_flops([392, 300, 300, 100], batch)
 
 
 def timed(fn, *args, **kwargs):
@@ -154,6 +183,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
+    parser.add_argument("--per-example", action="store_true",
+                        help="also time (a0), autograd.jacobian example by example (slow: ~10x (a))")
+    parser.add_argument("--modes", action="store_true",
+                        help="also time forward vs reverse mode on MLP(392, [300, 300, 100])")
     parser.add_argument("--reference-apply", choices=("plain", "model"), default="plain",
                         help="what (a) differentiates: nn.mlp_apply op by op (default) or model.apply")
     args = parser.parse_args(argv)
@@ -175,7 +208,8 @@ def main(argv=None):
 
     torch_parts = None if args.no_torch else torch_setup(model, params, args.threads)
 
-    times = {key: [] for key in ("ref_jac", "ref_svd", "fast_jac", "fast_svd", "gemm", "torch_jac", "torch_svd")}
+    times = {key: [] for key in ("ref_jac", "ref_svd", "fast_jac", "fast_svd", "gemm", "torch_jac", "torch_svd",
+                                 "example_jac")}
     checks = {}
     for run in range(args.repeats + 1):                 # run 0 is the warm-up (and compiles the kernel)
         t_ref_jac, J_ref = timed(jacobian.batch_jacobian_reference, reference_apply, params, x)
@@ -186,6 +220,11 @@ def main(argv=None):
         t_gemm, _ = timed(onp.matmul, gemm_a, gemm_b, out=gemm_out)
         row = {"ref_jac": t_ref_jac, "ref_svd": t_ref_svd, "fast_jac": t_fast_jac, "fast_svd": t_fast_svd,
                "gemm": t_gemm}
+        if args.per_example:
+            row["example_jac"], J_example = timed(per_example_jacobian, reference_apply, params, x)
+            if run == 0:
+                checks["per-example J vs fast J, max |diff|"] = float(onp.abs(J_example - J).max())
+            del J_example
         if torch_parts is not None:
             jacobian_fn, svdvals_fn, to_tensor, _ = torch_parts
             xt = to_tensor(x)
@@ -229,6 +268,10 @@ def main(argv=None):
           f"| {spread('ref_jac')} |")
     print(f"| (a) | `numpy.linalg.svd(J, compute_uv=False)` | {med['ref_svd']:.3f} | {spread('ref_svd')} |")
     print(f"| (a) | **total** | **{ref_total:.3f}** | {total_spread('ref_jac', 'ref_svd')} |")
+    if args.per_example:
+        example_total = med["example_jac"] + med["ref_svd"]
+        print(f"| (a0) | autograd.jacobian example by example | {med['example_jac']:.3f} | {spread('example_jac')} |")
+        print(f"| (a0) | **total** (with (a)'s SVD) | **{example_total:.3f}** | |")
     print(f"| (b) | fast Jacobian, forward mode (`batch_jacobian`) | {med['fast_jac']:.3f} | {spread('fast_jac')} |")
     print(f"| (b) | numba singular values (`singular_values`, dgesdd JOBZ='N') | {med['fast_svd']:.3f} "
           f"| {spread('fast_svd')} |")
@@ -247,11 +290,23 @@ def main(argv=None):
     print(f"| (a) / (b), totals | {ref_total / fast_total:.2f} | >= 5 |")
     print(f"| (a) / (b), Jacobians | {med['ref_jac'] / med['fast_jac']:.2f} | |")
     print(f"| (a) / (b), singular values | {med['ref_svd'] / med['fast_svd']:.2f} | |")
+    if args.per_example:
+        print(f"| (a0) / (b), totals | {example_total / fast_total:.2f} | |")
     print(f"| (b) Jacobian / (c) | {med['fast_jac'] / med['gemm']:.2f} | <= 1.5 |")
     if torch_parts is not None:
         print(f"| torch / (b), totals | {torch_total / fast_total:.2f} | > 1 |")
         print(f"| torch / (b), Jacobians | {med['torch_jac'] / med['fast_jac']:.2f} | |")
         print(f"| torch / (b), singular values | {med['torch_svd'] / med['fast_svd']:.2f} | |")
+    if args.modes:
+        mode_med, diff, flops = mode_times(args.batch, args.repeats)
+        print()
+        print(f"| MLP(392, [300, 300, 100]), B = {args.batch} | GFLOP | median (s) |")
+        print("|---|---:|---:|")
+        for mode in ("forward", "reverse"):
+            print(f"| {mode} mode | {flops[mode] / 1e9:.1f} | {mode_med[mode]:.3f} |")
+        print(f"| forward / reverse | {flops['forward'] / flops['reverse']:.2f} "
+              f"| {mode_med['forward'] / mode_med['reverse']:.2f} |")
+        checks["forward vs reverse mode J, max |diff|"] = diff
     if compiled is not None:
         (imp_cold, jac_cold, sv_cold), (imp_cached, jac_cached, sv_cached) = compiled
         print()

@@ -77,6 +77,10 @@ def make_model(kind, near_identity, seed=0):
         model = nn.MLP(6, [7, 4], activation="softplus", kernel_init=init)
     elif kind == "identity_mlp":
         model = nn.MLP(6, [5, 7], activation="identity", kernel_init=init)
+    elif kind == "narrowing_mlp":                                 # like the critics' MLP(392, [300, 300, 100])
+        model = nn.MLP(12, [10, 10, 3], kernel_init=init)
+    elif kind == "widening_mlp":
+        model = nn.MLP(3, [10, 10, 12], activation="softplus", kernel_init=init)
     elif kind in ("shift_realnvp", "affine_realnvp"):
         model = flows.RealNVP(9, 5, [8, 7], shift_only=kind == "shift_realnvp", rng=rng, kernel_init=init)
     elif kind == "affine_coupling":
@@ -149,6 +153,46 @@ def test_fast_jacobian_equals_reference(kind, near_identity):
         permutation = onp.abs(onp.asarray(fast)).round()
         assert onp.all(permutation.sum(axis=1) == 1) and onp.all(permutation.sum(axis=2) == 1)
         assert onp.abs(fast - permutation).max() < 1e-2
+
+
+MLP_KINDS = ["mlp", "residual_mlp", "softplus_mlp", "identity_mlp", "narrowing_mlp", "widening_mlp"]
+
+
+@pytest.mark.parametrize("near_identity", [False, True], ids=["random", "near_identity"])
+@pytest.mark.parametrize("kind", MLP_KINDS)
+def test_forward_and_reverse_mode_both_equal_reference(kind, near_identity):
+    """Both fast modes for MLPs, forced, whatever ``mode="auto"`` would pick."""
+    model, params, x = make_model(kind, near_identity)
+    ref = jacobian.batch_jacobian_reference(plain_apply(model), params, x)
+    for mode in ("forward", "reverse", "auto"):
+        J = jacobian.batch_jacobian(model, params, x, mode=mode)
+        entrywise_close(J, ref)
+        if mode == "reverse":
+            assert J.flags.c_contiguous
+
+
+def test_auto_mode_takes_the_cheaper_product_chain():
+    assert jacobian.mlp_jacobian_flops([392, 300, 300, 100], batch=128) == {
+        "forward": 2 * 128 * 392 * (300 * 300 + 300 * 100), "reverse": 2 * 128 * 100 * (392 * 300 + 300 * 300)}
+    assert jacobian.mlp_jacobian_flops([4, 4, 4]) == {"forward": 128, "reverse": 128}    # a tie: forward
+    rng = onp.random.default_rng(3)
+    narrow, wide = nn.MLP(40, [30, 30, 5]), nn.MLP(5, [30, 30, 40])
+    x_narrow, x_wide = rng.standard_normal((2, 40)), rng.standard_normal((2, 5))
+    # reverse mode returns C-ordered matrices, forward mode transposed views of its tangents
+    assert jacobian.batch_jacobian(narrow, narrow.init(rng), x_narrow).flags.c_contiguous
+    assert not jacobian.batch_jacobian(wide, wide.init(rng), x_wide).flags.c_contiguous
+
+
+def test_mode_errors():
+    flow, flow_params, x = make_model("affine_realnvp", near_identity=False)
+    with pytest.raises(ValueError, match="MLP only"):
+        jacobian.batch_jacobian(flow, flow_params, x, mode="reverse")
+    model, params, x = make_model("mlp", near_identity=False)
+    with pytest.raises(ValueError, match="mode must be"):
+        jacobian.batch_jacobian(model, params, x, mode="backward")
+    dense = nn.Dense(3, 2)
+    with pytest.raises(ValueError, match="no forward-mode fast path"):
+        jacobian.batch_jacobian(dense, dense.init(onp.random.default_rng(0)), onp.ones((1, 3)), mode="forward")
 
 
 def test_fast_jacobian_at_the_paper_architecture():
