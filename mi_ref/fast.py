@@ -42,7 +42,8 @@ against PyTorch. Conventions (the same as the references, so that the gradients 
   ``NotImplementedError``; use the reference formulation for higher derivatives. A VJP may run many times
   on one forward pass (``autograd.jacobian`` does): the kept values are only read.
 * Nothing is modified in place that autograd or the caller owns: incoming gradients are read-only, every
-  returned array is fresh.
+  returned array is fresh. The one exception is asked for explicitly: ``adam_tree(..., inplace=True)``
+  (``Adam.update(..., inplace=True)``) overwrites the params and moments it is given.
 
 Numba kernels (``cache=True``, ``error_model="numpy"`` so that divisions vectorize) fuse the elementwise
 work around the matrix products; the matrix products themselves are numpy/BLAS calls. Speed also depends on
@@ -697,14 +698,15 @@ def convnet(model, params, x):
 # For the paper's steps that is one needless pass of zeros plus one add over all parameters: 28 M
 # float64 values (220 MB) for the invertible experiment, ~9 % of its gradient time, and ~2.6 ms of the
 # conditioning step's ~28 ms. Here every entry params[key] is its own root of the trace, so each
-# sub-gradient arrives as it is and the result is assembled without zeros. The numbers are the same
-# bit for bit (x + 0 = x; contributions to one entry are summed in autograd's order). It relies on
+# sub-gradient arrives as it is and the result is assembled without zeros. The values are the same
+# (x + 0 = x; contributions to one entry are summed in autograd's order; only the sign of an exact zero
+# can differ, as -0.0 + 0.0 = +0.0 in autograd's sum and -0.0 here). It relies on
 # autograd's tracer (``trace_stack``, ``new_box``, ``VJPNode``, ``add_outgrads``, ``toposort``, stable
 # since autograd 1.2); if those cannot be imported, autograd's own ``value_and_grad`` is used instead.
 
 try:
     from autograd.core import VJPNode, add_outgrads, vspace
-    from autograd.tracer import isbox, new_box, toposort, trace_stack
+    from autograd.tracer import getval, isbox, new_box, toposort, trace_stack
     _HAVE_TRACER = True
 except ImportError:                                    # pragma: no cover - a future autograd
     _HAVE_TRACER = False
@@ -716,9 +718,11 @@ def value_and_grad_by_key(fun):
     with the same numbers, keys in sorted order, in one backward pass in which each ``params[key]`` is a
     root of its own (see the comment above for why).
 
-    ``fun`` sees ``params`` as a plain dict whose values are autograd boxes; an entry ``fun`` does not
-    use gets a zero gradient. Raises ``ValueError`` if ``params`` is not a dict or the value is not a real
-    scalar.
+    ``fun`` sees ``params`` as a plain dict (keys in sorted order) whose values are autograd boxes; an
+    entry ``fun`` does not use gets a zero gradient. As with autograd, the returned gradients are to be
+    read: two entries may share one gradient array (e.g. ``sum(p["a"] + p["b"])``), so copy before
+    modifying one in place. Raises ``ValueError`` if ``params`` is not a dict or the value is not a real
+    floating-point scalar.
     """
     import autograd
 
@@ -737,10 +741,11 @@ def value_and_grad_by_key(fun):
             end = fun({key: new_box(params[key], trace_id, roots[key]) for key in keys}, *args, **kwargs)
             traced = isbox(end) and end._trace == trace_id
             value, end_node = (end._value, end._node) if traced else (end, None)
+        plain = np.asarray(getval(value))                  # unboxed, if an outer trace is differentiating
+        if plain.size != 1 or not np.issubdtype(plain.dtype, np.floating):
+            raise ValueError(f"fun must return a real floating-point scalar (the loss), got shape "
+                             f"{plain.shape} and dtype {plain.dtype}")
         space = vspace(value)
-        if space.size != 1 or np.iscomplexobj(value):
-            raise ValueError(f"fun must return a real scalar (the loss), got {np.shape(value)} "
-                             f"{np.asarray(value).dtype}")
         grads = {}
         if end_node is not None:
             root_key = {id(node): key for key, node in roots.items()}
@@ -804,7 +809,8 @@ def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
     g_flat = np.ascontiguousarray(g, dtype=float).reshape(-1)
     if inplace:
         targets = [_writable_flat(a) for a in (p, m, v)]
-        if all(t is not None for t in targets) and len({id(p), id(m), id(v)}) == 3:
+        if all(t is not None for t in targets) and not any(
+                np.may_share_memory(a, b) for a, b in ((p, m), (p, v), (m, v))):
             _adam_kernel_inplace(targets[0], g_flat, targets[1], targets[2], b1, b2, lr, c1, c2, eps)
             return p, m, v
     flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, m, v)]

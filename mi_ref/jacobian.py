@@ -12,8 +12,8 @@ This module gives
 
 * :func:`batch_jacobian_reference` - the ground truth for any model, by autograd (reverse mode);
 * :func:`batch_jacobian` - the same numbers by forward mode for the encoders the paper studies (plain
-  and residual MLPs, shift-only and affine RealNVP chains; reverse mode for MLPs whose output is
-  narrower than their input), with the reference as the fallback;
+  and residual MLPs, shift-only and affine RealNVP chains; reverse mode for MLPs where it needs fewer
+  flops, typically an output narrower than the input), with the reference as the fallback;
 * :func:`singular_values` - LAPACK's ``dgesdd`` without singular vectors, one matrix per numba thread;
 * :func:`log_condition_numbers` and :func:`condition_percentiles` - the numbers Fig. 2 plots.
 
@@ -35,7 +35,7 @@ Conventions and scope:
   only hit at exactly u = 0, e.g. with all-zero weights).
 * The MLP's Jacobian is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each
   ``J[b]`` is then Fortran-ordered, which is what LAPACK reads. RealNVP's Jacobian, and an MLP's taken
-  in reverse mode (output narrower than input, see :func:`batch_jacobian`), are C-ordered.
+  in reverse mode (see :func:`batch_jacobian`), are C-ordered.
   :func:`singular_values` takes either without copying.
 """
 
@@ -209,9 +209,7 @@ def _mlp_reverse_jacobian(layers, x, activation_name, shortcuts):
         W_t = np.asarray(layers[index]["W"], dtype=np.float64).T            # (n_l, n_{l-1})
         scale = scales[index]
         if rows is None:                                                     # I W_L^T = W_L^T
-            new = np.repeat(W_t[None], batch, axis=0)
-            if scale is not None:
-                new *= scale[:, :, None]
+            new = np.repeat(W_t[None], batch, axis=0)        # (the last layer has no activation)
             if shortcuts:
                 diagonal = np.arange(W_t.shape[0])
                 new[:, diagonal, diagonal] += 1.0
@@ -336,10 +334,11 @@ def batch_jacobian(model, params, x, mode="auto"):
     """Per-example Jacobians ``J[b, i, j] = d model.apply(params, x)[b, i] / d x[b, j]``: (B, out, in).
 
     Forward mode (see the module docstring) for the models of :func:`has_fast_jacobian`;
-    :func:`batch_jacobian_reference` otherwise. For an MLP whose output is narrower than its input
-    (e.g. MLP(392, [300, 300, 100]): 5.3 instead of 12 GFLOP at B = 128) ``mode="auto"`` takes reverse
-    mode (:func:`_mlp_reverse_jacobian`) instead, the cheaper by :func:`mlp_jacobian_flops`; ``mode=
-    "forward"`` or ``"reverse"`` forces one (MLPs only; other models take ``"auto"`` or ``"forward"``). Both agree to rounding (measured <= 2e-12 relative per
+    :func:`batch_jacobian_reference` otherwise. For an MLP, ``mode="auto"`` takes reverse mode
+    (:func:`_mlp_reverse_jacobian`) where :func:`mlp_jacobian_flops` counts fewer flops, typically when
+    the output is narrower than the input (MLP(392, [300, 300, 100]): 5.3 instead of 12 GFLOP at
+    B = 128). ``mode="forward"`` forces forward mode (models with a fast path only), ``mode="reverse"``
+    reverse mode (MLPs only); anything else raises ``ValueError``. Both agree to rounding (measured <= 2e-12 relative per
     entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
     For the paper's residual MLP (B = 128, d = 392, 5 layers) the cost is 4 products
     ``(B d, d) @ (d, d)``, i.e. 8 B d^3 ~ 62 GFLOP; see ``scripts/bench_jacobian.py``.

@@ -19,7 +19,8 @@ from .tree import tree_from_dict, tree_map, tree_to_dict
 
 
 class Adam:
-    """Adam with bias correction. ``update`` is functional: it returns new params and a new state."""
+    """Adam with bias correction. ``update`` returns new params and a new state (functional), or with
+    ``inplace=True`` overwrites the arrays it was given (what the training loops do, after :func:`owned`)."""
 
     def __init__(self, lr=1e-4, b1=0.9, b2=0.999, eps=1e-8):
         if not lr > 0:
@@ -35,7 +36,7 @@ class Adam:
         return {"step": 0, "m": zeros, "v": tree_map(onp.copy, zeros)}
 
     def update(self, params, grads, state, inplace=False):
-        """One step: returns ``(new_params, new_state)``; inputs are not modified.
+        """One step: returns ``(new_params, new_state)``; inputs are not modified unless ``inplace=True``.
 
         Each leaf is updated in one fused pass (:func:`mi_ref.fast.adam_tree`) with the operations of
         :meth:`update_reference` in the same order, so the results are the same bit for bit.

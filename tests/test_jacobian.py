@@ -176,6 +176,8 @@ def test_auto_mode_takes_the_cheaper_product_chain():
         "forward": 2 * 128 * 392 * (300 * 300 + 300 * 100), "reverse": 2 * 128 * 100 * (392 * 300 + 300 * 300)}
     assert jacobian.mlp_jacobian_flops([4, 4, 4]) == {"forward": 128, "reverse": 128}    # a tie: forward
     rng = onp.random.default_rng(3)
+    tie = nn.MLP(4, [4, 4])
+    assert not jacobian.batch_jacobian(tie, tie.init(rng), rng.standard_normal((2, 4))).flags.c_contiguous
     narrow, wide = nn.MLP(40, [30, 30, 5]), nn.MLP(5, [30, 30, 40])
     x_narrow, x_wide = rng.standard_normal((2, 40)), rng.standard_normal((2, 5))
     # reverse mode returns C-ordered matrices, forward mode transposed views of its tangents
