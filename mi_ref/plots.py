@@ -276,7 +276,7 @@ def plot_encoders(runs, path):
                                fontsize=10)
         axes[1, col].set_title(f"{LABELS.get(est, est)}: bound (gray: targets t)", fontsize=10)
         for ax in axes[:, col]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, handlelength=3.5)        # long enough to show t = 4's dashes
     return _finish(fig, axes, _title(runs, "Encoders (Fig. 4a, 4b)"), path)
 
 
