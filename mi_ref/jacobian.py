@@ -338,8 +338,8 @@ def batch_jacobian(model, params, x, mode="auto"):
     (:func:`_mlp_reverse_jacobian`) where :func:`mlp_jacobian_flops` counts fewer flops, typically when
     the output is narrower than the input (MLP(392, [300, 300, 100]): 5.3 instead of 12 GFLOP at
     B = 128). ``mode="forward"`` forces forward mode (models with a fast path only), ``mode="reverse"``
-    reverse mode (MLPs only); anything else raises ``ValueError``. Both agree to rounding (measured <= 2e-12 relative per
-    entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
+    reverse mode (MLPs only); anything else raises ``ValueError``. All agree to rounding (measured
+    <= 2e-12 relative per entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
     For the paper's residual MLP (B = 128, d = 392, 5 layers) the cost is 4 products
     ``(B d, d) @ (d, d)``, i.e. 8 B d^3 ~ 62 GFLOP; see ``scripts/bench_jacobian.py``.
 

@@ -3,7 +3,8 @@
 A step is what the training loop does 21000 times per run: the loss -I_NCE(critic(g1(x1), g2(x2))), its
 gradient with respect to every parameter (:func:`mi_ref.fast.value_and_grad_by_key` of
 :func:`mi_ref.objectives.mi_loss`, autograd's numbers without a zero tree for the params dict) and one Adam
-update in place: by default exactly what ``mi_ref.train.train_mi`` does. Batch 128, float64, random MNIST-like inputs in [0, 1] (392 values per view).
+update in place: by default exactly what ``mi_ref.train.train_mi`` does. Batch 128, float64, random
+MNIST-like inputs in [0, 1] (392 values per view).
 
 Configurations (PAPER.md, "The experiments"):
 

@@ -75,9 +75,11 @@ def test_owned_copies_every_leaf_into_distinct_writable_float64_arrays():
     state = adam.init(params)
     own_params, own_state = optim.owned(params, state)
     leaves = [leaf for _, leaf in tree.tree_flatten(own_params)]
-    leaves += [leaf for _, leaf in tree.tree_flatten(own_state["m"])] + [leaf for _, leaf in tree.tree_flatten(own_state["v"])]
+    leaves += [leaf for _, leaf in tree.tree_flatten(own_state["m"])]
+    leaves += [leaf for _, leaf in tree.tree_flatten(own_state["v"])]
     originals = [leaf for _, leaf in tree.tree_flatten(params)]
-    originals += [leaf for _, leaf in tree.tree_flatten(state["m"])] + [leaf for _, leaf in tree.tree_flatten(state["v"])]
+    originals += [leaf for _, leaf in tree.tree_flatten(state["m"])]
+    originals += [leaf for _, leaf in tree.tree_flatten(state["v"])]
     for leaf in leaves:
         assert leaf.dtype == onp.float64 and leaf.flags.c_contiguous and leaf.flags.writeable
         assert not any(onp.shares_memory(leaf, other) for other in originals)
