@@ -198,12 +198,12 @@ def _mlp_reverse_jacobian(layers, x, activation_name, shortcuts):
     activation, derivative = _ACTIVATIONS[activation_name]
     batch = x.shape[0]
     h, scales = x, []
-    for index, layer in enumerate(layers):
+    for layer in layers[:-1]:                      # the last layer's values are not needed: no activation
         u = h @ layer["W"] + layer["b"]
-        last = index == len(layers) - 1
-        scales.append(None if (last or derivative is None) else derivative(u))
-        out = u if (last or activation is None) else activation(u)
+        scales.append(None if derivative is None else derivative(u))
+        out = u if activation is None else activation(u)
         h = out + h if shortcuts else out
+    scales.append(None)
     rows = None
     for index in range(len(layers) - 1, -1, -1):
         W_t = np.asarray(layers[index]["W"], dtype=np.float64).T            # (n_l, n_{l-1})
@@ -238,7 +238,7 @@ def _mlp_jacobian(model, params, x, mode="auto"):
     the module docstring) or reverse mode (C-ordered), the cheaper unless ``mode`` says which."""
     x = _check_batch_input(x, model.in_dim)
     if mode == "auto":
-        widths = [model.in_dim] + [np.shape(layer["W"])[1] for layer in params["layers"]]
+        widths = [model.in_dim] + list(model.dims)
         flops = mlp_jacobian_flops(widths)
         mode = "reverse" if flops["reverse"] < flops["forward"] else "forward"
     if mode == "reverse":

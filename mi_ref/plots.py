@@ -126,7 +126,7 @@ def _clip_initial_outliers(ax, later_values):
     I_NWJ at initialization can be hugely negative (-e^S for large scores S); drawn to scale it would
     flatten every curve. The axis then starts just below the later values and a note says so.
     """
-    values = np.concatenate([v for v in later_values if len(v)]) if later_values else np.array([])
+    values = np.concatenate([np.ravel(v) for v in later_values] + [np.empty(0)])   # none at all: empty
     values = values[np.isfinite(values)]
     if not len(values):
         return
@@ -255,19 +255,20 @@ def plot_encoders(runs, path):
         return f"{variant_field(runs, v, 'encoder')}, t = {variant_field(runs, v, 'target'):g}"
 
     for col, est in enumerate(estimators):
-        chosen = _by_field(runs, "estimator", est)
-        for v in chosen:
+        later_bounds = [np.array(targets, dtype=float)]
+        for v in _by_field(runs, "estimator", est):
             color = ENCODER_COLORS.get(variant_field(runs, v, "encoder"))
             style = styles[variant_field(runs, v, "target")]
             for row, key in ((0, "accuracy"), (1, "bound")):
                 steps, mean, sd, _ = series(runs, v, key)
                 if len(steps):
                     _band(axes[row, col], steps, mean, sd, label(v), color, style)
+                if key == "bound":
+                    later_bounds.append(mean[1:])
         base = baseline(runs)
         if base is not None:
             axes[0, col].axhline(base, color="black", linestyle="--", linewidth=1, label=f"pixels ({base:.3f})")
-        _clip_initial_outliers(axes[1, col], [series(runs, v, "bound")[1][1:] for v in chosen]
-                               + [np.array(targets, dtype=float)])
+        _clip_initial_outliers(axes[1, col], later_bounds)
         for t in targets:
             axes[1, col].axhline(t, color="gray", linestyle=styles[t], linewidth=0.8)
         axes[0, col].set_ylabel("linear-probe test accuracy")

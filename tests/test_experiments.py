@@ -127,6 +127,16 @@ def test_tiny_run_sections_3_2_and_3_3(tmp_path, name):
     assert figures[0].stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("name", ["critics", "encoders", "conditioning"])
+def test_plot_of_a_run_with_only_its_step_0_evaluation(tmp_path, name):
+    """A run stopped after its first evaluation (or with one evaluation) still plots: nothing to clip."""
+    settings = dict(TINY[name], n_evals=1)
+    path = experiments.run_experiment(name, "quick", seed=0, out=tmp_path, progress=False, **settings)
+    assert {r["step"] for r in RunDir(path).read_metrics()} == {0}
+    figures = plots.plot_runs([path], tmp_path / "fig")
+    assert figures[0].stat().st_size > 10_000
+
+
 def test_encoders_config_checks():
     exp = experiments.get("encoders")
     with pytest.raises(ValueError, match="unknown encoders"):

@@ -95,11 +95,6 @@ def run(config, store, seed, dataset, progress=True):
     state_c, state_e = opt_c.init(params["classifier"]), opt_e.init(params["encoder"])
     it = BatchIterator(len(views.x1_train), config.batch_size, data_rng)
 
-    def own():                       # the updates below are in place: into arrays only this loop holds
-        nonlocal state_c, state_e
-        params["classifier"], state_c = owned(params["classifier"], state_c)
-        params["encoder"], state_e = owned(params["encoder"], state_e)
-
     grad_c = value_and_grad(lambda pc, pe, x, y: classifier_loss({"classifier": pc, "encoder": pe}, encoder,
                                                                   x, y))
     grad_e = value_and_grad(lambda pe, pc, x: encoder_loss({"classifier": pc, "encoder": pe}, encoder, x))
@@ -130,9 +125,10 @@ def run(config, store, seed, dataset, progress=True):
         eval_rng.bit_generator.state = meta["eval_rng"]
         start, resumed = int(meta["iteration"]), True
         store.truncate_variant(VARIANT, start)
-        own()
-    else:
-        own()
+    # the updates below are in place: into arrays only this loop holds
+    params["classifier"], state_c = owned(params["classifier"], state_c)
+    params["encoder"], state_e = owned(params["encoder"], state_e)
+    if ckpt is None:
         if store is not None:
             store.truncate_variant(VARIANT, None)
         for _ in range(config.warmup_steps):
