@@ -502,18 +502,36 @@ def _unpatch(dcols, x_shape, kh, kw, stride):
     return np.ascontiguousarray(dxpad[:, top:top + x_shape[1], left:left + x_shape[2]])
 
 
-@primitive
-def _conv2d(x, kernel, stride, cache):
+def _conv_gemm(x, kernel, stride):
+    """(patches (B, Ho, Wo, K), conv2d(x, kernel) as a (B Ho Wo, C_out) matrix): im2col and one GEMM."""
     kh, kw, c, o = kernel.shape
     cols = _patches(x, kh, kw, stride)
+    return cols, cols.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
+
+
+def _conv_kernel_grad(cols, delta, kernel_shape):
+    """d<delta, cols @ W>/dW for ``delta: (B Ho Wo, C_out)``: patches^T delta, shaped like the kernel."""
+    return (cols.reshape(delta.shape[0], -1).T @ delta).reshape(kernel_shape)
+
+
+def _conv_input_grad(delta, kernel, out_shape, x_shape, stride):
+    """d<delta, patches(x) @ W>/dx: delta W^T back onto the patches' pixels (col2im)."""
+    kh, kw, c, o = kernel.shape
+    dcols = (delta @ kernel.reshape(kh * kw * c, o).T).reshape(tuple(out_shape) + (kh * kw * c,))
+    return _unpatch(dcols, x_shape, kh, kw, stride)
+
+
+@primitive
+def _conv2d(x, kernel, stride, cache):
+    cols, z = _conv_gemm(x, kernel, stride)
     if cache is not None:
         cache.append(cols)
-    return (cols.reshape(-1, kh * kw * c) @ kernel.reshape(kh * kw * c, o)).reshape(cols.shape[:3] + (o,))
+    return z.reshape(cols.shape[:3] + (kernel.shape[3],))
 
 
 def _conv2d_vjp(argnums, ans, args, kwargs):
     x, kernel, stride, cache = args
-    kh, kw, c, o = kernel.shape
+    kh, kw, _, o = kernel.shape
 
     def vjp(g):
         _first_order(g, "conv2d")
@@ -521,11 +539,10 @@ def _conv2d_vjp(argnums, ans, args, kwargs):
         out = []
         for arg in argnums:
             if arg == 0:
-                dcols = (g2 @ kernel.reshape(kh * kw * c, o).T).reshape(np.shape(g)[:3] + (kh * kw * c,))
-                out.append(_unpatch(dcols, np.shape(x), kh, kw, stride))
+                out.append(_conv_input_grad(g2, kernel, np.shape(g)[:3], np.shape(x), stride))
             else:
                 cols = cache[0] if cache else _patches(x, kh, kw, stride)
-                out.append((cols.reshape(-1, kh * kw * c).T @ g2).reshape(kernel.shape))
+                out.append(_conv_kernel_grad(cols, g2, kernel.shape))
         return out
     return vjp
 
@@ -610,30 +627,25 @@ def _layer_norm_pool_backward(g_pooled, xhat, rstd, scale, g_a, d_scale, d_bias)
 
 def _conv_relu_forward(x, layer, stride, cache):
     """relu(conv2d(x, W, stride) + b) for NHWC x; keeps the patches and the pre-activation in ``cache``."""
-    w, b = layer["W"], layer["b"]
-    kh, kw, c, o = w.shape
-    cols = _patches(x, kh, kw, stride)
-    z = cols.reshape(-1, kh * kw * c) @ w.reshape(kh * kw * c, o)
+    cols, z = _conv_gemm(x, layer["W"], stride)
     a = np.empty_like(z)
-    _bias_relu(z, b, a)
+    _bias_relu(z, layer["b"], a)
     if cache is not None:
         cache.append((cols, z))
-    return a.reshape(cols.shape[:3] + (o,))
+    return a.reshape(cols.shape[:3] + (z.shape[1],))
 
 
 def _conv_relu_backward(g_a, layer, stride, x_shape, cached, need_dx):
     """(dx or None, {"W", "b"}) of :func:`_conv_relu_forward` given the gradient of its output."""
     cols, z = cached
     w = layer["W"]
-    kh, kw, c, o = w.shape
     delta = np.empty_like(z)
-    db = np.empty(o)
+    db = np.empty(z.shape[1])
     _relu_backward(_as_input(g_a).reshape(z.shape), z, delta, db)
-    grads = {"W": (cols.reshape(-1, kh * kw * c).T @ delta).reshape(w.shape), "b": db}
+    grads = {"W": _conv_kernel_grad(cols, delta, w.shape), "b": db}
     if not need_dx:
         return None, grads
-    dcols = (delta @ w.reshape(kh * kw * c, o).T).reshape(cols.shape)
-    return _unpatch(dcols, x_shape, kh, kw, stride), grads
+    return _conv_input_grad(delta, w, cols.shape[:3], x_shape, stride), grads
 
 
 @primitive

@@ -150,17 +150,29 @@ def torch_setup(model, params, threads):
     return jacobian_fn, torch.linalg.svdvals, torch.from_numpy, torch
 
 
-def environment():
-    lines = [f"python {platform.python_version()}, numpy {onp.__version__}, numba {numba.__version__} "
-             f"(threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads)",
-             f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs"]
+def cpu_name():
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows; shared with bench_steps.py."""
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
         if model:
-            lines[-1] += f", {model}"
+            return model
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def blas_threads():
+    """The thread count of each loaded BLAS, as threadpoolctl reports it (e.g. "openblas 2")."""
+    from threadpoolctl import threadpool_info
+    return ", ".join(f"{lib.get('internal_api')} {lib['num_threads']}" for lib in threadpool_info()
+                     if lib["user_api"] == "blas") or "unknown"
+
+
+def environment():
+    lines = [f"python {platform.python_version()}, numpy {onp.__version__}, numba {numba.__version__} "
+             f"(threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads)",
+             f"machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {cpu_name()}"]
     if os.environ.get("OPENBLAS_CORETYPE"):
         lines.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}")
     try:

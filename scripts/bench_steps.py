@@ -52,6 +52,7 @@ import time
 import numpy as onp
 from autograd import value_and_grad
 
+from bench_jacobian import blas_threads, cpu_name      # scripts/ is on sys.path when this script runs
 from mi_ref import critics, fast, flows, nn, objectives, optim
 
 BATCH = 128
@@ -301,17 +302,6 @@ def time_steps(steps, repeats, warmup, block=5, pause=0.2):
     return [statistics.median(t) for t in times]
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 class OtherLoad:
     """CPU time the machine spent elsewhere while the block ran, as shares of all CPU time (Linux; else None):
     ``value`` = other processes, ``steal`` = time the hypervisor gave the virtual CPUs to other guests.
@@ -372,7 +362,7 @@ def main(argv=None):
         except ImportError:
             torch = None
 
-    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count()
+    threads = blas_threads()
     torch_text = (f"{torch.__version__} (2 threads)" if torch is not None
                   else "not used" if args.no_torch else "not installed")
     machine = f"{cpu_name()}, {os.cpu_count()} cores"

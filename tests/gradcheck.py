@@ -49,3 +49,11 @@ def check_grad(f, args, argnums=None, n_dirs=3, h=1e-6, rtol=1e-6, atol=1e-8, se
                 checked += 1
     assert checked > 0, "check_grad checked nothing"
     return checked
+
+
+def assert_trees_equal(actual, expected):
+    """The same paths, shapes and values leaf by leaf (``numpy.array_equal``: exact, -0.0 == +0.0)."""
+    flat_a, flat_e = tree_flatten(actual), tree_flatten(expected)
+    assert [path for path, _ in flat_a] == [path for path, _ in flat_e]
+    for (path, a), (_, e) in zip(flat_a, flat_e):
+        assert onp.shape(a) == onp.shape(e) and onp.array_equal(a, e), path

@@ -13,7 +13,7 @@ import numpy as onp
 import pytest
 from autograd import grad, value_and_grad
 
-from gradcheck import check_grad
+from gradcheck import assert_trees_equal, check_grad
 from mi_ref import bounds, critics, fast, flows, nn, objectives, optim
 from mi_ref.tree import tree_flatten
 
@@ -281,8 +281,7 @@ def test_adam_fused_equals_reference_bit_for_bit():
         g = {"a": rng.standard_normal((300, 70)), "b": [rng.standard_normal(5), rng.standard_normal((2, 3))]}
         p1, s1 = adam.update(p1, g, s1)
         p2, s2 = adam.update_reference(p2, g, s2)
-        for (_, a), (_, b) in zip(tree_flatten([p1, s1["m"], s1["v"]]), tree_flatten([p2, s2["m"], s2["v"]])):
-            onp.testing.assert_array_equal(a, b)
+        assert_trees_equal([p1, s1["m"], s1["v"]], [p2, s2["m"], s2["v"]])
         assert s1["step"] == s2["step"]
     # non-contiguous gradients and inputs are not modified
     g = {"a": onp.asfortranarray(rng.standard_normal((300, 70))), "b": [rng.standard_normal(10)[::2],
@@ -290,8 +289,7 @@ def test_adam_fused_equals_reference_bit_for_bit():
     before = [onp.copy(v) for _, v in tree_flatten([p1, s1["m"], s1["v"]])]
     q1, _ = adam.update(p1, g, s1)
     q2, _ = adam.update_reference(p1, g, s1)
-    for (_, a), (_, b) in zip(tree_flatten(q1), tree_flatten(q2)):
-        onp.testing.assert_array_equal(a, b)
+    assert_trees_equal(q1, q2)
     for a, (_, b) in zip(before, tree_flatten([p1, s1["m"], s1["v"]])):
         onp.testing.assert_array_equal(a, b)
 
@@ -311,9 +309,7 @@ def test_adam_in_place_equals_functional():
         a_in, m_in = params["a"], state["m"]["a"]
         params, state = adam.update(params, grads, state, inplace=True)
         assert params["a"] is a_in and state["m"]["a"] is m_in          # overwritten, not reallocated
-        for (_, x), (_, y) in zip(tree_flatten([params, state["m"], state["v"]]),
-                                  tree_flatten([expected_p, expected_s["m"], expected_s["v"]])):
-            onp.testing.assert_array_equal(x, y)
+        assert_trees_equal([params, state["m"], state["v"]], [expected_p, expected_s["m"], expected_s["v"]])
         assert state["step"] == expected_s["step"]
     # the Fortran-order leaf cannot be overwritten in place: it got new (C-order) arrays, and is unchanged
     assert params["b"][1] is not fortran_leaf and params["b"][1].flags.c_contiguous
@@ -357,13 +353,6 @@ def test_training_loss_and_gradient_equal_reference(config):
     check_grad(lambda p: objectives.mi_loss(p, g1, g2, critic, "infonce", x1, x2), [params], n_dirs=1)
 
 
-def assert_same_bits(actual, expected):
-    flat_a, flat_e = tree_flatten(actual), tree_flatten(expected)
-    assert [path for path, _ in flat_a] == [path for path, _ in flat_e]
-    for (path, a), (_, e) in zip(flat_a, flat_e):
-        assert onp.shape(a) == onp.shape(e) and onp.array_equal(a, e), path
-
-
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("models", ["fast", "reference"])
 def test_value_and_grad_by_key_equals_autograd(config, models):
@@ -378,7 +367,7 @@ def test_value_and_grad_by_key_equals_autograd(config, models):
         ref_value, ref_grads = value_and_grad(objectives.mi_loss)(params, *args)
         assert value == ref_value
         assert list(grads) == ["critic", "g1", "g2"]
-        assert_same_bits(grads, ref_grads)
+        assert_trees_equal(grads, ref_grads)
 
 
 def test_value_and_grad_by_key_entries_used_twice_or_not_at_all():
@@ -393,7 +382,7 @@ def test_value_and_grad_by_key_entries_used_twice_or_not_at_all():
     value, grads = fast.value_and_grad_by_key(loss)(params, scale=2.0)
     ref_value, ref_grads = value_and_grad(loss)(params, scale=2.0)
     assert value == ref_value
-    assert_same_bits(grads, ref_grads)
+    assert_trees_equal(grads, ref_grads)
     assert onp.array_equal(grads["unused"]["w"], onp.zeros(4))
     check_grad(lambda p: loss(p, 2.0), [params], n_dirs=2)      # and both are the true derivative
 
