@@ -293,13 +293,13 @@ def _coupling_chain_jacobian(blocks, block_params, x):
     return J
 
 
-def _realnvp_jacobian(model, params, x):
+def _realnvp_jacobian(model, params, x, mode="auto"):      # forward mode only ("reverse" refused earlier)
     first = model.blocks[0]
     x = _check_batch_input(x, first.split + first.n_out)
     return _coupling_chain_jacobian(model.blocks, params["blocks"], x)
 
 
-def _coupling_jacobian(model, params, x):
+def _coupling_jacobian(model, params, x, mode="auto"):     # forward mode only ("reverse" refused earlier)
     x = _check_batch_input(x, model.split + model.n_out)
     return _coupling_chain_jacobian([model], [params], x)
 
@@ -357,10 +357,8 @@ def batch_jacobian(model, params, x, mode="auto"):
     if mode == "forward" and not fast:
         raise ValueError(f"{type(model).__name__} has no forward-mode fast path (see has_fast_jacobian); "
                          f"use mode='auto' for the autograd reference")
-    if type(model) is nn.MLP and fast:
-        return _mlp_jacobian(model, params, x, mode)
     if fast:
-        return _FAST_PATHS[type(model)](model, params, x)
+        return _FAST_PATHS[type(model)](model, params, x, mode)
     return batch_jacobian_reference(model.apply, params, x)
 
 
