@@ -28,6 +28,54 @@ def test_adam_matches_hand_computation_on_quadratic():
     onp.testing.assert_allclose(first["theta"], 1 - 0.1, rtol=1e-7)
 
 
+def test_tf_form_matches_hand_computation_over_three_steps():
+    """TensorFlow 1's AdamOptimizer: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), theta -= lr_t m / (sqrt(v) + eps)."""
+    rng = onp.random.default_rng(4)
+    theta0 = rng.standard_normal(5)
+    grads = [1e-7 * rng.standard_normal(5) for _ in range(3)]        # small, as the paper's flows have
+    adam = optim.Adam(lr=1e-3, form="tf")
+    params, state = {"w": theta0.copy()}, adam.init({"w": theta0})
+    theta, m, v = theta0.copy(), onp.zeros(5), onp.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        lr_t = 1e-3 * onp.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        theta = theta - lr_t * m / (onp.sqrt(v) + 1e-8)
+        params, state = adam.update(params, {"w": g}, state)
+        onp.testing.assert_allclose(params["w"], theta, rtol=1e-15, atol=0)
+    assert state["step"] == 3
+
+
+def test_tf_and_textbook_forms_differ_at_the_first_step():
+    """At t = 1 the TF form's eps acts like eps / sqrt(1 - b2) = 3.2e-7 in the textbook form: with gradients
+    of 1e-7 the TF step is ~4x smaller (lr |g| / (|g| + 3.2e-7) against lr |g| / (|g| + 1e-8))."""
+    g = {"w": onp.array([1e-7, -1e-7, 1e-3])}
+    p = {"w": onp.zeros(3)}
+    tf_new, _ = optim.Adam(1e-3, form="tf").update(p, g, optim.Adam().init(p))
+    tb_new, _ = optim.Adam(1e-3, form="textbook").update(p, g, optim.Adam().init(p))
+    onp.testing.assert_allclose(tb_new["w"][:2], [-1e-3 / 1.1, 1e-3 / 1.1], rtol=1e-12)
+    onp.testing.assert_allclose(tf_new["w"][:2], [-1e-3 / (1 + onp.sqrt(1000) * 0.1),
+                                                  1e-3 / (1 + onp.sqrt(1000) * 0.1)], rtol=1e-12)
+    assert abs(tf_new["w"][0]) < 0.3 * abs(tb_new["w"][0])
+    onp.testing.assert_allclose(tf_new["w"][2], tb_new["w"][2], rtol=1e-3)   # large gradients: alike
+
+
+@pytest.mark.parametrize("form", optim.FORMS)
+def test_fused_and_in_place_updates_equal_the_reference_bit_for_bit(form):
+    rng = onp.random.default_rng(9)
+    params = {"a": rng.standard_normal((3, 4)), "b": [rng.standard_normal(5)]}
+    adam = optim.Adam(lr=1e-3, form=form)
+    p_ref, s_ref = params, adam.init(params)
+    p_fast, s_fast = optim.owned(params, adam.init(params))
+    for _ in range(4):
+        g = tree.tree_map(lambda x: 1e-6 * rng.standard_normal(x.shape), params)
+        p_ref, s_ref = adam.update_reference(p_ref, g, s_ref)
+        p_fast, s_fast = adam.update(p_fast, g, s_fast, inplace=True)
+        assert_trees_equal(p_fast, p_ref)
+        assert_trees_equal(s_fast["m"], s_ref["m"])
+        assert_trees_equal(s_fast["v"], s_ref["v"])
+
+
 def test_nested_params_and_inputs_not_modified():
     adam = optim.Adam()
     params = {"enc": {"layers": [{"W": onp.ones((2, 2)), "b": onp.zeros(2)}]}, "critic": {"W": onp.eye(2)}}
@@ -59,7 +107,7 @@ def test_save_restore_continues_identically(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [({"lr": 0}, "learning rate"), ({"b1": 1.0}, "b1"),
-                                          ({"eps": -1}, "eps")])
+                                          ({"eps": -1}, "eps"), ({"form": "keras"}, "unknown Adam form")])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.Adam(**kwargs)
