@@ -318,17 +318,46 @@ class Conv2D:
         return conv2d(x, params["W"], self.stride) + params["b"]
 
 
+@primitive
+def population_std(centered):
+    """sigma_b = sqrt(mean(c[b]^2)) over all non-batch axes of a centered batch ``c``, shape (B, 1, ..., 1).
+
+    VJP: d sigma_b / d c[b] = c[b] / (n sigma_b), and 0 where sigma_b = 0. There c[b] = 0, and 0 is the
+    limit of c / (n sigma) times anything bounded; a chain rule through sqrt would give 0 * inf = NaN.
+    """
+    axes = tuple(range(1, onp.ndim(centered)))
+    return onp.sqrt(onp.mean(centered ** 2, axis=axes, keepdims=True))
+
+
+def _population_std_vjp(ans, centered):
+    n = onp.size(centered) // onp.shape(centered)[0]
+    inv = onp.divide(1.0, n * ans, out=onp.zeros_like(ans), where=ans > 0)
+    return lambda g: g * centered * inv
+
+
+defvjp(population_std, _population_std_vjp)
+
+
 def layer_norm(x, scale, bias, eps=1e-6):
     """Layer normalization over all non-batch axes, with a learned scale and bias per channel.
 
-    For each example b: mu_b = mean(x[b]), var_b = mean((x[b] - mu_b)^2) over (h, w, c), and
-    y[b, ..., c] = (x[b, ..., c] - mu_b) / sqrt(var_b + eps) * scale[c] + bias[c]   (eps = 1e-6).
+    For each example b, over its (h, w, c) values:
+
+        mu_b    = mean(x[b])
+        sigma_b = sqrt(mean((x[b] - mu_b)^2))             (the population standard deviation)
+        y[b, ..., c] = (x[b, ..., c] - mu_b) / (sigma_b + eps) * scale[c] + bias[c],   eps = 1e-6.
+
+    eps is added to the standard deviation, not to the variance: this is the paper's layer norm (its
+    notebook divides by ``K.std(x) + 1e-6``), not the more common (x - mu) / sqrt(var + eps). At unit scale
+    the two differ by about eps / 2 relative, enough for a float64 comparison to tell them apart.
+    Where sigma_b = 0 (all values of an example equal, e.g. every ReLU of a small net off) the derivative
+    is the limit (g - mean(g)) / eps (see :func:`population_std`), not TensorFlow's NaN.
     """
     axes = tuple(range(1, np.ndim(x)))
     mu = np.mean(x, axis=axes, keepdims=True)
     centered = x - mu
-    var = np.mean(centered ** 2, axis=axes, keepdims=True)
-    return centered / np.sqrt(var + eps) * scale + bias
+    sigma = population_std(centered)
+    return centered / (sigma + eps) * scale + bias
 
 
 def global_avg_pool(x):
@@ -340,8 +369,9 @@ class ConvNet:
     """The paper's ConvNet encoder for half images (14 x 28 on MNIST, 4 x 8 on the 8x8 digits).
 
     x (B, H*W) -> reshape (B, H, W, 1) -> conv 5x5, 64, stride 2, 'same', ReLU
-    -> conv 5x5, 128, stride 2, 'same', ReLU -> layer_norm over (h, w, c) (per-channel scale and bias,
-    eps 1e-6) -> global average pooling -> dense to ``out_dim`` (100).
+    -> conv 5x5, 128, stride 2, 'same', ReLU -> :func:`layer_norm` over (h, w, c), i.e.
+    (x - mean) / (std + 1e-6) with a per-channel scale and bias -> global average pooling -> dense to
+    ``out_dim`` (100).
 
     Params: ``{"conv1": {W, b}, "conv2": {W, b}, "norm": {"scale", "bias"}, "out": {W, b}}``.
     """

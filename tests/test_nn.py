@@ -3,6 +3,7 @@
 import autograd.numpy as anp
 import numpy as onp
 import pytest
+from autograd import grad
 
 from gradcheck import check_grad
 from mi_ref import nn
@@ -169,10 +170,25 @@ def test_layer_norm_zero_mean_unit_std(rng):
     x = 5 + 3 * rng.standard_normal((4, 3, 5, 6))
     y = nn.layer_norm(x, onp.ones(6), onp.zeros(6))
     onp.testing.assert_allclose(y.mean(axis=(1, 2, 3)), 0, atol=1e-12)
-    # std is sqrt(var / (var + eps)) with var ~ 9: 1 - 5.6e-8
-    onp.testing.assert_allclose(y.std(axis=(1, 2, 3)), 1, atol=1e-7)
+    # std is sigma / (sigma + eps) with sigma ~ 3: 1 - 3.3e-7
+    sigma = x.std(axis=(1, 2, 3))
+    onp.testing.assert_allclose(y.std(axis=(1, 2, 3)), sigma / (sigma + 1e-6), rtol=1e-14)
     scale, bias = rng.standard_normal(6), rng.standard_normal(6)
     onp.testing.assert_allclose(nn.layer_norm(x, scale, bias), y * scale + bias, rtol=1e-13)
+
+
+def test_layer_norm_is_the_notebook_formula_not_sqrt_var_plus_eps(rng):
+    """(x - mean) / (std + 1e-6) with the population std over (h, w, c): equal to 1e-15; the common
+    (x - mean) / sqrt(var + 1e-6) differs by far more (about 1e-6 / 2 / std relative here)."""
+    x = 0.5 + 0.2 * rng.standard_normal((3, 2, 4, 5))               # std ~ 0.2: the forms differ by ~2e-6
+    scale, bias = 1 + 0.1 * rng.standard_normal(5), 0.1 * rng.standard_normal(5)
+    mu = x.mean(axis=(1, 2, 3), keepdims=True)
+    std = onp.sqrt(((x - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True))
+    formula = (x - mu) / (std + 1e-6) * scale + bias
+    y = nn.layer_norm(x, scale, bias)
+    onp.testing.assert_allclose(y, formula, rtol=0, atol=1e-15)
+    textbook = (x - mu) / onp.sqrt(std ** 2 + 1e-6) * scale + bias
+    assert onp.max(onp.abs(y - textbook)) > 1e-7
 
 
 def test_layer_norm_gradients(rng):
@@ -180,6 +196,25 @@ def test_layer_norm_gradients(rng):
     scale, bias = rng.standard_normal(5), rng.standard_normal(5)
     target = rng.standard_normal(x.shape)
     check_grad(lambda x, s, b: anp.sum(nn.layer_norm(x, s, b) * target), [x, scale, bias])
+    check_grad(lambda c: anp.sum(nn.population_std(c) * onp.arange(1.0, 4.0)[:, None, None, None]),
+               [x - x.mean(axis=(1, 2, 3), keepdims=True)])
+
+
+def test_layer_norm_derivative_where_all_values_are_equal(rng):
+    """sigma = 0 (e.g. every ReLU off): the derivative is (g - mean(g)) / eps, which finite differences
+    with steps far below eps confirm; a chain rule through sqrt would give NaN."""
+    x = onp.zeros((2, 1, 2, 3))                     # sigma exactly 0 (and steps below eps stay exact)
+    x[1] = rng.standard_normal((1, 2, 3))                           # the second example is ordinary
+    target = rng.standard_normal(x.shape)
+    f = lambda x_: anp.sum(nn.layer_norm(x_, onp.ones(3), onp.zeros(3)) * target)   # noqa: E731
+    g = grad(f)(x)
+    assert onp.all(onp.isfinite(g))
+    onp.testing.assert_allclose(g[0], (target[0] - target[0].mean()) / 1e-6, rtol=1e-12)
+    h = 1e-13
+    for idx in [(0, 0, 0, 0), (0, 0, 1, 2)]:
+        step = onp.zeros_like(x)
+        step[idx] = h
+        onp.testing.assert_allclose((f(x + step) - f(x - step)) / (2 * h), g[idx], rtol=1e-5)
 
 
 def test_global_avg_pool(rng):
@@ -204,7 +239,7 @@ def test_convnet_matches_layer_by_layer(rng):
     h = onp.maximum(conv2d_loop(x.reshape(2, 6, 8, 1), p["conv1"]["W"], 2) + p["conv1"]["b"], 0)
     h = onp.maximum(conv2d_loop(h, p["conv2"]["W"], 2) + p["conv2"]["b"], 0)
     mu = h.mean(axis=(1, 2, 3), keepdims=True)
-    sd = onp.sqrt(((h - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True) + 1e-6)
+    sd = onp.sqrt(((h - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True)) + 1e-6
     h = ((h - mu) / sd * p["norm"]["scale"] + p["norm"]["bias"]).mean(axis=(1, 2))
     onp.testing.assert_allclose(model.apply(p, x), h @ p["out"]["W"] + p["out"]["b"], rtol=1e-12)
 
