@@ -134,36 +134,38 @@ def _relu_backward(g, a, delta, db):
 
 
 @njit(cache=True, error_model="numpy")
-def _couple_shift(x, t, perm, split, y):
-    """Shift-only coupling and its permutation in one pass: z = [x_a, x_b + t], y[:, j] = z[:, perm[j]]."""
+def _permute_couple_shift(x, t, perm, split, y):
+    """Permutation and shift-only coupling in one pass: z = x[:, perm], y = [z_a, z_b + t]."""
     n, d = x.shape
     for i in range(n):
-        for j in range(d):
-            src = perm[j]
-            y[i, j] = x[i, src] if src < split else x[i, src] + t[i, src - split]
+        for j in range(split):
+            y[i, j] = x[i, perm[j]]
+        for j in range(split, d):
+            y[i, j] = x[i, perm[j]] + t[i, j - split]
 
 
 @njit(cache=True, error_model="numpy")
-def _couple_affine(x, t, s, perm, split, y):
-    """Affine coupling and its permutation in one pass: z = [x_a, x_b s + t], y[:, j] = z[:, perm[j]]."""
+def _permute_couple_affine(x, t, s, perm, split, y):
+    """Permutation and affine coupling in one pass: z = x[:, perm], y = [z_a, z_b s + t]."""
     n, d = x.shape
     for i in range(n):
-        for j in range(d):
-            src = perm[j]
-            if src < split:
-                y[i, j] = x[i, src]
-            else:
-                r = src - split
-                y[i, j] = x[i, src] * s[i, r] + t[i, r]
+        for j in range(split):
+            y[i, j] = x[i, perm[j]]
+        for j in range(split, d):
+            r = j - split
+            y[i, j] = x[i, perm[j]] * s[i, r] + t[i, r]
 
 
 @njit(cache=True, error_model="numpy")
-def _gather_columns(g, index, out):
-    """out[:, k] = g[:, index[k]] (the VJP of a column permutation is the gather by its inverse)."""
-    n, d = out.shape
+def _unpermute_grad(g_y, dza, s, perm, split, affine, g_x):
+    """The input gradient of one block: dz = [dy_a + dza, dy_b s] (dy_b for shift-only), and since
+    z = x[:, perm], dx[:, perm[j]] = dz[:, j] (a scatter by the permutation)."""
+    n, d = g_y.shape
     for i in range(n):
-        for k in range(d):
-            out[i, k] = g[i, index[k]]
+        for j in range(split):
+            g_x[i, perm[j]] = g_y[i, j] + dza[i, j]
+        for j in range(split, d):
+            g_x[i, perm[j]] = g_y[i, j] * s[i, j - split] if affine else g_y[i, j]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,17 +269,17 @@ def _chain(x, params, blocks, cache):
     logdet = np.zeros(y.shape[0])
     for blk, p in zip(blocks, params["blocks"]):
         x_k, h = y, blk.split
+        z_a = x_k[:, blk.perm[:h]]                   # the conditioning half after the permutation
         net_cache = [] if cache is not None else None
-        out = _dense_forward(x_k[:, :h], p["net"]["layers"], blk.net.activation_name, blk.net.shortcuts,
-                             net_cache)
+        out = _dense_forward(z_a, p["net"]["layers"], blk.net.activation_name, blk.net.shortcuts, net_cache)
         y = np.empty_like(x_k)
         if blk.shift_only:
             soft = s = None
-            _couple_shift(x_k, out, blk.perm, h, y)
+            _permute_couple_shift(x_k, out, blk.perm, h, y)
         else:
             soft = np.logaddexp(0.0, out[:, blk.n_out:])
             s = SCALE_FLOOR + soft
-            _couple_affine(x_k, out[:, :blk.n_out], s, blk.perm, h, y)
+            _permute_couple_affine(x_k, out[:, :blk.n_out], s, blk.perm, h, y)
             logdet = logdet + np.sum(np.log(s), axis=1)
         if cache is not None:
             cache.append((x_k, net_cache, out, soft, s))
@@ -297,23 +299,24 @@ def _chain_vjp(argnums, ans, args, kwargs):
             blk, p = blocks[k], params["blocks"][k]
             x_k, net_cache, out, soft, s = cache[k]
             h, n = blk.split, blk.n_out
-            gz = np.empty_like(g_next)
-            _gather_columns(g_next, blk.inv_perm, gz)        # y = z[:, perm]  =>  dz = dy[:, inv_perm]
             if blk.shift_only:
-                g_out = gz[:, h:]                            # dt = dy_b; dx_b = dy_b (already in gz)
+                g_out = g_next[:, h:]                        # dt = dy_b
             else:
-                g_out = np.empty((gz.shape[0], 2 * n))
-                g_out[:, :n] = gz[:, h:]                     # dt = dy_b
-                g_s = gz[:, h:] * x_k[:, h:] + g_logdet / s  # y_b = x_b s + t, logdet += sum log s
+                g_out = np.empty((g_next.shape[0], 2 * n))
+                g_out[:, :n] = g_next[:, h:]                 # dt = dy_b
+                z_b = x_k[:, blk.perm[h:]]
+                g_s = g_next[:, h:] * z_b + g_logdet / s     # y_b = z_b s + t, logdet += sum log s
                 g_out[:, n:] = g_s * np.exp(out[:, n:] - soft)   # s = floor + softplus(raw)
-                gz[:, h:] *= s                               # dx_b = dy_b s
             need_dx = k > 0 or 0 in argnums
-            dxa, net_grads = _dense_backward(g_out, p["net"]["layers"], blk.net.activation_name,
+            dza, net_grads = _dense_backward(g_out, p["net"]["layers"], blk.net.activation_name,
                                              blk.net.shortcuts, net_cache, need_dx)
-            if need_dx:
-                gz[:, :h] += dxa                             # x_a passes through and conditions the net
             grads[k] = {"net": {"layers": net_grads}}
-            g_next = gz
+            if need_dx:                                      # z_a passes through and conditions the net
+                g_x = np.empty_like(g_next)
+                _unpermute_grad(g_next, dza, g_next if s is None else s, blk.perm, h, s is not None, g_x)
+                g_next = g_x
+            else:
+                g_next = None
         return [g_next if a == 0 else {"blocks": grads} for a in argnums]
     return vjp
 
@@ -324,12 +327,12 @@ defvjp_argnums(_chain, _chain_vjp)
 def coupling_chain(blocks, params, x):
     """``(y, log|det dy/dx|)`` of a chain of :class:`mi_ref.flows.AffineCoupling` blocks, as one primitive.
 
-    Reference: :meth:`mi_ref.flows.RealNVP.forward_reference` (block k: z = [x_a, x_b s + t],
-    y = z[:, perm]; shift-only s = 1). ``params = {"blocks": [{"net": MLP params}, ...]}``; returns
+    Reference: :meth:`mi_ref.flows.RealNVP.forward_reference` (block k: z = x[:, perm],
+    y = [z_a, z_b s + t]; shift-only s = 1). ``params = {"blocks": [{"net": MLP params}, ...]}``; returns
     ``y: (B, d)`` and the per-example log-determinant ``(B,)`` (zeros for shift-only chains). Each block's
-    coupling and permutation are one numba pass. VJP, block by block from the end: dz = dy[:, inv_perm];
-    dt = dz_b; dx_b = dz_b s; ds = dz_b x_b + dlogdet / s; d raw = ds sigmoid(raw); the net's backprop adds
-    its input gradient to dx_a = dz_a.
+    permutation and coupling are one numba pass. VJP, block by block from the end: dt = dy_b;
+    dz_b = dy_b s; ds = dy_b z_b + dlogdet / s; d raw = ds sigmoid(raw); dz_a = dy_a plus the net's input
+    gradient; dx = dz[:, inv_perm].
     """
     out = _chain(x, params, blocks, [] if _traced(x, params) else None)
     return out[0], out[1]
@@ -566,8 +569,9 @@ def conv2d(x, kernel, stride=1):
 
 
 @njit(cache=True, error_model="numpy")
-def _layer_norm_pool(a, eps, scale, bias, xhat, rstd, pooled):
-    """Per example b (a: (B, P, C)): xhat = (a - mean) / sqrt(var + eps) over all P * C values;
+def _layer_norm_pool(a, eps, scale, bias, xhat, rstd, rsig, pooled):
+    """Per example b (a: (B, P, C)): xhat = (a - mean) / (std + eps) over all P * C values, with the
+    population std sqrt(mean((a - mean)^2)); rstd[b] = 1 / (std + eps), rsig[b] = 1 / std (0 if std = 0);
     pooled[b, c] = mean_p (xhat[b, p, c] scale[c] + bias[c]) = scale[c] mean_p xhat[b, p, c] + bias[c]."""
     nb, npos, nc = a.shape
     n = npos * nc
@@ -582,8 +586,10 @@ def _layer_norm_pool(a, eps, scale, bias, xhat, rstd, pooled):
             for c in range(nc):
                 d = a[b, p, c] - mu
                 var += d * d
-        r = 1.0 / math.sqrt(var / n + eps)
+        sigma = math.sqrt(var / n)
+        r = 1.0 / (sigma + eps)
         rstd[b] = r
+        rsig[b] = 1.0 / sigma if sigma > 0.0 else 0.0     # sigma = 0: the std term's limit is 0
         for c in range(nc):
             pooled[b, c] = 0.0
         for p in range(npos):
@@ -596,9 +602,10 @@ def _layer_norm_pool(a, eps, scale, bias, xhat, rstd, pooled):
 
 
 @njit(cache=True, error_model="numpy")
-def _layer_norm_pool_backward(g_pooled, xhat, rstd, scale, g_a, d_scale, d_bias):
+def _layer_norm_pool_backward(g_pooled, xhat, rstd, rsig, scale, g_a, d_scale, d_bias):
     """VJP of :func:`_layer_norm_pool`. With gs[b, c] = g_pooled[b, c] scale[c] / P (the gradient of every
-    xhat[b, p, c]), the layer-norm rule g_a = rstd (gs - mean(gs) - xhat mean(gs xhat)) over the P * C values."""
+    xhat[b, p, c]), the rule of xhat = (a - mean) / (std + eps) over the P * C values of an example:
+    g_a = (gs - mean(gs)) / (std + eps) - xhat mean(gs xhat) / std."""
     nb, npos, nc = xhat.shape
     n = npos * nc
     for c in range(nc):
@@ -619,10 +626,11 @@ def _layer_norm_pool_backward(g_pooled, xhat, rstd, scale, g_a, d_scale, d_bias)
         m1 /= n
         m2 /= n
         r = rstd[b]
+        q = m2 * rsig[b]
         for p in range(npos):
             for c in range(nc):
                 gs = g_pooled[b, c] * scale[c] / npos
-                g_a[b, p, c] = r * (gs - m1 - xhat[b, p, c] * m2)
+                g_a[b, p, c] = r * (gs - m1) - xhat[b, p, c] * q
 
 
 def _conv_relu_forward(x, layer, stride, cache):
@@ -656,17 +664,17 @@ def _convnet(x, params, model, cache):
     shapes.append(h.shape)
     h = _conv_relu_forward(h, params["conv2"], model.conv2.stride, cache)
     nb, ho, wo, nc = h.shape
-    xhat, rstd, pooled = np.empty((nb, ho * wo, nc)), np.empty(nb), np.empty((nb, nc))
+    xhat, rstd, rsig, pooled = np.empty((nb, ho * wo, nc)), np.empty(nb), np.empty(nb), np.empty((nb, nc))
     _layer_norm_pool(h.reshape(nb, ho * wo, nc), model.NORM_EPS, params["norm"]["scale"], params["norm"]["bias"],
-                     xhat, rstd, pooled)
+                     xhat, rstd, rsig, pooled)
     if cache is not None:
-        cache.extend([shapes, xhat, rstd, pooled])
+        cache.extend([shapes, xhat, rstd, rsig, pooled])
     return pooled @ params["out"]["W"] + params["out"]["b"]
 
 
 def _convnet_vjp(argnums, ans, args, kwargs):
     x, params, model, cache = args
-    cached1, cached2, shapes, xhat, rstd, pooled = cache
+    cached1, cached2, shapes, xhat, rstd, rsig, pooled = cache
 
     def vjp(g):
         _first_order(g, "convnet")
@@ -674,7 +682,7 @@ def _convnet_vjp(argnums, ans, args, kwargs):
         g_pooled = g @ params["out"]["W"].T
         g_a2 = np.empty_like(xhat)
         d_scale, d_bias = np.empty(xhat.shape[2]), np.empty(xhat.shape[2])
-        _layer_norm_pool_backward(g_pooled, xhat, rstd, params["norm"]["scale"], g_a2, d_scale, d_bias)
+        _layer_norm_pool_backward(g_pooled, xhat, rstd, rsig, params["norm"]["scale"], g_a2, d_scale, d_bias)
         g_a1, g_conv2 = _conv_relu_backward(g_a2, params["conv2"], model.conv2.stride, shapes[1], cached2, True)
         dx, g_conv1 = _conv_relu_backward(g_a1, params["conv1"], model.conv1.stride, shapes[0], cached1,
                                           0 in argnums)
@@ -691,10 +699,10 @@ def convnet(model, params, x):
     """The paper's ConvNet (:class:`mi_ref.nn.ConvNet`) as one primitive (reference: ``ConvNet.apply_reference``).
 
     x (B, H W) -> conv 5x5 stride 2 'same' + ReLU -> conv 5x5 stride 2 'same' + ReLU -> layer norm over
-    (h, w, c) with per-channel scale and bias (eps 1e-6) -> mean over (h, w) -> dense. Convolutions are
-    im2col + one GEMM (numba im2col, patches kept for the kernel gradient); the layer norm and the pooling
-    are one numba pass, and so is their VJP: with gs = g_pooled scale / P the gradient of every normalized
-    value, g_a = rstd (gs - mean(gs) - xhat mean(gs xhat)) per example.
+    (h, w, c), (a - mean) / (std + 1e-6), with per-channel scale and bias -> mean over (h, w) -> dense.
+    Convolutions are im2col + one GEMM (numba im2col, patches kept for the kernel gradient); the layer norm
+    and the pooling are one numba pass, and so is their VJP: with gs = g_pooled scale / P the gradient of
+    every normalized value, g_a = (gs - mean(gs)) / (std + eps) - xhat mean(gs xhat) / std per example.
     """
     return _convnet(x, params, model, [] if _traced(x, params) else None)
 

@@ -1,20 +1,22 @@
 """RealNVP: invertible encoders made of affine coupling blocks (paper, Section 3.1, Fig. 1).
 
-A coupling block on a vector of d values, with h = d // 2:
+A block on a vector of d values, with h = d // 2, is a fixed random permutation FOLLOWED by a coupling:
 
-    x_a = x[:, :h]  (passes unchanged and conditions the network)
-    x_b = x[:, h:]
-    shift-only:  y_b = x_b + t(x_a)
-    affine:      y_b = x_b * s(x_a) + t(x_a),   s = 1e-7 + softplus(raw(x_a))
-    z = concat(x_a, y_b);   y = z[:, perm]       (a fixed random permutation ends every block)
+    z   = x[:, perm]                              (output column j is input column perm[j])
+    z_a = z[:, :h]  (passes unchanged and conditions the network),   z_b = z[:, h:]
+    shift-only:  y_b = z_b + t(z_a)
+    affine:      y_b = z_b * s(z_a) + t(z_a),   s = 1e-7 + softplus(raw(z_a))
+    y   = concat(z_a, y_b)
 
-where ``(t, raw)`` are the outputs of an MLP (hidden layers with ReLU, linear output) applied to x_a.
+where ``(t, raw)`` are the outputs of an MLP (hidden layers with ReLU, linear output) applied to z_a.
 The paper uses softplus instead of exp for the scale (numerical stability); the map stays invertible
-because s > 0. The log-determinant of one block is sum_j log s_j(x_a) (0 for shift-only), since the
-permutation has |det| = 1.
+because s > 0. The log-determinant of one block is sum_j log s_j(z_a) (0 for shift-only), since the
+permutation has |det| = 1. Inverse: z = [y_a, (y_b - t(y_a)) / s(y_a)], x = z[:, argsort(perm)].
 
-Permutation semantics: ``y = z[:, perm]`` (output j is input ``perm[j]``), and the inverse is
-``z = y[:, argsort(perm)]``.
+Why this order: the paper's notebook builds TensorFlow Probability's
+``Chain([coupling_1, permute_1, ..., coupling_n, permute_n])``, and a Chain applies its list from the
+end. Its forward map is therefore permute_n, coupling_n, ..., permute_1, coupling_1: every block
+permutes and then couples, and the flow ends with a coupling (never with a permutation).
 
 Every flow here offers ``apply(params, x)``, ``inverse(params, y)``, ``log_det(params, x)`` (per example,
 log|det dy/dx|, shape ``(B,)``) and ``forward(params, x) -> (y, log_det)``.
@@ -30,7 +32,7 @@ SCALE_FLOOR = 1e-7
 
 
 class AffineCoupling:
-    """One RealNVP coupling block followed by a fixed permutation (see the module docstring).
+    """One RealNVP block: a fixed permutation followed by a coupling (see the module docstring).
 
     Params: ``{"net": MLP params}``; the MLP maps d // 2 values to d - d // 2 shifts (shift-only) or to
     2 (d - d // 2) values, the shifts first, then the raw scales.
@@ -55,48 +57,51 @@ class AffineCoupling:
     def init(self, rng):
         return {"net": self.net.init(rng)}
 
-    def shift_and_scale(self, params, x_a):
-        """(t, s) for the conditioning half ``x_a``; ``s`` is None for shift-only blocks."""
-        out = mlp_apply(params["net"], x_a)
+    def shift_and_scale(self, params, z_a):
+        """(t, s) for the conditioning half ``z_a``; ``s`` is None for shift-only blocks."""
+        out = mlp_apply(params["net"], z_a)
         if self.shift_only:
             return out, None
         return out[:, :self.n_out], SCALE_FLOOR + softplus(out[:, self.n_out:])
 
     def forward(self, params, x):
-        """(y, log|det dy/dx|) for a batch ``x: (B, dim)``."""
-        x_a, x_b = x[:, :self.split], x[:, self.split:]
-        t, s = self.shift_and_scale(params, x_a)
+        """(y, log|det dy/dx|) for a batch ``x: (B, dim)``: permute, then couple."""
+        z = x[:, self.perm]
+        z_a, z_b = z[:, :self.split], z[:, self.split:]
+        t, s = self.shift_and_scale(params, z_a)
         if s is None:
-            y_b, logdet = x_b + t, np.zeros(np.shape(x)[0])
+            y_b, logdet = z_b + t, np.zeros(np.shape(x)[0])
         else:
-            y_b, logdet = x_b * s + t, np.sum(np.log(s), axis=1)
-        z = np.concatenate([x_a, y_b], axis=1)
-        return z[:, self.perm], logdet
+            y_b, logdet = z_b * s + t, np.sum(np.log(s), axis=1)
+        return np.concatenate([z_a, y_b], axis=1), logdet
 
     def apply(self, params, x):
         return self.forward(params, x)[0]
 
     def inverse(self, params, y):
-        z = y[:, self.inv_perm]
-        x_a, y_b = z[:, :self.split], z[:, self.split:]
-        t, s = self.shift_and_scale(params, x_a)
-        x_b = y_b - t if s is None else (y_b - t) / s
-        return np.concatenate([x_a, x_b], axis=1)
+        """x with ``apply(params, x) == y``: undo the coupling, then the permutation."""
+        y_a, y_b = y[:, :self.split], y[:, self.split:]
+        t, s = self.shift_and_scale(params, y_a)
+        z_b = y_b - t if s is None else (y_b - t) / s
+        return np.concatenate([y_a, z_b], axis=1)[:, self.inv_perm]
 
     def log_det(self, params, x):
         return self.forward(params, x)[1]
 
 
 class RealNVP:
-    """A chain of ``n_couplings`` :class:`AffineCoupling` blocks, each with its own fixed permutation.
+    """A chain of ``n_couplings`` :class:`AffineCoupling` blocks, each its own fixed permutation followed
+    by a coupling.
 
-    y = B_n( ... B_2(B_1(x)) ),   log|det dy/dx| = sum_k log|det dB_k|.
+    y = B_n( ... B_2(B_1(x)) ),   log|det dy/dx| = sum_k log|det dB_k|,
+
+    so the first operation on x is block 1's permutation and the last is block n's coupling.
 
     Paper ("invertible", Fig. 1a-b): ``RealNVP(392, 30, [512, 512], shift_only=True)`` with kernels
     initialized by ``truncated_normal(1e-4)``; ("adversarial", Fig. 1c): the same with
     ``shift_only=False`` (scale = 1e-7 + softplus(raw)).
 
-    ``rng`` (a ``numpy.random.Generator``) draws the permutations; params are
+    ``rng`` (a ``numpy.random.Generator``) draws the permutations, block 1's first; params are
     ``{"blocks": [{"net": ...}, ...]}``.
     """
 
@@ -114,7 +119,7 @@ class RealNVP:
 
     @property
     def permutations(self):
-        """The fixed permutations, ``(n_couplings, dim)``: block k outputs ``z[:, perms[k]]``."""
+        """The fixed permutations, ``(n_couplings, dim)``: block k starts with ``z = x[:, perms[k]]``."""
         return onp.stack([b.perm for b in self.blocks])
 
     def init(self, rng):

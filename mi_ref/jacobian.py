@@ -1,6 +1,6 @@
 """Batch Jacobians of encoders, their singular values and log condition numbers (paper, Fig. 2).
 
-The "conditioning" experiment (PAPER.md, experiment 3) follows how hard the encoder g1 is to invert:
+The "conditioning" experiment (Fig. 2) follows how hard the encoder g1 is to invert:
 at every evaluation it takes the Jacobian of g1 at each input of the current training batch,
 
     J[b, i, j] = d g1(x)[b, i] / d x[b, j],        J: (B, out, in)     (B = 128, out = in = 392),
@@ -248,39 +248,39 @@ def _mlp_jacobian(model, params, x, mode="auto"):
 
 
 def _coupling_step(block, params, x, J):
-    """One RealNVP coupling block + permutation, applied to values ``x: (B, d)`` and Jacobian rows.
+    """One RealNVP block (a permutation, then a coupling), applied to values ``x: (B, d)`` and Jacobian rows.
 
-    ``J: (B, d, D)`` holds d x / d x_input (one row per current coordinate). With h = split,
-    x_a = x[:, :h], x_b = x[:, h:], the net's outputs and their Jacobian N[b] = (d net / d x_a)^T: (h, w)
-    (forward mode from the identity over h tangents):
+    ``J: (B, d, D)`` holds d x / d x_input (one row per current coordinate). The permutation
+    ``z = x[:, perm]`` reorders the rows: J_z = J[:, perm, :]. With h = split, z_a = z[:, :h],
+    z_b = z[:, h:], the net's outputs and their Jacobian N[b] = (d net / d z_a)^T: (h, w) (forward mode
+    from the identity over h tangents):
 
-        shift-only:  y_b = x_b + t,          A = d t / d x_a                          (n, h)
-        affine:      y_b = x_b * s + t,      s = 1e-7 + softplus(r),
-                     A = d t / d x_a + diag(x_b * sigmoid(r)) d r / d x_a             (n, h)
+        shift-only:  y_b = z_b + t,          A = d t / d z_a                          (n, h)
+        affine:      y_b = z_b * s + t,      s = 1e-7 + softplus(r),
+                     A = d t / d z_a + diag(z_b * sigmoid(r)) d r / d z_a             (n, h)
         rows of y_b:  J_b <- A J_a + s[:, None] * J_b     (J_b <- A J_a + J_b for shift-only),
 
-    where (t, r) = (net[:, :n], net[:, n:]), J_a = J[:, :h], J_b = J[:, h:]; the rows of x_a pass. The
-    permutation ``y = z[:, perm]`` then reorders the rows: z's row j goes to position argsort(perm)[j].
+    where (t, r) = (net[:, :n], net[:, n:]), J_a = J_z[:, :h], J_b = J_z[:, h:]; the rows of z_a pass.
     Returns ``(y: (B, d), J_new: (B, d, D))``.
     """
     h, n = block.split, block.n_out
-    x_a, x_b = x[:, :h], x[:, h:]
+    z, Jz = x[:, block.perm], J[:, block.perm, :]
+    z_a, z_b = z[:, :h], z[:, h:]
     net = block.net
-    out, N = _mlp_values_and_tangents(params["net"]["layers"], x_a, net.activation_name, net.shortcuts)
+    out, N = _mlp_values_and_tangents(params["net"]["layers"], z_a, net.activation_name, net.shortcuts)
     if block.shift_only:
-        y_b, A_t = x_b + out, N                                   # A_t[b] = A[b]^T: (h, n)
-        rows_b = J[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), J[:, :h, :])
+        y_b, A_t = z_b + out, N                                   # A_t[b] = A[b]^T: (h, n)
+        rows_b = Jz[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), Jz[:, :h, :])
     else:
         t, r = out[:, :n], out[:, n:]
         s = flows.SCALE_FLOOR + nn.softplus(r)
-        y_b = x_b * s + t
-        A_t = N[:, :, :n] + N[:, :, n:] * (x_b * _softplus_derivative(r))[:, None, :]
-        rows_b = s[:, :, None] * J[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), J[:, :h, :])
-    position = np.argsort(block.perm)                             # z[:, j] lands in y[:, position[j]]
+        y_b = z_b * s + t
+        A_t = N[:, :, :n] + N[:, :, n:] * (z_b * _softplus_derivative(r))[:, None, :]
+        rows_b = s[:, :, None] * Jz[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), Jz[:, :h, :])
     J_new = np.empty_like(J)
-    J_new[:, position[:h], :] = J[:, :h, :]
-    J_new[:, position[h:], :] = rows_b
-    y = np.concatenate([x_a, y_b], axis=1)[:, block.perm]
+    J_new[:, :h, :] = Jz[:, :h, :]
+    J_new[:, h:, :] = rows_b
+    y = np.concatenate([z_a, y_b], axis=1)
     return y, J_new
 
 

@@ -252,6 +252,24 @@ def test_convnet_equals_reference(height, width, channels):
                      grad(lambda p, x: anp.sum(anp.sin(model.apply_reference(p, x)) * w), argnum)(p, x))
 
 
+def test_convnet_equals_reference_where_an_example_has_zero_std():
+    """An all-zero image with zero biases leaves every ReLU of conv2 at 0: sigma = 0 in the layer norm. The
+    fast path takes the same finite derivative there as the reference (not NaN)."""
+    rng = onp.random.default_rng(19)
+    model = nn.ConvNet(4, 8, out_dim=5, channels=(3, 4))
+    p = model.init(rng)
+    p["norm"]["scale"] = 1 + 0.1 * rng.standard_normal(4)
+    x = rng.uniform(size=(3, 32))
+    x[1] = 0.0
+    w = rng.standard_normal((3, 5))
+    assert_close(model.apply(p, x), model.apply_reference(p, x))
+    for argnum in (0, 1):
+        g_fast = grad(lambda p, x: anp.sum(anp.sin(model.apply(p, x)) * w), argnum)(p, x)
+        g_ref = grad(lambda p, x: anp.sum(anp.sin(model.apply_reference(p, x)) * w), argnum)(p, x)
+        assert all(onp.all(onp.isfinite(leaf)) for _, leaf in tree_flatten(g_fast))
+        assert_close(g_fast, g_ref)
+
+
 def test_convnet_gradients():
     rng = onp.random.default_rng(16)
     model = nn.ConvNet(5, 7, out_dim=3, channels=(2, 3))

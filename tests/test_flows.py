@@ -52,19 +52,59 @@ def test_shift_only_log_det_is_zero():
     onp.testing.assert_allclose(numerical_log_det(flow, params, x), 0, atol=1e-12)
 
 
+def _hand_block(x, perm, net, shift_only):
+    """One block written out with numpy: permute, then couple (the notebook's TFP Chain order)."""
+    z = x[:, perm]
+    h = x.shape[1] // 2
+    out = z[:, :h]
+    for layer in net[:-1]:
+        out = onp.maximum(out @ layer["W"] + layer["b"], 0)
+    out = out @ net[-1]["W"] + net[-1]["b"]
+    n = x.shape[1] - h
+    if shift_only:
+        return onp.concatenate([z[:, :h], z[:, h:] + out], axis=1), onp.zeros(len(x))
+    scale = 1e-7 + onp.log1p(onp.exp(out[:, n:]))                  # n shifts, then n raw scales
+    return onp.concatenate([z[:, :h], z[:, h:] * scale + out[:, :n]], axis=1), onp.log(scale).sum(axis=1)
+
+
 def test_block_formula_and_permutation_semantics():
     rng = onp.random.default_rng(3)
     flow = flows.realnvp(5, 1, [4], shift_only=False, rng=rng, kernel_init=nn.truncated_normal(0.5))
     params = flow.init(rng)
     x = rng.standard_normal((3, 5))
-    net = params["blocks"][0]["net"]["layers"]
-    hidden = onp.maximum(x[:, :2] @ net[0]["W"] + net[0]["b"], 0)
-    out = hidden @ net[1]["W"] + net[1]["b"]                      # (3, 6): 3 shifts then 3 raw scales
-    scale = 1e-7 + onp.log1p(onp.exp(out[:, 3:]))
-    z = onp.concatenate([x[:, :2], x[:, 2:] * scale + out[:, :3]], axis=1)
+    y, log_det = _hand_block(x, flow.permutations[0], params["blocks"][0]["net"]["layers"], False)
+    onp.testing.assert_allclose(flow.apply(params, x), y, rtol=1e-14)
+    onp.testing.assert_allclose(flow.log_det(params, x), log_det, rtol=1e-14)
+
+
+@pytest.mark.parametrize("shift_only", [True, False])
+def test_forward_is_a_permute_then_couple_chain(shift_only):
+    """The notebook's Chain([c_1, p_1, ..., c_n, p_n]) runs p_n, c_n, ..., p_1, c_1: every block starts with
+    its permutation and the flow ends with a coupling. The old couple-then-permute order fails here."""
+    flow, params, x = make_flow(shift_only, n_couplings=4, dim=7)
+    y, log_det = x, onp.zeros(len(x))
+    for perm, p in zip(flow.permutations, params["blocks"]):
+        y, ld = _hand_block(y, perm, p["net"]["layers"], shift_only)
+        log_det = log_det + ld
+    onp.testing.assert_allclose(flow.apply(params, x), y, rtol=1e-13, atol=1e-14)
+    onp.testing.assert_allclose(flow.forward_reference(params, x)[0], y, rtol=1e-13, atol=1e-14)
+    onp.testing.assert_allclose(flow.log_det(params, x), log_det, rtol=1e-13, atol=1e-14)
+
+
+def test_first_operation_is_the_permutation():
+    """With a zero conditioner the block is its permutation alone; the coupling comes after it: feeding a
+    point whose first half is 0 after the permutation gives no shift at all."""
+    rng = onp.random.default_rng(5)
+    flow = flows.realnvp(6, 1, [3], shift_only=True, rng=rng, kernel_init=nn.truncated_normal(0.5))
+    params = flow.init(rng)
+    params["blocks"][0]["net"]["layers"][-1]["b"] = onp.ones(3)      # shift = net(z_a) != 0 in general
     perm = flow.permutations[0]
-    onp.testing.assert_allclose(flow.apply(params, x), z[:, perm], rtol=1e-14)
-    onp.testing.assert_allclose(flow.log_det(params, x), onp.log(scale).sum(axis=1), rtol=1e-14)
+    x = onp.zeros((1, 6))
+    x[0, perm[3:]] = [1.0, 2.0, 3.0]         # z = x[:, perm] has z_a = 0: the net sees zeros only
+    t = flow.blocks[0].shift_and_scale(params["blocks"][0], onp.zeros((1, 3)))[0]
+    onp.testing.assert_allclose(flow.apply(params, x), onp.concatenate([onp.zeros((1, 3)), [[1.0, 2.0, 3.0]] + t],
+                                                                       axis=1), rtol=1e-14)
+    assert not onp.array_equal(perm, onp.arange(6))
 
 
 def test_shift_only_chain_starts_near_identity_with_paper_init():

@@ -54,13 +54,14 @@ def plain_apply(model):
     def apply(params, x):
         for block, p in zip(blocks, params["blocks"] if isinstance(model, flows.RealNVP) else [params]):
             h, n = block.split, block.n_out
+            x = x[:, block.perm]                      # every block: permute, then couple
             out = nn.mlp_apply(p["net"], x[:, :h])
             x_b = x[:, h:]
             if block.shift_only:
                 y_b = x_b + out
             else:
                 y_b = x_b * (flows.SCALE_FLOOR + nn.softplus(out[:, n:])) + out[:, :n]
-            x = anp.concatenate([x[:, :h], y_b], axis=1)[:, block.perm]
+            x = anp.concatenate([x[:, :h], y_b], axis=1)
         return x
     return apply
 
