@@ -1,6 +1,6 @@
 """Data: the embedded 8x8 digits, validated MNIST IDX files, the two views, shared noise and batches.
 
-Everything the experiments feed to the encoders comes from here (PAPER.md, "Common setup"):
+Everything the experiments feed to the encoders comes from here (README, "The paper's settings"):
 
 * :func:`load` returns a :class:`Dataset`: flattened float64 images in [0, 1] and int64 labels.
   ``"digits"`` (scikit-learn's 8x8 digits, no download) is the default for laptops; ``"mnist"`` reads
@@ -392,7 +392,7 @@ def split_views(images, shape):
 
 
 def add_shared_noise(x1, x2, std, rng):
-    """Add the same Gaussian vector to both views of each example (PAPER.md, "Common setup").
+    """Add the same Gaussian vector to both views of each example (the paper's noise, Section 3.1).
 
     eps_n ~ N(0, std^2 I_D) drawn once per example n (``rng.standard_normal((N, D)) * std``), then
     x1'_n = x1_n + eps_n and x2'_n = x2_n + eps_n. ``x1`` and ``x2`` must both be ``(N, D)``.

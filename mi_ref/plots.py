@@ -71,7 +71,8 @@ def variant_field(runs, variant, key):
 
 def _band(ax, steps, mean, sd, label, color=None, linestyle="-"):
     x = steps / 1000.0
-    line, = ax.plot(x, mean, label=label, color=color, linestyle=linestyle, marker=".", markersize=4)
+    line, = ax.plot(x, mean, label=label if label is not None else "_nolegend_", color=color,
+                    linestyle=linestyle, marker=".", markersize=4)
     if len(mean) and np.any(sd > 0):
         ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
     return line
@@ -108,16 +109,26 @@ def _accuracy_panel(ax, runs, variants, label_of, color_of):
     ax.legend(fontsize=8)
 
 
-def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="bound on the test set (nats)"):
+BOUND_LEGEND = "solid: the paper's bound (fresh training batches); dashed: held-out (test set)"
+
+
+def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="estimated bound (nats)"):
+    """The bound the paper plots (``bound``, solid) and the held-out ``bound_test`` (dashed, no legend entry
+    of its own: the panel's note says which is which)."""
     later = []
     for v in variants:
         steps, mean, sd, _ = series(runs, v, "bound")
         if len(steps):
-            _band(ax, steps, mean, sd, label_of(v), color_of(v))
+            line = _band(ax, steps, mean, sd, label_of(v), color_of(v))
             later.append(mean[1:])
+            t_steps, t_mean, t_sd, _ = series(runs, v, "bound_test")
+            if len(t_steps):
+                _band(ax, t_steps, t_mean, t_sd, None, line.get_color(), "--")
+                later.append(t_mean[1:])
     _clip_initial_outliers(ax, later)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=BOUND_LEGEND if any("bound_test" in r for run in runs for r in run["metrics"])
+              else None, title_fontsize=6)
 
 
 def _clip_initial_outliers(ax, later_values):
@@ -174,13 +185,15 @@ def plot_adversarial(runs, path):
                    xlabel="iterations of 10 classifier steps + 1 encoder step (in thousands)")
 
 
-PERCENTILE_LABELS = ("min", "20th", "40th", "60th", "80th", "max")
+LOGCOND_KEYS = tuple(f"logcond_{k}" for k in ("min", "p20", "p40", "p60", "p80", "max"))
 
 
 def _condition_panel(ax, runs, variant):
-    steps, mean, _, n = series(runs, variant, "logcond")
-    if not len(steps):
+    parts = [series(runs, variant, key) for key in LOGCOND_KEYS]
+    steps = parts[0][0]
+    if not len(steps) or any(len(p[0]) != len(steps) for p in parts):
         return
+    mean = np.stack([p[1] for p in parts], axis=1)
     x = steps / 1000.0
     color = COLORS.get(variant, "tab:purple")
     ax.fill_between(x, mean[:, 0], mean[:, 5], color=color, alpha=0.15, linewidth=0, label="min - max")
@@ -244,10 +257,11 @@ ENCODER_COLORS = {"convnet": "tab:purple", "mlp": "tab:olive"}
 
 
 def plot_encoders(runs, path):
-    """Fig. 4a-b: accuracy (top) and the bound (bottom) for each encoder and target t, per estimator."""
+    """Fig. 4a-b: per estimator (columns), the accuracy (top), the loss L_t = |I_EST - t| the paper plots
+    beside it (middle), and the bound itself against the targets t (bottom; dashed: held-out)."""
     plt = _pyplot()
     estimators = _distinct(runs, "estimator")
-    fig, axes = plt.subplots(2, len(estimators), figsize=(5 * len(estimators), 7.5), squeeze=False)
+    fig, axes = plt.subplots(3, len(estimators), figsize=(5 * len(estimators), 10.5), squeeze=False)
     targets = sorted({variant_field(runs, v, "target") for v in variants_of(runs)})
     styles = {t: s for t, s in zip(targets, ["-", "--", ":", "-."])}
 
@@ -255,63 +269,70 @@ def plot_encoders(runs, path):
         return f"{variant_field(runs, v, 'encoder')}, t = {variant_field(runs, v, 'target'):g}"
 
     for col, est in enumerate(estimators):
-        later_bounds = [np.array(targets, dtype=float)]
+        name = LABELS.get(est, est)
+        later = {"loss": [], "bound": [np.array(targets, dtype=float)]}
         for v in _by_field(runs, "estimator", est):
             color = ENCODER_COLORS.get(variant_field(runs, v, "encoder"))
             style = styles[variant_field(runs, v, "target")]
-            for row, key in ((0, "accuracy"), (1, "bound")):
+            for row, key in ((0, "accuracy"), (1, "loss"), (2, "bound")):
                 steps, mean, sd, _ = series(runs, v, key)
                 if len(steps):
                     _band(axes[row, col], steps, mean, sd, label(v), color, style)
-                if key == "bound":
-                    later_bounds.append(mean[1:])
+                    if key in later:
+                        later[key].append(mean[1:])
+            steps, mean, sd, _ = series(runs, v, "bound_test")
+            if len(steps):
+                line = _band(axes[2, col], steps, mean, sd, None, color, style)
+                line.set_alpha(0.5)
+                later["bound"].append(mean[1:])
         base = baseline(runs)
         if base is not None:
             axes[0, col].axhline(base, color="black", linestyle="--", linewidth=1, label=f"pixels ({base:.3f})")
-        _clip_initial_outliers(axes[1, col], later_bounds)
+        _clip_initial_outliers(axes[1, col], later["loss"])
+        _clip_initial_outliers(axes[2, col], later["bound"])
         for t in targets:
-            axes[1, col].axhline(t, color="gray", linestyle=styles[t], linewidth=0.8)
+            axes[2, col].axhline(t, color="gray", linestyle=styles[t], linewidth=0.8)
         axes[0, col].set_ylabel("linear-probe test accuracy")
-        axes[1, col].set_ylabel("bound on the test set (nats)")
-        axes[0, col].set_title(f"{LABELS.get(est, est)}, loss |{LABELS.get(est, est)} - t|: accuracy",
-                               fontsize=10)
-        axes[1, col].set_title(f"{LABELS.get(est, est)}: bound (gray: targets t)", fontsize=10)
+        axes[1, col].set_ylabel(rf"$L_t(g_1, g_2)$ = |{name} - t|")
+        axes[2, col].set_ylabel(f"{name} (nats)")
+        axes[0, col].set_title(f"loss |{name} - t|: linear probe", fontsize=10)
+        axes[1, col].set_title(f"the loss L_t on fresh training batches (as the paper plots)", fontsize=10)
+        axes[2, col].set_title(f"{name}; gray: targets t; fainter: held-out (test set)", fontsize=10)
         for ax in axes[:, col]:
             ax.legend(fontsize=7, handlelength=3.5)        # long enough to show t = 4's dashes
     return _finish(fig, axes, _title(runs, "Encoders (Fig. 4a, 4b)"), path)
 
 
-def _smooth(values, window):
-    """Moving average over ``window`` steps (shorter at the start)."""
-    c = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
-    idx = np.arange(1, len(values) + 1)
-    lo = np.maximum(idx - window, 0)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
 def plot_sampling(runs, path):
-    """Fig. 4c: smoothed estimates on i.i.d. and non-i.i.d. batches against the true MI (dashed)."""
+    """Fig. 4c: the per-step estimates on i.i.d. and non-i.i.d. batches, smoothed as the paper does
+    (Gaussian filter, sigma = ``smoothing_sigma`` steps), against the true MI, on the paper's y range."""
+    from .synthetic import smoothed
     plt = _pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(6.5, 4.5))
-    window = runs[0]["config"]["config"].get("record_every", 100)
-    true_mi = None
+    cfg = runs[0]["config"]["config"]
+    sigma = cfg.get("smoothing_sigma", 100.0)
+    true_mi, top = None, 0.25
     for v in variants_of(runs):
         traces = [run["arrays"][v]["trace"] for run in runs if v in run["arrays"]]
         if not traces:
             continue
         n = min(len(t) for t in traces)
-        smoothed = np.array([_smooth(t[:n], window) for t in traces])
+        curves = np.array([smoothed(t[:n], sigma) for t in traces])
         est, sampling = variant_field(runs, v, "estimator"), variant_field(runs, v, "sampling")
         true_mi = variant_field(runs, v, "true_mi")
-        _band(ax, np.arange(n), smoothed.mean(axis=0), smoothed.std(axis=0),
-              f"{LABELS.get(est, est)}, {sampling} batch", COLORS.get(est), "-" if sampling == "iid" else "--")
+        mean = curves.mean(axis=0)
+        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{LABELS.get(est, est)}, {sampling} samples",
+              COLORS.get(est), "-" if sampling == "iid" else "--")
+        top = max(top, 1.1 * float(mean[-1]))
     if true_mi is not None:
         ax.axhline(true_mi, color="black", linestyle=":", linewidth=1.5, label=f"true MI ({true_mi:.4f})")
     for line in ax.get_lines():
         line.set_marker("")
-    ax.set_ylabel(f"estimate (nats), mean of {window} steps")
-    ax.legend(fontsize=8)
-    ax.set_title("solid: i.i.d. negatives; dashed: all pairs share one Z", fontsize=10)
+    ax.set_ylim(-0.3, top)                        # the paper's range, widened if a curve ends above it
+    ax.set_ylabel(f"$I_{{EST}}$ (nats), Gaussian-smoothed, sigma {sigma:g} steps")
+    ax.legend(fontsize=8, loc="lower right")
+    batches = "a fresh batch every step" if cfg.get("batches", "fresh") == "fresh" else "ONE FIXED batch"
+    ax.set_title(f"solid: i.i.d. samples; dashed: all pairs share one Z; {batches}", fontsize=9)
     return _finish(fig, np.array([ax]), _title(runs, "Negative sampling (Fig. 4c)"), path)
 
 
@@ -322,13 +343,13 @@ OBJECTIVE_COLORS = {"infonce": "tab:blue", "nwj": "tab:orange", "triplet": "tab:
 
 
 def plot_metric(runs, path):
-    """Section 4: probe accuracy and test I_NCE for MI bounds and triplet losses."""
+    """Section 4: probe accuracy and I_NCE (both measures) for MI bounds and triplet losses."""
     plt = _pyplot()
     variants = variants_of(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
     objective = lambda v: variant_field(runs, v, "objective")  # noqa: E731
     _bound_panel(axes[0], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
-                 lambda v: OBJECTIVE_COLORS.get(objective(v)), ylabel=r"$I_{NCE}$ on the test set (nats)")
+                 lambda v: OBJECTIVE_COLORS.get(objective(v)), ylabel=r"$I_{NCE}$ (nats)")
     axes[0].set_title(r"$I_{NCE}$ of the learned codes", fontsize=10)
     _accuracy_panel(axes[1], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
                     lambda v: OBJECTIVE_COLORS.get(objective(v)))

@@ -1,4 +1,4 @@
-"""The paper's linear evaluation protocol (PAPER.md, "Common setup", "Linear probe").
+"""The paper's linear evaluation protocol (README, "The paper's settings": the linear probe).
 
 The quality of a representation g1 is the test accuracy of a linear classifier trained on the codes
 g1(x1) of the training images:

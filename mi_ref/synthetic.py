@@ -45,3 +45,10 @@ def gaussian_pairs(k, iid, rng, sigma_z=SIGMA_Z, sigma_eps=SIGMA_EPS):
         z = rng.standard_normal(2) @ np.linalg.cholesky(sz).T
         xy = z + rng.standard_normal((k, 2)) @ np.linalg.cholesky(se).T
     return xy[:, :1], xy[:, 1:]
+
+
+def smoothed(trace, sigma):
+    """The paper's smoothing of per-step estimates (Fig. 4c): ``scipy.ndimage.gaussian_filter1d(trace,
+    sigma)``, a Gaussian kernel of std ``sigma`` steps truncated at 4 sigma, with the ends reflected."""
+    from scipy.ndimage import gaussian_filter1d
+    return gaussian_filter1d(np.asarray(trace, dtype=float), sigma)

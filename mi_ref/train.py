@@ -1,4 +1,4 @@
-"""The one training loop of the paper's MI experiments (PAPER.md, "Common setup").
+"""The one training loop of the paper's MI experiments (README, "The paper's settings").
 
 For step = 0, 1, ..., n_iters - 1:
 
@@ -7,14 +7,27 @@ For step = 0, 1, ..., n_iters - 1:
        BOTH views;
     2. if step is a multiple of n_iters // n_evals (n_evals evaluations, the first at step 0, all of
        them BEFORE that step's update), evaluate:
-         (a) the bound on the test set, in batches of 512, averaged with weights = batch sizes;
-         (b) the linear probe on g1's codes of all train and test top halves (fresh noise of the same std);
-         (c) optionally, the singular values of g1's Jacobian on this step's training batch;
+         (a) ``bound``: the bound the paper's figures plot (:func:`paper_bound`): I_EST on fresh TRAINING
+             batches of the training batch size, one per 512-slice of the test set, averaged with the
+             slice sizes as weights (19 x 512 + 272 for MNIST's 10000 test images). I_NCE is capped at
+             log(batch size) there. ``loss`` is the training objective on the same batches (L_t for the
+             encoders experiment, as its figure plots; -bound where the objective is -I_EST);
+         (b) ``bound_test``: I_EST on the test set, in batches of the training batch size (the last
+             incomplete one dropped), so that it shares the cap log K with ``bound`` and differs only in
+             the data: a held-out measure the paper does not plot;
+         (c) ``accuracy``: the linear probe on g1's codes of all train and test top halves (fresh noise
+             of the same std);
+         (d) optionally, the singular values of g1's Jacobian on this step's training batch;
     3. one Adam step on the loss (g1, g2 and the critic together).
 
+Why (a) uses training batches: the paper's notebook calls this number the test loss, but in its
+TensorFlow 1 graph the loss reads the training input pipeline, not the test data it feeds; every one of
+its 20 evaluations of the loss pulls a fresh training batch (and fresh noise).
+
 Randomness: one seed per (run, variant) spawns independent streams for the initial params (and the
-RealNVP permutations), the batch order, the training noise and the evaluation noise, so every variant can
-be resumed on its own and the same seed gives the same numbers bit for bit.
+RealNVP permutations), the batch order, the training noise, the evaluation noise, and the batches and
+noise of the plotted bound, so every variant can be resumed on its own, the evaluations never touch
+the training stream, and the same seed gives the same numbers bit for bit.
 
 A *store* (``mi_ref.results.RunDir``, or None for an in-memory run) receives metric rows, per-evaluation
 arrays and a checkpoint at every evaluation; :func:`train_mi` resumes from the store's checkpoint.
@@ -32,7 +45,8 @@ from .fast import value_and_grad_by_key
 from .optim import Adam, owned, state_from_arrays, state_to_arrays
 from .tree import tree_from_dict, tree_to_dict
 
-EVAL_BATCH_SIZE = 512
+PAPER_SLICE = 512          # the test-set slice size of the notebook's evaluation loop
+ADAM_FORMS = ("tf", "textbook")
 
 
 @dataclass(frozen=True)
@@ -67,12 +81,15 @@ class LoopSettings:
     lr: float = 1e-4
     noise_std: float = 0.0
     jacobian: bool = False
+    adam: str = "tf"
 
     def check(self):
         for name in ("n_iters", "n_evals", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (every bound needs negatives), got {self.batch_size}")
         if self.n_evals > self.n_iters:
             raise ValueError(f"n_evals={self.n_evals} exceeds n_iters={self.n_iters}: evaluations happen every "
                              "n_iters // n_evals steps, so use n_evals <= n_iters")
@@ -80,15 +97,23 @@ class LoopSettings:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (self.noise_std >= 0 and np.isfinite(self.noise_std)):
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if self.adam not in ADAM_FORMS:
+            raise ValueError(f"adam must be one of {list(ADAM_FORMS)}, got {self.adam!r}")
 
     @property
     def eval_every(self):
         return self.n_iters // self.n_evals
 
 
+STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
+
+
 def variant_streams(seed, variant_index):
-    """Four independent generators (init, batches, train noise, eval noise) for one (seed, variant)."""
-    seqs = np.random.SeedSequence([int(seed), int(variant_index)]).spawn(4)
+    """Independent generators for one (seed, variant), in the order of :data:`STREAMS`: the initial params,
+    the training batch order, the training noise, the evaluation noise (probe and ``bound_test``), and the
+    batch order and noise of the plotted bound. (SeedSequence children are fixed by their index, so the
+    first four are the same whatever streams are added after them.)"""
+    seqs = np.random.SeedSequence([int(seed), int(variant_index)]).spawn(len(STREAMS))
     return [np.random.default_rng(s) for s in seqs]
 
 
@@ -106,28 +131,60 @@ def probe_accuracy(apply, params, x_train, y_train, x_test, y_test, noise_std, r
                                   encode(apply, params, x_test), y_test, seed=seed)
 
 
-def evaluate_bound(bound_fn, params, x1, x2, noise_std, rng, batch_size=EVAL_BATCH_SIZE):
-    """Mean of ``bound_fn(params, x1_b, x2_b)`` over test batches of 512, weighted by batch size.
+def paper_bound_weights(n_test, slice_size=PAPER_SLICE):
+    """The weights of the plotted bound: the sizes of the test-set slices the paper's notebook loops over,
+    ``[512] * (n_test // 512)`` plus the remainder if any (19 x 512 + 272 for 10000 test images)."""
+    weights = [slice_size] * (n_test // slice_size)
+    if n_test % slice_size:
+        weights.append(n_test % slice_size)
+    return weights
 
-    A final batch of a single example (where no bound is defined) is left out.
+
+def paper_bound(bound_and_loss, params, views, weights, batches, noise_std, noise_rng):
+    """The bound the paper's figures plot, and the training objective measured the same way.
+
+        bound = sum_k w_k I_EST(batch_k) / sum_k w_k,     loss = sum_k w_k L(batch_k) / sum_k w_k,
+
+    where batch_k is a FRESH training batch of the training batch size (``next(batches)``, with fresh
+    shared noise of std ``noise_std`` where it is used) and w_k are :func:`paper_bound_weights`.
+    ``bound_and_loss(params, x1, x2) -> (I_EST, L)``. Returns ``(bound, loss)`` as floats.
     """
-    total, weight = 0.0, 0
-    for i in range(0, len(x1), batch_size):
+    total_bound = total_loss = 0.0
+    for w in weights:
+        idx = next(batches)
+        x1, x2 = views.x1_train[idx], views.x2_train[idx]
+        if noise_std > 0:
+            x1, x2 = add_shared_noise(x1, x2, noise_std, noise_rng)
+        bound, loss = bound_and_loss(params, x1, x2)
+        total_bound += w * float(bound)
+        total_loss += w * float(loss)
+    return total_bound / sum(weights), total_loss / sum(weights)
+
+
+def held_out_bound(bound_fn, params, x1, x2, batch_size, noise_std, rng):
+    """Mean of ``bound_fn(params, x1_b, x2_b)`` over the consecutive test batches of ``batch_size`` (the
+    last incomplete batch dropped, so every term has the same cap log K), with fresh shared noise of std
+    ``noise_std`` where it is used."""
+    n_batches = len(x1) // batch_size
+    if n_batches < 1:
+        raise ValueError(f"the test set ({len(x1)} examples) is smaller than one batch of {batch_size}")
+    total = 0.0
+    for i in range(0, n_batches * batch_size, batch_size):
         b1, b2 = x1[i:i + batch_size], x2[i:i + batch_size]
-        if len(b1) < 2:
-            continue
         if noise_std > 0:
             b1, b2 = add_shared_noise(b1, b2, noise_std, rng)
-        total += len(b1) * float(bound_fn(params, b1, b2))
-        weight += len(b1)
-    return total / weight
+        total += float(bound_fn(params, b1, b2))
+    return total / n_batches
 
 
 def jacobian_stats(model, params, x):
-    """Singular values of the encoder's Jacobian at each row of ``x`` and the log-condition percentiles."""
-    from .jacobian import batch_jacobian, condition_percentiles, log_condition_numbers, singular_values
+    """Singular values of the encoder's Jacobian at each row of ``x`` and the log-condition percentiles
+    ``{"logcond_min": ..., "logcond_p20": ..., ..., "logcond_max": ...}`` of log(sigma_max / sigma_min)."""
+    from .jacobian import (PERCENTILE_KEYS, batch_jacobian, condition_percentiles, log_condition_numbers,
+                           singular_values)
     svals = singular_values(batch_jacobian(model, params, x))
-    return svals, condition_percentiles(log_condition_numbers(svals))
+    pct = condition_percentiles(log_condition_numbers(svals))
+    return svals, {f"logcond_{k}": float(v) for k, v in zip(PERCENTILE_KEYS, pct)}
 
 
 class Progress:
@@ -157,22 +214,28 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
     """Train g1, g2 and the critic with Adam on ``objective`` and evaluate on the paper's schedule.
 
     ``objective(params, x1, x2) -> loss`` (e.g. ``-I_NCE``; see mi_ref.objectives) where
-    ``params = {"g1", "g2", "critic"}``; ``estimator`` names the bound reported on the test set.
-    Returns the list of metric rows of this variant (one per evaluation).
-    Each row: ``{"variant", "step", "bound", "accuracy", "seconds", **extra_row}`` plus, with
-    ``settings.jacobian``, ``"logcond": [min, p20, p40, p60, p80, max]`` of log(sigma_max / sigma_min).
+    ``params = {"g1", "g2", "critic"}``; ``estimator`` names the bound that is reported.
+    Returns the list of metric rows of this variant (one per evaluation), each with the fields
+    ``variant, step, bound, loss, bound_test, accuracy, train_loss, seconds`` (see the module docstring;
+    ``train_loss`` is the mean training loss of the steps since the previous evaluation, None at step 0;
+    ``seconds`` the wall time this variant has taken so far, evaluations included, summed over resumes)
+    plus ``extra_row`` and, with ``settings.jacobian``, ``logcond_min, logcond_p20, ..., logcond_max``:
+    percentiles of log(sigma_max / sigma_min) of g1's Jacobian over the batch.
     """
     from .objectives import mi_bound
     settings.check()
-    init_rng, data_rng, noise_rng, eval_rng = variant_streams(seed, variant_index)
+    init_rng, data_rng, noise_rng, eval_rng, bound_data_rng, bound_noise_rng = variant_streams(seed, variant_index)
     bound_fn = lambda p, x1, x2: mi_bound(p, g1, g2, critic, estimator, x1, x2)  # noqa: E731
+    bound_and_loss = lambda p, x1, x2: (bound_fn(p, x1, x2), objective(p, x1, x2))  # noqa: E731
     get_estimator(estimator)
     n_train = len(views.x1_train)
-    optimizer = Adam(settings.lr)
+    weights = paper_bound_weights(len(views.x1_test))
+    optimizer = Adam(settings.lr, form=settings.adam)
     params = {"g1": g1.init(init_rng), "g2": g2.init(init_rng), "critic": critic.init(init_rng)}
     state = optimizer.init(params)
     it = BatchIterator(n_train, settings.batch_size, data_rng)
-    start, rows, sv_history = 0, [], []
+    bound_it = BatchIterator(n_train, settings.batch_size, bound_data_rng)
+    start, rows, sv_history, elapsed = 0, [], [], 0.0
 
     ckpt = store.load_checkpoint(variant) if store is not None else None
     if ckpt is not None:
@@ -180,9 +243,11 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
         params = tree_from_dict(params, arrays, "params/")
         state = state_from_arrays(params, arrays)
         it.restore(meta["iterator"])
+        bound_it.restore(meta["bound_iterator"])
         noise_rng.bit_generator.state = meta["noise_rng"]
         eval_rng.bit_generator.state = meta["eval_rng"]
-        start = int(meta["step"])
+        bound_noise_rng.bit_generator.state = meta["bound_noise_rng"]
+        start, elapsed = int(meta["step"]), float(meta["seconds"])
         rows = store.truncate_variant(variant, start)
         sv_history = [a for a in store.load_arrays(variant).get("singular_values", [])][:len(rows)]
     elif store is not None:
@@ -192,7 +257,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
     grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
     every = settings.eval_every
     progress = progress or Progress(variant, settings.n_iters, enabled=False)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed
+    loss_sum, loss_count = 0.0, 0
     for step in range(start, settings.n_iters):
         is_eval = step % every == 0 and step // every < settings.n_evals
         if is_eval:
@@ -204,14 +270,17 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
         if is_eval and not (ckpt is not None and step == start):
             row = {"variant": variant, "step": step}
             row.update(extra_row or {})
-            row["bound"] = evaluate_bound(bound_fn, params, views.x1_test, views.x2_test, settings.noise_std,
-                                      eval_rng)
+            row["bound"], row["loss"] = paper_bound(bound_and_loss, params, views, weights, bound_it,
+                                                    settings.noise_std, bound_noise_rng)
+            row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, settings.batch_size,
+                                           settings.noise_std, eval_rng)
             row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
                                              views.x1_test, views.y_test, settings.noise_std, eval_rng,
                                              seed=probe_seed)
+            row["train_loss"] = loss_sum / loss_count if loss_count else None
             if settings.jacobian:
                 svals, pct = jacobian_stats(g1, params["g1"], x1)
-                row["logcond"] = [float(v) for v in pct]
+                row.update(pct)
                 sv_history.append(svals)
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
@@ -221,13 +290,17 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
                                                 "steps": np.array([r["step"] for r in rows])})
                 store.append_metrics(row)
                 arrays = dict(tree_to_dict(params, "params/"), **state_to_arrays(state))
-                store.save_checkpoint(variant, arrays, dict(snapshot, step=step,
-                                                            eval_rng=eval_rng.bit_generator.state))
+                store.save_checkpoint(variant, arrays, dict(
+                    snapshot, step=step, seconds=row["seconds"], eval_rng=eval_rng.bit_generator.state,
+                    bound_iterator=bound_it.state(), bound_noise_rng=bound_noise_rng.bit_generator.state))
             progress.update(step, bound=row["bound"], acc=row["accuracy"])
+        if is_eval:
+            loss_sum, loss_count = 0.0, 0
         loss, grads = grad_fn(params, x1, x2)
         if not np.isfinite(loss):
             raise FloatingPointError(f"{variant}: the loss became {loss} at step {step}; lower the learning "
                                      "rate or check the inputs")
+        loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         params, state = optimizer.update(params, grads, state, inplace=True)
     if store is not None:
         store.mark_done(variant)

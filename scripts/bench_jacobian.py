@@ -1,6 +1,6 @@
 """Benchmark per-example Jacobians and their singular values at the paper's setting (issue 4).
 
-Setting (PAPER.md, experiment 3, "conditioning"): g1 = MLP(392, [392] * 5, shortcuts=True) with
+Setting (the paper's "conditioning" experiment, Fig. 2): g1 = MLP(392, [392] * 5, shortcuts=True) with
 kernels drawn by truncated_normal(1e-4) and zero biases, a batch of B = 128 inputs (uniform [0, 1] values
 plus Gaussian noise of std 0.05, like the noisy MNIST halves), float64. Per evaluation the experiment needs
 J: (128, 392, 392) and its singular values.

@@ -6,7 +6,7 @@ gradient with respect to every parameter (:func:`mi_ref.fast.value_and_grad_by_k
 update in place: by default exactly what ``mi_ref.train.train_mi`` does. Batch 128, float64, random
 MNIST-like inputs in [0, 1] (392 values per view).
 
-Configurations (PAPER.md, "The experiments"):
+Configurations (the paper's, README "The paper's settings"):
 
 * ``invertible``:   g1, g2 = RealNVP(392, 30 couplings, hidden [512, 512], shift-only), bilinear critic (392);
 * ``conditioning``: g1, g2 = MLP(392, [392] * 5, shortcuts, truncated_normal(1e-4)), bilinear critic (392);
@@ -105,7 +105,7 @@ def mi_ref_stepper(config, reference=False, adam_inplace=True):
     if reference:
         g1, g2, critic = fast.Reference(g1), fast.Reference(g2), fast.Reference(critic)
     x1, x2 = batch()
-    adam = optim.Adam(lr=1e-4)
+    adam = optim.Adam(lr=1e-4, form="tf")           # the paper's form, as the experiments use it
     if reference:
         update = adam.update_reference
     else:
@@ -196,10 +196,10 @@ def torch_stepper(config, torch, fused_adam=False):
 
         def flow_apply(blocks, x):
             h = HALF // 2
-            for layers, perm in blocks:
-                xa, xb = x[:, :h], x[:, h:]
-                z = torch.cat([xa, xb + mlp(layers, xa)], dim=1)
-                x = z[:, perm]
+            for layers, perm in blocks:          # every block: permute, then couple
+                z = x[:, perm]
+                za, zb = z[:, :h], z[:, h:]
+                x = torch.cat([za, zb + mlp(layers, za)], dim=1)
             return x
         e1, e2 = flow_params(g1, params["g1"]), flow_params(g2, params["g2"])
         enc1, enc2 = (lambda x: flow_apply(e1, x)), (lambda x: flow_apply(e2, x))
@@ -221,8 +221,8 @@ def torch_stepper(config, torch, fused_adam=False):
             h = torch.relu(F.conv2d(F.pad(h, (1, 2, 2, 2)), q["w2"], stride=2) + q["b2"][:, None, None])
             mu = h.mean(dim=(1, 2, 3), keepdim=True)
             c = h - mu
-            var = (c * c).mean(dim=(1, 2, 3), keepdim=True)
-            h = c / torch.sqrt(var + 1e-6) * q["scale"][:, None, None] + q["bias"][:, None, None]
+            std = torch.sqrt((c * c).mean(dim=(1, 2, 3), keepdim=True))
+            h = c / (std + 1e-6) * q["scale"][:, None, None] + q["bias"][:, None, None]
             return h.mean(dim=(2, 3)) @ q["wo"] + q["bo"]
         e1, e2 = conv_params(params["g1"]), conv_params(params["g2"])
         enc1, enc2 = (lambda x: conv_apply(e1, x)), (lambda x: conv_apply(e2, x))

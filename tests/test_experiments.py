@@ -1,6 +1,7 @@
 """End-to-end tests of the experiment machine: tiny configs of every experiment, resumption after an
 interruption, and the registry's errors."""
 
+import dataclasses
 import importlib
 import json
 
@@ -29,13 +30,17 @@ def test_tiny_run_end_to_end(tmp_path, name):
     assert rows[0]["variant"] == "baseline" and 0 < rows[0]["accuracy"] <= 1
     trained = [r for r in rows if r["variant"] != "baseline"]
     assert trained and all(0 <= r["accuracy"] <= 1 for r in trained)
-    assert all(np.isfinite(r.get("bound", 0.0)) for r in trained)
+    if name != "adversarial":
+        assert all(np.isfinite(r["bound"]) and np.isfinite(r["bound_test"]) for r in trained)
+        assert all(r["bound"] <= np.log(128) + 1e-12 for r in trained if r["variant"] == "infonce")
+        assert [r["train_loss"] is None for r in trained] == [r["step"] == 0 for r in trained]
     assert not list((path / "checkpoints").glob("*.npz"))        # finished variants keep no checkpoint
     config = json.loads(run.config_path.read_text())
     assert config["experiment"] == name and config["config"]["dataset"] == "digits"
     assert config["environment"]["packages"]["numpy"]
     if name == "conditioning":
-        assert all(len(r["logcond"]) == 6 for r in trained)
+        keys = ["logcond_min", "logcond_p20", "logcond_p40", "logcond_p60", "logcond_p80", "logcond_max"]
+        assert all(sorted(r[k] for k in keys) == [r[k] for k in keys] for r in trained)
         sv = run.load_arrays("infonce")["singular_values"]
         assert sv.shape == (3, 128, 32)
         # the residual MLP starts at the identity: every singular value is ~1 at step 0
@@ -123,6 +128,8 @@ def test_tiny_run_sections_3_2_and_3_3(tmp_path, name):
     assert len({r["variant"] for r in rows}) == expected and len(rows) == 2 * expected
     if name == "encoders":
         assert {r["target"] for r in rows} == {2.0, 4.0} and {r["encoder"] for r in rows} == {"convnet", "mlp"}
+        # loss = weighted mean of |I_k - t| over the fresh batches >= |weighted mean of I_k - t| (Jensen)
+        assert all(r["loss"] >= abs(r["bound"] - r["target"]) - 1e-12 for r in rows)
     figures = plots.plot_runs([path], tmp_path / "fig")
     assert figures[0].stat().st_size > 10_000
 
@@ -205,3 +212,60 @@ def test_paper_scale_models_take_one_gradient_step(name):
         g = grad(loss)(params)
         assert np.isfinite(loss(params))
         assert all(np.all(np.isfinite(leaf)) for _, leaf in tree_flatten(g))
+
+
+def test_sampling_draws_a_fresh_batch_every_step(monkeypatch):
+    """The paper's sampling ops are graph tensors: every step sees new pairs (non-i.i.d.: a new shared Z
+    too). The old protocol trained on one fixed batch; ``batches="fixed"`` still does, on request."""
+    from mi_ref.experiments import sampling
+    seen = []
+    original = sampling.gaussian_pairs
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append(out)
+        return out
+    monkeypatch.setattr(sampling, "gaussian_pairs", spy)
+    config = experiments.get("sampling").config("quick", n_iters=3, record_every=1, hidden=(4,))
+    sampling.train_variant(config, None, 0, 2, "non-iid", "infonce", progress=False)
+    assert len(seen) == 3 and all(x.shape == (128, 1) and y.shape == (128, 1) for x, y in seen)
+    for (x0, y0), (x1, y1) in zip(seen, seen[1:]):
+        assert not np.array_equal(x0, x1) and not np.array_equal(y0, y1)
+        assert abs(float(np.mean(x0 - x1))) > 0.0            # a new shared Z moves the whole batch
+    seen.clear()
+    sampling.train_variant(dataclasses.replace(config, batches="fixed"), None, 0, 2, "iid", "infonce", False)
+    assert len(seen) == 1
+
+
+def test_plotted_bound_uses_fresh_training_batches_of_the_training_batch_size():
+    """``bound`` is the notebook's measure: one fresh TRAINING batch of the training batch size per
+    512-slice of the test set, weighted by the slice sizes; ``bound_test`` is the held-out measure."""
+    from mi_ref.data import BatchIterator
+    from mi_ref.train import Views, paper_bound, paper_bound_weights
+    assert paper_bound_weights(10000) == [512] * 19 + [272]
+    assert paper_bound_weights(1024) == [512, 512] and paper_bound_weights(450) == [450]
+    rng = np.random.default_rng(0)
+    n_train, n_test = 300, 1100
+    ids = np.arange(n_train, dtype=float)[:, None] * np.ones((1, 4))    # a training row is known by its id
+    views = Views(ids, ids + 0.5, np.zeros(n_train, int), -np.ones((n_test, 4)), -np.ones((n_test, 4)),
+                  np.zeros(n_test, int), (2, 2))
+    calls = []
+
+    def bound_and_loss(params, x1, x2):
+        calls.append(x1[:, 0].copy())
+        return float(len(calls)), -float(len(calls))
+    bound, loss = paper_bound(bound_and_loss, None, views, paper_bound_weights(n_test),
+                              BatchIterator(n_train, 16, rng), 0.0, rng)
+    assert [len(c) for c in calls] == [16, 16, 16]
+    assert all(np.all((c >= 0) & (c == np.round(c))) for c in calls)    # training rows, never the test set
+    assert len({tuple(c) for c in calls}) == 3                          # a fresh batch each time
+    assert bound == pytest.approx((512 * 1 + 512 * 2 + 76 * 3) / 1100) and loss == pytest.approx(-bound)
+
+
+def test_plotted_bound_is_capped_at_log_of_the_training_batch_size(tmp_path):
+    """I_NCE on batches of K = 16 never exceeds log 16, though the test set is far larger than 16."""
+    path = experiments.run_experiment("invertible", "quick", seed=0, out=tmp_path, progress=False,
+                                      **dict(TINY["invertible"], batch_size=16, estimators=("infonce",)))
+    rows = [r for r in RunDir(path).read_metrics() if r["variant"] == "infonce"]
+    assert all(r["bound"] <= np.log(16) + 1e-12 and r["bound_test"] <= np.log(16) + 1e-12 for r in rows)
+    assert all(r["loss"] == pytest.approx(-r["bound"], abs=1e-12) for r in rows)

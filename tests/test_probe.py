@@ -116,7 +116,7 @@ def test_cli_baseline_errors(capsys, monkeypatch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.mnist
 def test_mnist_pixel_baselines(mnist_dir):
-    """PAPER.md: about 0.835 with noise std 0.05 (0.839 measured with scikit-learn 1.9), 0.851 clean.
+    """The paper (its notebook): about 0.835 with noise std 0.05 (0.839 measured with scikit-learn 1.9), 0.851 clean.
 
     Measured here (seed 0): 0.8417 noisy, 0.8486 clean; seeds 0-4 span 0.8367-0.8417 and 0.8486-0.8511.
     """

@@ -1,8 +1,8 @@
 """The paper's experiments: a registry of :class:`Experiment` objects and the runner behind ``mi-ref run``.
 
 Each experiment module defines a frozen config dataclass with the paper's values as defaults, two presets
-(``paper``: exactly PAPER.md; ``quick``: the same mechanisms at laptop scale on the embedded digits) and
-a ``run(config, store, seed, dataset, progress)`` function that trains every variant of the experiment
+(``paper``: exactly the paper's settings, see README "The paper's settings"; ``quick``: the same
+mechanisms at laptop scale) and a ``run(config, store, seed, dataset, progress)`` function that trains every variant of the experiment
 (e.g. one per estimator) into one run directory per seed (``dataset`` is None for synthetic experiments,
 whose configs have no ``dataset`` field).
 """

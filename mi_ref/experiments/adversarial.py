@@ -7,7 +7,8 @@ truncated normal std 1e-4); a linear classifier c (dense 392 -> 10) on its codes
     encoder loss:     CE(c(g(x1)), uniform over 10) = -(1/B) sum_b (1/10) sum_k log softmax(...)[k]  Adam lr 1e-5
 
 1000 classifier warm-up steps, then 4001 iterations of (10 classifier steps + 1 encoder step); every 400
-iterations (from iteration 0) the linear probe of g's codes. g stays a bijection, so I(g(x1); x2) never
+iterations (from iteration 0) the linear probe of g's codes. Both optimizers are TensorFlow 1's Adam
+(``adam="tf"``, see :mod:`mi_ref.optim`). g stays a bijection, so I(g(x1); x2) never
 changes while the accuracy falls below the pixel baseline.
 """
 
@@ -21,7 +22,7 @@ from autograd.scipy.special import logsumexp
 
 from .. import flows, nn
 from ..data import BatchIterator
-from ..optim import Adam, owned, state_from_arrays, state_to_arrays
+from ..optim import FORMS, Adam, owned, state_from_arrays, state_to_arrays
 from ..train import Progress, make_views, probe_accuracy, variant_streams
 from ..tree import tree_from_dict, tree_to_dict
 from . import Experiment, register
@@ -44,6 +45,7 @@ class Config:
     hidden: tuple = (512, 512)
     init_std: float = 1e-4
     noise_std: float = 0.0
+    adam: str = "tf"
 
     # the common checks read these two names
     @property
@@ -61,6 +63,8 @@ class Config:
             raise ValueError(f"probe_every must be a positive integer, got {self.probe_every}")
         if not self.classifier_lr > 0:
             raise ValueError(f"classifier_lr must be > 0, got {self.classifier_lr}")
+        if self.adam not in FORMS:
+            raise ValueError(f"adam must be one of {list(FORMS)}, got {self.adam!r}")
 
 
 def log_softmax(logits):
@@ -85,13 +89,13 @@ def run(config, store, seed, dataset, progress=True):
     record_pixel_baseline(store, dataset, config.noise_std, seed)
     if store is not None and VARIANT in store.done_variants():
         return
-    init_rng, data_rng, noise_rng, eval_rng = variant_streams(seed, 0)
+    init_rng, data_rng, noise_rng, eval_rng = variant_streams(seed, 0)[:4]
     dim, n_classes = views.x1_train.shape[1], int(views.y_train.max()) + 1
     encoder = flows.realnvp(dim, config.n_couplings, config.hidden, shift_only=False,
                             rng=np.random.default_rng(np.random.SeedSequence([int(seed), 0, 7])),
                             kernel_init=nn.truncated_normal(config.init_std))
     params = {"encoder": encoder.init(init_rng), "classifier": nn.Dense(dim, n_classes).init(init_rng)}
-    opt_c, opt_e = Adam(config.classifier_lr), Adam(config.encoder_lr)
+    opt_c, opt_e = Adam(config.classifier_lr, form=config.adam), Adam(config.encoder_lr, form=config.adam)
     state_c, state_e = opt_c.init(params["classifier"]), opt_e.init(params["encoder"])
     it = BatchIterator(len(views.x1_train), config.batch_size, data_rng)
 

@@ -14,7 +14,8 @@ BASELINE_STREAM = 10 ** 6
 
 @dataclass(frozen=True)
 class MIConfig:
-    """The settings every MI experiment on images shares (defaults: the paper's, PAPER.md "Common setup").
+    """The settings every MI experiment on images shares (defaults: the paper's; README, "The paper's
+    settings"). ``adam`` is the form of Adam: "tf" (TensorFlow 1's, the paper's) or "textbook" (PyTorch's).
 
     Experiment configs subclass it and add their own fields (architectures, estimators, ...).
     """
@@ -25,6 +26,7 @@ class MIConfig:
     batch_size: int = 128
     lr: float = 1e-4
     noise_std: float = 0.0
+    adam: str = "tf"
 
     def check(self):
         check_common(self)
@@ -42,7 +44,7 @@ class Variant:
 
     name: str
     build: object               # build(structure_rng) -> (g1, g2, critic)
-    estimator: str              # the bound reported on the test set (and optimized unless loss says otherwise)
+    estimator: str              # the bound that is reported (and optimized unless loss says otherwise)
     target: float = None        # L_t = |I_EST - t| when set
     loss: object = None         # loss(params, g1, g2, critic, x1, x2) overriding mi_loss, e.g. a triplet loss
     extra: dict = field(default_factory=dict)   # columns copied into every metric row
@@ -62,7 +64,7 @@ def record_pixel_baseline(store, dataset, noise_std, seed):
 
 def settings_of(config, jacobian=False):
     return LoopSettings(n_iters=config.n_iters, n_evals=config.n_evals, batch_size=config.batch_size,
-                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian)
+                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian, adam=config.adam)
 
 
 def make_objective(variant, g1, g2, critic):
