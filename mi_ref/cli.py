@@ -165,7 +165,7 @@ def _cmd_verify(args):
 
     import numpy as np
 
-    from .verify import compare_results, format_reports
+    from .verify import all_passed, compare_results, format_reports, unchecked_components
 
     path = Path(args.results)
     if not path.is_file():
@@ -180,8 +180,9 @@ def _cmd_verify(args):
     with loaded:
         results = {k: loaded[k] for k in loaded.files}
     reports = compare_results(args.vectors, results, args.component, args.precision, args.allow_missing)
-    print(format_reports(reports))
-    return 0 if all(r.passed for r in reports) else 1
+    unchecked = unchecked_components(args.vectors, reports)
+    print(format_reports(reports, unchecked, args.require_all, args.show_skipped))
+    return 0 if all_passed(reports, unchecked, args.require_all) else 1
 
 
 def _add_run_options(p):
@@ -272,8 +273,10 @@ def build_parser():
     p = sub.add_parser("verify", help="compare an implementation's outputs with the golden vectors",
                        description="Compare RESULTS.npz (arrays named COMPONENT/ARRAY, e.g. dense/output/y, "
                                    "dense/grad/param/W; or plain ARRAY names with --component) with the golden "
-                                   "vectors in DIR and print a table per component. Exit code 0 if every "
-                                   "component passes, 1 if any fails, 2 for bad input.")
+                                   "vectors in DIR and print a table per component, the components checked "
+                                   "(K of N) and those not checked. Exit code 0 if every checked component "
+                                   "passes, 1 if any fails (or, with --require-all, if any is unchecked), 2 "
+                                   "for bad input.")
     p.add_argument("vectors", metavar="DIR", help="a directory written by `mi-ref vectors`")
     p.add_argument("results", metavar="RESULTS.npz", help="your outputs and gradients")
     p.add_argument("--component", metavar="NAME", default=None,
@@ -282,6 +285,10 @@ def build_parser():
                    help="tolerances to use (default: float32 if any given array is float32, else float64)")
     p.add_argument("--allow-missing", action="store_true",
                    help="do not fail for outputs or gradients that RESULTS.npz does not hold")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail (exit 1) unless RESULTS.npz checks every component of the manifest")
+    p.add_argument("--show-skipped", action="store_true",
+                   help="also list the optional aux/ arrays that RESULTS.npz does not hold")
     p.set_defaults(func=_cmd_verify)
     return parser
 

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import autograd.numpy as np
 import numpy as onp
-from autograd import grad
+from autograd import grad, value_and_grad
 
 from . import __version__, bounds, critics, flows, jacobian, nn, objectives, optim
 from .results import _atomic_write, atomic_write_text
@@ -120,26 +120,33 @@ CONVENTIONS = {
         "explicitly with F.pad(x, (left, right, top, bottom)) and call conv2d with padding=0 (PyTorch's "
         "symmetric padding and padding='same' do not reproduce this rule for stride 2)."),
     "layer_norm": (
-        "For each example b: mu = mean(x[b]) and var = mean((x[b] - mu)^2) over all of (H, W, C) (biased "
-        "variance), y = (x - mu) / sqrt(var + eps) * scale[c] + bias[c], eps = 1e-6, scale and bias one value "
-        "per channel (last axis)."),
+        "For each example b: mu = mean(x[b]) and sigma = sqrt(mean((x[b] - mu)^2)) over all of (H, W, C) (the "
+        "population standard deviation), y = (x - mu) / (sigma + eps) * scale[c] + bias[c], eps = 1e-6 added "
+        "to sigma, NOT inside the square root (the paper's notebook divides by K.std(x) + 1e-6); scale and "
+        "bias one value per channel (last axis). torch.nn.LayerNorm and tf.keras LayerNormalization compute "
+        "(x - mu) / sqrt(var + eps) instead and differ by ~eps / (2 sigma) relative: write it out."),
     "convnet": (
         "x (B, H*W) is reshaped row-major to (B, H, W, 1); conv1 5x5 stride 2 'same' + bias, ReLU; conv2 5x5 "
-        "stride 2 'same' + bias, ReLU; layer norm over (h, w, c) with per-channel scale and bias (eps 1e-6); "
+        "stride 2 'same' + bias, ReLU; layer norm over (h, w, c) as 'layer_norm' (eps 1e-6 added to the std); "
         "mean over (h, w); dense 'out'. Params conv1/W, conv1/b, conv2/W, conv2/b, norm/scale, norm/bias, "
         "out/W, out/b."),
     "coupling": (
-        "RealNVP coupling block on d values, h = d // 2: x_a = x[:, :h] passes unchanged and feeds the "
-        "conditioner MLP 'net' (ReLU hidden layers, linear output); x_b = x[:, h:]. Shift-only: the net "
-        "outputs t (d - h values) and y_b = x_b + t. Affine: the net outputs [t ; r] (first d - h values "
-        "are t, the next d - h are r), scale = 1e-7 + softplus(r), y_b = x_b * scale + t, log|det| = "
-        "sum(log scale) (0 for shift-only). Then z = concat(x_a, y_b) and the block's output is z[:, perm]. "
-        "Inverse: z = y[:, argsort(perm)], x_b = (y_b - t) / scale."),
+        "RealNVP block on d values, h = d // 2: first the block's fixed permutation z = x[:, perm], then the "
+        "coupling: z_a = z[:, :h] passes unchanged and feeds the conditioner MLP 'net' (ReLU hidden layers, "
+        "linear output); z_b = z[:, h:]. Shift-only: the net outputs t (d - h values) and y_b = z_b + t. "
+        "Affine: the net outputs [t ; r] (first d - h values are t, the next d - h are r), scale = 1e-7 + "
+        "softplus(r), y_b = z_b * scale + t, log|det| = sum(log scale) (0 for shift-only). The block's output "
+        "is y = concat(z_a, y_b). Inverse: z = concat(y_a, (y_b - t(y_a)) / scale(y_a)), x = "
+        "z[:, argsort(perm)]. This is the paper's order: its notebook builds TFP's Chain([coupling_1, "
+        "permute_1, ..., coupling_n, permute_n]), which applies its list from the end, so every block "
+        "permutes and then couples, and the flow ends with a coupling."),
     "permutation": (
-        "y = z[:, perm]: output column j is column perm[j] of the block's pre-permutation values; the inverse "
-        "is z = y[:, argsort(perm)]. A chain stores const/perms (n_blocks, d): block k uses perms[k]; blocks "
-        "run in index order forward and in reverse order for the inverse. log_det of a chain is the sum over "
-        "blocks (permutations have |det| = 1)."),
+        "z = x[:, perm]: column j of the permuted values is column perm[j] of the block's input (torch: "
+        "x[:, perm]; TFP: tfb.Permute(perm)); the inverse is x = z[:, argsort(perm)]. A chain stores "
+        "const/perms (n_blocks, d): block k starts with perms[k]; blocks run in index order forward and in "
+        "reverse order for the inverse. No permutation in these files is its own inverse, so the two "
+        "directions cannot be confused unnoticed. log_det of a chain is the sum over blocks "
+        "(permutations have |det| = 1)."),
     "scores": (
         "Score matrices S (K, K): S[i, j] = f(u_i, v_j); rows index the view-1 codes u (x), columns the view-2 "
         "codes v (y); the diagonal S[i, i] holds the K positive pairs, the off-diagonal entries the negatives."),
@@ -155,18 +162,53 @@ CONVENTIONS = {
     "objective": (
         "Training steps: params {g1, g2, critic}; u = g1(x1), v = g2(x2), S = critic(u, v), "
         "loss = -I_EST(S) (mi_ref.objectives.mi_loss); output/loss with cotangent 1.0, so grad/param/... is "
-        "the gradient of the loss that one optimizer step uses. The Adam update itself is the adam_step "
-        "component."),
+        "the gradient of the loss that one optimizer step uses. The Adam update alone is adam_step (textbook) "
+        "and adam_step_tf (TensorFlow 1); train_step_invertible is a whole step: loss, gradients and the "
+        "TF-form Adam update from the paper's initialization."),
     "jacobian": (
         "J[b, o, i] = d y[b, o] / d x[b, i] (B, out, in) per example; singular values per example in "
         "descending order (B, min(out, in)); log condition number = log(sigma_max / sigma_min) (natural log). "
         "aux/condition_percentiles = (min, p20, p40, p60, p80, max) of the log condition numbers over the "
         "batch (numpy's default 'linear' percentiles)."),
     "adam": (
-        "Adam with bias correction: t = step + 1, m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2, "
-        "param' = param - lr * (m' / (1 - b1^t)) / (sqrt(v' / (1 - b2^t)) + eps); eps is added OUTSIDE the "
-        "square root (as in PyTorch and TensorFlow). const/step is the number of steps taken before this "
-        "one (PyTorch's state['step'] before the call)."),
+        "Both forms keep m' = b1 m + (1 - b1) g and v' = b2 v + (1 - b2) g^2 with t = step + 1. Textbook "
+        "(Kingma and Ba; torch.optim.Adam), config form 'textbook': param' = param - lr * (m' / (1 - b1^t)) / "
+        "(sqrt(v' / (1 - b2^t)) + eps). TensorFlow 1 (tf.train.AdamOptimizer; the paper's optimizer), config "
+        "form 'tf': lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), param' = param - lr_t * m' / (sqrt(v') + eps): "
+        "eps is added to sqrt(v') WITHOUT bias correction, i.e. the textbook form with eps / sqrt(1 - b2^t) "
+        "(3.2e-7 at t = 1). With gradients near 1e-8, as here and as in the paper's 1e-4-initialized flows, "
+        "the forms differ by a large fraction of the step. const/step is the number of steps taken before "
+        "this one (PyTorch's state['step'] before the call)."),
+    "constant_outputs": (
+        "An output that does not depend on the inputs or params (the log-det of a shift-only flow, always 0) "
+        "still has a cotangent array but adds nothing to L: leave it out of your VJP call (PyTorch refuses "
+        "outputs that do not require grad)."),
+    "structure_seed": (
+        "Each component's config holds structure_seed, the seed mi-ref draws its fixed random structure "
+        "(the RealNVP permutations) from, so that `recompute` can rebuild the component from its manifest "
+        "entry. A port reads that structure from the const/ arrays instead and needs no seed."),
+}
+
+# The same conventions as values a program can read (manifest.json["settings"]).
+SETTINGS = {
+    "mode": "notebook",
+    "dtype": "float64",
+    "dense": {"W_shape": "(in, out)", "formula": "y = x W + b"},
+    "relu_derivative_at_0": 0.5,
+    "conv2d": {"layout": "NHWC", "kernel": "(kh, kw, C_in, C_out)", "padding": "tensorflow_same",
+               "odd_padding_pixel": "after"},
+    "layer_norm": {"formula": "(x - mean) / (std + eps) * scale + bias", "axes": "all but the batch axis",
+                   "std": "population (divide by n)", "eps": 1e-6, "eps_added_to": "std",
+                   "scale_and_bias": "one per channel (last axis)"},
+    "realnvp": {"block_order": ["permute", "couple"], "permutation": "z = x[:, perm]",
+                "inverse_permutation": "x = z[:, argsort(perm)]", "chain": "blocks in index order",
+                "ends_with": "couple", "split": "z[:, :d // 2] conditions, z[:, d // 2:] is transformed",
+                "net_output": "[shift, raw scale]", "scale": "1e-7 + softplus(raw)",
+                "no_permutation_is_self_inverse": True},
+    "scores": {"rows": "u = g1(x1)", "columns": "v = g2(x2)", "positives": "diagonal"},
+    "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "step": "const/step = steps taken before; t = step + 1",
+             "forms": {"textbook": "p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)",
+                       "tf": "p - (lr * sqrt(1 - b2^t) / (1 - b1^t)) * m / (sqrt(v) + eps)"}},
 }
 
 
@@ -186,6 +228,8 @@ class Built:
     traced: object = None           # traced(inputs, params) -> outputs, differentiable by autograd
     differentiable: bool = True     # False: no cotangents and no gradients are stored
     param_notes: dict = field(default_factory=dict)  # path -> meaning overriding the generic description
+    param_scale: float = None       # draw every param from N(0, param_scale^2) instead of _draw_params
+    draw_params: object = None      # draw_params(rng) -> params, overriding both
 
 
 @dataclass(frozen=True)
@@ -366,13 +410,29 @@ def _convnet_build(config):
 # --- flows
 
 
+def _self_inverse(perm):
+    return bool(onp.array_equal(perm[perm], onp.arange(len(perm))))
+
+
+def _realnvp_without_involutions(dim, n_couplings, hidden, shift_only, rng, kernel_init=nn.truncated_normal(1e-4)):
+    """A RealNVP whose permutations are never their own inverse (redrawn from ``rng`` until so), so that a
+    port that applies a permutation in the wrong direction cannot pass by luck."""
+    while True:
+        model = flows.RealNVP(dim, n_couplings, hidden, shift_only, rng=rng, kernel_init=kernel_init)
+        if not any(_self_inverse(p) for p in model.permutations):
+            return model
+
+
 def _flow_model(config):
     rng = onp.random.default_rng(config["structure_seed"])
     if config.get("n_couplings") is None:
-        block = flows.AffineCoupling(config["dim"], config["hidden"], config["shift_only"],
-                                     rng.permutation(config["dim"]))
+        perm = rng.permutation(config["dim"])
+        while _self_inverse(perm):
+            perm = rng.permutation(config["dim"])
+        block = flows.AffineCoupling(config["dim"], config["hidden"], config["shift_only"], perm)
         return block, {"perm": block.perm.astype(onp.int64)}
-    model = flows.RealNVP(config["dim"], config["n_couplings"], config["hidden"], config["shift_only"], rng=rng)
+    model = _realnvp_without_involutions(config["dim"], config["n_couplings"], config["hidden"],
+                                         config["shift_only"], rng)
     return model, {"perms": model.permutations.astype(onp.int64)}
 
 
@@ -411,9 +471,9 @@ def _flow_build(config):
                                   + (" (0: shift-only)" if config["shift_only"] else ""),
                 "output/inverse": f"inverse of {what} at y ({b}, {d})"}
     if "perm" in consts:
-        meanings["const/perm"] = f"the block's permutation ({d},): output = z[:, perm]"
+        meanings["const/perm"] = f"the block's permutation ({d},), applied first: z = x[:, perm]"
     else:
-        meanings["const/perms"] = f"permutations ({config['n_couplings']}, {d}): block k outputs z[:, perms[k]]"
+        meanings["const/perms"] = f"permutations ({config['n_couplings']}, {d}): block k starts with z = x[:, perms[k]]"
     return Built(forward, _shape_only(model), lambda rng: {"x": _normal(rng, (b, d)), "y": _normal(rng, (b, d))},
                  meanings, consts, param_notes=_coupling_notes(model))
 
@@ -463,7 +523,7 @@ def _jacobian_build(config):
                 "output/log_condition_numbers": f"log(sigma_max / sigma_min) per example ({b},)",
                 "aux/condition_percentiles": "min, p20, p40, p60, p80, max of the log condition numbers (6,)"}
     if "perms" in consts:
-        meanings["const/perms"] = f"permutations ({config['n_couplings']}, {d}): block k outputs z[:, perms[k]]"
+        meanings["const/perms"] = f"permutations ({config['n_couplings']}, {d}): block k starts with z = x[:, perms[k]]"
     notes = {} if config["model"] == "mlp_residual" else _coupling_notes(model)
     return Built(forward, _shape_only(model), lambda rng: {"x": _normal(rng, (b, d))}, meanings, consts, traced,
                  param_notes=notes)
@@ -472,25 +532,29 @@ def _jacobian_build(config):
 # --- Adam
 
 
+def _adam_history(rng, shape, g_std, steps, b1, b2):
+    """A gradient and the Adam moments after ``steps`` earlier gradients, all of scale ``g_std``
+    (float32-exact): the state a real run would hold."""
+    m, v = onp.zeros(shape), onp.zeros(shape)
+    for _ in range(steps):
+        g = g_std * rng.standard_normal(shape)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    return _normal(rng, shape, g_std), _f32(m), _f32(v)
+
+
 def _adam_build(config):
     template = _shape_only(nn.MLP(config["in"], config["dims"]))
     paths = [p for p, _ in tree_flatten(template)]
-    adam = optim.Adam(config["lr"], config["b1"], config["b2"], config["eps"])
+    adam = optim.Adam(config["lr"], config["b1"], config["b2"], config["eps"], form=config["form"])
 
     def tree(inputs, prefix):
         return tree_unflatten(template, [inputs[f"{prefix}/{p}"] for p in paths])
 
     def draw(rng):
         out = {}
-        for prefix in ("g", "m", "v"):
-            for p, leaf in tree_flatten(template):
-                shape = onp.shape(leaf)
-                if prefix == "g":
-                    out[f"g/{p}"] = _normal(rng, shape)
-                elif prefix == "m":
-                    out[f"m/{p}"] = _normal(rng, shape, 0.1)
-                else:
-                    out[f"v/{p}"] = _f32(_normal(rng, shape, 0.3) ** 2 + 1e-4)
+        for p, leaf in tree_flatten(template):
+            out[f"g/{p}"], out[f"m/{p}"], out[f"v/{p}"] = _adam_history(
+                rng, onp.shape(leaf), config["grad_std"], config["step"], config["b1"], config["b2"])
         return out
 
     def forward(inputs, params):
@@ -510,7 +574,7 @@ def _adam_build(config):
         meanings[f"output/m/{p}"] = f"m after the step"
         meanings[f"output/v/{p}"] = f"v after the step"
     return Built(forward, template, draw, meanings, {"step": onp.array(config["step"], dtype=onp.int64)},
-                 differentiable=False)
+                 differentiable=False, param_scale=config["param_std"])
 
 
 # --- training steps
@@ -521,8 +585,8 @@ def _train_build(config):
     rng = onp.random.default_rng(config["structure_seed"])
     consts, notes = {}, {}
     if config["encoder"] == "realnvp":
-        g1, g2 = (flows.realnvp(d, config["n_couplings"], config["hidden"], config["shift_only"], rng=rng)
-                  for _ in range(2))
+        g1, g2 = (_realnvp_without_involutions(d, config["n_couplings"], config["hidden"], config["shift_only"],
+                                               rng) for _ in range(2))
         consts = {"g1/perms": g1.permutations.astype(onp.int64), "g2/perms": g2.permutations.astype(onp.int64)}
         notes = {**_coupling_notes(g1, "g1/"), **_coupling_notes(g2, "g2/")}
     else:
@@ -566,8 +630,68 @@ def _train_build(config):
     for g in ("g1", "g2"):
         if f"{g}/perms" in consts:
             meanings[f"const/{g}/perms"] = (f"permutations of {g} ({config['n_couplings']}, {d}): block k "
-                                            "outputs z[:, perms[k]]")
+                                            "starts with z = x[:, perms[k]]")
     return Built(forward, template, draw, meanings, consts, param_notes=notes)
+
+
+def _train_step_build(config):
+    """A whole training step as the paper's loop takes it: loss and gradients at the paper's initialization,
+    then the Adam update (TF form) from a fresh state."""
+    b, d = config["B"], config["dim"]
+    rng = onp.random.default_rng(config["structure_seed"])
+    init = nn.truncated_normal(config["init_std"])
+    g1, g2 = (_realnvp_without_involutions(d, config["n_couplings"], config["hidden"], True, rng, init)
+              for _ in range(2))
+    critic = critics.bilinear(d)
+    consts = {"g1/perms": g1.permutations.astype(onp.int64), "g2/perms": g2.permutations.astype(onp.int64),
+              "step": onp.array(0, dtype=onp.int64)}
+    notes = {**_coupling_notes(g1, "g1/"), **_coupling_notes(g2, "g2/"),
+             "critic/W": f"bilinear critic matrix W ({d}, {d}) = (d_v, d_u): S = u (v W)^T (not a Linear weight)"}
+    template = {"g1": _shape_only(g1), "g2": _shape_only(g2), "critic": _shape_only(critic)}
+    paths = [p for p, _ in tree_flatten(template)]
+    adam = optim.Adam(config["lr"], form=config["form"])
+
+    def draw_params(rng):
+        """The experiment's own initializers (kernels ~ truncated normal std 1e-4, zero biases, a Glorot
+        critic), rounded to float32."""
+        params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
+        return tree_map(_f32, params)
+
+    def forward(inputs, params):
+        objective = lambda p: objectives.mi_loss(p, g1, g2, critic, config["estimator"],  # noqa: E731
+                                                 inputs["x1"], inputs["x2"])
+        loss, grads = value_and_grad(objective)(params)
+        state = {"step": 0, "m": tree_unflatten(template, [inputs[f"m/{p}"] for p in paths]),
+                 "v": tree_unflatten(template, [inputs[f"v/{p}"] for p in paths])}
+        new, new_state = adam.update(params, grads, state)
+        outputs = {"loss": loss}
+        for name, t in (("param", new), ("m", new_state["m"]), ("v", new_state["v"])):
+            outputs.update({f"{name}/{p}": v for p, v in tree_flatten(t)})
+        return outputs, {f"gradient/{p}": v for p, v in tree_flatten(grads)}
+
+    def draw(rng):
+        x1 = _normal(rng, (b, d))
+        out = {"x1": x1, "x2": _f32(x1 + _normal(rng, (b, d)))}
+        for p, leaf in tree_flatten(template):
+            out[f"m/{p}"] = out[f"v/{p}"] = onp.zeros(onp.shape(leaf))
+        return out
+
+    meanings = {"input/x1": f"view-1 batch x1 ({b}, {d}), standard normal",
+                "input/x2": f"view-2 batch x2 ({b}, {d}) = x1 + standard normal noise; row i pairs with row i of x1",
+                "const/step": "steps taken before this one: 0, a fresh optimizer (t = 1)",
+                "output/loss": "training loss -I_NCE(critic(g1(x1), g2(x2))) before the update (scalar)"}
+    for g in ("g1", "g2"):
+        meanings[f"const/{g}/perms"] = (f"permutations of {g} ({config['n_couplings']}, {d}): block k starts "
+                                        "with z = x[:, perms[k]]")
+    for p in paths:
+        meanings[f"input/m/{p}"] = f"Adam first moment of param/{p} before the step (0: a fresh optimizer)"
+        meanings[f"input/v/{p}"] = f"Adam second moment of param/{p} before the step (0)"
+        meanings[f"output/param/{p}"] = f"param/{p} after the TF-form Adam update (lr {config['lr']:g})"
+        meanings[f"output/m/{p}"] = f"m after the step"
+        meanings[f"output/v/{p}"] = f"v after the step"
+        meanings[f"aux/gradient/{p}"] = f"d loss / d param/{p}, the gradient the update used"
+    return Built(forward, template, draw, meanings, consts, differentiable=False, param_notes=notes,
+                 draw_params=draw_params)
 
 
 def _components():
@@ -644,9 +768,14 @@ def _components():
         {"B": 3, "dim": 6, "model": "realnvp", "hidden": [5], "shift_only": False, "n_couplings": 3},
         _jacobian_build)
 
-    add("adam_step", "one Adam update (lr 1e-3) of an MLP's params from a state after 4 steps; no gradients "
-        "(an optimizer step is not differentiated)", ["mi_ref.optim.Adam.update"],
-        {"in": 3, "dims": [4, 2], "lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "step": 4}, _adam_build)
+    for form, name, what in (("textbook", "adam_step", "the textbook form (PyTorch's)"),
+                             ("tf", "adam_step_tf", "TensorFlow 1's form (the paper's)")):
+        add(name, f"one Adam update in {what}, lr 1e-3, of an MLP's params (std 1e-4, like the paper's "
+            "initialization) from the state after 4 steps of gradients of std 3e-8; at this gradient scale the "
+            "two forms' updates differ by ~40 % of a step; no gradients (an optimizer step is not "
+            "differentiated)", ["mi_ref.optim.Adam.update"],
+            {"in": 3, "dims": [4, 2], "lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "step": 4, "form": form,
+             "grad_std": 3e-8, "param_std": 1e-4}, _adam_build)
 
     add("train_invertible", "one training step of the 'invertible' experiment at small size: g1, g2 = RealNVP(8, "
         "3 shift-only couplings, hidden [6]), bilinear critic, loss -I_NCE", ["mi_ref.objectives.mi_loss"],
@@ -661,6 +790,14 @@ def _components():
             f"MLP(8, [10, 10, 6]), concat critic (hidden [12]), loss -{title}", ["mi_ref.objectives.mi_loss"],
             {"B": 5, "dim": 8, "encoder": "mlp", "encoder_dims": [10, 10, 6], "shortcuts": False,
              "critic": "concat", "critic_hidden": [12], "estimator": est}, _train_build)
+    add("train_step_invertible", "one whole training step of the 'invertible' experiment at small size, as the "
+        "paper's loop takes it: g1, g2 = RealNVP(8, 3 shift-only couplings, hidden [6]) and a bilinear critic "
+        "at the paper's initialization (kernels std 1e-4, so the flows' gradients are tiny), loss -I_NCE, "
+        "then TensorFlow 1's Adam (lr 1e-4) from a fresh state; outputs the loss and the params and moments "
+        "after the update", ["mi_ref.objectives.mi_loss", "mi_ref.optim.Adam.update"],
+        {"B": 5, "dim": 8, "encoder": "realnvp", "n_couplings": 3, "hidden": [6], "shift_only": True,
+         "init_std": 1e-4, "critic": "bilinear", "estimator": "infonce",
+         "lr": 1e-4, "form": "tf"}, _train_step_build)
     return {c.name: c for c in comps}
 
 
@@ -728,7 +865,12 @@ def make_component(name, seed=0):
     config = dict(comp.config, structure_seed=structure_seed)
     built = comp.build(config)
     inputs = built.draw_inputs(rng)
-    params = _draw_params(built.template, rng)
+    if built.draw_params is not None:
+        params = built.draw_params(rng)
+    elif built.param_scale is not None:
+        params = tree_map(lambda leaf: _normal(rng, onp.shape(leaf), built.param_scale), built.template)
+    else:
+        params = _draw_params(built.template, rng)
     outputs, _ = built.forward(inputs, params)
     cotangents = {}
     if built.differentiable:
@@ -852,7 +994,7 @@ def _manifest_header(seed):
             return None
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "mi_ref_version": __version__, "seed": seed,
             "generated_with": {"numpy": onp.__version__, "autograd": version("autograd")},
-            "conventions": CONVENTIONS,
+            "conventions": CONVENTIONS, "settings": SETTINGS,
             "tolerances": _tolerance_doc()}
 
 

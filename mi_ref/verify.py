@@ -71,8 +71,10 @@ class ArrayCheck:
     ``status``: "pass", "FAIL" (compared, out of tolerance or not finite), "missing" (a required array not
     given), "skipped" (an optional array not given, or a missing one with ``allow_missing``), "extra" (the
     file holds no array of that name) or "shape" (shapes differ). ``max_abs_err`` and ``max_rel_err`` are
-    defined in the module docstring (None when nothing was compared); ``worst`` describes the entry with the
-    largest excess over the tolerance.
+    defined in the module docstring (None when nothing was compared); ``err_over_tol`` is the largest
+    error as a multiple of its entry's tolerance, max_i |a_i - e_i| / (atol * scale + rtol * |e_i|), so
+    that <= 1 passes; ``worst`` describes the entry with the largest excess over the tolerance, and a hint
+    when the array in another layout (transposed) would pass.
     """
 
     name: str
@@ -82,6 +84,7 @@ class ArrayCheck:
     max_abs_err: float = None
     max_rel_err: float = None
     worst: str = ""
+    err_over_tol: float = None
 
     @property
     def ok(self):
@@ -129,16 +132,28 @@ class Report:
                 + (f"; {len(self.failures)} problem(s)" if self.failures else "") + ")")
 
     def __str__(self):
-        rows = [("status", "array", "shape", "max abs err", "max rel err", "")]
+        return self.table()
+
+    def table(self, show_skipped=False):
+        """The report as text; optional arrays that were not given (``aux/``) are listed only with
+        ``show_skipped`` (a count says how many were left out)."""
+        rows = [("status", "array", "shape", "max abs err", "max rel err", "err/tol", "")]
+        hidden = 0
         for c in self.checks:
+            if c.status == "skipped" and c.name.startswith("aux/") and not show_skipped:
+                hidden += 1
+                continue
             shape = _shape_text(c.expected_shape if c.expected_shape is not None else c.given_shape)
             if c.status == "shape":
                 shape = f"{_shape_text(c.given_shape)} != {_shape_text(c.expected_shape)}"
-            rows.append((c.status, c.name, shape, _num(c.max_abs_err), _num(c.max_rel_err), c.worst))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            ratio = "-" if c.err_over_tol is None else f"{c.err_over_tol:.3g}"
+            rows.append((c.status, c.name, shape, _num(c.max_abs_err), _num(c.max_rel_err), ratio, c.worst))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
         lines = [self.summary()]
         for r in rows:
-            lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(5)) + ("  " + r[5] if r[5] else ""))
+            lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(6)) + ("  " + r[6] if r[6] else ""))
+        if hidden:
+            lines.append(f"  ({hidden} optional aux/ arrays not given and not listed; --show-skipped lists them)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(line.rstrip() for line in lines)
 
@@ -169,8 +184,9 @@ def _check_precision(precision):
 def _compare_array(name, given, expected, rtol, atol):
     given = onp.asarray(given)
     if given.shape != expected.shape:
+        hint = _layout_hint(given, expected, rtol, atol)
         return ArrayCheck(name, "shape", expected.shape, given.shape,
-                          worst=f"given shape {given.shape}, golden shape {expected.shape}")
+                          worst=f"given shape {given.shape}, golden shape {expected.shape}" + hint)
     if expected.dtype.kind in "iub":
         if given.dtype.kind not in "iubf":
             return ArrayCheck(name, "FAIL", expected.shape, given.shape,
@@ -185,26 +201,56 @@ def _compare_array(name, given, expected, rtol, atol):
     a = given.astype(onp.float64)
     e = expected.astype(onp.float64)
     if a.size == 0:
-        return ArrayCheck(name, "pass", expected.shape, given.shape, 0.0, 0.0)
-    with onp.errstate(invalid="ignore", over="ignore"):
-        diff = onp.abs(a - e)
+        return ArrayCheck(name, "pass", expected.shape, given.shape, 0.0, 0.0, err_over_tol=0.0)
+    diff, excess, ratio = _errors(a, e, rtol, atol)
     finite = onp.isfinite(a)
-    diff = onp.where(finite, diff, onp.inf)
     nonzero = e != 0
     max_abs = float(diff.max())
     max_rel = float((diff[nonzero] / onp.abs(e[nonzero])).max()) if nonzero.any() else 0.0
-    scale = max(1.0, float(onp.abs(e).max()))
-    with onp.errstate(invalid="ignore", over="ignore"):
-        excess = diff - (atol * scale + rtol * onp.abs(e))
     if (excess <= 0).all():
-        return ArrayCheck(name, "pass", expected.shape, given.shape, max_abs, max_rel)
+        return ArrayCheck(name, "pass", expected.shape, given.shape, max_abs, max_rel, err_over_tol=ratio)
     index = onp.unravel_index(int(onp.argmax(onp.where(onp.isnan(excess), onp.inf, excess))), e.shape)
     where = "" if e.ndim == 0 else f" at {tuple(int(i) for i in index)}"
     what = "not finite" if not finite[index] else "out of tolerance"
     n_bad = int((~(excess <= 0)).sum())
     worst = (f"{n_bad} of {e.size} entries {what}; worst{where}: given {float(a[index])!r}, "
-             f"golden {float(e[index])!r}")
-    return ArrayCheck(name, "FAIL", expected.shape, given.shape, max_abs, max_rel, worst)
+             f"golden {float(e[index])!r}" + _layout_hint(given, expected, rtol, atol))
+    return ArrayCheck(name, "FAIL", expected.shape, given.shape, max_abs, max_rel, worst, ratio)
+
+
+def _errors(a, e, rtol, atol):
+    """(|a - e| with inf where a is not finite, the excess over the tolerance, the largest error as a
+    multiple of its tolerance) for float64 arrays of one shape."""
+    with onp.errstate(invalid="ignore", over="ignore"):
+        diff = onp.abs(a - e)
+    diff = onp.where(onp.isfinite(a), diff, onp.inf)
+    tol = atol * max(1.0, float(onp.abs(e).max())) + rtol * onp.abs(e)
+    with onp.errstate(invalid="ignore", over="ignore"):
+        excess = diff - tol
+        ratio = float(onp.max(diff / tol))
+    return diff, excess, ratio
+
+
+# Layouts a port commonly has instead of mi-ref's: (transpose to apply to the given array, what it means)
+_LAYOUTS = {
+    2: [((1, 0), "the transposed array would pass: mi-ref stores a dense kernel as (in, out), e.g. PyTorch's "
+                 "Linear.weight is (out, in); give W.T")],
+    4: [((2, 3, 1, 0), "this is PyTorch's conv layout (C_out, C_in, kh, kw); mi-ref's is (kh, kw, C_in, C_out): "
+                       "give weight.permute(2, 3, 1, 0)"),
+        ((0, 2, 3, 1), "this looks like NCHW; mi-ref's images are NHWC: give x.permute(0, 2, 3, 1)")],
+}
+
+
+def _layout_hint(given, expected, rtol, atol):
+    """A hint when the given array, rearranged as a port often has it, would pass."""
+    if given.dtype.kind not in "iuf" or expected.dtype.kind != "f":
+        return ""
+    for axes, text in _LAYOUTS.get(given.ndim, []):
+        moved = onp.transpose(given, axes)
+        if moved.shape == expected.shape and moved.size and (
+                _errors(moved.astype(onp.float64), expected.astype(onp.float64), rtol, atol)[1] <= 0).all():
+            return f"; hint: {text}"
+    return ""
 
 
 def _first(mask):
@@ -306,8 +352,29 @@ def compare_results(vectors_dir, results, component=None, precision=None, allow_
     return [compare(vectors_dir, c, grouped[c], precision, allow_missing) for c in order]
 
 
-def format_reports(reports):
-    """All reports' tables and a final line "N of M components passed"."""
+def unchecked_components(vectors_dir, reports):
+    """The components of the manifest that no report covers (in the manifest's order)."""
+    checked = {r.component for r in reports}
+    return [c for c in load_manifest(vectors_dir)["components"] if c not in checked]
+
+
+def all_passed(reports, unchecked=(), require_all=False):
+    """True iff every report passed and, with ``require_all``, no component went unchecked."""
+    return bool(reports) and all(r.passed for r in reports) and not (require_all and unchecked)
+
+
+def format_reports(reports, unchecked=None, require_all=False, show_skipped=False):
+    """All reports' tables and a summary: "K of N components checked", the components not checked (when
+    ``unchecked`` is given) and how many of the checked ones passed."""
     n_ok = sum(r.passed for r in reports)
+    parts = [r.table(show_skipped) for r in reports]
+    lines = []
+    if unchecked is not None:
+        total = len(reports) + len(unchecked)
+        lines.append(f"{len(reports)} of {total} components checked"
+                     + (f"; not checked: {', '.join(unchecked)}" if unchecked else " (all of them)"))
     verdict = "all passed" if n_ok == len(reports) else f"{len(reports) - n_ok} FAILED"
-    return "\n\n".join(str(r) for r in reports) + f"\n\n{n_ok} of {len(reports)} components passed ({verdict})"
+    lines.append(f"{n_ok} of {len(reports)} checked components passed ({verdict})")
+    if require_all and unchecked:
+        lines.append(f"FAILED: --require-all, and {len(unchecked)} component(s) were not checked")
+    return "\n\n".join(parts) + "\n\n" + "\n".join(lines)

@@ -24,6 +24,8 @@ from autograd import grad, value_and_grad
 
 from mi_ref import cli, critics, flows, jacobian, nn, objectives, vectors, verify
 from mi_ref.tree import tree_flatten, tree_unflatten
+from mi_ref.verify import compare
+from mi_ref.vectors import recompute
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "verify_torch_example.py"
 
@@ -260,39 +262,58 @@ def test_layer_norm_from_its_formula(vdir):
     a = load(vdir, "layer_norm")
     x = a["input/x"]
     mu = x.mean(axis=(1, 2, 3), keepdims=True)
-    var = ((x - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True)
-    y = (x - mu) / onp.sqrt(var + 1e-6) * a["param/scale"] + a["param/bias"]
+    std = onp.sqrt(((x - mu) ** 2).mean(axis=(1, 2, 3), keepdims=True))
+    y = (x - mu) / (std + 1e-6) * a["param/scale"] + a["param/bias"]
     onp.testing.assert_allclose(y, a["output/y"], rtol=1e-13, atol=1e-14)
+    textbook = (x - mu) / onp.sqrt(std ** 2 + 1e-6) * a["param/scale"] + a["param/bias"]
+    assert compare(vdir, "layer_norm", {"output/y": textbook}, allow_missing=True).passed is False
 
 
 def test_coupling_block_and_permutation_semantics(vdir, manifest):
+    """A block permutes first (z = x[:, perm]) and then couples; the old couple-then-permute order fails."""
     for name, shift_only in (("realnvp_block_shift", True), ("realnvp_block_affine", False)):
         a = load(vdir, name)
         x, perm = a["input/x"], a["const/perm"]
         d = x.shape[1]
         h = d // 2
-        net = x[:, :h]
-        for i in range(2):
-            net = net @ a[f"param/net/layers/{i}/W"] + a[f"param/net/layers/{i}/b"]
-            net = onp.maximum(net, 0) if i == 0 else net
-        t = net[:, :d - h]
-        scale = onp.ones_like(t) if shift_only else 1e-7 + onp.logaddexp(0, net[:, d - h:])
-        z = onp.concatenate([x[:, :h], x[:, h:] * scale + t], axis=1)
-        onp.testing.assert_allclose(z[:, perm], a["output/forward"], rtol=1e-13, atol=1e-15)
-        onp.testing.assert_allclose(onp.log(scale).sum(axis=1), a["output/log_det"], rtol=1e-13, atol=1e-15)
+
+        def couple(z):
+            net = z[:, :h]
+            for i in range(2):
+                net = net @ a[f"param/net/layers/{i}/W"] + a[f"param/net/layers/{i}/b"]
+                net = onp.maximum(net, 0) if i == 0 else net
+            t = net[:, :d - h]
+            scale = onp.ones_like(t) if shift_only else 1e-7 + onp.logaddexp(0, net[:, d - h:])
+            return onp.concatenate([z[:, :h], z[:, h:] * scale + t], axis=1), onp.log(scale).sum(axis=1)
+        y, log_det = couple(x[:, perm])
+        onp.testing.assert_allclose(y, a["output/forward"], rtol=1e-13, atol=1e-15)
+        onp.testing.assert_allclose(log_det, a["output/log_det"], rtol=1e-13, atol=1e-15)
+        old_order = couple(x)[0][:, perm]
+        assert onp.abs(old_order - a["output/forward"]).max() > 1e-3
     a = load(vdir, "realnvp_chain")
     assert a["const/perms"].shape == (3, 6)
     for k in range(3):
         assert sorted(a["const/perms"][k]) == list(range(6))
     # the inverse undoes the forward map: forward(inverse(y)) = y, with mi-ref's chain rebuilt from the config
-    config = manifest["components"]["realnvp_chain"]["config"]
-    model = flows.RealNVP(config["dim"], config["n_couplings"], config["hidden"], config["shift_only"],
-                          rng=onp.random.default_rng(config["structure_seed"]))
-    assert onp.array_equal(model.permutations, a["const/perms"])
-    params = tree_unflatten(model.init(onp.random.default_rng(0)),
-                                    [a[k] for k in a if k.startswith("param/")])
+    result = recompute(vdir, "realnvp_chain")
+    onp.testing.assert_array_equal(result["output/forward"], a["output/forward"])
+    model, consts = vectors._flow_model(manifest["components"]["realnvp_chain"]["config"])
+    assert onp.array_equal(consts["perms"], a["const/perms"])
+    params = tree_unflatten(model.init(onp.random.default_rng(0)), [a[k] for k in a if k.startswith("param/")])
     onp.testing.assert_allclose(model.apply(params, a["output/inverse"]), a["input/y"], rtol=1e-10, atol=1e-12)
-    onp.testing.assert_allclose(model.apply(params, a["input/x"]), a["output/forward"], rtol=0, atol=0)
+
+
+def test_no_permutation_in_the_vectors_is_its_own_inverse(vdir, manifest):
+    """A port that applies perm where argsort(perm) is meant would pass an involution (perm == argsort(perm))."""
+    found = 0
+    for name in manifest["components"]:
+        for key, value in load(vdir, name).items():
+            if key.startswith("const/") and key.endswith(("perm", "perms")):
+                for perm in onp.atleast_2d(value):
+                    found += 1
+                    assert not onp.array_equal(perm[perm], onp.arange(len(perm))), (name, key, perm)
+    assert found >= 2 + 3 + 3 + 6 + 6       # blocks, chain, Jacobian chain, two training steps' g1 and g2
+    assert manifest["settings"]["realnvp"]["no_permutation_is_self_inverse"] is True
 
 
 def test_jacobian_numbers(vdir, manifest):
@@ -312,20 +333,57 @@ def test_jacobian_numbers(vdir, manifest):
     assert not a["grad/x"].any()            # a ReLU network's Jacobian is piecewise constant in x
 
 
-def test_adam_step_from_its_formula(vdir, manifest):
-    a = load(vdir, "adam_step")
-    config = manifest["components"]["adam_step"]["config"]
+@pytest.mark.parametrize("name", ["adam_step", "adam_step_tf"])
+def test_adam_step_from_its_formula(vdir, manifest, name):
+    a = load(vdir, name)
+    config = manifest["components"][name]["config"]
+    assert config["form"] == {"adam_step": "textbook", "adam_step_tf": "tf"}[name]
     t = int(a["const/step"]) + 1
     lr, b1, b2, eps = config["lr"], config["b1"], config["b2"], config["eps"]
     for key in [k for k in a if k.startswith("param/")]:
         path = key[len("param/"):]
         g, m, v = a[f"input/g/{path}"], a[f"input/m/{path}"], a[f"input/v/{path}"]
+        assert onp.abs(g).max() < 2e-7                       # gradients as small as the flows' at their init
         m2, v2 = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-        new = a[key] - lr * (m2 / (1 - b1 ** t)) / (onp.sqrt(v2 / (1 - b2 ** t)) + eps)
+        if config["form"] == "tf":
+            new = a[key] - lr * onp.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m2 / (onp.sqrt(v2) + eps)
+        else:
+            new = a[key] - lr * (m2 / (1 - b1 ** t)) / (onp.sqrt(v2 / (1 - b2 ** t)) + eps)
         onp.testing.assert_allclose(m2, a[f"output/m/{path}"], rtol=1e-15)
         onp.testing.assert_allclose(v2, a[f"output/v/{path}"], rtol=1e-15)
-        onp.testing.assert_allclose(new, a[f"output/param/{path}"], rtol=1e-15)
+        onp.testing.assert_allclose(new, a[f"output/param/{path}"], rtol=1e-14, atol=1e-19)
     assert not any(k.startswith(("grad/", "cotangent/")) for k in a)
+
+
+def test_the_two_adam_forms_cannot_pass_for_each_other(vdir):
+    """Each form's outputs fail the other form's vectors by far more than the float32 tolerance (so a port
+    with the wrong form fails even in float32)."""
+    textbook, tf = load(vdir, "adam_step"), load(vdir, "adam_step_tf")
+    for given, golden in ((textbook, "adam_step_tf"), (tf, "adam_step")):
+        outputs = {k: given[k] for k in given if k.startswith("output/")}
+        report = compare(vdir, golden, outputs, precision="float32")
+        assert not report.passed
+        tol = report.atol                                    # |e| <= 1e-3 here: atol * max(1, |e|) dominates
+        assert max(c.max_abs_err for c in report.compared) > 20 * tol
+
+
+def test_whole_training_step_is_loss_gradient_and_tf_adam(vdir, manifest):
+    """train_step_invertible = value_and_grad of mi_loss at the paper's initialization, then TF-form Adam."""
+    a = load(vdir, "train_step_invertible")
+    config = manifest["components"]["train_step_invertible"]["config"]
+    assert (config["form"], config["lr"], int(a["const/step"])) == ("tf", 1e-4, 0)
+    lr_t = 1e-4 * onp.sqrt(1 - 0.999) / (1 - 0.9)
+    differs = 0
+    for key in [k for k in a if k.startswith("param/")]:
+        path = key[len("param/"):]
+        g = a[f"aux/gradient/{path}"]
+        m, v = 0.1 * g, 0.001 * g * g
+        onp.testing.assert_allclose(a[f"output/param/{path}"], a[key] - lr_t * m / (onp.sqrt(v) + 1e-8),
+                                    rtol=1e-14, atol=1e-18)          # 1e-14 of the params' scale
+        textbook = a[key] - 1e-4 * g / (onp.abs(g) + 1e-8)
+        differs += onp.abs(textbook - a[f"output/param/{path}"]).max() > 1e-10
+    assert differs >= 10                              # tiny flow gradients: the forms disagree on many leaves
+    assert onp.abs(a["param/g1/blocks/0/net/layers/0/W"]).max() <= 2e-4   # truncated normal, std 1e-4
 
 
 def test_large_scores_are_what_the_manifest_says(vdir, manifest):
@@ -428,7 +486,10 @@ def test_compare_results_splits_by_component(vdir):
     flat.update({f"bound_nwj/{k}": v for k, v in golden_results(load(vdir, "bound_nwj")).items()})
     reports = verify.compare_results(vdir, flat)
     assert [r.component for r in reports] == ["bound_nwj", "dense"] and all(r.passed for r in reports)
-    assert "2 of 2 components passed" in verify.format_reports(reports)
+    text = verify.format_reports(reports, verify.unchecked_components(vdir, reports))
+    n = len(vectors.component_names())
+    assert f"2 of {n} components checked; not checked: bound_infonce, bound_infonce_large" in text
+    assert "2 of 2 checked components passed (all passed)" in text
     plain = golden_results(load(vdir, "dense"))
     assert verify.compare_results(vdir, plain, component="dense")[0].passed
     with pytest.raises(ValueError, match="--component"):
@@ -493,6 +554,49 @@ def test_cli_vectors_and_verify(vdir, tmp_path, capsys):
     assert "unknown component" in capsys.readouterr().err
 
 
+def test_cli_verify_says_what_was_not_checked_and_require_all(vdir, tmp_path, capsys):
+    """One component of N passing is not "all passed": the report counts and lists the unchecked ones, and
+    --require-all turns them into a failure."""
+    one = tmp_path / "one.npz"
+    onp.savez(one, **{f"dense/{k}": v for k, v in golden_results(load(vdir, "dense")).items()})
+    n = len(vectors.component_names())
+    assert cli.main(["verify", str(vdir), str(one)]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of {n} components checked; not checked: bound_infonce," in out and "train_step_invertible" in out
+    assert cli.main(["verify", str(vdir), str(one), "--require-all"]) == 1
+    assert f"FAILED: --require-all, and {n - 1} component(s) were not checked" in capsys.readouterr().out
+    everything = tmp_path / "all.npz"
+    onp.savez(everything, **{f"{c}/{k}": v for c in vectors.component_names()
+                             for k, v in golden_results(load(vdir, c)).items()})
+    assert cli.main(["verify", str(vdir), str(everything), "--require-all"]) == 0
+    assert f"{n} of {n} components checked (all of them)" in capsys.readouterr().out
+
+
+def test_report_gives_errors_as_multiples_of_the_tolerance_and_hides_unlisted_aux(vdir):
+    a = golden_results(load(vdir, "train_critics_nwj"), ("output", "grad"))
+    e = a["output/loss"]
+    tol = 1e-12 * max(1.0, abs(float(e))) + 1e-10 * abs(float(e))
+    report = verify.compare(vdir, "train_critics_nwj", dict(a, **{"output/loss": e + 5 * tol}))
+    check = [c for c in report.checks if c.name == "output/loss"][0]
+    assert check.status == "FAIL" and check.err_over_tol == pytest.approx(5, rel=1e-3)
+    text = report.table()
+    assert "err/tol" in text and "aux/scores" not in text and "4 optional aux/ arrays not given" in text
+    assert "aux/scores" in report.table(show_skipped=True)
+
+
+def test_report_hints_when_the_transposed_array_would_pass(vdir):
+    a = golden_results(load(vdir, "dense"))
+    wrong = dict(a, **{"grad/param/W": a["grad/param/W"].T})           # (3, 5) for (5, 3): PyTorch's layout
+    report = verify.compare(vdir, "dense", wrong)
+    assert "hint: the transposed array would pass" in str(report)
+    square = golden_results(load(vdir, "critic_bilinear"))
+    conv = golden_results(load(vdir, "conv2d_odd"))
+    torch_layout = dict(conv, **{"grad/param/W": conv["grad/param/W"].transpose(3, 2, 0, 1)})
+    assert "PyTorch's conv layout" in str(verify.compare(vdir, "conv2d_odd", torch_layout))
+    assert "hint" not in str(verify.compare(vdir, "critic_bilinear",
+                                            dict(square, **{"grad/u": square["grad/u"] + 1})))
+
+
 # ---------------------------------------------------------------- the PyTorch example
 
 
@@ -510,7 +614,8 @@ def test_torch_example_passes(vdir, precision):
     results, reports = example.run(vdir, precision)
     covered = {r.component for r in reports}
     assert {"bound_infonce", "bound_tuba_baseline", "critic_concat", "critic_separable", "dense", "mlp_residual",
-            "train_conditioning", "train_critics_infonce", "train_critics_nwj"} <= covered
+            "layer_norm", "adam_step", "adam_step_tf", "train_conditioning", "train_critics_infonce",
+            "train_critics_nwj"} <= covered
     for r in reports:
         assert r.passed and r.precision == precision and not [c for c in r.checks if c.status != "pass"], str(r)
     assert all(onp.asarray(v).dtype == onp.dtype(precision) for v in results.values())
