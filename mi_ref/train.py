@@ -20,6 +20,10 @@ For step = 0, 1, ..., n_iters - 1:
          (d) optionally, the singular values of g1's Jacobian on this step's training batch;
     3. one Adam step on the loss (g1, g2 and the critic together).
 
+That is the paper's schedule: its last evaluation comes n_iters // n_evals steps before the end. With
+``eval_final`` (every preset but ``paper``) one more evaluation follows the last step, at step n_iters,
+so that the last point of a curve is the trained model.
+
 Why (a) uses training batches: the paper's notebook calls this number the test loss, but in its
 TensorFlow 1 graph the loss reads the training input pipeline, not the test data it feeds; every one of
 its 20 evaluations of the loss pulls a fresh training batch (and fresh noise).
@@ -82,6 +86,7 @@ class LoopSettings:
     noise_std: float = 0.0
     jacobian: bool = False
     adam: str = "tf"
+    eval_final: bool = False
 
     def check(self):
         for name in ("n_iters", "n_evals", "batch_size"):
@@ -259,41 +264,52 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
     progress = progress or Progress(variant, settings.n_iters, enabled=False)
     t0 = time.perf_counter() - elapsed
     loss_sum, loss_count = 0.0, 0
-    for step in range(start, settings.n_iters):
-        is_eval = step % every == 0 and step // every < settings.n_evals
-        if is_eval:
-            snapshot = {"iterator": it.state(), "noise_rng": noise_rng.bit_generator.state}
-        idx = next(it)
-        x1, x2 = views.x1_train[idx], views.x2_train[idx]
-        if settings.noise_std > 0:
-            x1, x2 = add_shared_noise(x1, x2, settings.noise_std, noise_rng)
-        if is_eval and not (ckpt is not None and step == start):
-            row = {"variant": variant, "step": step}
-            row.update(extra_row or {})
-            row["bound"], row["loss"] = paper_bound(bound_and_loss, params, views, weights, bound_it,
-                                                    settings.noise_std, bound_noise_rng)
-            row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, settings.batch_size,
+
+    def evaluate(step, x1, snapshot):
+        """One evaluation of the current params (see the module docstring); stored with a checkpoint that
+        resumes at ``step`` (``snapshot``: the training streams before this step's batch), or, for the
+        evaluation after the last step (``snapshot`` None), without one."""
+        row = {"variant": variant, "step": step}
+        row.update(extra_row or {})
+        row["bound"], row["loss"] = paper_bound(bound_and_loss, params, views, weights, bound_it,
+                                                settings.noise_std, bound_noise_rng)
+        row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, settings.batch_size,
                                            settings.noise_std, eval_rng)
-            row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
-                                             views.x1_test, views.y_test, settings.noise_std, eval_rng,
-                                             seed=probe_seed)
-            row["train_loss"] = loss_sum / loss_count if loss_count else None
-            if settings.jacobian:
-                svals, pct = jacobian_stats(g1, params["g1"], x1)
-                row.update(pct)
-                sv_history.append(svals)
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            if store is not None:
-                if sv_history:
-                    store.save_arrays(variant, {"singular_values": np.stack(sv_history),
-                                                "steps": np.array([r["step"] for r in rows])})
-                store.append_metrics(row)
+        row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
+                                         views.x1_test, views.y_test, settings.noise_std, eval_rng,
+                                         seed=probe_seed)
+        row["train_loss"] = loss_sum / loss_count if loss_count else None
+        if settings.jacobian:
+            svals, pct = jacobian_stats(g1, params["g1"], x1)
+            row.update(pct)
+            sv_history.append(svals)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        if store is not None:
+            if sv_history:
+                store.save_arrays(variant, {"singular_values": np.stack(sv_history),
+                                            "steps": np.array([r["step"] for r in rows])})
+            store.append_metrics(row)
+            if snapshot is not None:
                 arrays = dict(tree_to_dict(params, "params/"), **state_to_arrays(state))
                 store.save_checkpoint(variant, arrays, dict(
                     snapshot, step=step, seconds=row["seconds"], eval_rng=eval_rng.bit_generator.state,
                     bound_iterator=bound_it.state(), bound_noise_rng=bound_noise_rng.bit_generator.state))
-            progress.update(step, bound=row["bound"], acc=row["accuracy"])
+        progress.update(step, bound=row["bound"], acc=row["accuracy"])
+
+    def batch():
+        idx = next(it)
+        x1, x2 = views.x1_train[idx], views.x2_train[idx]
+        if settings.noise_std > 0:
+            x1, x2 = add_shared_noise(x1, x2, settings.noise_std, noise_rng)
+        return x1, x2
+
+    for step in range(start, settings.n_iters):
+        is_eval = step % every == 0 and step // every < settings.n_evals
+        snapshot = {"iterator": it.state(), "noise_rng": noise_rng.bit_generator.state} if is_eval else None
+        x1, x2 = batch()
+        if is_eval and not (ckpt is not None and step == start):
+            evaluate(step, x1, snapshot)
         if is_eval:
             loss_sum, loss_count = 0.0, 0
         loss, grads = grad_fn(params, x1, x2)
@@ -302,6 +318,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
                                      "rate or check the inputs")
         loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         params, state = optimizer.update(params, grads, state, inplace=True)
+    if settings.eval_final:          # the trained model itself (the Jacobian on one more training batch)
+        evaluate(settings.n_iters, batch()[0], None)
     if store is not None:
         store.mark_done(variant)
     return rows

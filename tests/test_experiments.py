@@ -269,3 +269,23 @@ def test_plotted_bound_is_capped_at_log_of_the_training_batch_size(tmp_path):
     rows = [r for r in RunDir(path).read_metrics() if r["variant"] == "infonce"]
     assert all(r["bound"] <= np.log(16) + 1e-12 and r["bound_test"] <= np.log(16) + 1e-12 for r in rows)
     assert all(r["loss"] == pytest.approx(-r["bound"], abs=1e-12) for r in rows)
+
+
+@pytest.mark.parametrize("at", [None, 5, 12])
+def test_eval_final_evaluates_the_trained_model_and_resumes_identically(tmp_path, monkeypatch, at):
+    """The paper's schedule ends n_iters // n_evals steps before the end; eval_final adds the trained model
+    at step n_iters, and an interruption anywhere (also after the last update) resumes to the same rows."""
+    settings = dict(TINY["conditioning"], eval_final=True)
+    ref = experiments.run_experiment("conditioning", "quick", 4, tmp_path / "ref", progress=False, **settings)
+    rows = [r for r in RunDir(ref).read_metrics() if r["variant"] == "infonce"]
+    assert [r["step"] for r in rows] == [0, 4, 8, 12]
+    assert RunDir(ref).load_arrays("infonce")["singular_values"].shape[0] == 4
+    if at is None:
+        return
+    with monkeypatch.context() as m:
+        Interrupt(m, at)
+        with pytest.raises(KeyboardInterrupt):
+            experiments.run_experiment("conditioning", "quick", 4, tmp_path / "cut", progress=False, **settings)
+    cut = experiments.run_experiment("conditioning", "quick", 4, tmp_path / "cut", resume=True, progress=False,
+                                     **settings)
+    assert strip_time(RunDir(cut).read_metrics()) == strip_time(RunDir(ref).read_metrics())

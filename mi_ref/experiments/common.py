@@ -27,6 +27,7 @@ class MIConfig:
     lr: float = 1e-4
     noise_std: float = 0.0
     adam: str = "tf"
+    eval_final: bool = False    # True: evaluate once more after the last step (the paper's schedule does not)
 
     def check(self):
         check_common(self)
@@ -64,7 +65,8 @@ def record_pixel_baseline(store, dataset, noise_std, seed):
 
 def settings_of(config, jacobian=False):
     return LoopSettings(n_iters=config.n_iters, n_evals=config.n_evals, batch_size=config.batch_size,
-                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian, adam=config.adam)
+                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian, adam=config.adam,
+                        eval_final=getattr(config, "eval_final", False))
 
 
 def make_objective(variant, g1, g2, critic):
