@@ -94,7 +94,8 @@ class Concat:
     Computed without materializing the K*K concatenations: the first layer is split,
     [u_i ; v_j] W_1 = u_i W_1[:d_u] + v_j W_1[d_u:], broadcast to a (K, K, H) tensor
     (:meth:`apply_reference`). With one hidden layer (the paper's critic) :meth:`apply` runs the fast
-    primitive :func:`mi_ref.fast.concat_scores`, which never stores the (K, K, H) tensor.
+    primitive :func:`mi_ref.fast.concat_scores`, which never stores the (K, K, H) tensor; with more,
+    :func:`mi_ref.fast.concat_scores_deep`.
     """
 
     def __init__(self, dim_u, dim_v=None, hidden=(200,), kernel_init=glorot_uniform):
@@ -107,8 +108,10 @@ class Concat:
 
     def apply(self, params, u, v):
         check_pair(u, v, self.dim_u, self.dim_v)
-        if len(self.mlp.dims) == 2 and fast.supports(params):
-            return fast.concat_scores(params, u, v, self.dim_u)
+        if fast.supports(params):
+            if len(self.mlp.dims) == 2:
+                return fast.concat_scores(params, u, v, self.dim_u)
+            return fast.concat_scores_deep(params, u, v, self.dim_u)
         return self.apply_reference(params, u, v)
 
     def apply_reference(self, params, u, v):

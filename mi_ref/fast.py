@@ -434,6 +434,64 @@ def concat_scores(params, u, v, dim_u):
     return _concat(u, v, params, dim_u, [] if _traced(u, v, params) else None)
 
 
+@primitive
+def _concat_deep(u, v, params, dim_u, cache):
+    layers = params["layers"]
+    w1, b1 = layers[0]["W"], layers[0]["b"]
+    a = _as_input(u) @ w1[:dim_u]
+    b = _as_input(v) @ w1[dim_u:]
+    pre = a[:, None, :] + b[None, :, :] + b1                  # (K, K, H): row i = u_i, column j = v_j
+    k, hdim = pre.shape[0], pre.shape[2]
+    hidden = np.maximum(pre, 0.0).reshape(k * k, hdim)
+    rest = [] if cache is not None else None
+    out = _dense_forward(hidden, layers[1:], "relu", False, rest)
+    if cache is not None:
+        cache.extend([pre, rest])
+    return out.reshape(k, k)
+
+
+def _concat_deep_vjp(argnums, ans, args, kwargs):
+    u, v, params, dim_u, cache = args
+    pre, rest = cache
+    layers = params["layers"]
+    w1 = layers[0]["W"]
+
+    def vjp(g):
+        _first_order(g, "concat_scores")
+        k, hdim = pre.shape[0], pre.shape[2]
+        g_hidden, rest_grads = _dense_backward(_as_input(g).reshape(k * k, 1), layers[1:], "relu", False, rest,
+                                               True)
+        g_pre = g_hidden.reshape(k, k, hdim) * np.where(pre > 0, 1.0, np.where(pre == 0, 0.5, 0.0))
+        ga, gb = g_pre.sum(axis=1), g_pre.sum(axis=0)
+        out = []
+        for arg in argnums:
+            if arg == 0:
+                out.append(ga @ w1[:dim_u].T)
+            elif arg == 1:
+                out.append(gb @ w1[dim_u:].T)
+            else:
+                gw1 = np.concatenate([np.asarray(u).T @ ga, np.asarray(v).T @ gb], axis=0)
+                out.append({"layers": [{"W": gw1, "b": ga.sum(axis=0)}] + rest_grads})
+        return out
+    return vjp
+
+
+defvjp_argnums(_concat_deep, _concat_deep_vjp)
+
+
+def concat_scores_deep(params, u, v, dim_u):
+    """The concat critic with any number of ReLU hidden layers, as one primitive (reference:
+    ``Concat.apply_reference``; the "sampling" experiment's critic has five hidden layers of 10).
+
+        P[i, j] = u_i W1[:d_u] + v_j W1[d_u:] + b1   (K, K, H),   S = m'(relu(P))  with m' the other layers,
+
+    the later layers run as one (K K, H) batch through :func:`_dense_forward`. VJP: the dense chain's
+    backprop, then g_P = g_h relu'(P) (relu'(0) = 1/2), dA = sum_j g_P, dB = sum_i g_P, du = dA W1[:d_u]^T,
+    dv = dB W1[d_u:]^T, dW1 = [u^T dA ; v^T dB], db1 = sum_ij g_P.
+    """
+    return _concat_deep(u, v, params, dim_u, [] if _traced(u, v, params) else None)
+
+
 # ----------------------------------------------------------------------------------------------------
 # conv2d ('same' padding) with numba im2col / col2im and the patches kept for the kernel gradient
 

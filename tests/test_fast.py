@@ -204,12 +204,20 @@ def test_concat_gradients_and_tie_rule():
         assert_close(grad(f(c.apply), argnum)(p, u, v), grad(f(c.apply_reference), argnum)(p, u, v))
 
 
-def test_deeper_concat_uses_reference():
+@pytest.mark.parametrize("hidden,dims", [((10, 10, 10, 10, 10), (1, 1)), ((7, 5), (3, 2))])
+def test_deeper_concat_equals_reference(hidden, dims):
+    """The sampling experiment's critic (5 hidden layers of 10 on 1 + 1 values) and a two-layer one: the deep
+    primitive against the broadcast formula, values and gradients, and against finite differences."""
     rng = onp.random.default_rng(7)
-    c = critics.concat(2, hidden=(10, 10, 10, 10, 10))
-    p = c.init(rng)
-    u, v = rng.standard_normal((6, 2)), rng.standard_normal((6, 2))
-    onp.testing.assert_array_equal(c.apply(p, u, v), c.apply_reference(p, u, v))
+    c = critics.concat(*dims, hidden=hidden)
+    p = with_biases(rng, c.init(rng))
+    u, v = rng.standard_normal((6, dims[0])), rng.standard_normal((6, dims[1]))
+    assert_close(c.apply(p, u, v), c.apply_reference(p, u, v))
+    w = rng.standard_normal((6, 6))
+    f = lambda apply: (lambda p, u, v: anp.sum(anp.sin(apply(p, u, v)) * w))  # noqa: E731
+    for argnum in (0, 1, 2):
+        assert_close(grad(f(c.apply), argnum)(p, u, v), grad(f(c.apply_reference), argnum)(p, u, v))
+    check_grad(lambda p, u, v: anp.sum(anp.sin(fast.concat_scores_deep(p, u, v, dims[0])) * w), [p, u, v])
 
 
 # ---------------------------------------------------------------- conv2d and the ConvNet
