@@ -52,8 +52,11 @@ def _positive(text):
 
 
 def _cmd_list(args):
-    """``mi-ref list``: every experiment, the paper figure it reproduces and its presets."""
+    """``mi-ref list``: every experiment, the paper figure it reproduces, its presets and, for each preset,
+    whether the paper's findings hold as last measured (the verdicts recorded in the package)."""
     from . import experiments
+    from .findings import load_recorded, seeds_text
+    recorded = load_recorded()
     for name in experiments.names():
         exp = experiments.get(name)
         print(f"{name:13s} {exp.figure:16s} {exp.summary}")
@@ -62,6 +65,14 @@ def _cmd_list(args):
             steps = getattr(cfg, "n_iters", None)
             dataset = getattr(cfg, "dataset", "synthetic")
             print(f"{'':13s}   --preset {preset:6s} {dataset}, {steps} steps")
+            entries = [e for e in recorded if e["experiment"] == name and e["preset"] == preset]
+            if not entries:
+                print(f"{'':13s}       findings: not measured yet")
+            for e in entries:
+                each = (" (" + ", ".join(f"seed {k}: {v}" for k, v in e["per_seed"].items()) + ")"
+                        if e["per_seed"] else "")
+                print(f"{'':13s}       {e['finding']}: {e['verdict']}{each}; last measured on {e['dataset']}, "
+                      f"{e['steps']} steps, {seeds_text(e['seeds'])}")
     return 0
 
 
@@ -122,8 +133,9 @@ def _cmd_plot(args):
 
 
 def _cmd_reproduce(args):
-    """``mi-ref reproduce``: every experiment of the registry, then every figure."""
+    """``mi-ref reproduce``: every experiment of the registry, then every figure and the findings."""
     import time
+    from pathlib import Path
 
     from . import experiments
     from .plots import plot_runs
@@ -140,6 +152,20 @@ def _cmd_reproduce(args):
     for name, seconds in timings:
         print(f"{name:13s} {seconds:7.1f} s")
     print(f"{'total':13s} {sum(s for _, s in timings):7.1f} s")
+    from .findings import format_table, judge, write_json
+    verdicts = judge(all_paths)
+    print("\nThe paper's findings, judged on these runs:\n" + format_table(verdicts))
+    print(f"wrote {write_json(verdicts, Path(args.out) / 'findings.json')}")
+    return 0
+
+
+def _cmd_findings(args):
+    """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
+    from .findings import format_markdown, format_table, judge, write_json
+    verdicts = judge(args.run_dirs)
+    print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
+    path = write_json(verdicts, args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -254,6 +280,17 @@ def build_parser():
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="figures", metavar="DIR", help="output directory (default figures/)")
     p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("findings", help="judge the paper's findings on saved runs",
+                       description="For every experiment among the run directories (runs that differ only in "
+                                   "their seed are pooled: mean +- sd), print each finding of the paper, the "
+                                   "paper's numbers, the measured numbers and whether its criterion holds; "
+                                   "also write them to findings.json.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="findings.json", metavar="FILE", help="where to write the JSON "
+                   "(default findings.json)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")
+    p.set_defaults(func=_cmd_findings)
 
     p = sub.add_parser("reproduce", help="run every experiment and write every figure",
                        description="Run all registered experiments with one preset, then plot them.")

@@ -89,21 +89,28 @@ class Dataset:
                 f"image_shape={self.image_shape})")
 
 
-DATASETS = ("digits", "mnist")
+DATASETS = ("mnist-subset", "digits", "mnist")
 
 
 def load(name, data_dir=None):
-    """Load a dataset by name: ``"digits"`` (embedded, see :func:`load_digits`) or ``"mnist"``.
+    """Load a dataset by name: ``"mnist-subset"`` (12000 real MNIST images shipped with mi-ref, see
+    :func:`load_mnist_subset`), ``"digits"`` (scikit-learn's 8x8 digits, see :func:`load_digits`) or
+    ``"mnist"`` (the full MNIST, read from ``data_dir``, else ``$MI_REF_DATA``; see :func:`load_mnist`).
 
-    ``data_dir`` is used by ``"mnist"`` only (see :func:`load_mnist`: ``data_dir``, else the environment
-    variable ``MI_REF_DATA``); ``"digits"`` ignores it.
+    Only ``"mnist"`` reads ``data_dir``; passing one with an embedded dataset is an error (it would be
+    silently ignored otherwise).
     """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)} ('mnist-subset' and "
+                         "'digits' are embedded; for 'mnist' see `mi-ref download mnist --to DIR`)")
+    if name != "mnist" and data_dir is not None:
+        raise ValueError(f"--data-dir {data_dir} is only read by the dataset 'mnist'; {name!r} is embedded in "
+                         "mi-ref (drop --data-dir, or choose --dataset mnist)")
     if name == "digits":
         return load_digits()
-    if name == "mnist":
-        return load_mnist(data_dir)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)} "
-                     "('digits' needs no download; for 'mnist' see `mi-ref download mnist --to DIR`)")
+    if name == "mnist-subset":
+        return load_mnist_subset()
+    return load_mnist(data_dir)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,21 +265,25 @@ def read_idx_labels(path, count=None, n_classes=10):
     return labels
 
 
-def write_idx(path, array):
-    """Write a uint8 array as an IDX file (gzip-compressed when the name ends in ``.gz``), atomically.
-
-    The inverse of :func:`read_idx`: magic 0x000008NN, NN = ``array.ndim``, the sizes as big-endian
-    uint32, then the values. Values must be integers in 0..255.
-    """
+def idx_bytes(array):
+    """The bytes of an unsigned-byte IDX file holding ``array`` (the inverse of :func:`parse_idx`):
+    magic 0x000008NN, NN = ``array.ndim``, the sizes as big-endian uint32, then the values (integers in
+    0..255)."""
     array = np.asarray(array)
     if array.ndim < 1 or array.size and (not np.issubdtype(array.dtype, np.integer)
                                          or array.min() < 0 or array.max() > 255):
-        raise ValueError(f"write_idx needs an integer array with ndim >= 1 and values in 0..255, got dtype "
+        raise ValueError(f"an IDX file needs an integer array with ndim >= 1 and values in 0..255, got dtype "
                          f"{array.dtype}, shape {array.shape}")
     header = bytes([0, 0, IDX_UBYTE, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(path, array):
+    """Write a uint8 array as an IDX file (:func:`idx_bytes`; gzip-compressed, level 9, no name and mtime 0,
+    when the name ends in ``.gz``), atomically."""
+    data = idx_bytes(array)
     if Path(path).suffix == ".gz":
-        data = gzip.compress(data, mtime=0)
+        data = gzip.compress(data, compresslevel=9, mtime=0)
     atomic_write_bytes(path, data)
 
 
@@ -363,6 +374,68 @@ def load_mnist(data_dir=None, *, n_train=MNIST_TRAIN_COUNT, n_test=MNIST_TEST_CO
         x /= 255.0
         arrays[split] = (x, labels.astype(np.int64))
     return Dataset("mnist", *arrays["train"], *arrays["test"], tuple(image_shape))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the embedded MNIST subset
+
+MNIST_SUBSET_DIR = Path(__file__).resolve().parent / "mnist_subset"
+MNIST_SUBSET_COUNTS = {"train": 1000, "test": 200}       # images per class
+# SHA-256 of the UNCOMPRESSED content of each shipped file (the gzip bytes depend on the zlib version)
+MNIST_SUBSET_SHA256 = {
+    "train-images-idx3-ubyte": "96448e792027ae8c3d693bf7f6685beb422442276734ffe24b7860a3581dcb08",
+    "train-labels-idx1-ubyte": "dfa6309ccbfc44ab3df730fa9d1b133e2baeb0fe7db8e4bbdcd05d3e5bd811ea",
+    "t10k-images-idx3-ubyte": "780e99a56e963f3affe4791a03545a6ddbdc0904dd880c7f3c50753282177303",
+    "t10k-labels-idx1-ubyte": "b547e409b08f1d55c77b7f0964dfb27202f97c41c014d9427a3acecfcf6a7129",
+}
+
+
+def mnist_subset_indices(labels, per_class):
+    """The rule of the embedded subset: the first ``per_class`` examples of every class in file order,
+    returned in file order (sorted indices). ``ValueError`` if a class has fewer."""
+    labels = np.asarray(labels)
+    keep = []
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        if members.size < per_class:
+            raise ValueError(f"class {c} has {members.size} examples, fewer than the {per_class} the subset takes")
+        keep.append(members[:per_class])
+    return np.sort(np.concatenate(keep))
+
+
+def load_mnist_subset(directory=None):
+    """The embedded MNIST subset: 10000 training images (the first 1000 of every class in
+    train-images-idx3-ubyte) and 2000 test images (the first 200 of every class in
+    t10k-images-idx3-ubyte), shipped inside the package as gzip-compressed IDX files.
+
+    Every file's uncompressed content is checked against its SHA-256 pin before use, then parsed and
+    validated like the full MNIST (:func:`load_mnist`). Images are 28 x 28, so the views are the same
+    14 x 28 halves as MNIST's. ``directory`` (tests only) reads the files from elsewhere.
+    MNIST is by Yann LeCun and Corinna Cortes, under CC BY-SA 3.0.
+    """
+    import hashlib
+    directory = MNIST_SUBSET_DIR if directory is None else Path(directory)
+    arrays = {}
+    for key, name in MNIST_FILES.items():
+        path = directory / f"{name}.gz"
+        if not path.is_file():
+            raise FileNotFoundError(f"the embedded MNIST subset file {path} is missing: the installation is "
+                                    "incomplete; reinstall mi-ref (or rebuild it: scripts/make_mnist_subset.py)")
+        data = read_file_bytes(path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != MNIST_SUBSET_SHA256[name]:
+            raise ValueError(f"{path}: SHA-256 of its content is {digest}, expected {MNIST_SUBSET_SHA256[name]}; "
+                             "the file is damaged or was changed: reinstall mi-ref")
+        arrays[key] = parse_idx(data, str(path), IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC)
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "test")):
+        count = 10 * MNIST_SUBSET_COUNTS[split]
+        images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
+        if images.shape != (count,) + MNIST_IMAGE_SHAPE or labels.shape != (count,) or labels.max() > 9:
+            raise ValueError(f"the embedded MNIST subset's {split} files hold {images.shape} images and "
+                             f"{labels.shape} labels, expected {count} of 28 x 28; reinstall mi-ref")
+        out[split] = (images.reshape(count, -1) / 255.0, labels.astype(np.int64))
+    return Dataset("mnist-subset", *out["train"], *out["test"], MNIST_IMAGE_SHAPE)
 
 
 # ----------------------------------------------------------------------------------------------------

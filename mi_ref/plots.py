@@ -321,7 +321,8 @@ def plot_sampling(runs, path):
         est, sampling = variant_field(runs, v, "estimator"), variant_field(runs, v, "sampling")
         true_mi = variant_field(runs, v, "true_mi")
         mean = curves.mean(axis=0)
-        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{LABELS.get(est, est)}, {sampling} samples",
+        what = {"iid": "i.i.d.", "non-iid": "non-i.i.d."}.get(sampling, sampling)
+        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{LABELS.get(est, est)}, {what} samples",
               COLORS.get(est), "-" if sampling == "iid" else "--")
         top = max(top, 1.1 * float(mean[-1]))
     if true_mi is not None:

@@ -183,13 +183,16 @@ def held_out_bound(bound_fn, params, x1, x2, batch_size, noise_std, rng):
 
 
 def jacobian_stats(model, params, x):
-    """Singular values of the encoder's Jacobian at each row of ``x`` and the log-condition percentiles
-    ``{"logcond_min": ..., "logcond_p20": ..., ..., "logcond_max": ...}`` of log(sigma_max / sigma_min)."""
+    """Singular values of the encoder's Jacobian at each row of ``x`` and the percentiles of
+    log(sigma_max / sigma_min) over the rows: ``{"logcond_min", "logcond_p20", "logcond_p40", "logcond_p60",
+    "logcond_p80", "logcond_max"}`` (the bands of Fig. 2c) and ``"logcond_median"``."""
     from .jacobian import (PERCENTILE_KEYS, batch_jacobian, condition_percentiles, log_condition_numbers,
                            singular_values)
     svals = singular_values(batch_jacobian(model, params, x))
-    pct = condition_percentiles(log_condition_numbers(svals))
-    return svals, {f"logcond_{k}": float(v) for k, v in zip(PERCENTILE_KEYS, pct)}
+    logc = log_condition_numbers(svals)
+    stats = {f"logcond_{k}": float(v) for k, v in zip(PERCENTILE_KEYS, condition_percentiles(logc))}
+    stats["logcond_median"] = float(np.median(logc))
+    return svals, stats
 
 
 class Progress:
@@ -224,8 +227,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
     ``variant, step, bound, loss, bound_test, accuracy, train_loss, seconds`` (see the module docstring;
     ``train_loss`` is the mean training loss of the steps since the previous evaluation, None at step 0;
     ``seconds`` the wall time this variant has taken so far, evaluations included, summed over resumes)
-    plus ``extra_row`` and, with ``settings.jacobian``, ``logcond_min, logcond_p20, ..., logcond_max``:
-    percentiles of log(sigma_max / sigma_min) of g1's Jacobian over the batch.
+    plus ``extra_row`` and, with ``settings.jacobian``, ``logcond_min, logcond_p20, ..., logcond_max`` and
+    ``logcond_median``: percentiles of log(sigma_max / sigma_min) of g1's Jacobian over the batch.
     """
     from .objectives import mi_bound
     settings.check()

@@ -6,7 +6,7 @@ import pytest
 
 from mi_ref import cli
 
-TINY = ["--steps", "6", "--quiet"]
+TINY = ["--steps", "6", "--quiet", "--dataset", "digits"]
 
 
 def run(argv, capsys):
@@ -24,12 +24,13 @@ def test_list(capsys):
 
 
 def test_run_then_plot(tmp_path, capsys):
-    code, out, _ = run(["run", "invertible", "--out", str(tmp_path / "runs"), "--steps", "4", "--quiet"],
-                       capsys)
+    code, out, _ = run(["run", "invertible", "--out", str(tmp_path / "runs"), "--steps", "4", "--quiet",
+                        "--dataset", "digits"], capsys)
     assert code == 0 and "invertible seed 0: results in" in out
     run_dir = tmp_path / "runs" / "invertible-quick" / "seed-0"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 1, 2, 3]   # 4 steps, n_evals capped
+    # 4 steps: n_evals capped at 4, plus the quick preset's evaluation after the last step
+    assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 1, 2, 3, 4]
     code, out, _ = run(["plot", str(run_dir), "--out", str(tmp_path / "fig")], capsys)
     assert code == 0 and (tmp_path / "fig" / "invertible-quick-digits.png").exists()
 
@@ -42,9 +43,11 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     before = (config.read_bytes(), metrics.read_bytes())
     code, _, err = run(["run", "adversarial", "--out", out_dir] + TINY, capsys)
     assert code == 2 and "--resume" in err
-    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet"], capsys)
+    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--dataset", "digits"],
+                       capsys)
     assert code == 2 and "different config" in err
-    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--resume"], capsys)
+    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--resume",
+                        "--dataset", "digits"], capsys)
     assert code == 2 and "different config" in err
     assert (config.read_bytes(), metrics.read_bytes()) == before
     # resuming a finished run is a no-op that succeeds
@@ -78,14 +81,15 @@ def test_reproduce_subset(tmp_path, capsys):
     assert code == 0 and "total" in out
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["adversarial-quick-digits.png",
                                                                   "invertible-quick-digits.png"]
+    assert "The paper's findings, judged on these runs" in out and (tmp_path / "r" / "findings.json").is_file()
 
 
 def test_evals_override(tmp_path, capsys):
-    code, _, _ = run(["run", "conditioning", "--out", str(tmp_path), "--steps", "6", "--evals", "2", "--quiet"],
-                     capsys)
+    code, _, _ = run(["run", "conditioning", "--out", str(tmp_path), "--steps", "6", "--evals", "2", "--quiet",
+                      "--dataset", "digits"], capsys)
     assert code == 0
     rows = [json.loads(line) for line in
             (tmp_path / "conditioning-quick" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["variant"] == "nwj"] == [0, 3]
+    assert [r["step"] for r in rows if r["variant"] == "nwj"] == [0, 3, 6]
     code, _, err = run(["run", "sampling", "--out", str(tmp_path), "--evals", "2", "--quiet"], capsys)
     assert code == 2 and "takes no --evals" in err

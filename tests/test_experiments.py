@@ -12,9 +12,10 @@ from mi_ref import experiments, optim, plots
 from mi_ref.results import RunDir
 
 TINY = {
-    "invertible": dict(n_iters=12, n_evals=3, n_couplings=2, hidden=(8,)),
-    "conditioning": dict(n_iters=12, n_evals=3, n_layers=2),
-    "adversarial": dict(warmup_steps=3, n_iters=9, probe_every=4, n_couplings=2, hidden=(8,)),
+    "invertible": dict(dataset="digits", n_iters=12, n_evals=3, n_couplings=2, hidden=(8,), eval_final=False,
+                       estimators=("infonce", "nwj")),
+    "conditioning": dict(dataset="digits", n_iters=12, n_evals=3, n_layers=2, eval_final=False),
+    "adversarial": dict(dataset="digits", warmup_steps=3, n_iters=9, probe_every=4, n_couplings=2, hidden=(8,)),
 }
 
 
@@ -114,9 +115,10 @@ def test_paper_presets_hold_the_papers_values():
 
 
 TINY.update({
-    "critics": dict(n_iters=6, n_evals=2, encoder_dims=(16, 8), separable_hidden=(8,), separable_out=8,
-                    concat_hidden=(8,)),
-    "encoders": dict(n_iters=6, n_evals=2, mlp_dims=(16, 8), code_dim=8),
+    "critics": dict(dataset="digits", n_iters=6, n_evals=2, encoder_dims=(16, 8), separable_hidden=(8,),
+                    separable_out=8, concat_hidden=(8,), eval_final=False),
+    "encoders": dict(dataset="digits", n_iters=6, n_evals=2, mlp_dims=(16, 8), code_dim=8, eval_final=False,
+                     estimators=("infonce", "nwj"), convnet_channels=(4, 6)),
 })
 
 
@@ -156,7 +158,7 @@ def test_encoders_config_checks():
 
 TINY.update({
     "sampling": dict(n_iters=30, record_every=10, hidden=(4, 4)),
-    "metric": dict(n_iters=6, n_evals=2, encoder_dims=(16, 8)),
+    "metric": dict(dataset="digits", n_iters=6, n_evals=2, encoder_dims=(16, 8), eval_final=False),
 })
 
 

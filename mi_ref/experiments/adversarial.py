@@ -171,6 +171,6 @@ EXPERIMENT = register(Experiment(
     name="adversarial", figure="Fig. 1c",
     summary="an adversarially trained bijective encoder falls below the raw-pixel baseline",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", warmup_steps=200, n_iters=801, probe_every=80,
-                             n_couplings=10, hidden=(64, 64), encoder_lr=1e-4)},
+             "quick": Config(dataset="mnist-subset", warmup_steps=200, n_iters=401, probe_every=100,
+                             n_couplings=4, hidden=(128, 128), encoder_lr=1e-4)},
     run=run))

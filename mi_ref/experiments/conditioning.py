@@ -39,5 +39,6 @@ EXPERIMENT = register(Experiment(
     name="conditioning", figure="Fig. 2a, 2b, 2c",
     summary="residual-MLP encoders start at the identity and become ever more ill-conditioned",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", n_iters=3000, n_evals=11, lr=1e-3)},
+             "quick": Config(dataset="mnist-subset", n_iters=1000, n_evals=4, eval_final=True, n_layers=3,
+                             lr=3e-4)},
     run=run))

@@ -17,6 +17,7 @@ ENCODER_NAMES = ("convnet", "mlp")
 @dataclass(frozen=True)
 class Config(MIConfig):
     encoders: tuple = ENCODER_NAMES
+    convnet_channels: tuple = (64, 128)
     mlp_dims: tuple = (300, 300, 100)
     code_dim: int = 100
     targets: tuple = (2.0, 4.0)
@@ -35,7 +36,7 @@ class Config(MIConfig):
 def make_encoder(config, name, half_shape):
     h, w = half_shape
     if name == "convnet":
-        return nn.convnet(h, w, out_dim=config.code_dim)
+        return nn.convnet(h, w, out_dim=config.code_dim, channels=tuple(config.convnet_channels))
     return nn.mlp(h * w, config.mlp_dims)
 
 
@@ -61,5 +62,6 @@ EXPERIMENT = register(Experiment(
     name="encoders", figure="Fig. 4a, 4b",
     summary="trained to the same bound value L_t, the ConvNet beats the MLP: architecture over estimator",
     presets={"paper": Config(),
-             "quick": Config(dataset="digits", n_iters=600, n_evals=6, lr=1e-3)},
+             "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True,
+                             convnet_channels=(32, 64), lr=1e-3, estimators=("infonce",))},
     run=run))
