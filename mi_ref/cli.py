@@ -95,7 +95,7 @@ def _overrides(exp, args):
 
 def _run_seeds(name, args):
     from . import experiments
-    from .fast import configure_malloc
+    from .accel import configure_malloc
     configure_malloc()   # a training process: keep freed heap memory resident (see its docstring)
     exp = experiments.get(name)
     if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):

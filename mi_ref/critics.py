@@ -7,8 +7,9 @@ off-diagonal entries are the negative pairs. Paper, Section 3.2 and Fig. 3.
 
 import autograd.numpy as np
 
-from . import fast
-from .nn import MLP, check_positive_int, glorot_uniform, relu
+from .checks import positive_int as check_positive_int
+from .nn import MLP, glorot_uniform, relu
+from .registry import Registry
 
 
 def check_pair(u, v, d_u=None, d_v=None):
@@ -92,10 +93,8 @@ class Concat:
     hidden + [1])``; the first kernel's rows are [rows for u ; rows for v].
 
     Computed without materializing the K*K concatenations: the first layer is split,
-    [u_i ; v_j] W_1 = u_i W_1[:d_u] + v_j W_1[d_u:], broadcast to a (K, K, H) tensor
-    (:meth:`apply_reference`). With one hidden layer (the paper's critic) :meth:`apply` runs the fast
-    primitive :func:`mi_ref.fast.concat_scores`, which never stores the (K, K, H) tensor; with more,
-    :func:`mi_ref.fast.concat_scores_deep`.
+    [u_i ; v_j] W_1 = u_i W_1[:d_u] + v_j W_1[d_u:], and broadcast to a (K, K, H) tensor. (The fused
+    twin in :mod:`mi_ref.accel` never stores that tensor for one hidden layer.)
     """
 
     def __init__(self, dim_u, dim_v=None, hidden=(200,), kernel_init=glorot_uniform):
@@ -107,14 +106,6 @@ class Concat:
         return self.mlp.init(rng)
 
     def apply(self, params, u, v):
-        check_pair(u, v, self.dim_u, self.dim_v)
-        if fast.supports(params):
-            if len(self.mlp.dims) == 2:
-                return fast.concat_scores(params, u, v, self.dim_u)
-            return fast.concat_scores_deep(params, u, v, self.dim_u)
-        return self.apply_reference(params, u, v)
-
-    def apply_reference(self, params, u, v):
         """The formula with numpy broadcasting over the (K, K, H) tensor (any number of hidden layers)."""
         check_pair(u, v, self.dim_u, self.dim_v)
         layers = params["layers"]
@@ -127,8 +118,8 @@ class Concat:
         return h[:, :, 0]
 
 
-def inner_product():
-    """S = u v^T (see :class:`InnerProduct`)."""
+def inner_product(dim_u=None, dim_v=None):
+    """S = u v^T (see :class:`InnerProduct`; it has no parameters, so the widths are not needed)."""
     return InnerProduct()
 
 
@@ -147,4 +138,14 @@ def concat(dim_u, dim_v=None, hidden=(200,), kernel_init=glorot_uniform):
     return Concat(dim_u, dim_v, hidden, kernel_init)
 
 
-CRITICS = {"inner_product": inner_product, "bilinear": bilinear, "separable": separable, "concat": concat}
+# name -> factory(dim_u, dim_v=None, **options); ``label`` and ``color`` are how figures show it
+CRITICS = Registry("critic")
+CRITICS.register("inner_product", inner_product, label="inner product", color="tab:purple")
+CRITICS.register("bilinear", bilinear, label="bilinear", color="tab:blue")
+CRITICS.register("separable", separable, label="separable", color="tab:green")
+CRITICS.register("concat", concat, label="MLP (concat)", color="tab:red")
+
+
+def build(name, dim_u, dim_v=None, **options):
+    """The critic registered as ``name`` (see :data:`CRITICS`) for codes of widths ``dim_u``, ``dim_v``."""
+    return CRITICS.get(name)(dim_u, dim_v, **options)

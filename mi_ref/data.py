@@ -18,11 +18,12 @@ import copy
 import dataclasses
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_bytes
 
 # ----------------------------------------------------------------------------------------------------
 # the dataset container
@@ -284,29 +285,7 @@ def write_idx(path, array):
     data = idx_bytes(array)
     if Path(path).suffix == ".gz":
         data = gzip.compress(data, compresslevel=9, mtime=0)
-    atomic_write_bytes(path, data)
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
-
-    Readers see either the old file or the complete new one, never a partial file; on any error the
-    temporary file is removed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_bytes(path, data)
 
 
 def find_idx_file(directory, name):

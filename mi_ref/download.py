@@ -19,7 +19,8 @@ import zlib
 from pathlib import Path
 
 from . import __version__
-from .data import MNIST_FILES, atomic_write_bytes, find_idx_file, read_file_bytes
+from .atomic import write_bytes
+from .data import MNIST_FILES, find_idx_file, read_file_bytes
 
 # SHA-256 of the UNCOMPRESSED contents (gzip wrappers differ between mirrors; the IDX bytes do not).
 MNIST_SHA256 = {
@@ -154,7 +155,7 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
                 failures.append(f"{url}: checksum mismatch, SHA-256 of the uncompressed content is {digest}, "
                                 f"expected {pin}")
                 continue
-            atomic_write_bytes(target, payload if target.suffix == ".gz" else content)
+            write_bytes(target, payload if target.suffix == ".gz" else content)
             log(f"{target.name}: downloaded from {url} ({len(payload)} bytes), SHA-256 ok")
             result[name] = target
             break

@@ -25,8 +25,9 @@ log|det dy/dx|, shape ``(B,)``) and ``forward(params, x) -> (y, log_det)``.
 import autograd.numpy as np
 import numpy as onp
 
-from . import fast
-from .nn import MLP, check_batch, check_positive_int, mlp_apply, softplus, truncated_normal
+from .checks import batch as check_batch
+from .checks import positive_int as check_positive_int
+from .nn import MLP, softplus, truncated_normal
 
 SCALE_FLOOR = 1e-7
 
@@ -59,7 +60,7 @@ class AffineCoupling:
 
     def shift_and_scale(self, params, z_a):
         """(t, s) for the conditioning half ``z_a``; ``s`` is None for shift-only blocks."""
-        out = mlp_apply(params["net"], z_a)
+        out = self.net.apply(params["net"], z_a)
         if self.shift_only:
             return out, None
         return out[:, :self.n_out], SCALE_FLOOR + softplus(out[:, self.n_out:])
@@ -126,18 +127,8 @@ class RealNVP:
         return {"blocks": [b.init(rng) for b in self.blocks]}
 
     def forward(self, params, x):
-        """(y, log|det dy/dx|) with ``y: (B, dim)`` and the log-determinant per example ``(B,)``.
-
-        Runs the whole chain as one primitive (:func:`mi_ref.fast.coupling_chain`) when it can; the map is
-        the one :meth:`forward_reference` computes block by block.
-        """
-        check_batch(x, self.dim)
-        if fast.supports(params, self.blocks[0].net.activation_name):
-            return fast.coupling_chain(self.blocks, params, x)
-        return self.forward_reference(params, x)
-
-    def forward_reference(self, params, x):
-        """The reference formulation: the blocks' own :meth:`AffineCoupling.forward`, one after the other."""
+        """(y, log|det dy/dx|) with ``y: (B, dim)`` and the log-determinant per example ``(B,)``: the
+        blocks' own :meth:`AffineCoupling.forward`, one after the other."""
         check_batch(x, self.dim)
         logdet = 0.0
         for block, p in zip(self.blocks, params["blocks"]):

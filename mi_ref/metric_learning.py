@@ -18,6 +18,7 @@ from autograd.scipy.special import logsumexp
 
 from .bounds import check_scores
 from .critics import check_pair
+from .registry import Registry
 
 
 def kpair_loss(anchors, positives):
@@ -79,4 +80,7 @@ def triplet_loss_hardest(scores, margin=1.0):
     return np.mean(np.maximum(0.0, margin + hardest - np.diag(scores)))
 
 
-LOSSES = {"kpair": kpair_loss_from_scores, "triplet": triplet_loss, "triplet_hardest": triplet_loss_hardest}
+# name -> loss(scores, margin) for training (the K-pair loss is -I_NCE + log K: train it as "infonce")
+LOSSES = Registry("metric-learning loss")
+LOSSES.register("triplet", triplet_loss, label="triplet (all negatives)", color="tab:green")
+LOSSES.register("triplet_hardest", triplet_loss_hardest, label="triplet (hardest negative)", color="tab:red")

@@ -16,28 +16,15 @@ Conventions (the same as the golden vectors of :mod:`mi_ref.verify` document):
 * images are NHWC, ``(B, H, W, C)``; conv kernels are ``(kh, kw, C_in, C_out)`` (TensorFlow's layout).
 """
 
+from dataclasses import dataclass
+
 import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, primitive
 
-from . import fast
-
-# ----------------------------------------------------------------------------------------------------
-# validation helpers (used at model boundaries only)
-
-
-def check_positive_int(value, name):
-    """Raise ``ValueError`` unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, onp.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_batch(x, width, name="input"):
-    """Raise ``ValueError`` unless ``x`` is a 2-D batch ``(B, width)`` with B >= 1."""
-    shape = np.shape(x)
-    if len(shape) != 2 or shape[1] != width or shape[0] < 1:
-        raise ValueError(f"{name} must have shape (batch, {width}), got {shape}")
+from .checks import batch as check_batch
+from .checks import positive_int as check_positive_int
+from .registry import Registry
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,14 +94,26 @@ def identity(x):
     return x
 
 
-ACTIVATIONS = {"relu": relu, "softplus": softplus, "identity": identity}
+@dataclass(frozen=True)
+class Activation:
+    """An activation: ``fn`` (differentiated by autograd) and ``derivative``, act'(u) in plain numpy with
+    autograd's conventions (relu'(0) = 1/2: ``np.maximum`` splits a tie), for the forward-mode Jacobians and
+    the hand-written VJPs of :mod:`mi_ref.accel`."""
+
+    name: str
+    fn: object
+    derivative: object
+
+
+ACTIVATIONS = Registry("activation")
+ACTIVATIONS.register("relu", Activation("relu", relu, lambda u: 0.5 * (onp.sign(u) + 1.0)))
+ACTIVATIONS.register("softplus", Activation("softplus", softplus, lambda u: onp.exp(u - onp.logaddexp(0.0, u))))
+ACTIVATIONS.register("identity", Activation("identity", identity, lambda u: onp.ones_like(u)))
 
 
 def get_activation(name):
-    """Look up an activation by name: one of ``ACTIVATIONS``."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    """The activation function registered as ``name`` (see :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS.get(name).fn
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,28 +181,16 @@ class MLP:
                            for a, b in zip(sizes[:-1], sizes[1:])]}
 
     def apply(self, params, x):
-        """The formula above, run as one fast primitive (:func:`mi_ref.fast.mlp`) when it can be."""
+        """The formula above, layer by layer."""
         check_batch(x, self.in_dim)
-        if fast.supports(params, self.activation_name):
-            return fast.mlp(params, x, self.activation_name, self.shortcuts)
-        return mlp_apply(params, x, self.activation, self.shortcuts)
-
-    def apply_reference(self, params, x):
-        """The same map computed op by op with :func:`mlp_apply` (the reference the fast path is tested against)."""
-        check_batch(x, self.in_dim)
-        return mlp_apply(params, x, self.activation, self.shortcuts)
-
-
-def mlp_apply(params, x, activation=relu, shortcuts=False):
-    """The MLP forward pass of :class:`MLP` as a plain function (see its docstring for the formula)."""
-    layers = params["layers"]
-    h = x
-    for i, layer in enumerate(layers):
-        out = dense(layer, h)
-        if i < len(layers) - 1:
-            out = activation(out)
-        h = out + h if shortcuts else out
-    return h
+        layers = params["layers"]
+        h = x
+        for i, layer in enumerate(layers):
+            out = dense(layer, h)
+            if i < len(layers) - 1:
+                out = self.activation(out)
+            h = out + h if self.shortcuts else out
+        return h
 
 
 def mlp(in_dim, dims, shortcuts=False, activation="relu", kernel_init=glorot_uniform, bias_init=zeros):
@@ -308,12 +295,7 @@ class Conv2D:
                              f"got shape {shape}")
 
     def apply(self, params, x):
-        """``conv2d(x, W, stride) + b`` with the fast convolution :func:`mi_ref.fast.conv2d`."""
-        self.check_input(x)
-        return fast.conv2d(x, params["W"], self.stride) + params["b"]
-
-    def apply_reference(self, params, x):
-        """The same layer with the reference convolution :func:`conv2d`."""
+        """``conv2d(x, W, stride) + b``."""
         self.check_input(x)
         return conv2d(x, params["W"], self.stride) + params["b"]
 
@@ -397,18 +379,11 @@ class ConvNet:
                 "out": self.out.init(rng)}
 
     def apply(self, params, x):
-        """The network above, run as one fast primitive (:func:`mi_ref.fast.convnet`) when it can be."""
-        check_batch(x, self.in_dim, f"ConvNet input (flattened {self.height} x {self.width} image)")
-        if fast.supports(params):
-            return fast.convnet(self, params, x)
-        return self.apply_reference(params, x)
-
-    def apply_reference(self, params, x):
-        """The network computed layer by layer (the reference the fast path is tested against)."""
+        """The network above, layer by layer."""
         check_batch(x, self.in_dim, f"ConvNet input (flattened {self.height} x {self.width} image)")
         h = np.reshape(x, (-1, self.height, self.width, 1))
-        h = relu(conv2d(h, params["conv1"]["W"], self.conv1.stride) + params["conv1"]["b"])
-        h = relu(conv2d(h, params["conv2"]["W"], self.conv2.stride) + params["conv2"]["b"])
+        h = relu(self.conv1.apply(params["conv1"], h))
+        h = relu(self.conv2.apply(params["conv2"], h))
         h = layer_norm(h, params["norm"]["scale"], params["norm"]["bias"], self.NORM_EPS)
         return dense(params["out"], global_avg_pool(h))
 

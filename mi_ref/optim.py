@@ -29,7 +29,6 @@ import math
 
 import numpy as onp
 
-from . import fast
 from .tree import tree_from_dict, tree_map, tree_to_dict
 
 FORMS = ("textbook", "tf")
@@ -37,8 +36,8 @@ FORMS = ("textbook", "tf")
 
 class Adam:
     """Adam with bias correction in the ``"textbook"`` or ``"tf"`` form (see the module docstring).
-    ``update`` returns new params and a new state (functional), or with ``inplace=True`` overwrites the
-    arrays it was given (what the training loops do, after :func:`owned`)."""
+    ``update`` returns new params and a new state and leaves its inputs alone. (The training loops run the
+    same numbers, bit for bit, as one fused in-place pass per leaf: :func:`mi_ref.accel.adam_update`.)"""
 
     def __init__(self, lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, form="textbook"):
         if form not in FORMS:
@@ -57,31 +56,8 @@ class Adam:
         zeros = tree_map(lambda p: onp.zeros(onp.shape(p)), params)
         return {"step": 0, "m": zeros, "v": tree_map(onp.copy, zeros)}
 
-    def update(self, params, grads, state, inplace=False):
-        """One step: returns ``(new_params, new_state)``; inputs are not modified unless ``inplace=True``.
-
-        Each leaf is updated in one fused pass (:func:`mi_ref.fast.adam_tree`) with the operations of
-        :meth:`update_reference` in the same order, so the results are the same bit for bit.
-
-        ``inplace=True`` writes the new values over the arrays of ``params`` and ``state`` instead (the
-        returned trees hold those same arrays; grads are only read). That is for a training loop that
-        replaces its params and state by the returned ones anyway: it saves allocating three arrays per
-        leaf and ~40 % of the update's memory traffic. Do not use it while anything else still needs the old
-        values (a copy kept for comparison, an autograd trace not yet differentiated), nor with leaves that
-        share memory (a leaf listed twice would be updated twice).
-        """
-        t = state["step"] + 1
-        c1, c2 = 1.0 - self.b1 ** t, 1.0 - self.b2 ** t
-        if self.form == "tf":       # p - lr_t * (m / 1) / (sqrt(v / 1) + eps): the same kernel, exactly
-            step_size, c1, c2 = self.lr * math.sqrt(c2) / c1, 1.0, 1.0
-        else:
-            step_size = self.lr
-        new, m, v = fast.adam_tree(params, grads, state["m"], state["v"], self.b1, self.b2, step_size, c1, c2,
-                                   self.eps, inplace)
-        return new, {"step": t, "m": m, "v": v}
-
-    def update_reference(self, params, grads, state):
-        """The formulas of the module docstring, leaf by leaf with numpy (the reference for :meth:`update`)."""
+    def update(self, params, grads, state):
+        """One step: ``(new_params, new_state)`` by the formulas of the module docstring, leaf by leaf."""
         t = state["step"] + 1
         b1, b2, lr, eps = self.b1, self.b2, self.lr, self.eps
         m = tree_map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, state["m"], grads)
@@ -93,19 +69,6 @@ class Adam:
             c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
             new = tree_map(lambda p, m_, v_: p - lr * (m_ / c1) / (onp.sqrt(v_ / c2) + eps), params, m, v)
         return new, {"step": t, "m": m, "v": v}
-
-
-def owned(params, state):
-    """Fresh copies ``(params, state)``: every leaf a distinct, C-contiguous, writable float64 array.
-
-    A training loop calls this once before it switches to ``Adam.update(..., inplace=True)``, so that the
-    in-place updates write only into memory the loop owns: not into arrays a caller, a model's
-    initializer or a loaded checkpoint may still hold, and never twice into one buffer shared by two leaves.
-    """
-    def copy(leaf):
-        return onp.array(leaf, dtype=onp.float64, order="C", copy=True)
-    return tree_map(copy, params), {"step": state["step"], "m": tree_map(copy, state["m"]),
-                                    "v": tree_map(copy, state["v"])}
 
 
 def state_to_arrays(state, prefix="adam/"):

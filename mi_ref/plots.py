@@ -10,10 +10,32 @@ from pathlib import Path
 
 import numpy as np
 
+from .bounds import ESTIMATORS
+from .critics import CRITICS
+from .metric_learning import LOSSES
 from .results import load_run
 
-COLORS = {"infonce": "tab:blue", "nwj": "tab:orange", "tuba": "tab:green"}
-LABELS = {"infonce": r"$I_{NCE}$", "nwj": r"$I_{NWJ}$", "tuba": r"$I_{TUBA}$"}
+
+def _style(registry, name, key, default=None):
+    """``label`` or ``color`` of ``name`` in a registry (``default``, or the name, if it is not there)."""
+    if name in registry:
+        return registry.meta(name, key, name if key == "label" else default)
+    return name if key == "label" else default
+
+
+def label_of(name):
+    """How figures name an estimator, a critic or a metric-learning loss."""
+    for registry in (ESTIMATORS, CRITICS, LOSSES):
+        if name in registry:
+            return _style(registry, name, "label")
+    return name
+
+
+def color_of(name):
+    for registry in (ESTIMATORS, CRITICS, LOSSES):
+        if name in registry:
+            return _style(registry, name, "color")
+    return None
 
 
 def _pyplot():
@@ -151,11 +173,11 @@ def _clip_initial_outliers(ax, later_values):
 
 
 def _estimator_label(v):
-    return LABELS.get(v, v)
+    return label_of(v)
 
 
 def _estimator_color(v):
-    return COLORS.get(v)
+    return color_of(v)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,12 +217,12 @@ def _condition_panel(ax, runs, variant):
         return
     mean = np.stack([p[1] for p in parts], axis=1)
     x = steps / 1000.0
-    color = COLORS.get(variant, "tab:purple")
+    color = color_of(variant) or "tab:purple"
     ax.fill_between(x, mean[:, 0], mean[:, 5], color=color, alpha=0.15, linewidth=0, label="min - max")
     ax.fill_between(x, mean[:, 1], mean[:, 4], color=color, alpha=0.3, linewidth=0, label="20th - 80th")
     ax.fill_between(x, mean[:, 2], mean[:, 3], color=color, alpha=0.6, linewidth=0, label="40th - 60th")
     ax.set_ylabel(r"$\log(\sigma_{max} / \sigma_{min})$ of $J_{g_1}$")
-    ax.set_title(f"(c) conditioning, {LABELS.get(variant, variant)}", fontsize=10)
+    ax.set_title(f"(c) conditioning, {label_of(variant)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
 
@@ -216,10 +238,6 @@ def plot_conditioning(runs, path):
     for ax, v in zip(axes[2:], variants):
         _condition_panel(ax, runs, v)
     return _finish(fig, axes, _title(runs, "Hard-to-invert encoders (Fig. 2)"), path)
-
-
-CRITIC_COLORS = {"bilinear": "tab:blue", "separable": "tab:green", "concat": "tab:red"}
-CRITIC_LABELS = {"bilinear": "bilinear", "separable": "separable", "concat": "MLP (concat)"}
 
 
 def _distinct(runs, field):
@@ -244,12 +262,10 @@ def plot_critics(runs, path):
     for col, est in enumerate(estimators):
         chosen = _by_field(runs, "estimator", est)
         critic_of = lambda v: variant_field(runs, v, "critic")  # noqa: E731
-        _bound_panel(axes[0, col], runs, chosen, lambda v: CRITIC_LABELS.get(critic_of(v), v),
-                     lambda v: CRITIC_COLORS.get(critic_of(v)))
-        axes[0, col].set_title(f"{LABELS.get(est, est)}: estimated bound", fontsize=10)
-        _accuracy_panel(axes[1, col], runs, chosen, lambda v: CRITIC_LABELS.get(critic_of(v), v),
-                        lambda v: CRITIC_COLORS.get(critic_of(v)))
-        axes[1, col].set_title(f"{LABELS.get(est, est)}: linear probe", fontsize=10)
+        _bound_panel(axes[0, col], runs, chosen, lambda v: label_of(critic_of(v)), lambda v: color_of(critic_of(v)))
+        axes[0, col].set_title(f"{label_of(est)}: estimated bound", fontsize=10)
+        _accuracy_panel(axes[1, col], runs, chosen, lambda v: label_of(critic_of(v)), lambda v: color_of(critic_of(v)))
+        axes[1, col].set_title(f"{label_of(est)}: linear probe", fontsize=10)
     return _finish(fig, axes, _title(runs, "Critics (Fig. 3)"), path)
 
 
@@ -269,7 +285,7 @@ def plot_encoders(runs, path):
         return f"{variant_field(runs, v, 'encoder')}, t = {variant_field(runs, v, 'target'):g}"
 
     for col, est in enumerate(estimators):
-        name = LABELS.get(est, est)
+        name = label_of(est)
         later = {"loss": [], "bound": [np.array(targets, dtype=float)]}
         for v in _by_field(runs, "estimator", est):
             color = ENCODER_COLORS.get(variant_field(runs, v, "encoder"))
@@ -322,8 +338,8 @@ def plot_sampling(runs, path):
         true_mi = variant_field(runs, v, "true_mi")
         mean = curves.mean(axis=0)
         what = {"iid": "i.i.d.", "non-iid": "non-i.i.d."}.get(sampling, sampling)
-        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{LABELS.get(est, est)}, {what} samples",
-              COLORS.get(est), "-" if sampling == "iid" else "--")
+        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{label_of(est)}, {what} samples",
+              color_of(est), "-" if sampling == "iid" else "--")
         top = max(top, 1.1 * float(mean[-1]))
     if true_mi is not None:
         ax.axhline(true_mi, color="black", linestyle=":", linewidth=1.5, label=f"true MI ({true_mi:.4f})")
@@ -337,10 +353,8 @@ def plot_sampling(runs, path):
     return _finish(fig, np.array([ax]), _title(runs, "Negative sampling (Fig. 4c)"), path)
 
 
-OBJECTIVE_LABELS = {"infonce": r"$I_{NCE}$ (= log K - K-pair)", "nwj": r"$I_{NWJ}$",
-                    "triplet": "triplet (all negatives)", "triplet_hardest": "triplet (hardest negative)"}
-OBJECTIVE_COLORS = {"infonce": "tab:blue", "nwj": "tab:orange", "triplet": "tab:green",
-                    "triplet_hardest": "tab:red"}
+def _objective_label(name):
+    return label_of(name) + (" (= log K - K-pair)" if name == "infonce" else "")
 
 
 def plot_metric(runs, path):
@@ -349,11 +363,11 @@ def plot_metric(runs, path):
     variants = variants_of(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
     objective = lambda v: variant_field(runs, v, "objective")  # noqa: E731
-    _bound_panel(axes[0], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
-                 lambda v: OBJECTIVE_COLORS.get(objective(v)), ylabel=r"$I_{NCE}$ (nats)")
+    _bound_panel(axes[0], runs, variants, lambda v: _objective_label(objective(v)),
+                 lambda v: color_of(objective(v)), ylabel=r"$I_{NCE}$ (nats)")
     axes[0].set_title(r"$I_{NCE}$ of the learned codes", fontsize=10)
-    _accuracy_panel(axes[1], runs, variants, lambda v: OBJECTIVE_LABELS.get(objective(v), v),
-                    lambda v: OBJECTIVE_COLORS.get(objective(v)))
+    _accuracy_panel(axes[1], runs, variants, lambda v: _objective_label(objective(v)),
+                    lambda v: color_of(objective(v)))
     axes[1].set_title("linear probe on g1's codes", fontsize=10)
     return _finish(fig, axes, _title(runs, "Metric learning (Section 4)"), path)
 
@@ -363,7 +377,18 @@ PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "con
             "metric": plot_metric}
 
 
+def plot_generic(runs, path):
+    """Any other experiment: the bound (both measures) and the accuracy of every variant."""
+    plt = _pyplot()
+    variants = variants_of(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _bound_panel(axes[0], runs, variants, label_of, color_of)
+    _accuracy_panel(axes[1], runs, variants, label_of, color_of)
+    return _finish(fig, axes, _title(runs, runs[0]["config"]["experiment"]), path)
+
+
 def register_plotter(name, fn):
+    """Give experiment ``name`` a figure of its own (the default is :func:`plot_generic`)."""
     PLOTTERS[name] = fn
     return fn
 
@@ -384,10 +409,8 @@ def plot_runs(run_dirs, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (experiment, preset, dataset), runs in sorted(groups.items()):
-        if experiment not in PLOTTERS:
-            raise ValueError(f"no figure is defined for experiment {experiment!r}; known: {sorted(PLOTTERS)}")
         if not any(r["metrics"] for r in runs):
             raise ValueError(f"the runs of {experiment} ({preset}, {dataset}) hold no metrics yet")
         path = out_dir / f"{experiment}-{preset}-{dataset}.png"
-        written.append(PLOTTERS[experiment](runs, path))
+        written.append(PLOTTERS.get(experiment, plot_generic)(runs, path))
     return written

@@ -20,52 +20,19 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from . import atomic
+
 
 # ----------------------------------------------------------------------------------------------------
-# atomic writes
+# files (written by mi_ref.atomic)
 
-
-def _atomic_write(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path, obj):
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_savez(path, arrays):
-    """Save a dict of arrays to ``path`` (.npz) atomically; every value must be a non-object array."""
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    for k, v in arrays.items():
-        if v.dtype.hasobject:
-            raise ValueError(f"array {k!r} has dtype object, which would need pickle; store numbers or text")
-
-    def write(f):
-        np.savez(f, **arrays)
-    _atomic_write(path, write)
+atomic_write_text = atomic.write_text
+atomic_write_json = atomic.write_json
+atomic_savez = atomic.savez
 
 
 def load_npz(path):

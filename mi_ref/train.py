@@ -43,14 +43,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import probe as probe_mod
-from .bounds import get_estimator
-from .data import BatchIterator, add_shared_noise
-from .fast import value_and_grad_by_key
-from .optim import Adam, owned, state_from_arrays, state_to_arrays
-from .tree import tree_from_dict, tree_to_dict
+from .accel import value_and_grad_by_key
+from .bounds import ESTIMATORS, get_estimator
+from .checks import nonnegative_number, one_of, positive_int, positive_number
+from .data import DATASETS, add_shared_noise
+from .loop import Loop
+from .optim import FORMS as ADAM_FORMS
+from .optim import Adam
 
 PAPER_SLICE = 512          # the test-set slice size of the notebook's evaluation loop
-ADAM_FORMS = ("tf", "textbook")
 
 
 @dataclass(frozen=True)
@@ -76,50 +77,45 @@ def make_views(dataset):
 
 
 @dataclass(frozen=True)
-class LoopSettings:
-    """The settings every MI experiment shares (defaults: the paper's)."""
+class MIConfig:
+    """The settings of every MI experiment on images (defaults: the paper's; README "The paper's settings").
 
+    ``dataset``: "mnist-subset", "digits" or "mnist"; ``n_iters`` training steps with an evaluation every
+    ``n_iters // n_evals`` steps (``n_evals`` of them, the first at step 0, before that step's update) and,
+    with ``eval_final``, one more after the last step; ``batch_size``; Adam's ``lr`` and form ``adam``
+    ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std`` of the shared input noise.
+    Experiment configs subclass it and add their own fields (architectures, estimators, ...).
+    """
+
+    dataset: str = "mnist"
     n_iters: int = 21000
     n_evals: int = 21
     batch_size: int = 128
     lr: float = 1e-4
     noise_std: float = 0.0
-    jacobian: bool = False
     adam: str = "tf"
     eval_final: bool = False
 
     def check(self):
-        for name in ("n_iters", "n_evals", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (every bound needs negatives), got {self.batch_size}")
+        """Raise ``ValueError`` for a setting that cannot run (see :mod:`mi_ref.checks`)."""
+        one_of(self.dataset, DATASETS, "dataset")
+        positive_int(self.n_iters, "n_iters")
+        positive_int(self.n_evals, "n_evals")
+        positive_int(self.batch_size, "batch_size", minimum=2)
         if self.n_evals > self.n_iters:
             raise ValueError(f"n_evals={self.n_evals} exceeds n_iters={self.n_iters}: evaluations happen every "
                              "n_iters // n_evals steps, so use n_evals <= n_iters")
-        if not (self.lr > 0 and np.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (self.noise_std >= 0 and np.isfinite(self.noise_std)):
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
-        if self.adam not in ADAM_FORMS:
-            raise ValueError(f"adam must be one of {list(ADAM_FORMS)}, got {self.adam!r}")
+        positive_number(self.lr, "lr")
+        nonnegative_number(self.noise_std, "noise_std")
+        one_of(self.adam, ADAM_FORMS, "Adam form (adam)")
+        if not isinstance(self.eval_final, bool):
+            raise ValueError(f"eval_final must be true or false, got {self.eval_final!r}")
+        for name in getattr(self, "estimators", ()):
+            ESTIMATORS.get(name)
 
     @property
     def eval_every(self):
         return self.n_iters // self.n_evals
-
-
-STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
-
-
-def variant_streams(seed, variant_index):
-    """Independent generators for one (seed, variant), in the order of :data:`STREAMS`: the initial params,
-    the training batch order, the training noise, the evaluation noise (probe and ``bound_test``), and the
-    batch order and noise of the plotted bound. (SeedSequence children are fixed by their index, so the
-    first four are the same whatever streams are added after them.)"""
-    seqs = np.random.SeedSequence([int(seed), int(variant_index)]).spawn(len(STREAMS))
-    return [np.random.default_rng(s) for s in seqs]
 
 
 def encode(apply, params, x, chunk=4096):
@@ -217,55 +213,39 @@ class Progress:
         print(f"[{self.label}] step {step}/{self.total} {parts} ETA {eta_txt}", file=self.stream, flush=True)
 
 
-def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, variant="", variant_index=0,
-             store=None, extra_row=None, probe_seed=0, progress=None):
+def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, variant="", variant_index=0,
+             store=None, extra_row=None, probe_seed=0, progress=None, jacobian=False):
     """Train g1, g2 and the critic with Adam on ``objective`` and evaluate on the paper's schedule.
 
     ``objective(params, x1, x2) -> loss`` (e.g. ``-I_NCE``; see mi_ref.objectives) where
-    ``params = {"g1", "g2", "critic"}``; ``estimator`` names the bound that is reported.
-    Returns the list of metric rows of this variant (one per evaluation), each with the fields
-    ``variant, step, bound, loss, bound_test, accuracy, train_loss, seconds`` (see the module docstring;
-    ``train_loss`` is the mean training loss of the steps since the previous evaluation, None at step 0;
-    ``seconds`` the wall time this variant has taken so far, evaluations included, summed over resumes)
-    plus ``extra_row`` and, with ``settings.jacobian``, ``logcond_min, logcond_p20, ..., logcond_max`` and
+    ``params = {"g1", "g2", "critic"}``; ``estimator`` names the bound that is reported; ``config`` is an
+    :class:`MIConfig`. Pass the models' accelerated twins (:func:`mi_ref.accel.twin`) for speed; the numbers
+    are the models' own either way. Returns the list of metric rows of this variant (one per evaluation), each with
+    the fields ``variant, step, bound, loss, bound_test, accuracy, train_loss, seconds`` (see the module
+    docstring; ``train_loss`` is the mean training loss of the steps since the previous evaluation, None at
+    step 0; ``seconds`` the wall time this variant has taken so far, evaluations included, summed over
+    resumes) plus ``extra_row`` and, with ``jacobian``, ``logcond_min, logcond_p20, ..., logcond_max`` and
     ``logcond_median``: percentiles of log(sigma_max / sigma_min) of g1's Jacobian over the batch.
     """
     from .objectives import mi_bound
-    settings.check()
-    init_rng, data_rng, noise_rng, eval_rng, bound_data_rng, bound_noise_rng = variant_streams(seed, variant_index)
+    config.check()
+    loop = Loop(store, variant, seed, variant_index)
+    rng = loop.rng
     bound_fn = lambda p, x1, x2: mi_bound(p, g1, g2, critic, estimator, x1, x2)  # noqa: E731
     bound_and_loss = lambda p, x1, x2: (bound_fn(p, x1, x2), objective(p, x1, x2))  # noqa: E731
     get_estimator(estimator)
-    n_train = len(views.x1_train)
     weights = paper_bound_weights(len(views.x1_test))
-    optimizer = Adam(settings.lr, form=settings.adam)
-    params = {"g1": g1.init(init_rng), "g2": g2.init(init_rng), "critic": critic.init(init_rng)}
-    state = optimizer.init(params)
-    it = BatchIterator(n_train, settings.batch_size, data_rng)
-    bound_it = BatchIterator(n_train, settings.batch_size, bound_data_rng)
-    start, rows, sv_history, elapsed = 0, [], [], 0.0
-
-    ckpt = store.load_checkpoint(variant) if store is not None else None
-    if ckpt is not None:
-        arrays, meta = ckpt
-        params = tree_from_dict(params, arrays, "params/")
-        state = state_from_arrays(params, arrays)
-        it.restore(meta["iterator"])
-        bound_it.restore(meta["bound_iterator"])
-        noise_rng.bit_generator.state = meta["noise_rng"]
-        eval_rng.bit_generator.state = meta["eval_rng"]
-        bound_noise_rng.bit_generator.state = meta["bound_noise_rng"]
-        start, elapsed = int(meta["step"]), float(meta["seconds"])
-        rows = store.truncate_variant(variant, start)
-        sv_history = [a for a in store.load_arrays(variant).get("singular_values", [])][:len(rows)]
-    elif store is not None:
-        store.truncate_variant(variant, None)
-
-    params, state = owned(params, state)       # Adam below overwrites them in place
+    optimizer = Adam(config.lr, form=config.adam)
+    params = {"g1": g1.init(rng["init"]), "g2": g2.init(rng["init"]), "critic": critic.init(rng["init"])}
+    it = loop.iterator("data", len(views.x1_train), config.batch_size)
+    bound_it = loop.iterator("bound_data", len(views.x1_train), config.batch_size)
+    trees, states = loop.resume({"model": params}, {"model": optimizer.init(params)})
+    params, state = trees["model"], states["model"]
+    rows = loop.rows
+    sv_history = list(store.load_arrays(variant).get("singular_values", []))[:len(rows)] if loop.resumed else []
     grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
-    every = settings.eval_every
-    progress = progress or Progress(variant, settings.n_iters, enabled=False)
-    t0 = time.perf_counter() - elapsed
+    every = config.eval_every
+    progress = progress or Progress(variant, config.n_iters, enabled=False)
     loss_sum, loss_count = 0.0, 0
 
     def evaluate(step, x1, snapshot):
@@ -275,43 +255,40 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
         row = {"variant": variant, "step": step}
         row.update(extra_row or {})
         row["bound"], row["loss"] = paper_bound(bound_and_loss, params, views, weights, bound_it,
-                                                settings.noise_std, bound_noise_rng)
-        row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, settings.batch_size,
-                                           settings.noise_std, eval_rng)
+                                                config.noise_std, rng["bound_noise"])
+        row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, config.batch_size,
+                                           config.noise_std, rng["eval"])
         row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
-                                         views.x1_test, views.y_test, settings.noise_std, eval_rng,
+                                         views.x1_test, views.y_test, config.noise_std, rng["eval"],
                                          seed=probe_seed)
         row["train_loss"] = loss_sum / loss_count if loss_count else None
-        if settings.jacobian:
+        if jacobian:
             svals, pct = jacobian_stats(g1, params["g1"], x1)
             row.update(pct)
             sv_history.append(svals)
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = loop.seconds()
         rows.append(row)
         if store is not None:
             if sv_history:
                 store.save_arrays(variant, {"singular_values": np.stack(sv_history),
                                             "steps": np.array([r["step"] for r in rows])})
             store.append_metrics(row)
-            if snapshot is not None:
-                arrays = dict(tree_to_dict(params, "params/"), **state_to_arrays(state))
-                store.save_checkpoint(variant, arrays, dict(
-                    snapshot, step=step, seconds=row["seconds"], eval_rng=eval_rng.bit_generator.state,
-                    bound_iterator=bound_it.state(), bound_noise_rng=bound_noise_rng.bit_generator.state))
+        if snapshot is not None:
+            loop.checkpoint(step, {"model": params}, {"model": state}, snapshot)
         progress.update(step, bound=row["bound"], acc=row["accuracy"])
 
     def batch():
         idx = next(it)
         x1, x2 = views.x1_train[idx], views.x2_train[idx]
-        if settings.noise_std > 0:
-            x1, x2 = add_shared_noise(x1, x2, settings.noise_std, noise_rng)
+        if config.noise_std > 0:
+            x1, x2 = add_shared_noise(x1, x2, config.noise_std, rng["noise"])
         return x1, x2
 
-    for step in range(start, settings.n_iters):
-        is_eval = step % every == 0 and step // every < settings.n_evals
-        snapshot = {"iterator": it.state(), "noise_rng": noise_rng.bit_generator.state} if is_eval else None
+    for step in range(loop.start, config.n_iters):
+        is_eval = step % every == 0 and step // every < config.n_evals
+        snapshot = loop.snapshot("data", "noise") if is_eval else None
         x1, x2 = batch()
-        if is_eval and not (ckpt is not None and step == start):
+        if is_eval and not (loop.resumed and step == loop.start):
             evaluate(step, x1, snapshot)
         if is_eval:
             loss_sum, loss_count = 0.0, 0
@@ -320,9 +297,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, settings, seed, var
             raise FloatingPointError(f"{variant}: the loss became {loss} at step {step}; lower the learning "
                                      "rate or check the inputs")
         loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
-        params, state = optimizer.update(params, grads, state, inplace=True)
-    if settings.eval_final:          # the trained model itself (the Jacobian on one more training batch)
-        evaluate(settings.n_iters, batch()[0], None)
-    if store is not None:
-        store.mark_done(variant)
+        params, state = loop.update(optimizer, params, grads, state)
+    if config.eval_final:          # the trained model itself (the Jacobian on one more training batch)
+        evaluate(config.n_iters, batch()[0], None)
+    loop.done()
     return rows

@@ -47,18 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
-from .vectors import load_component, load_manifest
+from .vectors import TOLERANCES, load_component, load_manifest
 
-TOLERANCES = {
-    "float64": {"rtol": 1e-10, "atol": 1e-12,
-                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
-                "why": "correct float64 code differs here by rounding only, < ~1e-13 relative (PyTorch float64: "
-                       "at most 1/300 of the tolerance)"},
-    "float32": {"rtol": 1e-4, "atol": 1e-5,
-                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
-                "why": "a correct float32 port errs here by <= ~1.4e-4 relative on cancellation-produced entries, "
-                       "~2e-5 elsewhere (PyTorch float32: at most 1/12 of the tolerance)"},
-}
 REQUIRED = ("output", "grad")           # categories an implementation must provide
 OPTIONAL = ("aux",)                     # compared when given, never required
 ECHO = ("input", "const", "param", "cotangent")   # compared when given (conversion checks)

@@ -9,8 +9,8 @@ Rows (median seconds over ``--repeats`` runs after one warm-up run; the rows are
 each run, so slow phases of a shared machine spread over all of them):
 
 * (a) the reference: ``jacobian.batch_jacobian_reference`` (autograd, reverse mode, one pass per output
-  coordinate over the whole batch) of the MLP's formula op by op (``nn.mlp_apply``; ``--reference-apply
-  model`` differentiates ``model.apply`` instead, whatever primitives it uses) +
+  coordinate over the whole batch) of the MLP's formula op by op (``model.apply``; ``--reference-apply
+  twin`` differentiates its accelerated twin, ``mi_ref.accel.twin(model).apply``, instead) +
   ``numpy.linalg.svd(J, compute_uv=False)``;
 * (b) the fast path: ``jacobian.batch_jacobian`` (forward mode) + ``jacobian.singular_values``
   (LAPACK dgesdd, JOBZ = 'N', one matrix per numba thread), each part separately;
@@ -56,7 +56,7 @@ import time
 import numba
 import numpy as onp
 
-from mi_ref import jacobian, nn
+from mi_ref import accel, jacobian, nn
 
 
 def build(batch, dim, layers, seed=0):
@@ -109,7 +109,7 @@ def timed(fn, *args, **kwargs):
 
 def compile_times():
     """(import, first batch_jacobian, first singular_values) seconds: empty numba cache, then cached."""
-    code = ("import time; t0 = time.perf_counter(); import numpy as np; from mi_ref import jacobian, nn; "
+    code = ("import time; t0 = time.perf_counter(); import numpy as np; from mi_ref import accel, jacobian, nn; "
             "t1 = time.perf_counter(); model = nn.MLP(3, [3, 3], shortcuts=True); "
             "J = jacobian.batch_jacobian(model, model.init(np.random.default_rng(0)), np.ones((2, 3))); "
             "t2 = time.perf_counter(); jacobian.singular_values(J); t3 = time.perf_counter(); "
@@ -200,8 +200,8 @@ def main(argv=None):
                         help="also time (a0), autograd.jacobian example by example (slow: ~10x (a))")
     parser.add_argument("--modes", action="store_true",
                         help="also time forward vs reverse mode on MLP(392, [300, 300, 100])")
-    parser.add_argument("--reference-apply", choices=("plain", "model"), default="plain",
-                        help="what (a) differentiates: nn.mlp_apply op by op (default) or model.apply")
+    parser.add_argument("--reference-apply", choices=("formula", "twin"), default="formula",
+                        help="what (a) differentiates: the model's formula op by op (default) or its twin")
     args = parser.parse_args(argv)
 
     compiled = None if args.no_compile else compile_times()
@@ -212,11 +212,7 @@ def main(argv=None):
     gemm_a = rng.standard_normal((args.batch * args.dim, args.dim))
     gemm_b = rng.standard_normal((args.dim, max(args.layers - 1, 1) * args.dim))
     gemm_out = onp.ones((gemm_a.shape[0], gemm_b.shape[1]))
-    if args.reference_apply == "plain":
-        def reference_apply(p, v):
-            return nn.mlp_apply(p, v, nn.relu, shortcuts=True)
-    else:
-        reference_apply = model.apply
+    reference_apply = model.apply if args.reference_apply == "formula" else accel.twin(model).apply
     assert 2 * gemm_a.shape[0] * gemm_a.shape[1] * gemm_b.shape[1] == flops or args.layers == 1
 
     torch_parts = None if args.no_torch else torch_setup(model, params, args.threads)
@@ -276,7 +272,7 @@ def main(argv=None):
 
     print("| row | step | median (s) | min - max (s) |")
     print("|---|---|---:|---:|")
-    what = "`nn.mlp_apply`" if args.reference_apply == "plain" else "`model.apply`"
+    what = "`model.apply`" if args.reference_apply == "formula" else "`accel.twin(model).apply`"
     print(f"| (a) | autograd reference Jacobian (`batch_jacobian_reference` of {what}) | {med['ref_jac']:.3f} "
           f"| {spread('ref_jac')} |")
     print(f"| (a) | `numpy.linalg.svd(J, compute_uv=False)` | {med['ref_svd']:.3f} | {spread('ref_svd')} |")

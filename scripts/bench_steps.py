@@ -1,7 +1,7 @@
 """Benchmark one full training step of the paper's four MI configurations (issue 5).
 
 A step is what the training loop does 21000 times per run: the loss -I_NCE(critic(g1(x1), g2(x2))), its
-gradient with respect to every parameter (:func:`mi_ref.fast.value_and_grad_by_key` of
+gradient with respect to every parameter (:func:`mi_ref.accel.value_and_grad_by_key` of
 :func:`mi_ref.objectives.mi_loss`, autograd's numbers without a zero tree for the params dict) and one Adam
 update in place: by default exactly what ``mi_ref.train.train_mi`` does. Batch 128, float64, random
 MNIST-like inputs in [0, 1] (392 values per view).
@@ -28,11 +28,11 @@ Usage::
 
     python scripts/bench_steps.py                       # all four, 20 repeats
     python scripts/bench_steps.py --configs invertible encoders --repeats 10
-    python scripts/bench_steps.py --reference           # also the plain formulations (no fast primitives)
+    python scripts/bench_steps.py --reference           # also the models' own formulas (no speed wing)
     python scripts/bench_steps.py --adam-functional     # mi-ref's Adam returns new arrays (default: in place)
     python scripts/bench_steps.py --fused-adam          # also PyTorch with torch.optim.Adam(fused=True)
 
-How it measures. The process first raises glibc's malloc thresholds (:func:`mi_ref.fast.configure_malloc`,
+How it measures. The process first raises glibc's malloc thresholds (:func:`mi_ref.accel.configure_malloc`,
 as ``mi-ref run`` does; ``--default-malloc`` skips it), so freed memory is reused instead of being faulted
 in again every step. The implementations then alternate in blocks of ``--block`` steps, each block after a
 short pause and one untimed step, and the medians are quoted. The virtual machine's speed drifts on its
@@ -43,6 +43,7 @@ flags a run where they exceed 5 %.
 """
 
 import argparse
+import importlib
 import os
 import platform
 import statistics
@@ -53,7 +54,7 @@ import numpy as onp
 from autograd import value_and_grad
 
 from bench_jacobian import blas_threads, cpu_name      # scripts/ is on sys.path when this script runs
-from mi_ref import critics, fast, flows, nn, objectives, optim
+from mi_ref import accel, experiments, objectives, optim
 
 BATCH = 128
 HALF = 392           # 14 x 28 pixels per view
@@ -64,26 +65,23 @@ CONFIGS = ("invertible", "conditioning", "critics", "encoders")
 # the four configurations in mi-ref
 
 
+# the variant of each experiment's paper preset that a configuration times
+VARIANTS = {"invertible": ("invertible", "infonce"), "conditioning": ("conditioning", "infonce"),
+            "critics": ("critics", "concat-infonce"), "encoders": ("encoders", "convnet-infonce-t2")}
+
+
 def build(config, seed=0):
-    """(g1, g2, critic, params) of one configuration, params drawn from ``seed``."""
-    rng = onp.random.default_rng(seed)
-    if config == "invertible":
-        g1 = flows.RealNVP(HALF, 30, [512, 512], shift_only=True, rng=rng)
-        g2 = flows.RealNVP(HALF, 30, [512, 512], shift_only=True, rng=rng)
-        critic = critics.bilinear(HALF)
-    elif config == "conditioning":
-        init = nn.truncated_normal(1e-4)
-        g1 = nn.MLP(HALF, [HALF] * 5, shortcuts=True, kernel_init=init)
-        g2 = nn.MLP(HALF, [HALF] * 5, shortcuts=True, kernel_init=init)
-        critic = critics.bilinear(HALF)
-    elif config == "critics":
-        g1, g2 = nn.MLP(HALF, [300, 300, 100]), nn.MLP(HALF, [300, 300, 100])
-        critic = critics.concat(100, hidden=(200,))
-    elif config == "encoders":
-        g1, g2 = nn.ConvNet(14, 28), nn.ConvNet(14, 28)
-        critic = critics.bilinear(100)
-    else:
+    """(g1, g2, critic, params) of one configuration: the models of the experiment's own paper-preset variant
+    (``mi_ref.experiments``, so the benchmark cannot drift from the presets), params drawn from ``seed``."""
+    if config not in VARIANTS:
         raise ValueError(f"unknown config {config!r}; expected one of {CONFIGS}")
+    name, variant = VARIANTS[config]
+    exp = experiments.get(name)
+    module = importlib.import_module(f"mi_ref.experiments.{name}")
+    shape = (14, 28) if name == "encoders" else HALF
+    chosen = [v for v in module.variants(exp.presets["paper"], shape) if v.name == variant]
+    rng = onp.random.default_rng(seed)
+    g1, g2, critic = chosen[0].build(rng)
     params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
     return g1, g2, critic, params
 
@@ -96,22 +94,23 @@ def batch(seed=1):
 def mi_ref_stepper(config, reference=False, adam_inplace=True):
     """A function doing one training step (loss, gradients, Adam update) on fixed inputs.
 
-    ``reference=True`` runs the plain formulations instead of the fast primitives (models' reference
-    methods, ``Adam.update_reference``), to show what the fast paths buy. ``adam_inplace=True`` (the default)
-    lets Adam overwrite the old params and state (``Adam.update(..., inplace=True)`` after
-    ``optim.owned``), as mi-ref's training loops do; ``False`` returns new arrays every step.
+    By default exactly what ``mi_ref.train.train_mi`` does: the models' accelerated twins
+    (:func:`mi_ref.accel.twin`), :func:`mi_ref.accel.value_and_grad_by_key` and
+    :func:`mi_ref.accel.adam_update` in place on owned copies. ``reference=True`` runs the models' own
+    formulas, autograd's ``value_and_grad`` and the functional ``Adam.update`` instead, to show what the
+    speed wing buys; ``adam_inplace=False`` makes the fused Adam return new arrays every step.
     """
     g1, g2, critic, params = build(config)
-    if reference:
-        g1, g2, critic = fast.Reference(g1), fast.Reference(g2), fast.Reference(critic)
+    if not reference:
+        g1, g2, critic = accel.twin(g1), accel.twin(g2), accel.twin(critic)
     x1, x2 = batch()
     adam = optim.Adam(lr=1e-4, form="tf")           # the paper's form, as the experiments use it
     if reference:
-        update = adam.update_reference
+        update = adam.update
     else:
-        update = lambda p, g, s: adam.update(p, g, s, inplace=adam_inplace)  # noqa: E731
-    loss_and_grad = (value_and_grad if reference else fast.value_and_grad_by_key)(objectives.mi_loss)
-    own_params, own_adam = optim.owned(params, adam.init(params))
+        update = lambda p, g, s: accel.adam_update(adam, p, g, s, inplace=adam_inplace)  # noqa: E731
+    loss_and_grad = (value_and_grad if reference else accel.value_and_grad_by_key)(objectives.mi_loss)
+    own_params, own_adam = accel.owned(params, adam.init(params))
     state = {"params": own_params, "adam": own_adam, "losses": []}
 
     def step():
@@ -350,9 +349,9 @@ def main(argv=None):
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain reference formulations (no fast primitives)")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's malloc thresholds alone (see mi_ref.fast.configure_malloc)")
+                        help="leave glibc's malloc thresholds alone (see mi_ref.accel.configure_malloc)")
     args = parser.parse_args(argv)
-    malloc_tuned = False if args.default_malloc else fast.configure_malloc()
+    malloc_tuned = False if args.default_malloc else accel.configure_malloc()
 
     torch = None
     if not args.no_torch:
@@ -370,7 +369,7 @@ def main(argv=None):
           f"torch {torch_text}; "
           f"python {platform.python_version()}; mi-ref Adam {'functional' if args.adam_functional else 'in place'}; "
           f"malloc thresholds "
-          f"{'raised (mi_ref.fast.configure_malloc)' if malloc_tuned else 'default'}")
+          f"{'raised (mi_ref.accel.configure_malloc)' if malloc_tuned else 'default'}")
     peak_small = gemm_gflops(128, 512, 512)
     peak_big = gemm_gflops(1024, 1024, 1024, repeats=5)
     print(f"float64 GEMM (numpy, same run): (128x512)@(512x512) {peak_small:.1f} GFLOP/s, "

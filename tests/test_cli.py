@@ -90,6 +90,6 @@ def test_evals_override(tmp_path, capsys):
     assert code == 0
     rows = [json.loads(line) for line in
             (tmp_path / "conditioning-quick" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["variant"] == "nwj"] == [0, 3, 6]
+    assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 3, 6]
     code, _, err = run(["run", "sampling", "--out", str(tmp_path), "--evals", "2", "--quiet"], capsys)
     assert code == 2 and "takes no --evals" in err

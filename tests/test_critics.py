@@ -36,8 +36,8 @@ def test_separable_formula(data):
     rng, u, v = data
     c = critics.separable(3, 4, hidden=(6,), out_dim=2)
     p = c.init(rng)
-    f = nn.mlp_apply(p["f"], u)
-    h = nn.mlp_apply(p["h"], v)
+    f = c.f.apply(p["f"], u)
+    h = c.h.apply(p["h"], v)
     assert f.shape == (5, 2)
     onp.testing.assert_allclose(c.apply(p, u, v), f @ h.T, rtol=1e-13)
 
@@ -58,7 +58,7 @@ def test_concat_equals_mlp_on_every_concatenated_pair(data, hidden):
 @pytest.mark.parametrize("name", ["bilinear", "separable", "concat"])
 def test_gradients(data, name):
     rng, u, v = data
-    c = critics.CRITICS[name](3, 4, **({"hidden": (6,)} if name != "bilinear" else {}))
+    c = critics.build(name, 3, 4, **({"hidden": (6,)} if name != "bilinear" else {}))
     p = c.init(rng)
     target = rng.standard_normal((5, 5))
     check_grad(lambda p, u, v: anp.sum(anp.sin(c.apply(p, u, v)) * target), [p, u, v])

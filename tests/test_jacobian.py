@@ -2,7 +2,7 @@
 
 Tolerances and why:
 
-* the reference differentiates the models' formulas written op by op (``plain_apply``: nn.mlp_apply and the
+* the reference differentiates the models' formulas written op by op (``plain_apply``: the MLP and the
   coupling formula), so that the ground truth is autograd alone, independent of any hand-written VJP that
   ``model.apply`` may use; ``test_plain_formulas_are_the_models`` ties them to the models;
 * reference vs finite differences: central differences with h = 1e-6 (error ~1e-10 relative), 1e-6;
@@ -45,17 +45,28 @@ def random_biases(params_layers, rng, std=0.1):
 ACTIVATIONS = {"relu": nn.relu, "softplus": nn.softplus, "identity": nn.identity}
 
 
+def mlp_formula(params, x, activation=nn.relu, shortcuts=False):
+    """The MLP written out here: a dense layer per entry, the activation after all but the last, shortcuts."""
+    layers = params["layers"]
+    for i, layer in enumerate(layers):
+        out = anp.dot(x, layer["W"]) + layer["b"]
+        if i < len(layers) - 1:
+            out = activation(out)
+        x = out + x if shortcuts else out
+    return x
+
+
 def plain_apply(model):
     """The model's formula op by op in autograd.numpy: (params, x) -> y (see the flows module docstring)."""
     if isinstance(model, nn.MLP):
-        return lambda params, x: nn.mlp_apply(params, x, ACTIVATIONS[model.activation_name], model.shortcuts)
+        return lambda params, x: mlp_formula(params, x, ACTIVATIONS[model.activation_name], model.shortcuts)
     blocks = model.blocks if isinstance(model, flows.RealNVP) else [model]
 
     def apply(params, x):
         for block, p in zip(blocks, params["blocks"] if isinstance(model, flows.RealNVP) else [params]):
             h, n = block.split, block.n_out
             x = x[:, block.perm]                      # every block: permute, then couple
-            out = nn.mlp_apply(p["net"], x[:, :h])
+            out = mlp_formula(p["net"], x[:, :h])
             x_b = x[:, h:]
             if block.shift_only:
                 y_b = x_b + out

@@ -4,7 +4,7 @@ import numpy as onp
 import pytest
 
 from gradcheck import assert_trees_equal
-from mi_ref import optim, tree
+from mi_ref import accel, optim, tree
 
 
 def test_adam_matches_hand_computation_on_quadratic():
@@ -66,11 +66,11 @@ def test_fused_and_in_place_updates_equal_the_reference_bit_for_bit(form):
     params = {"a": rng.standard_normal((3, 4)), "b": [rng.standard_normal(5)]}
     adam = optim.Adam(lr=1e-3, form=form)
     p_ref, s_ref = params, adam.init(params)
-    p_fast, s_fast = optim.owned(params, adam.init(params))
+    p_fast, s_fast = accel.owned(params, adam.init(params))
     for _ in range(4):
         g = tree.tree_map(lambda x: 1e-6 * rng.standard_normal(x.shape), params)
-        p_ref, s_ref = adam.update_reference(p_ref, g, s_ref)
-        p_fast, s_fast = adam.update(p_fast, g, s_fast, inplace=True)
+        p_ref, s_ref = adam.update(p_ref, g, s_ref)
+        p_fast, s_fast = accel.adam_update(adam, p_fast, g, s_fast, inplace=True)
         assert_trees_equal(p_fast, p_ref)
         assert_trees_equal(s_fast["m"], s_ref["m"])
         assert_trees_equal(s_fast["v"], s_ref["v"])
@@ -122,7 +122,7 @@ def test_owned_copies_every_leaf_into_distinct_writable_float64_arrays():
     params = {"a": shared, "b": [shared, frozen], "c": onp.ones((3, 4))[:, ::2], "d": onp.arange(2)}
     adam = optim.Adam(0.1)
     state = adam.init(params)
-    own_params, own_state = optim.owned(params, state)
+    own_params, own_state = accel.owned(params, state)
     leaves = [leaf for _, leaf in tree.tree_flatten(own_params)]
     leaves += [leaf for _, leaf in tree.tree_flatten(own_state["m"])]
     leaves += [leaf for _, leaf in tree.tree_flatten(own_state["v"])]
@@ -136,10 +136,10 @@ def test_owned_copies_every_leaf_into_distinct_writable_float64_arrays():
         assert not any(onp.shares_memory(leaf, other) for other in leaves[i + 1:])
     before = [onp.array(leaf) for leaf in originals]
     grads = tree.tree_map(lambda p: onp.ones(onp.shape(p)), params)
-    new, new_state = adam.update(own_params, grads, own_state, inplace=True)
+    new, new_state = accel.adam_update(adam, own_params, grads, own_state, inplace=True)
     assert new["a"] is own_params["a"]                       # really updated in place ...
     onp.testing.assert_allclose(new["a"], -0.1 * onp.ones(3), rtol=1e-7)   # first step: lr * sign(-g) (eps)
     for leaf, old in zip(originals, before):                 # ... and the caller's arrays are untouched
         onp.testing.assert_array_equal(leaf, old)
-    ref, _ = adam.update_reference(params, grads, state)
+    ref, _ = adam.update(params, grads, state)
     assert_trees_equal(new, ref)

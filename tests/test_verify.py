@@ -24,6 +24,7 @@ from autograd import grad, value_and_grad
 
 from mi_ref import cli, critics, flows, jacobian, nn, objectives, vectors, verify
 from mi_ref.tree import tree_flatten, tree_unflatten
+from mi_ref.accel import twin
 from mi_ref.verify import compare
 from mi_ref.vectors import recompute
 
@@ -150,8 +151,8 @@ def test_training_steps_are_value_and_grad_of_mi_loss(vdir, manifest):
     for name in ("train_invertible", "train_conditioning", "train_critics_infonce", "train_critics_nwj"):
         config = manifest["components"][name]["config"]
         arrays = load(vdir, name)
-        built = vectors.COMPONENTS[name].build(config)
-        g1, g2, critic = _train_models(config)
+        built = vectors.build(name, config)
+        g1, g2, critic = _train_models(config, arrays)
         leaves = [arrays[f"param/{p}"] for p, _ in tree_flatten(built.template)]
         params = tree_unflatten(built.template, leaves)
         x1, x2 = arrays["input/x1"], arrays["input/x2"]
@@ -164,18 +165,21 @@ def test_training_steps_are_value_and_grad_of_mi_loss(vdir, manifest):
         assert onp.array_equal(-arrays["aux/bound"], arrays["output/loss"])
 
 
-def _train_models(config):
-    rng = onp.random.default_rng(config["structure_seed"])
+def _train_models(config, arrays):
+    """The component's models built anew from its config (the permutations from the file), as the
+    accelerated twins that mi-ref's training uses: the stored numbers must be theirs exactly."""
     d = config["dim"]
     if config["encoder"] == "realnvp":
-        g1, g2 = (flows.RealNVP(d, config["n_couplings"], config["hidden"], config["shift_only"], rng=rng)
-                  for _ in range(2))
+        g1, g2 = (flows.RealNVP(d, config["n_couplings"], config["hidden"], config["shift_only"],
+                                rng=onp.random.default_rng(0)) for _ in range(2))
+        for g, name in ((g1, "g1"), (g2, "g2")):
+            for block, perm in zip(g.blocks, arrays[f"const/{name}/perms"]):
+                block.perm, block.inv_perm = perm, onp.argsort(perm)
     else:
         g1, g2 = (nn.MLP(d, config["encoder_dims"], shortcuts=config["shortcuts"]) for _ in range(2))
     e = g1.out_dim
-    if config["critic"] == "bilinear":
-        return g1, g2, critics.Bilinear(e)
-    return g1, g2, critics.Concat(e, hidden=config["critic_hidden"])
+    critic = critics.Bilinear(e) if config["critic"] == "bilinear" else critics.Concat(e, hidden=config["critic_hidden"])
+    return twin(g1), twin(g2), twin(critic)
 
 
 # ---------------------------------------------------------------- the documented conventions reproduce them
@@ -297,10 +301,11 @@ def test_coupling_block_and_permutation_semantics(vdir, manifest):
     # the inverse undoes the forward map: forward(inverse(y)) = y, with mi-ref's chain rebuilt from the config
     result = recompute(vdir, "realnvp_chain")
     onp.testing.assert_array_equal(result["output/forward"], a["output/forward"])
-    model, consts = vectors._flow_model(manifest["components"]["realnvp_chain"]["config"])
-    assert onp.array_equal(consts["perms"], a["const/perms"])
-    params = tree_unflatten(model.init(onp.random.default_rng(0)), [a[k] for k in a if k.startswith("param/")])
-    onp.testing.assert_allclose(model.apply(params, a["output/inverse"]), a["input/y"], rtol=1e-10, atol=1e-12)
+    built = vectors.build("realnvp_chain", manifest["components"]["realnvp_chain"]["config"])
+    assert onp.array_equal(built.consts["perms"], a["const/perms"])
+    params = tree_unflatten(built.template, [a[k] for k in a if k.startswith("param/")])
+    inputs = {"x": a["output/inverse"], "y": a["input/y"]}
+    onp.testing.assert_allclose(built.forward(inputs, params)[0]["forward"], a["input/y"], rtol=1e-10, atol=1e-12)
 
 
 def test_no_permutation_in_the_vectors_is_its_own_inverse(vdir, manifest):
@@ -313,7 +318,7 @@ def test_no_permutation_in_the_vectors_is_its_own_inverse(vdir, manifest):
                     found += 1
                     assert not onp.array_equal(perm[perm], onp.arange(len(perm))), (name, key, perm)
     assert found >= 2 + 3 + 3 + 6 + 6       # blocks, chain, Jacobian chain, two training steps' g1 and g2
-    assert manifest["settings"]["realnvp"]["no_permutation_is_self_inverse"] is True
+    assert manifest["settings"]["coupling"]["no_permutation_is_self_inverse"] is True
 
 
 def test_jacobian_numbers(vdir, manifest):
@@ -327,7 +332,7 @@ def test_jacobian_numbers(vdir, manifest):
                                     a["aux/condition_percentiles"], rtol=1e-12)
     a = load(vdir, "jacobian_mlp_residual")
     layers = [{"W": a[f"param/layers/{i}/W"], "b": a[f"param/layers/{i}/b"]} for i in range(3)]
-    J = jacobian.batch_jacobian_reference(lambda p, x: nn.mlp_apply(p, x, nn.relu, True), {"layers": layers},
+    J = jacobian.batch_jacobian_reference(nn.MLP(5, [5] * 3, shortcuts=True).apply, {"layers": layers},
                                           a["input/x"])
     onp.testing.assert_allclose(J, a["output/jacobian"], rtol=1e-12, atol=1e-14)
     assert not a["grad/x"].any()            # a ReLU network's Jacobian is piecewise constant in x

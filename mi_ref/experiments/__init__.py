@@ -8,9 +8,12 @@ whose configs have no ``dataset`` field).
 """
 
 import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..registry import Registry
 from ..results import RunDir
 
 PRESETS = ("quick", "paper")
@@ -23,6 +26,7 @@ class Experiment:
     summary: str                # one line: what it shows
     presets: dict               # preset name -> config instance
     run: object                 # run(config, store, seed, dataset, progress) -> None
+    order: int = 100            # position in the paper (listings and `reproduce` follow it)
 
     def config(self, preset, **overrides):
         """The preset's config with overrides (None values are ignored); unknown names are an error."""
@@ -41,38 +45,35 @@ class Experiment:
         return cfg
 
 
-REGISTRY = {}
+REGISTRY = Registry("experiment")
 
 
 def register(experiment):
-    REGISTRY[experiment.name] = experiment
-    return experiment
+    """Called by each module of this package for its :class:`Experiment` (found by :func:`names`)."""
+    return REGISTRY.register(experiment.name, experiment)
+
+
+def _load_all():
+    """Import every module of this package once: each registers its experiment. A new experiment is a new
+    module here, nothing else."""
+    if getattr(_load_all, "done", False):
+        return
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name != "common":
+            importlib.import_module(f"{__name__}.{module.name}")
+    _load_all.done = True
 
 
 def get(name):
+    """The experiment registered as ``name``; an unknown name is an error listing the known ones."""
     _load_all()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown experiment {name!r}; expected one of {sorted(REGISTRY)} (see `mi-ref list`)")
-    return REGISTRY[name]
-
-
-ORDER = ("invertible", "adversarial", "conditioning", "critics", "encoders", "sampling", "metric")
+    return REGISTRY.get(name)
 
 
 def names():
     """Registered experiments in the paper's order."""
     _load_all()
-    return sorted(REGISTRY, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
-
-
-def _load_all():
-    from . import adversarial, conditioning, invertible  # noqa: F401  (registration on import)
-    for optional in ("critics", "encoders", "sampling", "metric"):
-        try:
-            __import__(f"{__name__}.{optional}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{optional}":
-                raise
+    return sorted(REGISTRY.names(), key=lambda n: (REGISTRY.get(n).order, n))
 
 
 def run_dir_for(out, name, preset, seed):

@@ -12,7 +12,6 @@ iterations (from iteration 0) the linear probe of g's codes. Both optimizers are
 changes while the accuracy falls below the pixel baseline.
 """
 
-import time
 from dataclasses import dataclass
 
 import autograd.numpy as anp
@@ -21,12 +20,14 @@ from autograd import value_and_grad
 from autograd.scipy.special import logsumexp
 
 from .. import flows, nn
-from ..data import BatchIterator
-from ..optim import FORMS, Adam, owned, state_from_arrays, state_to_arrays
-from ..train import Progress, make_views, probe_accuracy, variant_streams
-from ..tree import tree_from_dict, tree_to_dict
+from ..accel import twin
+from ..checks import one_of, positive_int, positive_number
+from ..data import DATASETS
+from ..loop import Loop
+from ..optim import FORMS, Adam
+from ..train import Progress, make_views, probe_accuracy
 from . import Experiment, register
-from .common import check_common, record_pixel_baseline
+from .common import record_pixel_baseline
 
 VARIANT = "adversarial"
 
@@ -47,24 +48,20 @@ class Config:
     noise_std: float = 0.0
     adam: str = "tf"
 
-    # the common checks read these two names
-    @property
-    def n_evals(self):
-        return len(range(0, self.n_iters, self.probe_every))
-
-    lr = property(lambda self: self.encoder_lr)
-
     def check(self):
-        check_common(self)
-        for name in ("warmup_steps", "classifier_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.probe_every < 1:
-            raise ValueError(f"probe_every must be a positive integer, got {self.probe_every}")
-        if not self.classifier_lr > 0:
-            raise ValueError(f"classifier_lr must be > 0, got {self.classifier_lr}")
-        if self.adam not in FORMS:
-            raise ValueError(f"adam must be one of {list(FORMS)}, got {self.adam!r}")
+        one_of(self.dataset, DATASETS, "dataset")
+        positive_int(self.warmup_steps, "warmup_steps", minimum=0)
+        positive_int(self.n_iters, "n_iters")
+        positive_int(self.classifier_steps, "classifier_steps", minimum=0)
+        positive_int(self.probe_every, "probe_every")
+        positive_int(self.batch_size, "batch_size", minimum=2)
+        positive_int(self.n_couplings, "n_couplings")
+        positive_number(self.classifier_lr, "classifier_lr")
+        positive_number(self.encoder_lr, "encoder_lr")
+        positive_number(self.init_std, "init_std")
+        if not self.noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        one_of(self.adam, FORMS, "Adam form (adam)")
 
 
 def log_softmax(logits):
@@ -85,19 +82,23 @@ def encoder_loss(params, encoder, x):
 
 
 def run(config, store, seed, dataset, progress=True):
+    config.check()
     views = make_views(dataset)
     record_pixel_baseline(store, dataset, config.noise_std, seed)
     if store is not None and VARIANT in store.done_variants():
         return
-    init_rng, data_rng, noise_rng, eval_rng = variant_streams(seed, 0)[:4]
+    loop = Loop(store, VARIANT, seed, 0)
+    rng = loop.rng
     dim, n_classes = views.x1_train.shape[1], int(views.y_train.max()) + 1
-    encoder = flows.realnvp(dim, config.n_couplings, config.hidden, shift_only=False,
-                            rng=np.random.default_rng(np.random.SeedSequence([int(seed), 0, 7])),
-                            kernel_init=nn.truncated_normal(config.init_std))
-    params = {"encoder": encoder.init(init_rng), "classifier": nn.Dense(dim, n_classes).init(init_rng)}
-    opt_c, opt_e = Adam(config.classifier_lr, form=config.adam), Adam(config.encoder_lr, form=config.adam)
-    state_c, state_e = opt_c.init(params["classifier"]), opt_e.init(params["encoder"])
-    it = BatchIterator(len(views.x1_train), config.batch_size, data_rng)
+    encoder = twin(flows.realnvp(dim, config.n_couplings, config.hidden, shift_only=False,
+                                 rng=np.random.default_rng(np.random.SeedSequence([int(seed), 0, 7])),
+                                 kernel_init=nn.truncated_normal(config.init_std)))
+    params = {"encoder": encoder.init(rng["init"]), "classifier": nn.Dense(dim, n_classes).init(rng["init"])}
+    opt_c = Adam(config.classifier_lr, form=config.adam)
+    opt_e = Adam(config.encoder_lr, form=config.adam)
+    it = loop.iterator("data", len(views.x1_train), config.batch_size)
+    params, states = loop.resume(params, {"classifier": opt_c.init(params["classifier"]),
+                                          "encoder": opt_e.init(params["encoder"])})
 
     grad_c = value_and_grad(lambda pc, pe, x, y: classifier_loss({"classifier": pc, "encoder": pe}, encoder,
                                                                   x, y))
@@ -107,68 +108,45 @@ def run(config, store, seed, dataset, progress=True):
         idx = next(it)
         x = views.x1_train[idx]
         if config.noise_std > 0:
-            x = x + config.noise_std * noise_rng.standard_normal(x.shape)
+            x = x + config.noise_std * rng["noise"].standard_normal(x.shape)
         return x, views.y_train[idx]
 
     def classifier_step():
-        nonlocal state_c
         x, y = batch()
         loss, g = grad_c(params["classifier"], params["encoder"], x, y)
-        params["classifier"], state_c = opt_c.update(params["classifier"], g, state_c, inplace=True)
+        params["classifier"], states["classifier"] = loop.update(opt_c, params["classifier"], g,
+                                                                 states["classifier"])
         return float(loss)
 
-    start, resumed = 0, False
-    ckpt = store.load_checkpoint(VARIANT) if store is not None else None
-    if ckpt is not None:
-        arrays, meta = ckpt
-        params = tree_from_dict(params, arrays, "params/")
-        state_c = state_from_arrays(params["classifier"], arrays, "adam_c/")
-        state_e = state_from_arrays(params["encoder"], arrays, "adam_e/")
-        it.restore(meta["iterator"])
-        noise_rng.bit_generator.state = meta["noise_rng"]
-        eval_rng.bit_generator.state = meta["eval_rng"]
-        start, resumed = int(meta["iteration"]), True
-        store.truncate_variant(VARIANT, start)
-    # the updates below are in place: into arrays only this loop holds
-    params["classifier"], state_c = owned(params["classifier"], state_c)
-    params["encoder"], state_e = owned(params["encoder"], state_e)
-    if ckpt is None:
-        if store is not None:
-            store.truncate_variant(VARIANT, None)
+    if not loop.resumed:
         for _ in range(config.warmup_steps):
             classifier_step()
 
     bar = Progress(f"adversarial seed {seed}", config.n_iters, enabled=progress)
-    t0 = time.perf_counter()
     loss_c = loss_e = float("nan")
-    for iteration in range(start, config.n_iters):
-        if iteration % config.probe_every == 0 and not (resumed and iteration == start):
+    for iteration in range(loop.start, config.n_iters):
+        if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start):
             row = {"variant": VARIANT, "step": iteration,
                    "accuracy": probe_accuracy(encoder.apply, params["encoder"], views.x1_train, views.y_train,
-                                              views.x1_test, views.y_test, config.noise_std, eval_rng),
+                                              views.x1_test, views.y_test, config.noise_std, rng["eval"]),
                    "classifier_loss": loss_c, "encoder_loss": loss_e,
                    "mean_log_det": float(np.mean(encoder.log_det(params["encoder"], views.x1_test[:512]))),
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": loop.seconds()}
             if store is not None:
                 store.append_metrics(row)
-                arrays = dict(tree_to_dict(params, "params/"), **state_to_arrays(state_c, "adam_c/"),
-                              **state_to_arrays(state_e, "adam_e/"))
-                store.save_checkpoint(VARIANT, arrays, {"iteration": iteration, "iterator": it.state(),
-                                                        "noise_rng": noise_rng.bit_generator.state,
-                                                        "eval_rng": eval_rng.bit_generator.state})
+            loop.checkpoint(iteration, params, states)
             bar.update(iteration, acc=row["accuracy"])
         for _ in range(config.classifier_steps):
             loss_c = classifier_step()
         x, _ = batch()
         loss_e, g = grad_e(params["encoder"], params["classifier"], x)
         loss_e = float(loss_e)
-        params["encoder"], state_e = opt_e.update(params["encoder"], g, state_e, inplace=True)
-    if store is not None:
-        store.mark_done(VARIANT)
+        params["encoder"], states["encoder"] = loop.update(opt_e, params["encoder"], g, states["encoder"])
+    loop.done()
 
 
 EXPERIMENT = register(Experiment(
-    name="adversarial", figure="Fig. 1c",
+    name="adversarial", figure="Fig. 1c", order=2,
     summary="an adversarially trained bijective encoder falls below the raw-pixel baseline",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", warmup_steps=200, n_iters=401, probe_every=100,

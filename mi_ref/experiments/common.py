@@ -1,36 +1,19 @@
-"""What the MI experiments share: their common settings, the pixel-baseline row and the loop over variants."""
+"""What the MI experiments share: their settings (:class:`mi_ref.train.MIConfig`), the pixel-baseline row
+and the loop over variants."""
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import probe
+from ..accel import twin
 from ..objectives import mi_loss
-from ..train import LoopSettings, Progress, make_views, train_mi
+from ..train import MIConfig, Progress, make_views, train_mi
+
+__all__ = ["MIConfig", "Variant", "make_objective", "record_pixel_baseline", "run_variants", "view_dim"]
 
 # the seed-sequence entry that separates the baseline's noise from every variant's streams
 BASELINE_STREAM = 10 ** 6
-
-
-@dataclass(frozen=True)
-class MIConfig:
-    """The settings every MI experiment on images shares (defaults: the paper's; README, "The paper's
-    settings"). ``adam`` is the form of Adam: "tf" (TensorFlow 1's, the paper's) or "textbook" (PyTorch's).
-
-    Experiment configs subclass it and add their own fields (architectures, estimators, ...).
-    """
-
-    dataset: str = "mnist"
-    n_iters: int = 21000
-    n_evals: int = 21
-    batch_size: int = 128
-    lr: float = 1e-4
-    noise_std: float = 0.0
-    adam: str = "tf"
-    eval_final: bool = False    # True: evaluate once more after the last step (the paper's schedule does not)
-
-    def check(self):
-        check_common(self)
 
 
 def view_dim(dataset):
@@ -63,12 +46,6 @@ def record_pixel_baseline(store, dataset, noise_std, seed):
         store.mark_done("baseline")
 
 
-def settings_of(config, jacobian=False):
-    return LoopSettings(n_iters=config.n_iters, n_evals=config.n_evals, batch_size=config.batch_size,
-                        lr=config.lr, noise_std=config.noise_std, jacobian=jacobian, adam=config.adam,
-                        eval_final=getattr(config, "eval_final", False))
-
-
 def make_objective(variant, g1, g2, critic):
     """objective(params, x1, x2) -> loss for one variant: -I_EST, L_t = |I_EST - t|, or its own loss."""
     if variant.loss is not None:
@@ -76,27 +53,25 @@ def make_objective(variant, g1, g2, critic):
     return lambda p, x1, x2: mi_loss(p, g1, g2, critic, variant.estimator, x1, x2, variant.target)
 
 
+def build_variant(variant, seed, index):
+    """(g1, g2, critic) of one variant, as their accelerated twins (:func:`mi_ref.accel.twin`), with the
+    variant's own structure stream (RealNVP permutations)."""
+    models = variant.build(np.random.default_rng(np.random.SeedSequence([int(seed), index, 7])))
+    return tuple(twin(m) for m in models)
+
+
 def run_variants(config, store, seed, dataset, variants, progress=True, jacobian=False):
     """Train every variant not yet finished in ``store`` (resuming a partial one), in order."""
     views = make_views(dataset)
-    settings = settings_of(config, jacobian)
-    settings.check()
+    config.check()
     record_pixel_baseline(store, dataset, config.noise_std, seed)
     done = store.done_variants() if store is not None else []
     for index, v in enumerate(variants):
         if v.name in done:
             continue
-        g1, g2, critic = v.build(np.random.default_rng(np.random.SeedSequence([int(seed), index, 7])))
-        objective = make_objective(v, g1, g2, critic)
+        g1, g2, critic = build_variant(v, seed, index)
         label = f"{store.path.parent.name if store is not None else ''}/{v.name} seed {seed}"
-        train_mi(g1=g1, g2=g2, critic=critic, objective=objective, estimator=v.estimator, views=views,
-                 settings=settings, seed=seed, variant=v.name, variant_index=index, store=store,
-                 extra_row=dict(v.extra), progress=Progress(label, settings.n_iters, enabled=progress))
-
-
-def check_common(config):
-    """Validate the fields every MI config has."""
-    from ..data import DATASETS
-    if config.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {config.dataset!r}; expected one of {list(DATASETS)}")
-    settings_of(config).check()
+        train_mi(g1=g1, g2=g2, critic=critic, objective=make_objective(v, g1, g2, critic), estimator=v.estimator,
+                 views=views, config=config, seed=seed, variant=v.name, variant_index=index, store=store,
+                 extra_row=dict(v.extra), progress=Progress(label, config.n_iters, enabled=progress),
+                 jacobian=jacobian)

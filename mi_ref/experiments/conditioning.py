@@ -36,7 +36,7 @@ def run(config, store, seed, dataset, progress=True):
 
 
 EXPERIMENT = register(Experiment(
-    name="conditioning", figure="Fig. 2a, 2b, 2c",
+    name="conditioning", figure="Fig. 2a, 2b, 2c", order=3,
     summary="residual-MLP encoders start at the identity and become ever more ill-conditioned",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1000, n_evals=4, eval_final=True, n_layers=3,

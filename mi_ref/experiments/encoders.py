@@ -59,7 +59,7 @@ def run(config, store, seed, dataset, progress=True):
 
 
 EXPERIMENT = register(Experiment(
-    name="encoders", figure="Fig. 4a, 4b",
+    name="encoders", figure="Fig. 4a, 4b", order=5,
     summary="trained to the same bound value L_t, the ConvNet beats the MLP: architecture over estimator",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True,

@@ -35,7 +35,7 @@ def run(config, store, seed, dataset, progress=True):
 
 
 EXPERIMENT = register(Experiment(
-    name="invertible", figure="Fig. 1a, 1b",
+    name="invertible", figure="Fig. 1a, 1b", order=1,
     summary="bijective RealNVP encoders: MI is constant, yet the bound and probe accuracy rise",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1200, n_evals=4, eval_final=True, n_couplings=6,

@@ -19,10 +19,12 @@ import numpy as np
 from autograd import value_and_grad
 
 from .. import bounds, critics
-from ..optim import FORMS, Adam, owned, state_from_arrays, state_to_arrays
+from ..accel import twin
+from ..checks import one_of, positive_int, positive_number
+from ..loop import Loop
+from ..optim import FORMS, Adam
 from ..synthetic import SIGMA_EPS, SIGMA_Z, gaussian_mi, gaussian_pairs, smoothed
-from ..train import Progress, variant_streams
-from ..tree import tree_from_dict, tree_to_dict
+from ..train import Progress
 from . import Experiment, register
 
 SAMPLINGS = ("iid", "non-iid")
@@ -45,25 +47,16 @@ class Config:
     estimators: tuple = ("infonce", "nwj")
 
     def check(self):
-        for name in ("n_iters", "batch_size", "record_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (a bound needs negatives), got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not self.smoothing_sigma > 0:
-            raise ValueError(f"smoothing_sigma must be > 0 (steps), got {self.smoothing_sigma!r}")
-        if self.batches not in BATCH_MODES:
-            raise ValueError(f"batches must be one of {list(BATCH_MODES)}, got {self.batches!r}")
-        if self.adam not in FORMS:
-            raise ValueError(f"adam must be one of {list(FORMS)}, got {self.adam!r}")
-        unknown = sorted(set(self.samplings) - set(SAMPLINGS))
-        if unknown:
-            raise ValueError(f"unknown samplings {unknown}; expected a subset of {list(SAMPLINGS)}")
-        for est in self.estimators:
-            bounds.get_estimator(est)
+        positive_int(self.n_iters, "n_iters")
+        positive_int(self.batch_size, "batch_size", minimum=2)
+        positive_int(self.record_every, "record_every")
+        positive_number(self.lr, "lr")
+        positive_number(self.smoothing_sigma, "smoothing_sigma (steps)")
+        one_of(self.batches, BATCH_MODES, "batches")
+        one_of(self.adam, FORMS, "Adam form (adam)")
+        for sampling in self.samplings:
+            one_of(sampling, SAMPLINGS, "sampling")
+        bounds.ESTIMATORS.check(self.estimators)
         gaussian_mi(np.add(self.sigma_z, self.sigma_eps))
 
 
@@ -76,30 +69,20 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
     smoothed trace (:func:`mi_ref.synthetic.smoothed`) at the final step: the end of the paper's curve.
     """
     name = f"{sampling}-{estimator}"
-    init_rng, data_rng = variant_streams(seed, index)[:2]
+    loop = Loop(store, name, seed, index)
+    data_rng = loop.rng["data"]
     iid = sampling == "iid"
-    critic = critics.concat(1, 1, hidden=config.hidden)
+    critic = twin(critics.concat(1, 1, hidden=config.hidden))
     bound = bounds.get_estimator(estimator)
     true_mi = gaussian_mi(np.add(config.sigma_z, config.sigma_eps))
-    params = critic.init(init_rng)
     adam = Adam(config.lr, form=config.adam)
-    state = adam.init(params)
+    params = critic.init(loop.rng["init"])
     fixed = None
     if config.batches == "fixed":
         fixed = gaussian_pairs(config.batch_size, iid, data_rng, config.sigma_z, config.sigma_eps)
-    trace, start = [], 0
-    ckpt = store.load_checkpoint(name) if store is not None else None
-    if ckpt is not None:
-        arrays, meta = ckpt
-        params = tree_from_dict(params, arrays, "params/")
-        state = state_from_arrays(params, arrays)
-        trace = list(arrays["trace"])
-        start = int(meta["step"])
-        data_rng.bit_generator.state = meta["data_rng"]
-        store.truncate_variant(name, start)
-    elif store is not None:
-        store.truncate_variant(name, None)
-    params, state = owned(params, state)       # Adam below overwrites them in place
+    trees, states = loop.resume({"critic": params}, {"critic": adam.init(params)})
+    params, state = trees["critic"], states["critic"]
+    trace = list(loop.extra.get("trace", []))
     grad_fn = value_and_grad(lambda p, x, y: -bound(critic.apply(p, x, y)))
     bar = Progress(f"sampling/{name} seed {seed}", config.n_iters, enabled=progress)
 
@@ -111,26 +94,24 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         if store is not None:
             store.append_metrics(row)
             store.save_arrays(name, {"trace": np.array(trace)})
-            store.save_checkpoint(name, dict(tree_to_dict(params, "params/"), **state_to_arrays(state),
-                                             trace=np.array(trace)),
-                                  {"step": step, "data_rng": data_rng.bit_generator.state})
+        loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
         bar.update(step, estimate=row["bound"], true_mi=true_mi)
 
-    for step in range(start, config.n_iters):
-        if step % config.record_every == 0 and step > start:
+    for step in range(loop.start, config.n_iters):
+        if step % config.record_every == 0 and step > loop.start:
             record(step)
         x, y = fixed if fixed is not None else gaussian_pairs(config.batch_size, iid, data_rng, config.sigma_z,
                                                               config.sigma_eps)
         loss, grads = grad_fn(params, x, y)
         trace.append(-float(loss))
-        params, state = adam.update(params, grads, state, inplace=True)
+        params, state = loop.update(adam, params, grads, state)
     record(config.n_iters)
-    if store is not None:
-        store.mark_done(name)
+    loop.done()
     return np.array(trace)
 
 
 def run(config, store, seed, dataset=None, progress=True):
+    config.check()
     done = store.done_variants() if store is not None else []
     index = 0
     for sampling in config.samplings:
@@ -141,7 +122,7 @@ def run(config, store, seed, dataset=None, progress=True):
 
 
 EXPERIMENT = register(Experiment(
-    name="sampling", figure="Fig. 4c",
+    name="sampling", figure="Fig. 4c", order=6,
     summary="with non-i.i.d. negatives the I_NCE and I_NWJ estimates exceed the true MI",
     presets={"paper": Config(), "quick": Config(n_iters=800, lr=1e-3, record_every=50)},
     run=run))

@@ -1,4 +1,4 @@
-"""Fast paths: autograd primitives with hand-written VJPs for the hot spots of a training step (issue 5).
+"""Fused twins of mi-ref's models: autograd primitives with hand-written VJPs.
 
 Why this module exists. Differentiated op by op, a RealNVP chain spends most of its time not in matrix
 products but in autograd's generic gradients of slicing, concatenation and fancy indexing (each builds a
@@ -7,24 +7,23 @@ primitive here runs a whole sub-network in plain numpy: the forward pass keeps w
 needs, and the VJP is the textbook backpropagation written out by hand, so that a step costs its matrix
 products plus a few passes over memory.
 
-Every primitive computes exactly the formula of a plain formulation that stays in the code as the reference
-a reader studies; ``tests/test_fast.py`` proves (a) fast == reference to ~1e-12 relative, values and
+Every primitive computes exactly the formula of a model's own ``apply`` / ``forward`` (the math modules
+hold only those); ``tests/test_accel.py`` proves (a) twin == model to ~1e-12 relative, values and
 gradients, and (b) each VJP against central finite differences (``tests/gradcheck.check_grad``):
 
 ======================================  ==============================================================
-fast path (this module)                 reference formulation
+primitive (this module)                 the formula it computes
 ======================================  ==============================================================
-:func:`mlp`                             :func:`mi_ref.nn.mlp_apply` (``MLP.apply_reference``)
-:func:`coupling_chain`                  :meth:`mi_ref.flows.RealNVP.forward_reference`
-:func:`concat_scores`                   :meth:`mi_ref.critics.Concat.apply_reference`
-:func:`convnet`                         :meth:`mi_ref.nn.ConvNet.apply_reference`
-:func:`conv2d`                          :func:`mi_ref.nn.conv2d` (``Conv2D.apply_reference``)
-:func:`adam_tree`                       :meth:`mi_ref.optim.Adam.update_reference` (bit for bit, also
-                                        in place)
+:func:`mlp`                             :meth:`mi_ref.nn.MLP.apply`
+:func:`coupling_chain`                  :meth:`mi_ref.flows.RealNVP.forward`
+:func:`concat_scores`                   :meth:`mi_ref.critics.Concat.apply` (one hidden layer)
+:func:`concat_scores_deep`              :meth:`mi_ref.critics.Concat.apply` (several hidden layers)
+:func:`convnet`                         :meth:`mi_ref.nn.ConvNet.apply`
+:func:`conv2d`                          :func:`mi_ref.nn.conv2d`
 ======================================  ==============================================================
 
-The models' ``apply`` / ``forward`` run these; ``scripts/bench_steps.py`` measures a whole training step
-against PyTorch. Conventions (the same as the references, so that the gradients agree too):
+:mod:`mi_ref.accel.twins` pairs each with its model type. Conventions (the same as the models', so that the
+gradients agree too):
 
 * ReLU's derivative at exactly 0 is 1/2 (autograd's rule for ``np.maximum(a, 0.0)``: a tie splits the
   gradient); PyTorch uses 0 there. It matters only when a pre-activation is exactly 0 (e.g. an all-zero
@@ -34,37 +33,28 @@ against PyTorch. Conventions (the same as the references, so that the gradients 
   shapes); the RealNVP permutations are column gathers fused into the coupling kernels.
 * A primitive takes a whole parameter tree as one argument, so that autograd builds one node per
   sub-network, not one per leaf, and returns that tree's gradient in one piece. :func:`supports` says when
-  that is possible (always, except when a plain container holds autograd boxes at an inner level; callers
-  then use the reference).
+  that is possible (always, except when a plain container holds autograd boxes at an inner level; the twins
+  then use the model's own formula).
 * What the backward pass needs is kept by the forward pass in a list passed as the primitive's last
   argument (autograd hands the arguments to the VJP); without autograd boxes nothing is kept.
 * The VJPs are first order: differentiating a VJP again (``grad(grad(...))``) raises
-  ``NotImplementedError``; use the reference formulation for higher derivatives. A VJP may run many times
-  on one forward pass (``autograd.jacobian`` does): the kept values are only read.
+  ``NotImplementedError``; differentiate the model's own formula for higher derivatives. A VJP may run
+  many times on one forward pass (``autograd.jacobian`` does): the kept values are only read.
 * Nothing is modified in place that autograd or the caller owns: incoming gradients are read-only, every
-  returned array is fresh. The one exception is asked for explicitly: ``adam_tree(..., inplace=True)``
-  (``Adam.update(..., inplace=True)``) overwrites the params and moments it is given.
+  returned array is fresh.
 
 Numba kernels (``cache=True``, ``error_model="numpy"`` so that divisions vectorize) fuse the elementwise
-work around the matrix products; the matrix products themselves are numpy/BLAS calls. Speed also depends on
-memory reuse: see :func:`configure_malloc`.
+work around the matrix products; the matrix products themselves are numpy/BLAS calls.
 """
 
-import ctypes
-import ctypes.util
 import math
 
 import numpy as np
 from autograd.extend import Box, defvjp_argnums, primitive
 from numba import njit
 
-# nn imports this module, and this module uses nn.same_padding only when called: the circular import is
-# harmless, and the padding rule is written once (flows.SCALE_FLOOR is likewise read at call time).
-from . import nn  # noqa: E402
-from .tree import tree_map  # noqa: E402
-
-ACTIVATIONS = ("relu", "softplus", "identity")
-
+from .. import nn
+from ..flows import SCALE_FLOOR
 
 # ----------------------------------------------------------------------------------------------------
 # plumbing
@@ -84,11 +74,12 @@ def supports(params, activation="relu"):
     """True when the fast primitives can differentiate through ``params``.
 
     That is when ``params`` is a plain tree of arrays or is itself one autograd box (the usual case:
-    ``grad`` with respect to a whole params tree or a sub-tree of it), and the activation is one of
-    ``ACTIVATIONS``. A plain container holding boxes at an inner level (built by hand from boxed leaves)
-    would hide those boxes from the primitive, so callers use the reference formulation then.
+    ``grad`` with respect to a whole params tree or a sub-tree of it), and the activation is registered
+    in :data:`mi_ref.nn.ACTIVATIONS` (any of them: ReLU has a fused kernel, the others run their function
+    and derivative). A plain container holding boxes at an inner level (built by hand from boxed leaves)
+    would hide those boxes from the primitive, so the twins use the model's own formula then.
     """
-    if activation not in ACTIVATIONS:
+    if activation not in nn.ACTIVATIONS:
         return False
     return isinstance(params, Box) or not _contains_box(params)
 
@@ -100,8 +91,8 @@ def _traced(*args):
 def _first_order(g, name):
     if _contains_box(g):
         raise NotImplementedError(
-            f"the VJP of mi_ref.fast.{name} is first order only; for higher derivatives use the reference "
-            f"formulation (see the table in mi_ref/fast.py)")
+            f"the VJP of mi_ref.accel.primitives.{name} is first order only; for higher derivatives "
+            f"differentiate the model's own apply (see the table in mi_ref/accel/primitives.py)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -187,7 +178,7 @@ def _dense_forward(h, layers, activation, shortcuts, cache):
             _bias_relu(a, layer["b"], out)
         else:
             a += layer["b"]
-            out = np.logaddexp(0.0, a) if hidden else a
+            out = nn.ACTIVATIONS.get(activation).fn(a) if hidden else a
         if shortcuts:
             out += h            # out is fresh (or a, which is not kept when no activation follows)
         if cache is not None:
@@ -210,8 +201,8 @@ def _dense_backward(g, layers, activation, shortcuts, cache, need_dx):
             delta = np.empty_like(a)
             db = np.empty(w.shape[1])
             _relu_backward(g, a, delta, db)
-        else:                                      # softplus: d/da log(1 + e^a) = exp(a - softplus(a))
-            delta = g * np.exp(a - np.logaddexp(0.0, a))
+        else:                                      # e.g. softplus: act'(a) = exp(a - softplus(a))
+            delta = g * nn.ACTIVATIONS.get(activation).derivative(a)
             db = delta.sum(axis=0)
         grads[i] = {"W": h.T @ delta, "b": db}
         if i > 0 or need_dx:
@@ -264,7 +255,6 @@ def mlp(params, x, activation="relu", shortcuts=False):
 
 @primitive
 def _chain(x, params, blocks, cache):
-    from .flows import SCALE_FLOOR          # flows imports this module at its top: read it here
     y = _as_input(x)
     logdet = np.zeros(y.shape[0])
     for blk, p in zip(blocks, params["blocks"]):
@@ -765,191 +755,3 @@ def convnet(model, params, x):
     return _convnet(x, params, model, [] if _traced(x, params) else None)
 
 
-# ----------------------------------------------------------------------------------------------------
-# the gradient of a loss with respect to a dict of sub-models, without a zero tree for the whole dict
-#
-# Why. ``autograd.value_and_grad(loss)(params)`` boxes the whole dict; each ``params[key]`` is then a
-# ``container_take`` whose VJP is a sparse object, and the first one to arrive is turned dense by
-# allocating zeros for EVERY leaf of the dict and adding the sub-gradient into them (then the next ones).
-# For the paper's steps that is one needless pass of zeros plus one add over all parameters: 28 M
-# float64 values (220 MB) for the invertible experiment, ~9 % of its gradient time, and ~2.6 ms of the
-# conditioning step's ~28 ms. Here every entry params[key] is its own root of the trace, so each
-# sub-gradient arrives as it is and the result is assembled without zeros. The values are the same
-# (x + 0 = x; contributions to one entry are summed in autograd's order; only the sign of an exact zero
-# can differ, as -0.0 + 0.0 = +0.0 in autograd's sum and -0.0 here). It relies on
-# autograd's tracer (``trace_stack``, ``new_box``, ``VJPNode``, ``add_outgrads``, ``toposort``, stable
-# since autograd 1.2); if those cannot be imported, autograd's own ``value_and_grad`` is used instead.
-
-try:
-    from autograd.core import VJPNode, add_outgrads, vspace
-    from autograd.tracer import getval, isbox, new_box, toposort, trace_stack
-    _HAVE_TRACER = True
-except ImportError:                                    # pragma: no cover - a future autograd
-    _HAVE_TRACER = False
-
-
-def value_and_grad_by_key(fun):
-    """``autograd.value_and_grad(fun)`` for ``fun(params, *args, **kwargs) -> scalar`` with ``params`` a
-    dict (e.g. ``{"g1": ..., "g2": ..., "critic": ...}``): returns ``(value, {key: d value / d params[key]})``
-    with the same numbers, keys in sorted order, in one backward pass in which each ``params[key]`` is a
-    root of its own (see the comment above for why).
-
-    ``fun`` sees ``params`` as a plain dict (keys in sorted order) whose values are autograd boxes; an
-    entry ``fun`` does not use gets a zero gradient. As with autograd, the returned gradients are to be
-    read: two entries may share one gradient array (e.g. ``sum(p["a"] + p["b"])``), so copy before
-    modifying one in place. Raises ``ValueError`` if ``params`` is not a dict or the value is not a real
-    floating-point scalar.
-    """
-    import autograd
-
-    fallback = autograd.value_and_grad(fun)
-
-    def value_and_grad(params, *args, **kwargs):
-        if not isinstance(params, dict):
-            raise ValueError(f"value_and_grad_by_key differentiates with respect to a dict of parameters, "
-                             f"got {type(params).__name__}; use autograd.value_and_grad otherwise")
-        if not _HAVE_TRACER:                           # pragma: no cover
-            value, grads = fallback(params, *args, **kwargs)
-            return value, {key: grads[key] for key in sorted(grads)}
-        keys = sorted(params)
-        with trace_stack.new_trace() as trace_id:
-            roots = {key: VJPNode.new_root() for key in keys}
-            end = fun({key: new_box(params[key], trace_id, roots[key]) for key in keys}, *args, **kwargs)
-            traced = isbox(end) and end._trace == trace_id
-            value, end_node = (end._value, end._node) if traced else (end, None)
-        plain = np.asarray(getval(value))                  # unboxed, if an outer trace is differentiating
-        if plain.size != 1 or not np.issubdtype(plain.dtype, np.floating):
-            raise ValueError(f"fun must return a real floating-point scalar (the loss), got shape "
-                             f"{plain.shape} and dtype {plain.dtype}")
-        space = vspace(value)
-        grads = {}
-        if end_node is not None:
-            root_key = {id(node): key for key, node in roots.items()}
-            outgrads = {end_node: (space.ones(), False)}
-            for node in toposort(end_node):            # autograd's backward_pass, stopping at the roots
-                outgrad = outgrads.pop(node)[0]
-                key = root_key.get(id(node))
-                if key is not None:
-                    grads[key] = outgrad
-                    continue
-                for parent, ingrad in zip(node.parents, node.vjp(outgrad)):
-                    outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
-        return value, {key: grads[key] if key in grads else vspace(params[key]).zeros() for key in keys}
-
-    return value_and_grad
-
-
-# ----------------------------------------------------------------------------------------------------
-# Adam: one fused pass per parameter leaf
-
-
-@njit(cache=True, error_model="numpy")
-def _adam_kernel(p, g, m, v, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new):
-    """The formula of Adam.update_reference, in its order of operations (bitwise the same results)."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = b1 * m[i] + (1.0 - b1) * gi
-        vi = b2 * v[i] + (1.0 - b2) * gi * gi
-        m_new[i] = mi
-        v_new[i] = vi
-        p_new[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
-
-
-@njit(cache=True, error_model="numpy")
-def _adam_kernel_inplace(p, g, m, v, b1, b2, lr, c1, c2, eps):
-    """:func:`_adam_kernel` writing the new values over p, m and v (the same operations, the same bits)."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = b1 * m[i] + (1.0 - b1) * gi
-        vi = b2 * v[i] + (1.0 - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
-
-
-def _writable_flat(a):
-    """``a`` as a 1-D view if it is a C-contiguous, writable float64 ndarray, else None."""
-    if type(a) is np.ndarray and a.dtype == np.float64 and a.flags.c_contiguous and a.flags.writeable:
-        return a.reshape(-1)
-    return None
-
-
-def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
-    """(p', m', v') for one leaf: m' = b1 m + (1 - b1) g, v' = b2 v + (1 - b2) g^2,
-    p' = p - lr (m' / c1) / (sqrt(v' / c2) + eps).
-
-    New arrays (inputs untouched), or with ``inplace`` the new values overwrite p, m and v, which are
-    returned (a leaf that is not a contiguous writable float64 array gets new arrays anyway).
-    """
-    shape = np.shape(p)
-    g_flat = np.ascontiguousarray(g, dtype=float).reshape(-1)
-    if inplace:
-        targets = [_writable_flat(a) for a in (p, m, v)]
-        if all(t is not None for t in targets) and not any(
-                np.may_share_memory(a, b) for a, b in ((p, m), (p, v), (m, v))):
-            _adam_kernel_inplace(targets[0], g_flat, targets[1], targets[2], b1, b2, lr, c1, c2, eps)
-            return p, m, v
-    flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, m, v)]
-    p_new, m_new, v_new = np.empty(g_flat.shape), np.empty(g_flat.shape), np.empty(g_flat.shape)
-    _adam_kernel(flat[0], g_flat, flat[1], flat[2], b1, b2, lr, c1, c2, eps, p_new, m_new, v_new)
-    return p_new.reshape(shape), m_new.reshape(shape), v_new.reshape(shape)
-
-
-def adam_tree(params, grads, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
-    """:func:`adam_leaf` over four trees of the same structure: ``(params', m', v')``, each built by
-    :func:`mi_ref.tree.tree_map` (as the reference, ``Adam.update_reference``, builds them). Adam is bound by
-    memory traffic: with new arrays it reads p, g, m, v and writes three fresh arrays (whose cache lines the
-    CPU reads first); in place it reads four and writes three it already holds, measured 1.7x faster here (RealNVP
-    invertible: 88 -> 51 ms per update). Splitting the leaves over two threads was measured slower on
-    the 2-core benchmark machine, so one thread does all.
-    """
-    triples = tree_map(lambda p, g, m_, v_: adam_leaf(p, g, m_, v_, b1, b2, lr, c1, c2, eps, inplace),
-                       params, grads, m, v)
-    return tuple(tree_map(lambda _, triple: triple[i], params, triples) for i in range(3))
-
-
-# ----------------------------------------------------------------------------------------------------
-# memory: keep freed heap memory for the next step instead of returning it to the OS
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3        # glibc's mallopt parameter numbers (malloc.h)
-
-
-def configure_malloc(mmap_threshold=32 * 2 ** 20, trim_threshold=2 ** 31 - 1):
-    """Tell glibc's malloc to serve arrays up to ``mmap_threshold`` bytes from its heap and to keep up to
-    ``trim_threshold`` bytes of freed heap memory instead of handing it back to the OS. Returns True if
-    applied (glibc found), False otherwise (e.g. macOS, musl): then nothing changes.
-
-    Why: a training step allocates and frees the same few hundred MB every step (activations kept for the
-    backward pass, gradients, Adam's new arrays, autograd's zero trees). By default glibc maps blocks above
-    128 KiB freshly and returns freed memory at the top of the heap, so every step pays a page fault per
-    4 KiB page it touches; on the 2-core VM of the benchmarks a fault costs ~2.6 us, i.e. ~0.7 ms per MB,
-    which made the invertible step up to 1.6x slower and its time bimodal from run to run. With the
-    thresholds raised, the second step onwards reuses resident memory. The process keeps its peak heap size
-    until it exits (a training run reaches that peak every step anyway). Results are unchanged: this is
-    about where bytes live, not what they hold.
-
-    It is a process-wide setting, so mi-ref never calls it on import: ``scripts/bench_steps.py`` calls it,
-    and a long-running training process can call it once at start-up.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) and mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
-
-
-class Reference:
-    """A model whose ``apply`` is its plain reference formulation: ``forward_reference`` for flows,
-    ``apply_reference`` where a fast path exists, else the model's own ``apply``. Used to compare a whole
-    training step computed with and without the fast primitives."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def apply(self, params, *args):
-        if hasattr(self.model, "forward_reference"):
-            return self.model.forward_reference(params, *args)[0]
-        return getattr(self.model, "apply_reference", self.model.apply)(params, *args)

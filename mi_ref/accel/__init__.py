@@ -1,0 +1,21 @@
+"""The speed wing: everything that makes mi-ref fast, kept apart from the math it accelerates.
+
+The math modules (:mod:`mi_ref.nn`, :mod:`mi_ref.flows`, :mod:`mi_ref.critics`, :mod:`mi_ref.bounds`,
+:mod:`mi_ref.optim`) hold only the formulas and never import this package. The training loops ask it for:
+
+* :func:`twin` - a model's accelerated twin: the same numbers as the model's ``apply`` / ``forward``
+  (tested to ~1e-12, values and gradients), from fused primitives with hand-written VJPs
+  (:mod:`mi_ref.accel.primitives`), keyed by model type in one table (:data:`TWINS`);
+* :func:`value_and_grad_by_key` - a training step's gradient with one autograd root per sub-model;
+* :func:`adam_update` - Adam's update, bit for bit, as one fused in-place pass per leaf (with :func:`owned`);
+* :func:`configure_malloc` - glibc's malloc thresholds for a training process.
+
+:mod:`mi_ref.jacobian` takes its fast forward-mode Jacobians from :mod:`mi_ref.accel.jacobians`.
+"""
+
+from .adam import adam_update, owned
+from .grad import value_and_grad_by_key
+from .memory import configure_malloc
+from .twins import TWINS, Twin, original, twin
+
+__all__ = ["TWINS", "Twin", "adam_update", "configure_malloc", "original", "owned", "twin", "value_and_grad_by_key"]

@@ -1,0 +1,151 @@
+"""The checkpointed loop every training loop of mi-ref runs in: its random streams, checkpoints and resumption.
+
+One :class:`Loop` per (run, variant). It owns
+
+* the variant's random streams (:data:`STREAMS`), all spawned from one ``SeedSequence([seed, variant])``, so
+  that every variant can be resumed on its own and one seed fixes a run bit for bit;
+* the batch iterators drawn from some of those streams;
+* the checkpoint: written at every evaluation, it holds the named parameter trees, their Adam states, the
+  position of every stream and iterator, the step and the wall time so far (one key scheme for every loop:
+  ``params/NAME/PATH``, ``adam/NAME/...``, ``extra/NAME`` arrays and a JSON ``__meta__``);
+* resumption: :meth:`Loop.resume` restores all of it and brings ``metrics.jsonl`` in line with the
+  checkpoint, or starts the variant afresh; the arrays it returns are owned copies, so the loop may update
+  them in place (:func:`mi_ref.accel.adam_update`).
+
+A loop with ``store=None`` runs in memory: nothing is saved and nothing is resumed.
+"""
+
+import time
+
+import numpy as np
+
+from .accel import adam_update, owned
+from .data import BatchIterator
+from .optim import state_from_arrays, state_to_arrays
+from .tree import tree_from_dict, tree_to_dict
+
+STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
+
+# Fault injection for the tests: a callable(point) that may raise (e.g. KeyboardInterrupt) to simulate a
+# crash at a named point ("update": before an optimizer step; the run directory's writes name their own).
+FAULT_HOOK = None
+
+
+def fault_point(name):
+    """Call :data:`FAULT_HOOK` (if set) at the named point of a loop or a write."""
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(name)
+
+
+def variant_streams(seed, variant_index):
+    """Independent generators for one (seed, variant), in the order of :data:`STREAMS`: the initial params,
+    the training batch order, the training noise, the evaluation noise (probe and ``bound_test``), and the
+    batch order and noise of the plotted bound. (SeedSequence children are fixed by their index, so a
+    stream keeps its numbers whatever streams are added after it.)"""
+    seqs = np.random.SeedSequence([int(seed), int(variant_index)]).spawn(len(STREAMS))
+    return [np.random.default_rng(s) for s in seqs]
+
+
+class Loop:
+    """The resumable state of one variant's training loop (see the module docstring).
+
+    ``store``: a :class:`mi_ref.results.RunDir` or None; ``variant``: its name in the run; ``seed`` and
+    ``index`` choose the streams. ``rng[name]`` is the generator of stream ``name``.
+    """
+
+    def __init__(self, store, variant, seed, index):
+        self.store, self.variant = store, variant
+        self.rng = dict(zip(STREAMS, variant_streams(seed, index)))
+        self.iterators = {}
+        self.start, self.rows, self.extra = 0, [], {}
+        self.meta, self.resumed = {}, False
+        self._seconds, self._clock = 0.0, time.perf_counter()
+
+    def iterator(self, stream, n, batch_size):
+        """A :class:`mi_ref.data.BatchIterator` over ``n`` examples driven by stream ``stream`` (which it then
+        owns; its position is checkpointed with the iterator)."""
+        it = BatchIterator(n, batch_size, self.rng[stream])
+        self.iterators[stream] = it
+        return it
+
+    def seconds(self):
+        """Wall time of this variant so far, summed over interrupted sessions."""
+        return self._seconds + time.perf_counter() - self._clock
+
+    def snapshot(self, *streams):
+        """The current positions of ``streams`` (iterators and generators), to be saved by a later
+        :meth:`checkpoint` in place of the positions they will have by then."""
+        return {name: self._position(name) for name in streams}
+
+    def _position(self, name):
+        if name in self.iterators:
+            return self.iterators[name].state()
+        return self.rng[name].bit_generator.state
+
+    def resume(self, trees, states):
+        """Start the variant: from its checkpoint if the store holds one, else afresh.
+
+        ``trees``: ``{name: params tree}`` freshly initialized (the templates of the checkpoint's arrays);
+        ``states``: ``{name: Adam state}`` of the trees that have an optimizer. Returns owned copies
+        ``(trees, states)``; sets ``resumed``, ``start`` (the step to continue at; its evaluation is on disk
+        already), ``rows`` (this variant's metric rows kept on disk), ``extra`` (the arrays saved with
+        ``checkpoint(..., extra=...)``) and ``meta``.
+        """
+        ckpt = self.store.load_checkpoint(self.variant) if self.store is not None else None
+        if ckpt is None:
+            if self.store is not None:
+                self.store.truncate_variant(self.variant, None)
+        else:
+            arrays, meta = ckpt
+            trees = {name: tree_from_dict(tree, arrays, f"params/{name}/") for name, tree in trees.items()}
+            states = {name: state_from_arrays(trees[name], arrays, f"adam/{name}/") for name in states}
+            for name, position in meta["iterators"].items():
+                self.iterators[name].restore(position)
+            for name, position in meta["streams"].items():
+                self.rng[name].bit_generator.state = position
+            self.start, self._seconds = int(meta["step"]), float(meta["seconds"])
+            self.extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+            self.meta = meta.get("loop", {})
+            self.rows = self.store.truncate_variant(self.variant, self.start)
+            self.resumed = True
+        self._clock = time.perf_counter()
+        owned_trees, owned_states = {}, {}
+        for name, tree in trees.items():
+            if name in states:
+                owned_trees[name], owned_states[name] = owned(tree, states[name])
+            else:
+                owned_trees[name] = owned(tree, {"step": 0, "m": {}, "v": {}})[0]
+        return owned_trees, owned_states
+
+    def checkpoint(self, step, trees, states, snapshot=None, extra=None, **meta):
+        """Save everything needed to continue at ``step``: ``trees`` and their Adam ``states``, the
+        positions of every stream and iterator (``snapshot`` overrides some, see :meth:`snapshot`), the wall
+        time so far, ``extra`` arrays and JSON-able ``meta`` (given back as ``self.meta`` on resume)."""
+        if self.store is None:
+            return
+        snapshot = snapshot or {}
+        arrays = {}
+        for name, tree in trees.items():
+            arrays.update(tree_to_dict(tree, f"params/{name}/"))
+        for name, state in states.items():
+            arrays.update(state_to_arrays(state, f"adam/{name}/"))
+        for name, value in (extra or {}).items():
+            arrays[f"extra/{name}"] = np.asarray(value)
+        owned_by_iterators = {it.rng for it in self.iterators.values()}
+        positions = {
+            "iterators": {n: snapshot.get(n, it.state()) for n, it in self.iterators.items()},
+            "streams": {n: snapshot.get(n, g.bit_generator.state) for n, g in self.rng.items()
+                        if g not in owned_by_iterators},
+        }
+        self.store.save_checkpoint(self.variant, arrays, dict(positions, step=int(step), seconds=self.seconds(),
+                                                              loop=meta))
+
+    def update(self, adam, params, grads, state):
+        """One Adam step, in place on the loop's own arrays (:func:`mi_ref.accel.adam_update`)."""
+        fault_point("update")
+        return adam_update(adam, params, grads, state, inplace=True)
+
+    def done(self):
+        """The variant is finished: record it (and drop its checkpoint)."""
+        if self.store is not None:
+            self.store.mark_done(self.variant)

@@ -1,0 +1,81 @@
+"""The files of a golden-vector directory: byte-reproducible ``.npz`` files, ``manifest.json`` and the
+tolerances :mod:`mi_ref.verify` applies (recorded in the manifest)."""
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as onp
+
+from .conventions import FORMAT, FORMAT_VERSION, MANIFEST
+
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)     # the earliest date a zip header can hold; fixed for byte identity
+
+TOLERANCES = {
+    "float64": {"rtol": 1e-10, "atol": 1e-12,
+                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
+                "why": "correct float64 code differs here by rounding only, < ~1e-13 relative (PyTorch float64: "
+                       "at most 1/300 of the tolerance)"},
+    "float32": {"rtol": 1e-4, "atol": 1e-5,
+                "rule": "pass iff |a - e| <= atol * max(1, max|e|) + rtol * |e| for every entry",
+                "why": "a correct float32 port errs here by <= ~1.4e-4 relative on cancellation-produced entries, "
+                       "~2e-5 elsewhere (PyTorch float32: at most 1/12 of the tolerance)"},
+}
+
+def npz_bytes(arrays):
+    """The bytes of an .npz holding ``arrays`` (in order), byte-identical for identical arrays.
+
+    ``numpy.savez`` stamps each zip member with the current time, so two saves of the same arrays
+    differ; here every member gets :data:`ZIP_DATE_TIME`, no compression and fixed attributes.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            member = io.BytesIO()
+            value = onp.asarray(value)          # (ascontiguousarray would turn a 0-d array into shape (1,))
+            onp.lib.format.write_array(member, value if value.flags.c_contiguous else value.copy(order="C"),
+                                       allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_DATE_TIME)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def load_manifest(vectors_dir):
+    """The manifest of a golden-vector directory (``FileNotFoundError`` / ``ValueError`` if it is none)."""
+    folder = Path(vectors_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"golden-vector directory {folder} does not exist; create it with "
+                                f"`mi-ref vectors --out {folder}`")
+    path = folder / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} holds no {MANIFEST}: not a golden-vector directory (create one with "
+                                f"`mi-ref vectors --out DIR`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it with `mi-ref vectors`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an mi-ref golden-vector manifest (format {FORMAT!r} expected)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {manifest.get('format_version')!r}; this mi-ref reads "
+                         f"version {FORMAT_VERSION}: regenerate with `mi-ref vectors`")
+    return manifest
+
+
+def load_component(vectors_dir, name, manifest=None):
+    """``{array name: array}`` of one component file (read with ``allow_pickle=False``)."""
+    manifest = load_manifest(vectors_dir) if manifest is None else manifest
+    comps = manifest["components"]
+    if name not in comps:
+        raise ValueError(f"unknown component {name!r} in {vectors_dir}; it holds {list(comps)}")
+    path = Path(vectors_dir) / comps[name]["file"]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing although {MANIFEST} lists it; regenerate the directory")
+    with onp.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+

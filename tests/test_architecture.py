@@ -1,0 +1,192 @@
+"""The shape of the package: its import graph has no cycles, the math modules import none of the machinery
+around them, every extension point is one registry, and the speed wing covers what the loops train."""
+
+import ast
+import importlib
+from pathlib import Path
+
+import numpy as onp
+import pytest
+
+from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, nn
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
+MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
+FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.plots", "mi_ref.cli",
+                      "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors")
+
+
+def module_name(path):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def modules():
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def import_graph():
+    """``{module: {imported mi_ref modules}}`` from every import statement (also inside functions). An
+    ``from X import name`` counts as an import of X.name where that is a module, else of X; importing a
+    submodule imports its package too (except the packages that contain the importing module itself:
+    a package's ``__init__`` importing its own submodules is how packages work, not a cycle)."""
+    mods = modules()
+    graph = {}
+    for name, path in mods.items():
+        is_package = path.name == "__init__.py"
+        package = name if is_package else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    base = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    base = node.module
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                ancestors = {name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)}
+                if target and target.startswith("mi_ref") and target != name and target not in ancestors:
+                    edges.add(target)
+                    parent = target.rpartition(".")[0]
+                    while parent and parent != name and parent not in ancestors:
+                        edges.add(parent)                      # importing a submodule runs its package
+                        parent = parent.rpartition(".")[0]
+        graph[name] = edges - {name}
+    return graph
+
+
+def find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def closure(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 30 and "mi_ref.accel.twins" in graph
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("math_module", MATH)
+def test_math_modules_import_none_of_the_machinery(math_module):
+    reached = closure(import_graph(), math_module)
+    bad = sorted(m for m in reached if m.startswith(FORBIDDEN_FOR_MATH))
+    assert not bad, f"{math_module} imports {bad} (directly or through another module)"
+
+
+def test_the_speed_wing_is_only_reached_from_outside_the_math():
+    graph = import_graph()
+    users = sorted(m for m, edges in graph.items() if any(e.startswith("mi_ref.accel") for e in edges)
+                   and not m.startswith("mi_ref.accel"))
+    assert not set(users) & set(MATH)
+    assert "mi_ref.train" in users and "mi_ref.jacobian" in users
+
+
+@pytest.mark.parametrize("registry,kind", [(nn.ACTIVATIONS, "activation"), (bounds.ESTIMATORS, "estimator"),
+                                           (critics.CRITICS, "critic"), (metric_learning.LOSSES,
+                                                                         "metric-learning loss"),
+                                           (experiments.REGISTRY, "experiment")])
+def test_every_registry_refuses_unknown_names_and_lists_the_known_ones(registry, kind):
+    experiments.names()                                   # loads every experiment module
+    with pytest.raises(ValueError) as err:
+        registry.get("no-such-name")
+    message = str(err.value)
+    assert f"unknown {kind} 'no-such-name'" in message and all(repr(n) in message for n in registry.names())
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register(registry.names()[0], object())
+
+
+def test_experiments_register_themselves_and_keep_the_papers_order():
+    assert experiments.names() == ["invertible", "adversarial", "conditioning", "critics", "encoders", "sampling",
+                                   "metric"]
+    modules_on_disk = {p.stem for p in (PACKAGE / "experiments").glob("*.py")} - {"__init__", "common"}
+    assert set(experiments.names()) == modules_on_disk
+
+
+def test_consumers_read_the_registries():
+    """An unknown critic in the critics experiment is an error listing the critics, not a fall-through."""
+    with pytest.raises(ValueError, match=r"unknown critics \['deep'\]; expected names from \['inner_product'"):
+        experiments.get("critics").config("quick", critics=("deep",))
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        nn.MLP(3, [2], activation="tanh")
+    from mi_ref.plots import color_of, label_of
+    assert label_of("concat") == critics.CRITICS.meta("concat", "label") and color_of("nwj") == "tab:orange"
+
+
+def test_a_registered_activation_works_everywhere_without_other_edits():
+    """A new activation is one registry entry: the MLP, its fused twin and the fast Jacobian all use it."""
+    import autograd.numpy as anp
+    from autograd import grad
+
+    from mi_ref import jacobian
+    name = "test-tanh"
+    if name not in nn.ACTIVATIONS:
+        nn.ACTIVATIONS.register(name, nn.Activation(name, anp.tanh, lambda u: 1.0 - onp.tanh(u) ** 2))
+    rng = onp.random.default_rng(0)
+    model = nn.MLP(4, [5, 3], activation=name)
+    params, x = model.init(rng), rng.standard_normal((6, 4))
+    fast = accel.twin(model)
+    onp.testing.assert_allclose(fast.apply(params, x), model.apply(params, x), rtol=1e-13)
+    g_fast = grad(lambda p: anp.sum(fast.apply(p, x) ** 2))(params)
+    g_ref = grad(lambda p: anp.sum(model.apply(p, x) ** 2))(params)
+    onp.testing.assert_allclose(g_fast["layers"][0]["W"], g_ref["layers"][0]["W"], rtol=1e-12)
+    onp.testing.assert_allclose(jacobian.batch_jacobian(model, params, x),
+                                jacobian.batch_jacobian_reference(model.apply, params, x), rtol=1e-12, atol=1e-15)
+
+
+def test_every_model_the_experiments_train_has_a_twin_or_needs_none():
+    """The loops ask the wing for twins; the encoders and critics of every paper preset get one (the bilinear
+    and inner-product critics are two matrix products and need none)."""
+    needs_none = (critics.Bilinear, critics.InnerProduct)
+    for name in ("invertible", "conditioning", "critics", "encoders", "metric"):
+        exp = experiments.get(name)
+        module = importlib.import_module(f"mi_ref.experiments.{name}")
+        shape = (14, 28) if name == "encoders" else 392
+        for variant in module.variants(exp.presets["paper"], shape):
+            for model in variant.build(onp.random.default_rng(0)):
+                assert isinstance(accel.twin(model), accel.Twin) or isinstance(model, needs_none), (name, model)
+    assert isinstance(accel.twin(flows.realnvp(4, 2, [3], rng=onp.random.default_rng(0))), accel.Twin)
