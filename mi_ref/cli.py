@@ -20,7 +20,8 @@ def _cmd_download(args):
     from .download import DEFAULT_MIRRORS, download_mnist
 
     mirrors = args.mirror if args.mirror else DEFAULT_MIRRORS
-    download_mnist(args.to, mirrors, timeout=args.timeout, log=print)
+    download_mnist(args.to, mirrors, timeout=args.timeout, deadline=args.deadline, min_rate=args.min_rate,
+                   log=print)
     print(f"MNIST is ready in {args.to}: pass --data-dir {args.to} or set MI_REF_DATA={args.to}")
     return 0
 
@@ -41,14 +42,24 @@ def _cmd_baseline(args):
     return 0
 
 
-def _positive(text):
+def _nonnegative(text):
+    """argparse type: an integer >= 0."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
+
+
+def _positive(text):
+    """argparse type: an integer >= 1 (:func:`mi_ref.checks.positive_int`)."""
+    from .checks import positive_int
+    try:
+        return positive_int(int(text), "the value")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
 
 
 def _cmd_list(args):
@@ -76,20 +87,44 @@ def _cmd_list(args):
     return 0
 
 
+def _warn(message):
+    print(f"mi-ref: note: {message}", file=sys.stderr)
+
+
 def _overrides(exp, args):
-    """Command-line overrides of a preset: --dataset, --steps and --evals (evaluations capped at the steps)."""
+    """The preset's settings changed on the command line: ``--set key=value`` (any field of the experiment's
+    config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals). Every adjustment mi-ref
+    makes on its own is said on stderr, never silent:
+
+    * --evals above the number of steps: one evaluation per step (n_evals = n_iters);
+    * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
+      (eval_final), so that the last point of its curves is the trained model, unless --set eval_final=false.
+    """
     import dataclasses
+
+    from . import experiments
     base = exp.presets[args.preset]
     fields = {f.name for f in dataclasses.fields(base)}
-    overrides = {"dataset": args.dataset}
+    overrides = experiments.parse_sets(exp, args.preset, args.set or [])
+    if args.dataset is not None:
+        overrides["dataset"] = args.dataset
     if args.evals is not None:
         if "n_evals" not in fields:
             raise CLIError(f"{exp.name} takes no --evals (it has no evaluation schedule of that kind)")
         overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
-        if "n_evals" in fields:
-            overrides["n_evals"] = min(overrides.get("n_evals") or base.n_evals, args.steps)
+    steps = overrides.get("n_iters", getattr(base, "n_iters", None))
+    if "n_evals" in fields and overrides.get("n_evals", base.n_evals) > steps:
+        _warn(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at every "
+              f"step instead (n_evals = {steps})")
+        overrides["n_evals"] = steps
+    schedule_changed = any(overrides.get(k, getattr(base, k, None)) != getattr(base, k, None)
+                           for k in ("n_iters", "n_evals"))
+    if "eval_final" in fields and not base.eval_final and schedule_changed and "eval_final" not in overrides:
+        _warn("the paper's schedule ends one evaluation interval before the last step; this shortened run also "
+              "evaluates after its last step (--set eval_final=false to skip that)")
+        overrides["eval_final"] = True
     return overrides
 
 
@@ -100,13 +135,17 @@ def _run_seeds(name, args):
     exp = experiments.get(name)
     if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
         raise CLIError(f"{name} uses synthetic data and takes no --dataset")
+    if args.repair and not args.resume:
+        raise CLIError("--repair goes with --resume (it repairs a run being resumed)")
     overrides = _overrides(exp, args)
     paths = []
+    config = exp.config(args.preset, **overrides)            # fails here, before anything is written
     for seed in range(args.seed, args.seed + args.runs):
-        path = experiments.run_dir_for(args.out, name, args.preset, seed)
+        path = experiments.run_dir_for(args.out, name, args.preset, seed, config)
         try:
             paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
-                                                    args.data_dir, not args.quiet, **overrides))
+                                                    args.data_dir, not args.quiet, repair=args.repair,
+                                                    **overrides))
         except KeyboardInterrupt:
             print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
                   "same command and --resume", file=sys.stderr)
@@ -186,25 +225,18 @@ def _cmd_vectors(args):
 
 def _cmd_verify(args):
     """``mi-ref verify DIR RESULTS.npz``: compare an implementation's outputs with the golden vectors."""
-    import zipfile
     from pathlib import Path
 
-    import numpy as np
-
+    from .files import load_npz
     from .verify import all_passed, compare_results, format_reports, unchecked_components
 
     path = Path(args.results)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CLIError(f"{path} is not a readable .npz ({err})") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise CLIError(f"{path} holds a single array; save a dict of arrays with numpy.savez(path, "
+    if path.read_bytes()[:6] == b"\x93NUMPY":
+        raise CLIError(f"{path} holds a single array (.npy); save a dict of arrays with numpy.savez(path, "
                        "**{'COMPONENT/ARRAY': array, ...})")
-    with loaded:
-        results = {k: loaded[k] for k in loaded.files}
+    results = load_npz(path, "results file")
     reports = compare_results(args.vectors, results, args.component, args.precision, args.allow_missing)
     unchecked = unchecked_components(args.vectors, reports)
     print(format_reports(reports, unchecked, args.require_all, args.show_skipped))
@@ -219,10 +251,15 @@ def _add_run_options(p):
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
     p.add_argument("--runs", type=_positive, default=1, metavar="N", help="number of seeds (default 1)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="first seed (default 0)")
+    p.add_argument("--seed", type=_nonnegative, default=0, metavar="S", help="first seed (default 0)")
     p.add_argument("--out", default="runs", metavar="DIR", help="where run directories go (default runs/)")
     p.add_argument("--resume", action="store_true",
-                   help="continue runs already in --out from their last evaluation")
+                   help="continue runs already in --out from their last evaluation (after checking their files)")
+    p.add_argument("--repair", action="store_true",
+                   help="with --resume: recompute from their start the variants whose files were damaged")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change any setting of the experiment's config (repeatable), e.g. --set lr=1e-3 "
+                        "--set estimators=infonce,nwj; `mi-ref list --settings` shows them")
     p.add_argument("--steps", type=_positive, default=None, metavar="N",
                    help="override the number of training steps (iterations for adversarial)")
     p.add_argument("--evals", type=_positive, default=None, metavar="N",
@@ -248,7 +285,11 @@ def build_parser():
     p.add_argument("--mirror", action="append", metavar="URL",
                    help="base URL serving NAME.gz (repeat for fallbacks; replaces the default mirrors)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="network timeout per request (default 60)")
+                   help="network timeout of any single operation (default 60)")
+    p.add_argument("--deadline", type=float, default=900.0, metavar="SECONDS",
+                   help="the most one file's transfer may take (default 900)")
+    p.add_argument("--min-rate", type=float, default=10_000, metavar="BYTES_PER_S",
+                   help="the slowest average transfer accepted after 30 s (default 10000)")
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("baseline", help="linear-probe accuracy on raw top-half pixels",
@@ -335,8 +376,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"mi-ref {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"mi-ref {args.command}: error: cannot use{where}: {err.strerror or err}; choose another path or "
+              "fix its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mi-ref {args.command}: interrupted", file=sys.stderr)

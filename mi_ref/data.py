@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes
+from .files import write_bytes
+from .checks import positive_int
 
 # ----------------------------------------------------------------------------------------------------
 # the dataset container
@@ -500,9 +501,8 @@ class BatchIterator:
     """
 
     def __init__(self, n, batch_size, rng):
-        for value, what in ((n, "n"), (batch_size, "batch_size")):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"BatchIterator {what} must be a positive integer, got {value!r}")
+        positive_int(n, "BatchIterator n")
+        positive_int(batch_size, "BatchIterator batch_size")
         if batch_size > n:
             raise ValueError(f"batch_size {batch_size} is larger than the number of examples {n}; with the "
                              "remainder dropped no batch could be formed: use batch_size <= n")

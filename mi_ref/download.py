@@ -12,6 +12,7 @@ that was valid is never deleted or rewritten. Only the standard library (``urlli
 import gzip
 import hashlib
 import http.client
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +20,7 @@ import zlib
 from pathlib import Path
 
 from . import __version__
-from .atomic import write_bytes
+from .files import write_bytes
 from .data import MNIST_FILES, find_idx_file, read_file_bytes
 
 # SHA-256 of the UNCOMPRESSED contents (gzip wrappers differ between mirrors; the IDX bytes do not).
@@ -36,7 +37,10 @@ DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 60.0       # per network operation (connect, one read)
+DEFAULT_DEADLINE = 900.0     # for a whole file, however the server trickles
+DEFAULT_MIN_RATE = 10_000    # bytes per second, averaged, checked after the first MIN_RATE_GRACE seconds
+MIN_RATE_GRACE = 30.0
 _CHUNK = 1 << 16
 
 
@@ -75,15 +79,30 @@ def file_url(mirror, name):
     return mirror.rstrip("/") + "/" + name + ".gz"
 
 
-def fetch(url, timeout=DEFAULT_TIMEOUT):
-    """The complete body of ``url``; a body shorter or longer than its Content-Length raises ``OSError``."""
+def fetch(url, timeout=DEFAULT_TIMEOUT, deadline=DEFAULT_DEADLINE, min_rate=DEFAULT_MIN_RATE, clock=time.monotonic):
+    """The complete body of ``url``; a body shorter or longer than its Content-Length raises ``OSError``.
+
+    Three limits, each an ``OSError``: ``timeout`` seconds for any single network operation, ``deadline``
+    seconds for the whole transfer, and an average rate of at least ``min_rate`` bytes per second once
+    :data:`MIN_RATE_GRACE` seconds have passed (a server that trickles a byte at a time never trips the
+    per-operation timeout, but trips these). Reads return after each chunk the socket delivers, so the
+    limits are checked as the bytes arrive.
+    """
+    start = clock()
     request = urllib.request.Request(url, headers={"User-Agent": f"mi-ref/{__version__}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response:
         declared = response.headers.get("Content-Length")
         chunks = []
         received = 0
         while True:
-            chunk = response.read(_CHUNK)
+            chunk = response.read1(_CHUNK)
+            elapsed = clock() - start
+            if elapsed > deadline:
+                raise OSError(f"transfer too slow: {received + len(chunk)} bytes in {elapsed:.0f} s, past the "
+                              f"deadline of {deadline:g} s for one file")
+            if elapsed > MIN_RATE_GRACE and (received + len(chunk)) / elapsed < min_rate:
+                raise OSError(f"transfer too slow: {(received + len(chunk)) / elapsed:.0f} bytes/s on average "
+                              f"after {elapsed:.0f} s, below the minimum of {min_rate:g} bytes/s")
             if not chunk:
                 break
             chunks.append(chunk)
@@ -104,12 +123,14 @@ def _existing_status(path, pin):
     return True, "ok"
 
 
-def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFAULT_TIMEOUT, log=None):
+def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFAULT_TIMEOUT,
+                   deadline=DEFAULT_DEADLINE, min_rate=DEFAULT_MIN_RATE, log=None):
     """Make ``dest_dir`` hold verified MNIST IDX files; returns ``{name: path}`` of the files in place.
 
     ``mirrors``: base URLs tried in order for each file (``BASE + NAME + ".gz"``). ``pins``:
     ``{name: sha256 of the uncompressed content}``, by default :data:`MNIST_SHA256` (tests pass pins of
-    their own small files). ``log``: optional callable receiving one line per file. See the module
+    their own small files). ``timeout``, ``deadline``, ``min_rate``: the limits of :func:`fetch`.
+    ``log``: optional callable receiving one line per file. See the module
     docstring for the rules (skip valid files, atomic writes, nothing left behind on failure).
 
     A present file whose content does not match its pin is replaced, in the same form (raw or
@@ -118,8 +139,10 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
     """
     mirrors = _check_mirrors(mirrors)
     pins = _check_pins(MNIST_SHA256 if pins is None else pins)
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    for value, what in ((timeout, "timeout (seconds)"), (deadline, "deadline (seconds)"),
+                        (min_rate, "min_rate (bytes per second)")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{what} must be a number > 0, got {value!r}")
     log = log or (lambda line: None)
     dest = Path(dest_dir)
     if dest.exists() and not dest.is_dir():
@@ -141,7 +164,7 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
         for mirror in mirrors:
             url = file_url(mirror, name)
             try:
-                payload = fetch(url, timeout)
+                payload = fetch(url, timeout, deadline, min_rate)
             except (OSError, http.client.HTTPException, ValueError) as err:
                 failures.append(f"{url}: {err}")
                 continue

@@ -19,22 +19,13 @@ import time
 
 import numpy as np
 
+from . import faults
 from .accel import adam_update, owned
 from .data import BatchIterator
 from .optim import state_from_arrays, state_to_arrays
 from .tree import tree_from_dict, tree_to_dict
 
 STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
-
-# Fault injection for the tests: a callable(point) that may raise (e.g. KeyboardInterrupt) to simulate a
-# crash at a named point ("update": before an optimizer step; the run directory's writes name their own).
-FAULT_HOOK = None
-
-
-def fault_point(name):
-    """Call :data:`FAULT_HOOK` (if set) at the named point of a loop or a write."""
-    if FAULT_HOOK is not None:
-        FAULT_HOOK(name)
 
 
 def variant_streams(seed, variant_index):
@@ -58,7 +49,7 @@ class Loop:
         self.rng = dict(zip(STREAMS, variant_streams(seed, index)))
         self.iterators = {}
         self.start, self.rows, self.extra = 0, [], {}
-        self.meta, self.resumed = {}, False
+        self.meta, self.resumed, self.reevaluate = {}, False, False
         self._seconds, self._clock = 0.0, time.perf_counter()
 
     def iterator(self, stream, n, batch_size):
@@ -77,6 +68,12 @@ class Loop:
         :meth:`checkpoint` in place of the positions they will have by then."""
         return {name: self._position(name) for name in streams}
 
+    def _restore(self, name, position):
+        if name in self.iterators:
+            self.iterators[name].restore(position)
+        else:
+            self.rng[name].bit_generator.state = position
+
     def _position(self, name):
         if name in self.iterators:
             return self.iterators[name].state()
@@ -87,9 +84,11 @@ class Loop:
 
         ``trees``: ``{name: params tree}`` freshly initialized (the templates of the checkpoint's arrays);
         ``states``: ``{name: Adam state}`` of the trees that have an optimizer. Returns owned copies
-        ``(trees, states)``; sets ``resumed``, ``start`` (the step to continue at; its evaluation is on disk
-        already), ``rows`` (this variant's metric rows kept on disk), ``extra`` (the arrays saved with
-        ``checkpoint(..., extra=...)``) and ``meta``.
+        ``(trees, states)``; sets ``resumed``, ``start`` (the step to continue at), ``reevaluate`` (True if
+        the row of step ``start`` must be evaluated again: it was lost; the evaluation streams are then at
+        their positions before that evaluation), ``rows`` (this variant's metric rows kept on disk),
+        ``extra`` (the arrays saved with ``checkpoint(..., extra=...)``) and ``meta``. (Run
+        :meth:`mi_ref.results.RunDir.audit` first: it checks the directory's files agree.)
         """
         ckpt = self.store.load_checkpoint(self.variant) if self.store is not None else None
         if ckpt is None:
@@ -99,15 +98,19 @@ class Loop:
             arrays, meta = ckpt
             trees = {name: tree_from_dict(tree, arrays, f"params/{name}/") for name, tree in trees.items()}
             states = {name: state_from_arrays(trees[name], arrays, f"adam/{name}/") for name in states}
-            for name, position in meta["iterators"].items():
-                self.iterators[name].restore(position)
-            for name, position in meta["streams"].items():
-                self.rng[name].bit_generator.state = position
+            for name, position in list(meta["iterators"].items()) + list(meta["streams"].items()):
+                self._restore(name, position)
             self.start, self._seconds = int(meta["step"]), float(meta["seconds"])
             self.extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
             self.meta = meta.get("loop", {})
             self.rows = self.store.truncate_variant(self.variant, self.start)
             self.resumed = True
+            # the row of the checkpoint's own step lost (outside damage): evaluate again from the positions
+            # the evaluation streams had before it, which gives the same row
+            if meta.get("evaluated", True) and self.start not in [r["step"] for r in self.rows]:
+                self.reevaluate = True
+                for name, position in meta.get("before_eval", {}).items():
+                    self._restore(name, position)
         self._clock = time.perf_counter()
         owned_trees, owned_states = {}, {}
         for name, tree in trees.items():
@@ -117,10 +120,20 @@ class Loop:
                 owned_trees[name] = owned(tree, {"step": 0, "m": {}, "v": {}})[0]
         return owned_trees, owned_states
 
-    def checkpoint(self, step, trees, states, snapshot=None, extra=None, **meta):
+    def record(self, row):
+        """Append a metric row of this variant (to the store, and to :attr:`rows`)."""
+        self.rows.append(row)
+        if self.store is not None:
+            self.store.append_metrics(row)
+
+    def checkpoint(self, step, trees, states, snapshot=None, extra=None, before_eval=None, evaluated=True,
+                   **meta):
         """Save everything needed to continue at ``step``: ``trees`` and their Adam ``states``, the
         positions of every stream and iterator (``snapshot`` overrides some, see :meth:`snapshot`), the wall
-        time so far, ``extra`` arrays and JSON-able ``meta`` (given back as ``self.meta`` on resume)."""
+        time so far, the steps of the rows recorded so far, ``extra`` arrays and JSON-able ``meta`` (given
+        back as ``self.meta`` on resume). ``before_eval``: the positions the evaluation streams had before
+        the evaluation of ``step`` (a snapshot), so that a lost row of that step can be evaluated again;
+        ``evaluated=False`` for a checkpoint whose step has no row."""
         if self.store is None:
             return
         snapshot = snapshot or {}
@@ -137,12 +150,13 @@ class Loop:
             "streams": {n: snapshot.get(n, g.bit_generator.state) for n, g in self.rng.items()
                         if g not in owned_by_iterators},
         }
-        self.store.save_checkpoint(self.variant, arrays, dict(positions, step=int(step), seconds=self.seconds(),
-                                                              loop=meta))
+        self.store.save_checkpoint(self.variant, arrays, dict(
+            positions, step=int(step), seconds=self.seconds(), loop=meta, before_eval=before_eval or {},
+            evaluated=evaluated, row_steps=[r["step"] for r in self.rows]))
 
     def update(self, adam, params, grads, state):
         """One Adam step, in place on the loop's own arrays (:func:`mi_ref.accel.adam_update`)."""
-        fault_point("update")
+        faults.point("update")
         return adam_update(adam, params, grads, state, inplace=True)
 
     def done(self):

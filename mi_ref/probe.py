@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from .checks import positive_int
 from .data import add_shared_noise, split_views
 
 PROBE_C = 10.0
@@ -65,8 +66,7 @@ def linear_probe(train_codes, train_labels, test_codes, test_labels, seed=0, max
                          f"{test_codes.shape[1]}; encode both with the same encoder")
     if np.unique(train_labels).size < 2:
         raise ValueError(f"the probe needs at least 2 classes in train_labels, got {np.unique(train_labels)}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    positive_int(max_iter, "max_iter")
 
     scaler = MinMaxScaler().fit(train_codes)
     clf = LogisticRegression(solver="saga", tol=PROBE_TOL, C=PROBE_C, max_iter=int(max_iter),

@@ -1,44 +1,63 @@
-"""Run directories: what a run writes, written atomically, and read back for plots and resumption.
+"""Run directories: what a run writes, written atomically, checked before it is resumed, read back for plots.
 
 One directory per (experiment, preset, seed)::
 
     RUN_DIR/
       config.json          the experiment, preset, seed, the complete config, package versions, git revision
       metrics.jsonl        one JSON object per evaluation (and one "baseline" row), appended in order
-      progress.json        the variants finished so far
+      progress.json        the variants finished so far, with the number of rows each wrote
       arrays/VARIANT.npz   per-evaluation arrays (e.g. singular values), rewritten at every evaluation
-      checkpoints/VARIANT.npz   the state of the variant in progress (params, optimizer state, RNG and
-                                data-iterator positions); deleted once the variant is finished
+      checkpoints/VARIANT.npz   the state of the variant in progress (params, optimizer state, stream and
+                                data-iterator positions, the steps of its rows so far); deleted once the
+                                variant is finished
+      .lock                held (an OS advisory lock) by the one process writing the directory
 
-Every file is written to a temporary file in the same directory and moved into place with ``os.replace``,
-so an interruption leaves either the old or the new version, never a torn one. Arrays are saved with
-``numpy.savez`` and read with ``allow_pickle=False``; structured metadata travels as JSON text.
+Writes. Every file but metrics.jsonl is written to a temporary file in the same directory and moved into
+place with ``os.replace`` (:mod:`mi_ref.files`): an interruption leaves the old or the new version. A
+metrics row is one ``write`` of one line, fsynced, before anything that depends on it (the checkpoint of
+that evaluation) is written; an interruption can leave a torn last line and nothing else. Arrays are saved
+with ``numpy.savez`` and read with ``allow_pickle=False``; structured metadata travels as JSON text.
+
+The invariant, per variant V, that a resumable directory keeps:
+
+* V is in progress.json: metrics.jsonl holds exactly the number of rows of V that progress.json recorded,
+  and V has no checkpoint;
+* V has a checkpoint at step s: its rows with step <= s are exactly the steps the checkpoint recorded
+  (the row of step s among them); rows with step > s are the work of an interrupted session and are
+  recomputed on resume, identically;
+* V has neither: any rows of V are the work of a session interrupted before V's first checkpoint and are
+  recomputed from V's start.
+
+:meth:`RunDir.audit` checks it before a run is resumed. What an interruption can leave (a torn last line,
+rows after the last checkpoint, a leftover temporary file, a checkpoint of a finished variant, the row of
+a checkpoint's own step) is repaired and reported; what only outside damage can cause (a row missing in
+the middle, a damaged file, the rows of a finished variant gone) is an error naming the file and the
+defect, and nothing is changed, unless the run is resumed with ``repair=True``, which recomputes the
+damaged variants from their start.
 """
 
+import fcntl
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import atomic
-
+from . import faults, files
+from .faults import point as _fault
+from .files import DamagedFileError, load_npz, read_json
 
 # ----------------------------------------------------------------------------------------------------
-# files (written by mi_ref.atomic)
+# files (written and read by mi_ref.files)
 
-atomic_write_text = atomic.write_text
-atomic_write_json = atomic.write_json
-atomic_savez = atomic.savez
-
-
-def load_npz(path):
-    """Read an .npz written by mi-ref into a dict of arrays (never unpickles)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+atomic_write_text = files.write_text
+atomic_write_json = files.write_json
+atomic_savez = files.savez
 
 
 def json_to_array(obj):
@@ -90,15 +109,26 @@ class RunExistsError(ValueError):
     """The output directory already holds a run (of this or of another config)."""
 
 
+class RunLockedError(ValueError):
+    """Another process is writing the run directory."""
+
+
+class RunDirError(ValueError):
+    """A run directory's files disagree (see the module docstring's invariant) in a way only outside damage
+    can cause; the message says which file and what to do."""
+
+
 class RunDir:
-    """One run directory (see the module docstring for its layout)."""
+    """One run directory (see the module docstring for its layout and invariant)."""
 
     def __init__(self, path):
         self.path = Path(path)
+        self._lock_fd = None
 
     config_path = property(lambda self: self.path / "config.json")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     progress_path = property(lambda self: self.path / "progress.json")
+    lock_path = property(lambda self: self.path / ".lock")
 
     def checkpoint_path(self, variant):
         return self.path / "checkpoints" / f"{variant}.npz"
@@ -106,61 +136,121 @@ class RunDir:
     def arrays_path(self, variant):
         return self.path / "arrays" / f"{variant}.npz"
 
+    # --- the lock
+
+    def lock(self):
+        """Take the directory's advisory lock (``flock`` on ``.lock``) for as long as this process runs
+        (or until :meth:`unlock`). The OS drops it when the process ends, however it ends, so a killed run
+        never blocks a later one. A second writer gets :class:`RunLockedError` naming the holder."""
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise RunLockedError(f"{self.path} is being written by another mi-ref process ({holder}); wait for "
+                                 "it to finish, or stop it, before running this again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n").encode("utf-8"))
+        self._lock_fd = fd
+
+    def unlock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     # --- creation and resumption
 
     def prepare(self, header, resume):
         """Create the run directory for ``header`` (experiment, preset, seed, config), or check that an
-        existing one holds the same and may be resumed.
+        existing one holds the same and may be resumed. Takes the directory's lock first (:meth:`lock`).
 
         * new directory: writes config.json (header + environment);
         * existing run, ``resume=False``: ``RunExistsError`` (nothing is touched);
-        * existing run with a different header: ``RunExistsError`` (with or without resume).
+        * existing run with a different header: ``RunExistsError`` naming the settings that differ.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunExistsError(f"{self.path} exists and is not a directory; choose another --out")
+        if self.path.is_dir() and not self.config_path.exists() and \
+                any(p.name != ".lock" for p in self.path.iterdir()):
+            raise RunExistsError(f"{self.path} exists and is not an mi-ref run directory (no config.json); "
+                                 "choose another --out directory")
+        self.lock()
         if self.config_path.exists():
-            try:
-                old = json.loads(self.config_path.read_text())
-            except (OSError, ValueError) as err:
-                raise RunExistsError(f"{self.config_path} exists but cannot be read ({err}); choose another "
-                                     "--out or remove it") from None
-            old_header = {k: old.get(k) for k in header}
-            if old_header != json.loads(json.dumps(header)):
-                diff = sorted(k for k in header if old_header.get(k) != json.loads(json.dumps(header[k])))
-                raise RunExistsError(f"{self.path} holds a run with a different config (differs in {diff}); "
+            old = read_json(self.config_path, dict, "run config")
+            new = json.loads(json.dumps(header))
+            diff = _differences({k: old.get(k) for k in new}, new)
+            if diff:
+                raise RunExistsError(f"{self.path} holds a run with a different config ({'; '.join(diff)}); "
                                      "choose another --out directory (nothing was overwritten)")
             if not resume:
                 raise RunExistsError(f"{self.path} already holds this run; pass --resume to continue it, or "
                                      "choose another --out directory (nothing was overwritten)")
             return False
-        if self.path.exists() and any(self.path.iterdir()):
-            raise RunExistsError(f"{self.path} exists and is not an mi-ref run directory (no config.json); "
-                                 "choose another --out directory")
-        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_path, dict(header, environment=environment()))
         return True
 
     def read_config(self):
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not an mi-ref run directory: no config.json")
-        return json.loads(self.config_path.read_text())
+        config = read_json(self.config_path, dict, "run config")
+        for key in ("experiment", "preset", "seed", "config"):
+            if key not in config:
+                raise DamagedFileError(f"run config {self.config_path} lacks the key {key!r}")
+        return config
 
     # --- metrics
 
-    def read_metrics(self):
-        """All complete rows of metrics.jsonl (a torn last line, if any, is ignored)."""
+    def _metric_lines(self):
+        """``(rows, torn)``: every row of metrics.jsonl, and the torn last line (a crash mid-append) if any.
+        Any other damage raises :class:`DamagedFileError` naming the line."""
         if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
+            return [], None
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        ends_with_newline = lines[-1] == ""
+        if ends_with_newline:
+            lines = lines[:-1]
+        rows, torn = [], None
+        for number, line in enumerate(lines, start=1):
+            last = number == len(lines)
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-        return rows
+                row = json.loads(line)
+            except ValueError as err:
+                if last and not ends_with_newline:
+                    torn = line
+                    break
+                raise DamagedFileError(f"metrics file {self.metrics_path}, line {number}, is not valid JSON "
+                                       f"({err}); the file was damaged or edited. Nothing was changed: fix or "
+                                       "delete that line, then resume") from None
+            if not isinstance(row, dict) or not isinstance(row.get("variant"), str) or \
+                    isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+                raise DamagedFileError(f"metrics file {self.metrics_path}, line {number}, is not a metric row "
+                                       f"(a JSON object with a string 'variant' and an integer 'step'): "
+                                       f"{line[:80]!r}. Nothing was changed: fix or delete that line, then resume")
+            rows.append(row)
+        return rows, torn
+
+    def read_metrics(self):
+        """All complete rows of metrics.jsonl (a torn last line, if any, is left out)."""
+        return self._metric_lines()[0]
 
     def append_metrics(self, row):
-        """Append one row (a JSON object on one line, written with a single write and fsync)."""
+        """Append one row (a JSON object on one line, written with a single write and fsynced)."""
         line = json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
         with open(self.metrics_path, "a", encoding="utf-8") as f:
+            _fault("metrics")
+            if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
+                f.write(line[:len(line) // 2])
+                f.flush()
+                _fault("metrics-torn")
+                line = line[len(line) // 2:]
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -169,50 +259,171 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def truncate_variant(self, variant, last_step):
-        """Drop rows of ``variant`` after ``last_step`` (or all of them if None): makes metrics.jsonl agree
-        with the checkpoint a resumed run starts from."""
-        rows = [r for r in self.read_metrics()
-                if r.get("variant") != variant or (last_step is not None and r.get("step", -1) <= last_step)]
-        self.rewrite_metrics(rows)
-        return [r for r in rows if r.get("variant") == variant]
+        """Drop rows of ``variant`` after ``last_step`` (all of them if None): they are the work of an
+        interrupted session, which the resumed run recomputes. Returns the rows of ``variant`` kept.
+        Every other row is kept as it is (a damaged file raises instead: nothing is rewritten then)."""
+        rows, torn = self._metric_lines()
+        kept = [r for r in rows if r["variant"] != variant or (last_step is not None and r["step"] <= last_step)]
+        if len(kept) != len(rows) or torn is not None:
+            self.rewrite_metrics(kept)
+        return [r for r in kept if r["variant"] == variant]
 
     # --- progress, checkpoints, arrays
 
-    def done_variants(self):
+    def _progress(self):
         if not self.progress_path.exists():
-            return []
-        return json.loads(self.progress_path.read_text()).get("done", [])
+            return {"done": [], "rows": {}}
+        progress = read_json(self.progress_path, dict, "progress file")
+        done, counts = progress.get("done", []), progress.get("rows", {})
+        if not isinstance(done, list) or not all(isinstance(v, str) for v in done) or not isinstance(counts, dict):
+            raise DamagedFileError(f"progress file {self.progress_path} must be {{\"done\": [variant names], "
+                                   f"\"rows\": {{variant: number}}}}, got {json.dumps(progress)[:80]}")
+        return {"done": done, "rows": counts}
+
+    def done_variants(self):
+        return self._progress()["done"]
 
     def mark_done(self, variant):
-        done = self.done_variants()
-        if variant not in done:
-            atomic_write_json(self.progress_path, {"done": done + [variant]})
+        """Record ``variant`` as finished, with its number of rows (the audit's check), and drop its
+        checkpoint."""
+        progress = self._progress()
+        if variant not in progress["done"]:
+            count = sum(r["variant"] == variant for r in self.read_metrics())
+            atomic_write_json(self.progress_path, {"done": progress["done"] + [variant],
+                                                   "rows": dict(progress["rows"], **{variant: count})})
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():
             ckpt.unlink()
 
+    def _forget(self, variant):
+        """Remove every trace of ``variant`` (rows, done mark, checkpoint, arrays): it will be run again."""
+        self.truncate_variant(variant, None)
+        progress = self._progress()
+        if variant in progress["done"]:
+            progress["rows"].pop(variant, None)
+            atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant],
+                                                   "rows": progress["rows"]})
+        for path in (self.checkpoint_path(variant), self.arrays_path(variant)):
+            if path.exists():
+                path.unlink()
+
     def save_checkpoint(self, variant, arrays, meta):
+        _fault("checkpoint")
         atomic_savez(self.checkpoint_path(variant), dict(arrays, __meta__=json_to_array(meta)))
 
     def load_checkpoint(self, variant):
-        """``(arrays, meta)`` of the variant's checkpoint, or None if it has none."""
+        """``(arrays, meta)`` of the variant's checkpoint, or None if it has none (a damaged one raises
+        :class:`DamagedFileError`)."""
         path = self.checkpoint_path(variant)
         if not path.exists():
             return None
+        arrays = load_npz(path, f"checkpoint of {variant}")
         try:
-            arrays = load_npz(path)
             meta = array_to_json(arrays.pop("__meta__"))
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"checkpoint {path} is unreadable ({err}); delete it to restart that variant "
-                             "from scratch") from None
+        except (KeyError, ValueError) as err:
+            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: no readable metadata ({err})") \
+                from None
+        if not isinstance(meta, dict) or "step" not in meta:
+            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: its metadata is not a checkpoint's")
         return arrays, meta
 
     def save_arrays(self, variant, arrays):
+        _fault("arrays")
         atomic_savez(self.arrays_path(variant), arrays)
 
     def load_arrays(self, variant):
         path = self.arrays_path(variant)
-        return load_npz(path) if path.exists() else {}
+        return load_npz(path, f"arrays of {variant}") if path.exists() else {}
+
+    # --- the audit before a resumption
+
+    def audit(self, repair=False):
+        """Check the invariant of the module docstring before this run is resumed.
+
+        Repairs what an interruption leaves and returns the list of what it did (one sentence each). Raises
+        :class:`RunDirError` for damage only outside hands cause, naming file and defect and changing
+        nothing, unless ``repair``: then the damaged variants are forgotten (rows, checkpoint, arrays, done
+        mark) so that the run recomputes them from their start, and that is reported too.
+        """
+        notes, damaged = [], {}
+        for tmp in self.path.rglob(".*.tmp"):
+            tmp.unlink()
+            notes.append(f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write")
+        try:
+            rows, torn = self._metric_lines()
+            progress = self._progress()
+        except DamagedFileError as err:
+            if not repair:
+                raise RunDirError(f"{err}; or resume with --repair to recompute every variant") from None
+            return notes + self._start_over(f"{err}")
+        if torn is not None:
+            self.rewrite_metrics(rows)
+            notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
+                         "is recomputed")
+        steps = {}
+        for r in rows:
+            steps.setdefault(r["variant"], []).append(r["step"])
+        for variant in progress["done"]:
+            expected, found = progress["rows"].get(variant), len(steps.get(variant, []))
+            if expected is not None and found != expected:
+                damaged[variant] = (f"metrics.jsonl holds {found} rows of the finished variant {variant}, "
+                                    f"progress.json recorded {expected}")
+            elif self.checkpoint_path(variant).exists():
+                self.checkpoint_path(variant).unlink()
+                notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
+        for path in sorted((self.path / "checkpoints").glob("*.npz")) if (self.path / "checkpoints").is_dir() else []:
+            variant = path.stem
+            if variant in progress["done"]:
+                continue
+            try:
+                _, meta = self.load_checkpoint(variant)
+            except DamagedFileError as err:
+                damaged[variant] = str(err)
+                continue
+            s = int(meta["step"])
+            have = sorted(t for t in steps.get(variant, []) if t <= s)
+            recorded = meta.get("row_steps")
+            if recorded is not None:
+                missing = sorted(set(recorded) - {s} - set(have))
+                if missing:
+                    damaged[variant] = (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its "
+                                        f"checkpoint (step {s}) recorded")
+                    continue
+                if s in recorded and s not in have:
+                    notes.append(f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated "
+                                 "again from the checkpoint")
+            later = [t for t in steps.get(variant, []) if t > s]
+            if later:
+                notes.append(f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed")
+        if damaged and not repair:
+            details = "; ".join(f"{v}: {why}" for v, why in damaged.items())
+            raise RunDirError(f"{self.path} cannot be resumed as it is: {details}. Nothing was changed. Resume with "
+                              f"--repair to recompute {sorted(damaged)} from their start, or restore the files")
+        for variant, why in damaged.items():
+            self._forget(variant)
+            notes.append(f"{variant} is recomputed from its start ({why})")
+        return notes
+
+    def _start_over(self, why):
+        """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
+        for path in [self.metrics_path, self.progress_path] + list(self.path.glob("checkpoints/*.npz")) + \
+                list(self.path.glob("arrays/*.npz")):
+            if path.exists():
+                path.unlink()
+        return [f"every variant is recomputed from its start ({why})"]
+
+
+def _differences(old, new, prefix=""):
+    """'key: old -> new' for every setting that differs between two JSON-like dicts (nested keys joined
+    with '.')."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} on disk, {json.dumps(b)} now")
+    return out
 
 
 def load_run(path):
@@ -222,5 +433,5 @@ def load_run(path):
     arrays = {}
     if (run.path / "arrays").is_dir():
         for f in sorted((run.path / "arrays").glob("*.npz")):
-            arrays[f.stem] = load_npz(f)
+            arrays[f.stem] = load_npz(f, "arrays")
     return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}

@@ -243,15 +243,19 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     params, state = trees["model"], states["model"]
     rows = loop.rows
     sv_history = list(store.load_arrays(variant).get("singular_values", []))[:len(rows)] if loop.resumed else []
+    if jacobian and len(sv_history) != len(rows):
+        raise ValueError(f"{store.arrays_path(variant)} holds the singular values of {len(sv_history)} "
+                         f"evaluations, metrics.jsonl {len(rows)} rows of {variant}; resume with --repair")
     grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
     every = config.eval_every
     progress = progress or Progress(variant, config.n_iters, enabled=False)
-    loss_sum, loss_count = 0.0, 0
+    loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.reevaluate else (0.0, 0)
 
     def evaluate(step, x1, snapshot):
         """One evaluation of the current params (see the module docstring); stored with a checkpoint that
         resumes at ``step`` (``snapshot``: the training streams before this step's batch), or, for the
         evaluation after the last step (``snapshot`` None), without one."""
+        before_eval = loop.snapshot("eval", "bound_data", "bound_noise")
         row = {"variant": variant, "step": step}
         row.update(extra_row or {})
         row["bound"], row["loss"] = paper_bound(bound_and_loss, params, views, weights, bound_it,
@@ -267,14 +271,13 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
             row.update(pct)
             sv_history.append(svals)
         row["seconds"] = loop.seconds()
-        rows.append(row)
-        if store is not None:
-            if sv_history:
-                store.save_arrays(variant, {"singular_values": np.stack(sv_history),
-                                            "steps": np.array([r["step"] for r in rows])})
-            store.append_metrics(row)
+        if store is not None and sv_history:
+            store.save_arrays(variant, {"singular_values": np.stack(sv_history),
+                                        "steps": np.array([r["step"] for r in rows] + [step])})
+        loop.record(row)
         if snapshot is not None:
-            loop.checkpoint(step, {"model": params}, {"model": state}, snapshot)
+            loop.checkpoint(step, {"model": params}, {"model": state}, snapshot, before_eval=before_eval,
+                            train_loss=[loss_sum, loss_count])
         progress.update(step, bound=row["bound"], acc=row["accuracy"])
 
     def batch():
@@ -288,7 +291,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
         is_eval = step % every == 0 and step // every < config.n_evals
         snapshot = loop.snapshot("data", "noise") if is_eval else None
         x1, x2 = batch()
-        if is_eval and not (loop.resumed and step == loop.start):
+        if is_eval and not (loop.resumed and step == loop.start and not loop.reevaluate):
             evaluate(step, x1, snapshot)
         if is_eval:
             loss_sum, loss_count = 0.0, 0

@@ -27,7 +27,8 @@ def test_run_then_plot(tmp_path, capsys):
     code, out, _ = run(["run", "invertible", "--out", str(tmp_path / "runs"), "--steps", "4", "--quiet",
                         "--dataset", "digits"], capsys)
     assert code == 0 and "invertible seed 0: results in" in out
-    run_dir = tmp_path / "runs" / "invertible-quick" / "seed-0"
+    run_dir = next((tmp_path / "runs").glob("invertible-quick-*/seed-0"))
+    assert run_dir.parent.name == "invertible-quick-dataset=digits-n_iters=4"    # the run's name says how
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # 4 steps: n_evals capped at 4, plus the quick preset's evaluation after the last step
     assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 1, 2, 3, 4]
@@ -38,17 +39,15 @@ def test_run_then_plot(tmp_path, capsys):
 def test_existing_run_is_never_overwritten(tmp_path, capsys):
     out_dir = str(tmp_path / "runs")
     assert run(["run", "adversarial", "--out", out_dir] + TINY, capsys)[0] == 0
-    config = tmp_path / "runs" / "adversarial-quick" / "seed-0" / "config.json"
+    config = next((tmp_path / "runs").glob("adversarial-quick-*/seed-0/config.json"))
     metrics = config.parent / "metrics.jsonl"
     before = (config.read_bytes(), metrics.read_bytes())
     code, _, err = run(["run", "adversarial", "--out", out_dir] + TINY, capsys)
     assert code == 2 and "--resume" in err
-    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--dataset", "digits"],
+    # another config is another run: it gets a folder of its own, named by what differs
+    code, out, _ = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--dataset", "digits"],
                        capsys)
-    assert code == 2 and "different config" in err
-    code, _, err = run(["run", "adversarial", "--out", out_dir, "--steps", "5", "--quiet", "--resume",
-                        "--dataset", "digits"], capsys)
-    assert code == 2 and "different config" in err
+    assert code == 0 and "adversarial-quick-dataset=digits-n_iters=5/seed-0" in out
     assert (config.read_bytes(), metrics.read_bytes()) == before
     # resuming a finished run is a no-op that succeeds
     assert run(["run", "adversarial", "--out", out_dir, "--resume"] + TINY, capsys)[0] == 0
@@ -89,7 +88,7 @@ def test_evals_override(tmp_path, capsys):
                       "--dataset", "digits"], capsys)
     assert code == 0
     rows = [json.loads(line) for line in
-            (tmp_path / "conditioning-quick" / "seed-0" / "metrics.jsonl").read_text().splitlines()]
+            next(tmp_path.glob("conditioning-quick-*/seed-0/metrics.jsonl")).read_text().splitlines()]
     assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 3, 6]
     code, _, err = run(["run", "sampling", "--out", str(tmp_path), "--evals", "2", "--quiet"], capsys)
     assert code == 2 and "takes no --evals" in err

@@ -7,6 +7,7 @@ are those of the generated files (``pins=`` argument, or the module's table patc
 import gzip
 import hashlib
 import http.server
+import time
 import os
 import shutil
 import threading
@@ -26,7 +27,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.routes[path] = (mode, body)``; records every requested path in ``server.requests``.
 
     Modes: "ok"; "truncate" (announces the full Content-Length, sends half, closes the connection);
-    "nolength" (no Content-Length, the body ends when the connection closes). Unknown paths get 404.
+    "nolength" (no Content-Length, the body ends when the connection closes); "trickle" (one byte every
+    0.2 s: each read succeeds well within any per-operation timeout). Unknown paths get 404.
     """
 
     def do_GET(self):
@@ -41,6 +43,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode != "nolength":
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if mode == "trickle":
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except (BrokenPipeError, ConnectionResetError):      # the client gave up, as it should
+                pass
+            self.close_connection = True
+            return
         self.wfile.write(body[: len(body) // 2] if mode == "truncate" else body)
         self.wfile.flush()
         self.close_connection = True
@@ -176,6 +188,43 @@ def test_interrupted_transfer_leaves_no_partial_file(tmp_path, server, tiny):
     with pytest.raises(DownloadError, match=r"transfer interrupted: received \d+ of \d+ bytes|IncompleteRead"):
         download_mnist(tmp_path, [mirror], pins=pins)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_trickling_mirror_fails_within_the_deadline(tmp_path, server, tiny):
+    """A server sending one byte every 0.2 s never trips the per-read timeout (5 s here) but trips the
+    overall deadline, and, after the grace period, the minimum rate; nothing is left behind."""
+    contents, pins = tiny
+    name = NAMES[0]
+    mirror = serve(server, "/slow", contents, mode="trickle", names=[name])
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"past the deadline of 1.5 s"):
+        download_mnist(tmp_path, [mirror], pins={name: pins[name]}, timeout=5, deadline=1.5)
+    assert time.monotonic() - start < 5 and os.listdir(tmp_path) == []
+
+
+def test_the_minimum_rate_is_checked_after_the_grace_period(monkeypatch):
+    """fetch's average-rate limit, with a fake clock: 10 bytes in 40 s is 0.25 bytes/s."""
+    from mi_ref import download
+
+    class Response:
+        headers = {"Content-Length": "100"}
+
+        def __init__(self):
+            self.sent = 0
+
+        def read1(self, n):
+            self.sent += 1
+            return b"x" if self.sent <= 10 else b""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    times = iter([0.0] + [4.0 * (i + 1) for i in range(20)])
+    monkeypatch.setattr(download.urllib.request, "urlopen", lambda *a, **k: Response())
+    with pytest.raises(OSError, match=r"bytes/s on average after 32 s, below the minimum of 1 bytes/s"):
+        download.fetch("http://127.0.0.1:1/x", timeout=1, deadline=100, min_rate=1, clock=lambda: next(times))
 
 
 def test_truncated_body_without_length_is_caught_by_gzip(tmp_path, server, tiny):

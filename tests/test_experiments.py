@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mi_ref import experiments, loop, plots
+from mi_ref import experiments, faults, plots
 from mi_ref.results import RunDir
 
 TINY = {
@@ -69,7 +69,7 @@ class Interrupt:
                 self.calls += 1
                 if self.calls == self.at:
                     raise KeyboardInterrupt
-        monkeypatch.setattr(loop, "FAULT_HOOK", hook)
+        monkeypatch.setattr(faults, "HOOK", hook)
 
 
 @pytest.mark.parametrize("name,at", [("invertible", 7), ("invertible", 17), ("conditioning", 10),

@@ -45,6 +45,60 @@ class Experiment:
         return cfg
 
 
+def parse_value(text, default, key):
+    """The value of ``--set key=text``, parsed to the type of the field's current value ``default``:
+    int, float, bool (true/false, yes/no, 1/0), str, or a tuple (comma-separated items of the type of the
+    default's items; a Python/JSON literal for nested tuples). ``ValueError`` naming the key otherwise."""
+    import ast
+    text = text.strip()
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered in ("true", "yes", "1"):
+                return True
+            if lowered in ("false", "no", "0"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            if text.startswith(("(", "[")):
+                value = ast.literal_eval(text)
+                return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            items = [t.strip() for t in text.split(",") if t.strip()]
+            kind = type(default[0]) if default else str
+            return tuple(kind(t) if kind is not bool else parse_value(t, False, key) for t in items)
+        if default is None or isinstance(default, str):
+            return text
+    except (ValueError, SyntaxError, TypeError):
+        pass
+    what = {bool: "true or false", int: "an integer", float: "a number",
+            tuple: "comma-separated values, e.g. a,b"}.get(type(default), type(default).__name__)
+    raise ValueError(f"--set {key}={text}: expected {what} (its default is {default!r})")
+
+
+def parse_sets(experiment, preset, items):
+    """``{field: value}`` from ``--set key=value`` items for ``experiment``'s ``preset`` config. An unknown
+    key is an error listing the valid ones; a value is parsed by :func:`parse_value`."""
+    base = experiment.presets[preset] if preset in experiment.presets else None
+    if base is None:
+        raise ValueError(f"unknown preset {preset!r} for {experiment.name}; expected one of {sorted(experiment.presets)}")
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--set {key}: {experiment.name} has no setting {key!r}; its settings are "
+                             f"{sorted(fields)}")
+        out[key] = parse_value(text, fields[key], key)
+    return out
+
+
 REGISTRY = Registry("experiment")
 
 
@@ -76,23 +130,82 @@ def names():
     return sorted(REGISTRY.names(), key=lambda n: (REGISTRY.get(n).order, n))
 
 
-def run_dir_for(out, name, preset, seed):
-    """Where a run lives: OUT/EXPERIMENT-PRESET/seed-S."""
-    return Path(out) / f"{name}-{preset}" / f"seed-{seed}"
+def _short(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_short(v) for v in value)
+    return str(value)
+
+
+def overrides_of(name, preset, config):
+    """``[(field, value)]`` of the settings in which ``config`` differs from ``name``'s ``preset``."""
+    base = get(name).presets[preset]
+    return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(base)
+            if getattr(config, f.name) != getattr(base, f.name)]
+
+
+def run_name(name, preset, config=None):
+    """The name of a run's folder: EXPERIMENT-PRESET, then the overrides of the preset, e.g.
+    ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters become a short
+    hash of the whole config and the names of the overridden settings, e.g.
+    ``critics-quick-3f2a91c0-critics+lr``. (config.json records every setting either way.)"""
+    import hashlib
+    import json
+    diffs = [] if config is None else overrides_of(name, preset, config)
+    if not diffs:
+        return f"{name}-{preset}"
+    text = "-".join(f"{k}={_short(v)}" for k, v in diffs)
+    if len(text) > 60 or any(c in text for c in "/\\ ()[]'\""):
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+        keys = ""
+        for k, _ in diffs:
+            if len(keys) + len(k) > 48:
+                keys += "+more"
+                break
+            keys += ("+" if keys else "") + k
+        text = f"{digest}-{keys}"
+    return f"{name}-{preset}-{text}"
+
+
+def run_dir_for(out, name, preset, seed, config=None):
+    """Where a run lives: OUT/RUN_NAME/seed-S (see :func:`run_name`)."""
+    return Path(out) / run_name(name, preset, config) / f"seed-{seed}"
 
 
 def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_dir=None, progress=True,
-                   **overrides):
+                   repair=False, report=None, **overrides):
     """Run one seed of an experiment into its run directory and return that directory's path.
 
-    A finished run with ``resume=True`` is left as it is; a partial one continues from its last evaluation.
+    Every argument is checked before anything is written. The directory is locked for the whole run
+    (:meth:`mi_ref.results.RunDir.lock`). With ``resume=True`` an existing run is audited first
+    (:meth:`mi_ref.results.RunDir.audit`; ``repair=True`` recomputes damaged variants) and continues from its
+    last evaluation; a finished run is left as it is. ``report(line)`` receives what the audit repaired
+    (default: stderr).
     """
+    import sys
+
     from ..data import load
+    from ..checks import positive_int
     exp = get(name)
+    seed = positive_int(seed, "seed", minimum=0)
     config = exp.config(preset, **overrides)
-    dataset = load(config.dataset, data_dir) if hasattr(config, "dataset") else None   # fails before writing
-    store = RunDir(run_dir_for(out, name, preset, seed))
-    header = {"experiment": name, "preset": preset, "seed": int(seed), "config": dataclasses.asdict(config)}
-    store.prepare(header, resume)
-    exp.run(config, store, int(seed), dataset, progress)
+    if hasattr(config, "dataset"):
+        dataset = load(config.dataset, data_dir)                 # fails before anything is written
+    elif data_dir is not None:
+        raise ValueError(f"{name} uses synthetic data and reads no --data-dir (drop it)")
+    else:
+        dataset = None
+    report = report or (lambda line: print(line, file=sys.stderr))
+    store = RunDir(run_dir_for(out, name, preset, seed, config))
+    header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
+    try:
+        if not store.prepare(header, resume):
+            for note in store.audit(repair):
+                report(f"{store.path}: {note}")
+        exp.run(config, store, seed, dataset, progress)
+    finally:
+        store.unlock()
     return store.path

@@ -125,16 +125,17 @@ def run(config, store, seed, dataset, progress=True):
     bar = Progress(f"adversarial seed {seed}", config.n_iters, enabled=progress)
     loss_c = loss_e = float("nan")
     for iteration in range(loop.start, config.n_iters):
-        if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start):
+        if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start
+                                                         and not loop.reevaluate):
+            before_eval = loop.snapshot("eval")
             row = {"variant": VARIANT, "step": iteration,
                    "accuracy": probe_accuracy(encoder.apply, params["encoder"], views.x1_train, views.y_train,
                                               views.x1_test, views.y_test, config.noise_std, rng["eval"]),
                    "classifier_loss": loss_c, "encoder_loss": loss_e,
                    "mean_log_det": float(np.mean(encoder.log_det(params["encoder"], views.x1_test[:512]))),
                    "seconds": loop.seconds()}
-            if store is not None:
-                store.append_metrics(row)
-            loop.checkpoint(iteration, params, states)
+            loop.record(row)
+            loop.checkpoint(iteration, params, states, before_eval=before_eval)
             bar.update(iteration, acc=row["accuracy"])
         for _ in range(config.classifier_steps):
             loss_c = classifier_step()

@@ -92,11 +92,13 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         if step == config.n_iters:
             row["bound_smoothed"] = float(smoothed(trace, config.smoothing_sigma)[-1])
         if store is not None:
-            store.append_metrics(row)
             store.save_arrays(name, {"trace": np.array(trace)})
+        loop.record(row)
         loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
         bar.update(step, estimate=row["bound"], true_mi=true_mi)
 
+    if loop.reevaluate:                 # the row of the checkpoint's step was lost: it comes from the trace
+        record(loop.start)
     for step in range(loop.start, config.n_iters):
         if step % config.record_every == 0 and step > loop.start:
             record(step)

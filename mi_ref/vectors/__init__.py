@@ -75,7 +75,7 @@ import numpy as onp
 from autograd import grad
 
 from .. import __version__
-from ..atomic import write_bytes, write_text
+from ..files import write_bytes, write_text
 from ..tree import tree_flatten, tree_map, tree_unflatten
 from .builders import BUILDERS, draw_params, f32, normal
 from .components import COMPONENTS, Component

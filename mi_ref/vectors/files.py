@@ -1,12 +1,15 @@
 """The files of a golden-vector directory: byte-reproducible ``.npz`` files, ``manifest.json`` and the
 tolerances :mod:`mi_ref.verify` applies (recorded in the manifest)."""
 
+import hashlib
 import io
 import json
 import zipfile
 from pathlib import Path
 
 import numpy as onp
+
+from ..files import DamagedFileError, load_npz
 
 from .conventions import FORMAT, FORMAT_VERSION, MANIFEST
 
@@ -56,9 +59,10 @@ def load_manifest(vectors_dir):
                                 f"`mi-ref vectors --out DIR`)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it with `mi-ref vectors`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DamagedFileError(f"{path} is not valid JSON ({err}); regenerate it with `mi-ref vectors`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            not isinstance(manifest.get("components"), dict):
         raise ValueError(f"{path} is not an mi-ref golden-vector manifest (format {FORMAT!r} expected)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {manifest.get('format_version')!r}; this mi-ref reads "
@@ -75,7 +79,13 @@ def load_component(vectors_dir, name, manifest=None):
     path = Path(vectors_dir) / comps[name]["file"]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing although {MANIFEST} lists it; regenerate the directory")
-    with onp.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    pinned = comps[name].get("sha256")
+    if pinned is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != pinned:
+            raise DamagedFileError(f"golden file {path} was changed or damaged: its SHA-256 is {digest}, "
+                                   f"{MANIFEST} recorded {pinned}; regenerate the directory with `mi-ref vectors` "
+                                   "(the comparison would not mean anything)")
+    return load_npz(path, "golden file")
 
 

@@ -1,0 +1,115 @@
+"""Files, written once: every file mi-ref writes goes through :func:`write_bytes`, and every ``.npz`` and JSON
+file it reads through :func:`load_npz` and :func:`read_json`.
+
+Writes.
+
+The data go to a temporary file in the target's directory, are flushed and fsynced, get the permissions a
+plain ``open()`` would give (0666 minus the process's umask: ``mkstemp`` alone would leave them 0600, which
+colleagues and CI on shared storage cannot read) and are moved into place with ``os.replace``. Readers see
+the old file or the complete new one, never a partial file; on any error the temporary file is removed.
+
+Reads. A file can be damaged (empty, truncated, a CRC error) or hostile (not what its name says). The
+readers raise one :class:`DamagedFileError` naming the file and the defect, never unpickle anything, and
+never suggest to (numpy's own message for a non-npz file does).
+"""
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import faults
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        faults.point("replace")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON (sorted keys) to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def savez(path, arrays):
+    """Save a dict of arrays to ``path`` (.npz) atomically; every value must be a non-object array (so that
+    reading it back never needs pickle)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype.hasobject:
+            raise ValueError(f"array {k!r} has dtype object, which would need pickle; store numbers or text")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return write_bytes(path, buffer.getvalue())
+
+
+class DamagedFileError(ValueError):
+    """A file mi-ref reads is damaged or is not what it should be (the message names file and defect)."""
+
+
+def load_npz(path, what="array file"):
+    """Read an .npz into a dict of arrays, never unpickling. A damaged file (empty, truncated, a CRC error,
+    not a zip, a member that is no plain array) raises :class:`DamagedFileError` naming the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except ValueError as err:
+        if "pickle" in str(err):            # numpy's own text would invite unpickling an untrusted file
+            reason = "it is not an .npz archive (it does not start like one): another kind of file, or damaged"
+        else:
+            reason = str(err)
+        raise DamagedFileError(f"{what} {path} is damaged: {reason}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+        raise DamagedFileError(f"{what} {path} is damaged or truncated ({type(err).__name__}: {err})") from None
+
+
+def read_json(path, kind, what):
+    """The JSON value in ``path``, which must be of type ``kind`` (dict or list); :class:`DamagedFileError`
+    naming the file otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DamagedFileError(f"{what} {path} is not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise DamagedFileError(f"{what} {path} holds a JSON {type(value).__name__}, expected a JSON "
+                               f"{'object' if kind is dict else 'array'}")
+    return value
+
+

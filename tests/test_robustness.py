@@ -1,0 +1,359 @@
+"""Run directories under hostile conditions: kills at every kind of write, damaged and hostile files,
+concurrent writers, bad arguments. Every case either resumes to the metrics of an uninterrupted run, or
+stops with one clear error (exit code 2 from the CLI) that names the file and changes nothing."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mi_ref import cli, experiments
+from mi_ref.results import RunDir
+
+TINY = dict(dataset="digits", n_iters=12, n_evals=3, n_layers=2, eval_final=True, estimators=("infonce", "nwj"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_path(out):
+    """Where the tiny run of these tests lives under ``out``."""
+    config = experiments.get("conditioning").config("quick", **TINY)
+    return experiments.run_dir_for(out, "conditioning", "quick", 0, config)
+
+
+def run(out, resume=False, repair=False, **kw):
+    return experiments.run_experiment("conditioning", "quick", 0, out, resume=resume, progress=False,
+                                      repair=repair, report=lambda line: None, **dict(TINY, **kw))
+
+
+def rows_without_time(path):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in RunDir(path).read_metrics()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run: the rows every recovery must reproduce exactly."""
+    path = run(tmp_path_factory.mktemp("ref"))
+    return path, rows_without_time(path), RunDir(path).load_arrays("nwj")["singular_values"]
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ------------------------------------------------------------------------------ kills at every kind of write
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from mi_ref import experiments, faults
+    point, at = sys.argv[2], int(sys.argv[3])
+    seen = [0]
+    def hook(name):
+        if name == point:
+            seen[0] += 1
+            if seen[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)      # a kill -9: no cleanup of any kind runs
+    faults.HOOK = hook
+    experiments.run_experiment("conditioning", "quick", 0, sys.argv[1], progress=False, **{TINY})
+""")
+
+# (fault point, occurrence): the middle of a metrics append (a torn line), just before one, a checkpoint
+# write and an arrays write killed between their temporary file and the rename, an optimizer step
+KILLS = [("metrics-torn", 1), ("metrics-torn", 3), ("metrics-torn", 5), ("metrics", 2), ("checkpoint", 1),
+         ("checkpoint", 4), ("replace", 2), ("replace", 7), ("arrays", 3), ("update", 5), ("update", 20)]
+
+
+@pytest.mark.parametrize("point,at", KILLS)
+def test_a_kill_at_any_write_resumes_to_the_uninterrupted_metrics(tmp_path, reference, point, at):
+    script = KILLER.replace("{TINY}", repr(TINY))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), point, str(at)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    path = run(tmp_path, resume=True)
+    assert rows_without_time(path) == reference[1]
+    np.testing.assert_array_equal(RunDir(path).load_arrays("nwj")["singular_values"], reference[2])
+    assert not list(Path(path).rglob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------ damaged metrics
+
+
+def finished_copy(tmp_path, reference):
+    target = tmp_path / "r"
+    shutil.copytree(Path(reference[0]).parent.parent, target)
+    return RunDir(run_path(target)), target
+
+
+def test_garbage_in_the_middle_of_metrics_is_an_error_and_nothing_is_lost(tmp_path, reference, capsys):
+    """Old behaviour: a garbage line 4 made --resume keep rows 1-3 only and exit 0. Now: exit 2, no change."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    damaged = "".join(lines[:3] + ["garbage\n"] + lines[3:])
+    run_dir.metrics_path.write_text(damaged)
+    code, _, err = run_cli(["run", "conditioning", "--out", str(out), "--resume", "--quiet"] + tiny_flags(), capsys)
+    assert code == 2 and "metrics.jsonl, line 4, is not valid JSON" in err and "Traceback" not in err
+    assert run_dir.metrics_path.read_text() == damaged
+
+
+def tiny_flags():
+    """The command-line flags that give TINY's config."""
+    return ["--dataset", "digits", "--steps", "12", "--evals", "3", "--set", "n_layers=2", "--set", "eval_final=true",
+            "--set", "estimators=infonce,nwj"]
+
+
+def test_a_metrics_line_that_is_not_a_row_names_the_file(tmp_path, reference):
+    run_dir, out = finished_copy(tmp_path, reference)
+    with open(run_dir.metrics_path, "a") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(ValueError, match=r"line \d+, is not a metric row .*\[1, 2\]"):
+        run_dir.read_metrics()
+
+
+def test_deleted_metrics_of_finished_variants_is_an_error_unless_repaired(tmp_path, reference):
+    """Old behaviour: after rm metrics.jsonl, --resume exited 0 with 3 of 13 rows and never redid the
+    finished variants. Now: an error naming them; with --repair they are recomputed, identically."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    run_dir.metrics_path.unlink()
+    with pytest.raises(ValueError, match=r"holds 0 rows of the finished variant infonce, progress.json recorded 4"):
+        run(out, resume=True)
+    assert not run_dir.metrics_path.exists()
+    run(out, resume=True, repair=True)
+    assert rows_without_time(run_dir.path) == reference[1]
+
+
+def test_a_lost_row_of_a_checkpoint_step_is_evaluated_again(tmp_path, reference):
+    """A torn last line while the checkpoint is already at that step: the row is evaluated again from the
+    checkpoint (with the evaluation streams' positions before it), giving the same numbers."""
+    script = KILLER.replace("{TINY}", repr(TINY))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), "update", "6"], env=env, capture_output=True,
+                   timeout=300)
+    run_dir = RunDir(run_path(tmp_path))
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["step"] == 4                  # the checkpoint of infonce is at step 4
+    run_dir.metrics_path.write_text("".join(lines[:-1]) + lines[-1][:20])    # tear that row
+    path = run(tmp_path, resume=True)
+    assert rows_without_time(path) == reference[1]
+
+
+# ------------------------------------------------------------------------------ damaged npz files
+
+def damage(path, how):
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "crc":                                         # flip a byte inside the first member's data
+        i = data.index(b"NUMPY") + 200
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:])
+    elif how == "not-npz":
+        path.write_bytes(b"\x80\x04this is some other file")
+    elif how == "wrong-members":
+        np.savez(path, nothing=np.zeros(2))
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "crc", "not-npz", "wrong-members"])
+def test_a_damaged_checkpoint_is_one_clear_error_then_repairable(tmp_path, reference, how):
+    script = KILLER.replace("{TINY}", repr(TINY))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), "update", "17"], env=env, capture_output=True,
+                   timeout=300)
+    run_dir = RunDir(run_path(tmp_path))
+    ckpt = run_dir.checkpoint_path("nwj")
+    assert ckpt.exists()
+    damage(ckpt, how)
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError) as err:
+        run(tmp_path, resume=True)
+    message = str(err.value)
+    assert "nwj" in message and "--repair" in message and "pickle" not in message
+    assert ckpt.read_bytes() == before
+    path = run(tmp_path, resume=True, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "crc", "not-npz"])
+def test_damaged_arrays_and_results_files_are_clear_errors(tmp_path, reference, how, capsys):
+    run_dir, out = finished_copy(tmp_path, reference)
+    damage(run_dir.arrays_path("nwj"), how)
+    code, _, err = run_cli(["plot", str(run_dir.path), "--out", str(tmp_path / "fig")], capsys)
+    assert code == 2 and "arrays" in err and "damaged" in err and "pickle" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "crc", "not-npz"])
+def test_verify_says_bad_input_not_mismatch_for_damaged_files(tmp_path, how, capsys):
+    from mi_ref import vectors
+    vdir = tmp_path / "v"
+    vectors.generate(vdir, names=["dense"])
+    good = {f"dense/{k}": v for k, v in vectors.load_component(vdir, "dense").items() if k.startswith("output/")}
+    results = tmp_path / "mine.npz"
+    np.savez(results, **good)
+    damage(results, how)
+    code, _, err = run_cli(["verify", str(vdir), str(results), "--allow-missing"], capsys)
+    assert code == 2 and "damaged" in err and "pickle" not in err
+    np.savez(results, **good)
+    damage(vdir / "dense.npz", how)
+    code, _, err = run_cli(["verify", str(vdir), str(results), "--allow-missing"], capsys)
+    assert code == 2 and "dense.npz" in err and "pickle" not in err
+
+
+def test_a_tampered_golden_file_fails_its_checksum(tmp_path, capsys):
+    from mi_ref import vectors
+    vdir = tmp_path / "v"
+    vectors.generate(vdir, names=["dense"])
+    arrays = vectors.load_component(vdir, "dense")
+    arrays["output/y"] = arrays["output/y"] + 1.0               # a changed golden value, a valid npz file
+    (vdir / "dense.npz").write_bytes(vectors.npz_bytes(arrays))
+    results = tmp_path / "mine.npz"
+    np.savez(results, **{"dense/output/y": arrays["output/y"]})
+    code, _, err = run_cli(["verify", str(vdir), str(results), "--allow-missing"], capsys)
+    assert code == 2 and "was changed or damaged: its SHA-256" in err
+
+
+# ------------------------------------------------------------------------------ hostile JSON
+
+
+@pytest.mark.parametrize("content,message", [("[1, 2]", "holds a JSON list, expected a JSON object"),
+                                             ("{not json", "is not valid JSON"),
+                                             ('{"done": 3}', "must be {\"done\": [variant names]")])
+def test_a_damaged_progress_file_names_itself(tmp_path, reference, content, message):
+    run_dir, out = finished_copy(tmp_path, reference)
+    run_dir.progress_path.write_text(content)
+    with pytest.raises(ValueError, match="progress file .*progress.json") as err:
+        run(out, resume=True)
+    assert message in str(err.value)
+
+
+def test_a_damaged_config_names_itself(tmp_path, reference, capsys):
+    run_dir, out = finished_copy(tmp_path, reference)
+    run_dir.config_path.write_text('["not", "a", "config"]')
+    code, _, err = run_cli(["plot", str(run_dir.path), "--out", str(tmp_path / "f")], capsys)
+    assert code == 2 and "run config" in err and "config.json holds a JSON list" in err
+
+
+# ------------------------------------------------------------------------------ two writers
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from mi_ref.results import RunDir
+    RunDir(sys.argv[1]).lock()
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_never_blocks(tmp_path, reference, capsys):
+    run_dir, out = finished_copy(tmp_path, reference)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir.path)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = run_dir.metrics_path.read_bytes()
+        code, _, err = run_cli(["run", "conditioning", "--out", str(out), "--resume", "--quiet"] + tiny_flags(),
+                               capsys)
+        assert code == 2 and f"being written by another mi-ref process (pid {holder.pid}" in err
+        assert run_dir.metrics_path.read_bytes() == before
+    finally:
+        holder.send_signal(signal.SIGKILL)                     # killed holding the lock
+        holder.wait()
+    assert run(out, resume=True) == run_dir.path               # the OS released it: resuming works
+
+
+def test_two_fresh_runs_racing_write_no_duplicate_rows(tmp_path, reference):
+    """Two processes start the same fresh run at once: one runs, the other is refused by the lock; the
+    rows are written once."""
+    script = textwrap.dedent(f"""
+        import sys
+        from mi_ref import experiments
+        try:
+            experiments.run_experiment("conditioning", "quick", 0, sys.argv[1], progress=False, **{TINY!r})
+            print("ran")
+        except ValueError as err:
+            print("refused:", err)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert sum("ran" in o for o in outputs) == 1 and sum("refused" in o for o in outputs) == 1, outputs
+    assert rows_without_time(run_path(tmp_path)) == reference[1]
+
+
+# ------------------------------------------------------------------------------ arguments and paths
+
+
+def test_a_negative_seed_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "conditioning", "--out", str(tmp_path / "o"), "--seed", "-1"])
+    assert exc.value.code == 2 and "argument --seed: expected an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        experiments.run_experiment("conditioning", "quick", -1, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_an_out_that_cannot_be_written_is_exit_2_without_traceback(tmp_path, capsys, kind):
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("a file")
+    else:
+        target.mkdir()
+        target.chmod(0o500)
+        if os.access(target, os.W_OK):                          # root ignores permissions
+            pytest.skip("running as root: a read-only directory is writable")
+    code, _, err = run_cli(["run", "conditioning", "--out", str(target), "--quiet"] + tiny_flags(), capsys)
+    assert code == 2 and "error" in err and "Traceback" not in err
+
+
+def test_data_dir_with_an_embedded_dataset_is_an_error(tmp_path, capsys):
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path), "--data-dir", str(tmp_path)]
+                           + tiny_flags(), capsys)
+    assert code == 2 and "only read by the dataset 'mnist'" in err
+    code, _, err = run_cli(["run", "sampling", "--out", str(tmp_path), "--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "reads no --data-dir" in err
+
+
+def test_a_config_mismatch_names_the_setting(tmp_path, reference):
+    """Each config has its own folder; a folder that holds another config anyway (moved by hand) says which
+    setting differs."""
+    run_dir, _ = finished_copy(tmp_path, reference)
+    header = RunDir(run_dir.path).read_config()
+    header = {k: header[k] for k in ("experiment", "preset", "seed", "config")}
+    header["config"] = dict(header["config"], n_iters=13)
+    with pytest.raises(ValueError, match=r"config.n_iters: 12 on disk, 13 now"):
+        RunDir(run_dir.path).prepare(header, resume=True)
+
+
+def test_stale_temporary_files_are_removed_on_resume(tmp_path, reference):
+    run_dir, out = finished_copy(tmp_path, reference)
+    stale = run_dir.path / "checkpoints"
+    stale.mkdir(exist_ok=True)
+    (stale / ".nwj.npz.abc123.tmp").write_bytes(b"half a checkpoint")
+    notes = []
+    experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False,
+                               report=notes.append, **TINY)
+    assert not list(run_dir.path.rglob(".*.tmp")) and any("temporary file" in n for n in notes)
+
+
+def test_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = run(tmp_path)
+    finally:
+        os.umask(old)
+    for f in ("config.json", "metrics.jsonl", "progress.json", "arrays/nwj.npz"):
+        assert (Path(path) / f).stat().st_mode & 0o777 == 0o644, f
