@@ -76,6 +76,10 @@ def _cmd_list(args):
             steps = getattr(cfg, "n_iters", None)
             dataset = getattr(cfg, "dataset", "synthetic")
             print(f"{'':13s}   --preset {preset:6s} {dataset}, {steps} steps")
+            if args.settings:
+                import dataclasses
+                values = ", ".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg))
+                print(f"{'':13s}       settings (change with --set KEY=VALUE): {values}")
             entries = [e for e in recorded if e["experiment"] == name and e["preset"] == preset]
             if not entries:
                 print(f"{'':13s}       findings: not measured yet")
@@ -151,6 +155,8 @@ def _run_seeds(name, args):
                   "same command and --resume", file=sys.stderr)
             raise
         print(f"{name} seed {seed}: results in {path}")
+    from .results import format_summary, write_summary
+    print(format_summary([write_summary(p) for p in paths]))
     return paths
 
 
@@ -166,7 +172,7 @@ def _cmd_run(args):
 def _cmd_plot(args):
     """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
     from .plots import plot_runs
-    for path in plot_runs(args.run_dirs, args.out):
+    for path in plot_runs(args.run_dirs, args.out, args.format, args.separate):
         print(f"wrote {path}")
     return 0
 
@@ -186,7 +192,7 @@ def _cmd_reproduce(args):
         start = time.perf_counter()
         all_paths += _run_seeds(name, args)
         timings.append((name, time.perf_counter() - start))
-    for path in plot_runs(all_paths, args.figures):
+    for path in plot_runs(all_paths, args.figures, args.format):
         print(f"wrote {path}")
     for name, seconds in timings:
         print(f"{name:13s} {seconds:7.1f} s")
@@ -306,6 +312,7 @@ def build_parser():
     p.set_defaults(func=_cmd_baseline)
 
     p = sub.add_parser("list", help="the experiments, the figures they reproduce, their presets")
+    p.add_argument("--settings", action="store_true", help="also every setting of every preset")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("run", help="run one experiment",
@@ -317,9 +324,14 @@ def build_parser():
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("plot", help="figures from run directories",
-                       description="Pool runs by experiment, preset and dataset; write one PNG per group.")
+                       description="Pool the runs of an experiment that differ only in their seed (mean +- sd) "
+                                   "and write its figure. Runs with different configs are not averaged: that "
+                                   "is an error naming the settings that differ, unless --separate.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="figures", metavar="DIR", help="output directory (default figures/)")
+    p.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="figure format (default png)")
+    p.add_argument("--separate", action="store_true",
+                   help="runs of one experiment with different configs: draw each config's curves separately")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("findings", help="judge the paper's findings on saved runs",
@@ -337,6 +349,7 @@ def build_parser():
                        description="Run all registered experiments with one preset, then plot them.")
     _add_run_options(p)
     p.add_argument("--figures", default="figures", metavar="DIR", help="where figures go (default figures/)")
+    p.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="figure format (default png)")
     p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     p.set_defaults(func=_cmd_reproduce)
 
@@ -376,6 +389,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:          # the reader of stdout went away (e.g. `mi-ref list | head`): not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"mi-ref {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ mean over runs with a band of +- one standard deviation, against "training steps
 paper's plots. ``plot_runs(run_dirs, out_dir)`` writes one PNG per experiment group and returns their paths.
 """
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -112,11 +113,15 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
 
 
 def _title(runs, what):
+    from .experiments import describe_overrides
     cfg = runs[0]["config"]
     dataset = cfg["config"].get("dataset", "synthetic")
     steps = cfg["config"].get("n_iters")
-    return (f"{what}\n{cfg['experiment']}, preset {cfg['preset']}, {dataset}, {steps} steps, "
-            f"{len(runs)} run(s), mean ± sd")
+    changed = describe_overrides(cfg["experiment"], cfg["preset"], cfg["config"])
+    preset = f"preset {cfg['preset']}" + (f" with {changed}" if changed else "")
+    seeds = sorted(r["config"]["seed"] for r in runs)
+    return (f"{what}\n{cfg['experiment']}, {preset}\n{dataset}, {steps} steps, {len(runs)} run(s) (seeds "
+            f"{', '.join(map(str, seeds))}), mean ± sd")
 
 
 def _accuracy_panel(ax, runs, variants, label_of, color_of):
@@ -397,20 +402,72 @@ def register_plotter(name, fn):
 # entry point
 
 
-def plot_runs(run_dirs, out_dir):
-    """Pool the runs by (experiment, preset, dataset) and write one PNG per group; returns the paths."""
-    groups = defaultdict(list)
+FORMATS = ("png", "pdf", "svg")
+
+
+def _group_key(run):
+    cfg = run["config"]
+    return cfg["experiment"], cfg["preset"], json.dumps(cfg["config"], sort_keys=True)
+
+
+def plot_comparison(groups, path):
+    """Runs of one experiment with different configs: the bound and the accuracy of every variant of every
+    config as separate curves (color: variant; line style: config), each config pooled over its seeds."""
+    from .experiments import describe_overrides
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    styles = ["-", "--", ":", "-."]
+    experiment = groups[0][0]["config"]["experiment"]
+    for i, runs in enumerate(groups):
+        cfg = runs[0]["config"]
+        what = describe_overrides(experiment, cfg["preset"], cfg["config"]) or "the preset's settings"
+        tag = f"{cfg['preset']}: {what} ({len(runs)} run(s))"
+        for v in variants_of(runs):
+            for ax, key in ((axes[0], "bound"), (axes[1], "accuracy")):
+                steps, mean, sd, _ = series(runs, v, key)
+                if len(steps):
+                    _band(ax, steps, mean, sd, f"{label_of(v)}, {tag}", color_of(v), styles[i % len(styles)])
+    axes[0].set_ylabel("the paper's bound (nats)")
+    axes[1].set_ylabel("linear-probe test accuracy")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    return _finish(fig, axes, f"{experiment}: {len(groups)} configs compared", path)
+
+
+def plot_runs(run_dirs, out_dir, fmt="png", separate=False):
+    """Figures of run directories: the runs of one experiment that differ only in their seed are pooled
+    (mean +- sd) into the experiment's figure, ``out_dir/RUN_NAME-DATASET.FMT``. Runs of one experiment with
+    different configs are not averaged: a ``ValueError`` names the settings that differ, unless ``separate``,
+    which draws each config's variants as curves of their own in ``out_dir/EXPERIMENT-comparison.FMT``.
+    Returns the paths written."""
+    from .experiments import run_name
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}; expected one of {list(FORMATS)}")
+    by_experiment = defaultdict(lambda: defaultdict(list))
     for d in run_dirs:
         run = load_run(d)
-        cfg = run["config"]
-        key = (cfg["experiment"], cfg["preset"], cfg["config"].get("dataset", "synthetic"))
-        groups[key].append(run)
+        by_experiment[run["config"]["experiment"]][_group_key(run)].append(run)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for (experiment, preset, dataset), runs in sorted(groups.items()):
-        if not any(r["metrics"] for r in runs):
-            raise ValueError(f"the runs of {experiment} ({preset}, {dataset}) hold no metrics yet")
-        path = out_dir / f"{experiment}-{preset}-{dataset}.png"
+    for experiment, groups in sorted(by_experiment.items()):
+        groups = list(groups.values())
+        for runs in groups:
+            if not any(r["metrics"] for r in runs):
+                raise ValueError(f"the runs of {experiment} in {runs[0]['path']} hold no metrics yet")
+        if len(groups) > 1:
+            if not separate:
+                configs = [{"preset": g[0]["config"]["preset"], **g[0]["config"]["config"]} for g in groups]
+                keys = sorted(k for k in set().union(*configs)
+                              if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+                raise ValueError(f"the runs of {experiment} have {len(groups)} different configs (they differ in "
+                                 f"{keys}), so they are not averaged; plot each config's runs apart, or pass "
+                                 "--separate to draw every config as curves of its own")
+            written.append(plot_comparison(groups, out_dir / f"{experiment}-comparison.{fmt}"))
+            continue
+        runs = groups[0]
+        cfg = runs[0]["config"]
+        name = run_name(experiment, cfg["preset"], cfg["config"])
+        path = out_dir / f"{name}-{cfg['config'].get('dataset', 'synthetic')}.{fmt}"
         written.append(PLOTTERS.get(experiment, plot_generic)(runs, path))
     return written

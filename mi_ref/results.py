@@ -435,3 +435,94 @@ def load_run(path):
         for f in sorted((run.path / "arrays").glob("*.npz")):
             arrays[f.stem] = load_npz(f, "arrays")
     return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the summary of a run
+
+SUMMARY_FIELDS = ("bound", "bound_test", "bound_smoothed", "true_mi", "accuracy")
+
+
+def summarize(path):
+    """One record per trained variant of a run: its last evaluation's numbers (``SUMMARY_FIELDS`` it has),
+    ``vs_pixels`` = accuracy minus the run's pixel baseline, ``step`` of that evaluation and ``seconds``
+    (the variant's wall time). Returns ``{"run": path, "pixels": baseline or None, "variants": [...]}``."""
+    rows = RunDir(path).read_metrics()
+    pixels = next((r["accuracy"] for r in rows if r["variant"] == "baseline"), None)
+    last = {}
+    for r in rows:
+        if r["variant"] != "baseline" and (r["variant"] not in last or r["step"] >= last[r["variant"]]["step"]):
+            last[r["variant"]] = r
+    variants = []
+    for name, r in last.items():
+        rec = {"variant": name, "step": r["step"], "seconds": r.get("seconds")}
+        rec.update({k: r[k] for k in SUMMARY_FIELDS if r.get(k) is not None})
+        if pixels is not None and r.get("accuracy") is not None:
+            rec["vs_pixels"] = r["accuracy"] - pixels
+        variants.append(rec)
+    return {"run": str(path), "pixels": pixels, "variants": variants}
+
+
+def write_summary(path):
+    """Write ``summary.json`` into the run directory (atomically) and return the summary."""
+    summary = summarize(path)
+    atomic_write_json(Path(path) / "summary.json", summary)
+    return summary
+
+
+def format_summary(summaries):
+    """A plain-text table: one line per variant, mean +- sd over the runs given (their seeds)."""
+    by_variant = {}
+    for s in summaries:
+        for rec in s["variants"]:
+            by_variant.setdefault(rec["variant"], []).append(rec)
+    keys = [k for k in ("bound", "bound_test", "bound_smoothed", "true_mi", "accuracy", "vs_pixels", "seconds")
+            if any(k in rec for recs in by_variant.values() for rec in recs)]
+    header = ["variant"] + keys
+    lines = []
+    for name, recs in by_variant.items():
+        cells = [name]
+        for k in keys:
+            values = np.array([rec[k] for rec in recs if rec.get(k) is not None], dtype=float)
+            if not values.size:
+                cells.append("-")
+            elif k == "seconds":
+                cells.append(f"{values.mean():.0f}")
+            elif values.size == 1:
+                cells.append(f"{values[0]:+.4f}" if k == "vs_pixels" else f"{values[0]:.4f}")
+            else:
+                cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
+    n = len(summaries)
+    title = f"summary of {n} run{'s' if n > 1 else ''} (last evaluation of each variant" + \
+            (", mean ± sd over the seeds)" if n > 1 else ")")
+    pixels = [s["pixels"] for s in summaries if s["pixels"] is not None]
+    if pixels:
+        title += f"; pixel baseline {np.mean(pixels):.4f}"
+    out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# records for analysis
+
+
+def load_records(run_dirs):
+    """Every metric row of the runs as flat records, ready for ``pandas.DataFrame(records)`` (pandas is not
+    needed): the row's fields (README, "Metrics"), plus ``run`` (the directory), ``experiment``,
+    ``preset``, ``seed`` and every setting of the run's config as ``config.NAME`` (tuples as lists).
+
+        import pandas as pd
+        df = pd.DataFrame(mi_ref.results.load_records(glob.glob("runs/critics-*/seed-*")))
+        df[df.step == df.step.max()].groupby(["config.lr", "variant"]).accuracy.agg(["mean", "std"])
+    """
+    records = []
+    for d in run_dirs:
+        run = RunDir(d)
+        cfg = run.read_config()
+        fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
+        fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
+        records += [dict(fixed, **row) for row in run.read_metrics()]
+    return records

@@ -50,6 +50,7 @@ from .data import DATASETS, add_shared_noise
 from .loop import Loop
 from .optim import FORMS as ADAM_FORMS
 from .optim import Adam
+from .progress import Silent
 
 PAPER_SLICE = 512          # the test-set slice size of the notebook's evaluation loop
 
@@ -191,28 +192,6 @@ def jacobian_stats(model, params, x):
     return svals, stats
 
 
-class Progress:
-    """Prints one line per evaluation: step, bound, accuracy and the estimated time left."""
-
-    def __init__(self, label, total, stream=None, enabled=True):
-        import sys
-        self.label, self.total, self.enabled = label, total, enabled
-        self.stream = stream or sys.stderr
-        self.start, self.start_step = time.perf_counter(), None
-
-    def update(self, step, **values):
-        if not self.enabled:
-            return
-        if self.start_step is None:
-            self.start_step, self.start = step, time.perf_counter()
-        done = step - self.start_step
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-        parts = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        eta_txt = "?" if not np.isfinite(eta) else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
-        print(f"[{self.label}] step {step}/{self.total} {parts} ETA {eta_txt}", file=self.stream, flush=True)
-
-
 def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, variant="", variant_index=0,
              store=None, extra_row=None, probe_seed=0, progress=None, jacobian=False):
     """Train g1, g2 and the critic with Adam on ``objective`` and evaluate on the paper's schedule.
@@ -248,7 +227,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
                          f"evaluations, metrics.jsonl {len(rows)} rows of {variant}; resume with --repair")
     grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
     every = config.eval_every
-    progress = progress or Progress(variant, config.n_iters, enabled=False)
+    progress = progress or Silent([config.n_iters])
+    progress.variant(variant, variant_index, loop.start)
     loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.reevaluate else (0.0, 0)
 
     def evaluate(step, x1, snapshot):
@@ -278,7 +258,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
         if snapshot is not None:
             loop.checkpoint(step, {"model": params}, {"model": state}, snapshot, before_eval=before_eval,
                             train_loss=[loss_sum, loss_count])
-        progress.update(step, bound=row["bound"], acc=row["accuracy"])
+        progress.evaluation(step, bound=row["bound"], acc=row["accuracy"])
 
     def batch():
         idx = next(it)
@@ -301,6 +281,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
                                      "rate or check the inputs")
         loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         params, state = loop.update(optimizer, params, grads, state)
+        progress.step()
     if config.eval_final:          # the trained model itself (the Jacobian on one more training batch)
         evaluate(config.n_iters, batch()[0], None)
     loop.done()

@@ -33,7 +33,7 @@ def test_run_then_plot(tmp_path, capsys):
     # 4 steps: n_evals capped at 4, plus the quick preset's evaluation after the last step
     assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 1, 2, 3, 4]
     code, out, _ = run(["plot", str(run_dir), "--out", str(tmp_path / "fig")], capsys)
-    assert code == 0 and (tmp_path / "fig" / "invertible-quick-digits.png").exists()
+    assert code == 0 and (tmp_path / "fig" / "invertible-quick-dataset=digits-n_iters=4-digits.png").exists()
 
 
 def test_existing_run_is_never_overwritten(tmp_path, capsys):
@@ -78,8 +78,8 @@ def test_reproduce_subset(tmp_path, capsys):
     code, out, _ = run(["reproduce", "--only", "invertible", "adversarial", "--out", str(tmp_path / "r"),
                         "--figures", str(tmp_path / "f")] + TINY, capsys)
     assert code == 0 and "total" in out
-    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["adversarial-quick-digits.png",
-                                                                  "invertible-quick-digits.png"]
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["adversarial-quick-dataset=digits-n_iters=6-digits.png",
+                                                                  "invertible-quick-dataset=digits-n_iters=6-digits.png"]
     assert "The paper's findings, judged on these runs" in out and (tmp_path / "r" / "findings.json").is_file()
 
 
@@ -92,3 +92,73 @@ def test_evals_override(tmp_path, capsys):
     assert [r["step"] for r in rows if r["variant"] == "infonce"] == [0, 3, 6]
     code, _, err = run(["run", "sampling", "--out", str(tmp_path), "--evals", "2", "--quiet"], capsys)
     assert code == 2 and "takes no --evals" in err
+
+
+def test_set_parses_every_kind_of_setting_and_names_the_valid_keys():
+    from mi_ref import experiments
+    exp = experiments.get("critics")
+    sets = experiments.parse_sets(exp, "quick", ["lr=3e-4", "n_iters=50", "eval_final=no", "dataset=digits",
+                                                 "critics=bilinear,concat", "concat_hidden=16", "separable_hidden=(8, 8)"])
+    assert sets == {"lr": 3e-4, "n_iters": 50, "eval_final": False, "dataset": "digits",
+                    "critics": ("bilinear", "concat"), "concat_hidden": (16,), "separable_hidden": (8, 8)}
+    with pytest.raises(ValueError, match=r"--set lr=fast: expected a number \(its default is 0.001\)"):
+        experiments.parse_sets(exp, "quick", ["lr=fast"])
+    with pytest.raises(ValueError, match=r"--set n_iters=1.5: expected an integer"):
+        experiments.parse_sets(exp, "quick", ["n_iters=1.5"])
+    with pytest.raises(ValueError, match=r"--set eval_final=maybe: expected true or false"):
+        experiments.parse_sets(exp, "quick", ["eval_final=maybe"])
+    with pytest.raises(ValueError, match=r"critics has no setting 'learning_rate'; its settings are \['adam', "):
+        experiments.parse_sets(exp, "quick", ["learning_rate=1"])
+    with pytest.raises(ValueError, match="expects key=value"):
+        experiments.parse_sets(exp, "quick", ["lr"])
+
+
+def test_set_on_the_command_line_and_the_run_is_named_by_it(tmp_path, capsys):
+    code, out, err = run(["run", "conditioning", "--out", str(tmp_path), "--dataset", "digits", "--steps", "3",
+                          "--set", "lr=0.003", "--set", "noise_std=0.1", "--quiet"], capsys)
+    assert code == 0
+    run_dir = tmp_path / "conditioning-quick-dataset=digits-n_iters=3-n_evals=3-lr=0.003-noise_std=0.1" / "seed-0"
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert (config["lr"], config["noise_std"], config["n_evals"]) == (0.003, 0.1, 3)
+    assert "4 evaluations asked for 3 steps: evaluating at every step instead (n_evals = 3)" in err
+    code, _, err = run(["run", "conditioning", "--out", str(tmp_path), "--set", "layers=3"], capsys)
+    assert code == 2 and "no setting 'layers'" in err and "'n_layers'" in err
+
+
+def test_a_shortened_paper_run_also_evaluates_after_its_last_step(tmp_path, capsys):
+    from mi_ref import cli as cli_module
+    args = cli_module.build_parser().parse_args(["run", "conditioning", "--preset", "paper", "--steps", "300",
+                                                 "--evals", "3"])
+    from mi_ref import experiments
+    overrides = cli_module._overrides(experiments.get("conditioning"), args)
+    assert overrides["eval_final"] is True and "also evaluates after its last step" in capsys.readouterr().err
+    args = cli_module.build_parser().parse_args(["run", "conditioning", "--preset", "paper"])
+    assert "eval_final" not in cli_module._overrides(experiments.get("conditioning"), args)   # the paper's own
+
+
+def test_plot_refuses_to_average_different_configs_unless_separate(tmp_path, capsys):
+    for lr in ("0.001", "0.003"):
+        assert run(["run", "conditioning", "--out", str(tmp_path / "r"), "--dataset", "digits", "--steps", "4",
+                    "--set", f"lr={lr}", "--quiet"], capsys)[0] == 0
+    dirs = sorted(str(p) for p in (tmp_path / "r").glob("*/seed-0"))
+    code, _, err = run(["plot", *dirs, "--out", str(tmp_path / "f")], capsys)
+    assert code == 2 and "2 different configs (they differ in ['lr'])" in err and "--separate" in err
+    code, out, _ = run(["plot", *dirs, "--out", str(tmp_path / "f"), "--separate", "--format", "svg"], capsys)
+    assert code == 0 and (tmp_path / "f" / "conditioning-comparison.svg").stat().st_size > 10_000
+
+
+def test_the_summary_is_the_last_rows_of_the_metrics(tmp_path, capsys):
+    from mi_ref.results import RunDir
+    code, out, _ = run(["run", "conditioning", "--out", str(tmp_path), "--dataset", "digits", "--steps", "6",
+                        "--set", "estimators=infonce,nwj", "--runs", "2", "--quiet"], capsys)
+    assert code == 0 and "summary of 2 runs" in out
+    for run_dir in sorted(tmp_path.glob("*/seed-*")):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows = RunDir(run_dir).read_metrics()
+        pixels = [r for r in rows if r["variant"] == "baseline"][0]["accuracy"]
+        for rec in summary["variants"]:
+            last = [r for r in rows if r["variant"] == rec["variant"]][-1]
+            assert rec["step"] == last["step"] == 6
+            assert (rec["bound"], rec["bound_test"], rec["accuracy"]) == (last["bound"], last["bound_test"],
+                                                                         last["accuracy"])
+            assert rec["vs_pixels"] == last["accuracy"] - pixels and summary["pixels"] == pixels

@@ -607,10 +607,8 @@ def test_report_hints_when_the_transposed_array_would_pass(vdir):
 
 def _torch_example():
     pytest.importorskip("torch", reason="PyTorch is not installed; the example (and this test) needs it")
-    spec = importlib.util.spec_from_file_location("verify_torch_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from mi_ref.porting import pytorch
+    return pytorch
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])

@@ -131,6 +131,8 @@ def names():
 
 
 def _short(value):
+    if isinstance(value, list):
+        value = tuple(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -141,17 +143,22 @@ def _short(value):
 
 
 def overrides_of(name, preset, config):
-    """``[(field, value)]`` of the settings in which ``config`` differs from ``name``'s ``preset``."""
-    base = get(name).presets[preset]
-    return [(f.name, getattr(config, f.name)) for f in dataclasses.fields(base)
-            if getattr(config, f.name) != getattr(base, f.name)]
+    """``[(field, value)]`` of the settings in which ``config`` (a config object, or its dict as config.json
+    holds it) differs from ``name``'s ``preset``, in the config's field order."""
+    import json
+    base = dataclasses.asdict(get(name).presets[preset])
+    given = config if isinstance(config, dict) else dataclasses.asdict(config)
+    canon = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples and lists alike)
+    return [(k, given[k]) for k in base if k in given and canon(given[k]) != canon(base[k])] + \
+        [(k, v) for k, v in given.items() if k not in base]
 
 
 def run_name(name, preset, config=None):
     """The name of a run's folder: EXPERIMENT-PRESET, then the overrides of the preset, e.g.
     ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters become a short
     hash of the whole config and the names of the overridden settings, e.g.
-    ``critics-quick-3f2a91c0-critics+lr``. (config.json records every setting either way.)"""
+    ``critics-quick-3f2a91c0-critics+lr``. (config.json records every setting either way.) ``config``: a
+    config object or its dict."""
     import hashlib
     import json
     diffs = [] if config is None else overrides_of(name, preset, config)
@@ -159,7 +166,8 @@ def run_name(name, preset, config=None):
         return f"{name}-{preset}"
     text = "-".join(f"{k}={_short(v)}" for k, v in diffs)
     if len(text) > 60 or any(c in text for c in "/\\ ()[]'\""):
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+        as_dict = config if isinstance(config, dict) else dataclasses.asdict(config)
+        digest = hashlib.sha256(json.dumps(as_dict, sort_keys=True).encode()).hexdigest()[:8]
         keys = ""
         for k, _ in diffs:
             if len(keys) + len(k) > 48:
@@ -168,6 +176,11 @@ def run_name(name, preset, config=None):
             keys += ("+" if keys else "") + k
         text = f"{digest}-{keys}"
     return f"{name}-{preset}-{text}"
+
+
+def describe_overrides(name, preset, config):
+    """``n_iters=2000, eval_final=true`` (empty if the config is the preset's)."""
+    return ", ".join(f"{k}={_short(v)}" for k, v in overrides_of(name, preset, config))
 
 
 def run_dir_for(out, name, preset, seed, config=None):

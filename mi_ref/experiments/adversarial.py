@@ -25,7 +25,8 @@ from ..checks import one_of, positive_int, positive_number
 from ..data import DATASETS
 from ..loop import Loop
 from ..optim import FORMS, Adam
-from ..train import Progress, make_views, probe_accuracy
+from ..progress import Progress
+from ..train import make_views, probe_accuracy
 from . import Experiment, register
 from .common import record_pixel_baseline
 
@@ -122,7 +123,9 @@ def run(config, store, seed, dataset, progress=True):
         for _ in range(config.warmup_steps):
             classifier_step()
 
-    bar = Progress(f"adversarial seed {seed}", config.n_iters, enabled=progress)
+    bar = Progress(f"{store.path.parent.name if store is not None else 'adversarial'} seed {seed}",
+                   [config.n_iters], enabled=progress)
+    bar.variant(VARIANT, 0, loop.start)
     loss_c = loss_e = float("nan")
     for iteration in range(loop.start, config.n_iters):
         if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start
@@ -136,13 +139,14 @@ def run(config, store, seed, dataset, progress=True):
                    "seconds": loop.seconds()}
             loop.record(row)
             loop.checkpoint(iteration, params, states, before_eval=before_eval)
-            bar.update(iteration, acc=row["accuracy"])
+            bar.evaluation(iteration, acc=row["accuracy"])
         for _ in range(config.classifier_steps):
             loss_c = classifier_step()
         x, _ = batch()
         loss_e, g = grad_e(params["encoder"], params["classifier"], x)
         loss_e = float(loss_e)
         params["encoder"], states["encoder"] = loop.update(opt_e, params["encoder"], g, states["encoder"])
+        bar.step()
     loop.done()
 
 

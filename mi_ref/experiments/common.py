@@ -8,7 +8,8 @@ import numpy as np
 from .. import probe
 from ..accel import twin
 from ..objectives import mi_loss
-from ..train import MIConfig, Progress, make_views, train_mi
+from ..progress import Progress
+from ..train import MIConfig, make_views, train_mi
 
 __all__ = ["MIConfig", "Variant", "make_objective", "record_pixel_baseline", "run_variants", "view_dim"]
 
@@ -66,12 +67,12 @@ def run_variants(config, store, seed, dataset, variants, progress=True, jacobian
     config.check()
     record_pixel_baseline(store, dataset, config.noise_std, seed)
     done = store.done_variants() if store is not None else []
+    label = f"{store.path.parent.name if store is not None else 'run'} seed {seed}"
+    bar = Progress(label, [config.n_iters] * len(variants), enabled=progress)
     for index, v in enumerate(variants):
         if v.name in done:
             continue
         g1, g2, critic = build_variant(v, seed, index)
-        label = f"{store.path.parent.name if store is not None else ''}/{v.name} seed {seed}"
         train_mi(g1=g1, g2=g2, critic=critic, objective=make_objective(v, g1, g2, critic), estimator=v.estimator,
                  views=views, config=config, seed=seed, variant=v.name, variant_index=index, store=store,
-                 extra_row=dict(v.extra), progress=Progress(label, config.n_iters, enabled=progress),
-                 jacobian=jacobian)
+                 extra_row=dict(v.extra), progress=bar, jacobian=jacobian)

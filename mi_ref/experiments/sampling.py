@@ -24,7 +24,7 @@ from ..checks import one_of, positive_int, positive_number
 from ..loop import Loop
 from ..optim import FORMS, Adam
 from ..synthetic import SIGMA_EPS, SIGMA_Z, gaussian_mi, gaussian_pairs, smoothed
-from ..train import Progress
+from ..progress import Progress
 from . import Experiment, register
 
 SAMPLINGS = ("iid", "non-iid")
@@ -67,6 +67,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
     ``trace``. Every ``record_every`` steps, and at the end, a metrics row holds ``bound``, the mean of the
     last ``record_every`` estimates, and the true MI; the last row also holds ``bound_smoothed``, the
     smoothed trace (:func:`mi_ref.synthetic.smoothed`) at the final step: the end of the paper's curve.
+    ``progress``: the run's :class:`mi_ref.progress.Progress`, or True / False for one of this variant's own.
     """
     name = f"{sampling}-{estimator}"
     loop = Loop(store, name, seed, index)
@@ -84,7 +85,9 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
     params, state = trees["critic"], states["critic"]
     trace = list(loop.extra.get("trace", []))
     grad_fn = value_and_grad(lambda p, x, y: -bound(critic.apply(p, x, y)))
-    bar = Progress(f"sampling/{name} seed {seed}", config.n_iters, enabled=progress)
+    bar = progress if isinstance(progress, Progress) else Progress(f"sampling seed {seed}", [config.n_iters],
+                                                                   enabled=bool(progress))
+    bar.variant(name, index if isinstance(progress, Progress) else 0, loop.start)
 
     def record(step):
         row = {"variant": name, "step": step, "bound": float(np.mean(trace[-config.record_every:])),
@@ -95,7 +98,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
             store.save_arrays(name, {"trace": np.array(trace)})
         loop.record(row)
         loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
-        bar.update(step, estimate=row["bound"], true_mi=true_mi)
+        bar.evaluation(step, estimate=row["bound"], true_mi=true_mi)
 
     if loop.reevaluate:                 # the row of the checkpoint's step was lost: it comes from the trace
         record(loop.start)
@@ -107,6 +110,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         loss, grads = grad_fn(params, x, y)
         trace.append(-float(loss))
         params, state = loop.update(adam, params, grads, state)
+        bar.step()
     record(config.n_iters)
     loop.done()
     return np.array(trace)
@@ -115,6 +119,9 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
 def run(config, store, seed, dataset=None, progress=True):
     config.check()
     done = store.done_variants() if store is not None else []
+    n_variants = len(config.samplings) * len(config.estimators)
+    progress = Progress(f"{store.path.parent.name if store is not None else 'sampling'} seed {seed}",
+                        [config.n_iters] * n_variants, enabled=progress)
     index = 0
     for sampling in config.samplings:
         for estimator in config.estimators:

@@ -1,0 +1,128 @@
+"""mi-ref's functions against the library functions porters already use (README, "mi-ref next to the
+libraries you know"). Each test is skipped where its library is absent (mi-ref depends on none of them).
+
+Tolerances: float64 on both sides, so the values agree to rounding (a few ulps); 1e-12 relative leaves room
+for another summation order and still catches any difference of formula.
+"""
+
+import numpy as np
+import pytest
+
+from mi_ref import accel, bounds, metric_learning, nn, optim
+from mi_ref.porting import pytorch as port
+from mi_ref.testing import assert_matches_golden
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_the_name_and_layout_helpers_need_no_torch():
+    w = np.arange(6.0).reshape(2, 3)
+    assert port.torch_name("layers/0/W") == "layers.0.weight" and port.torch_name("layers/0/b") == "layers.0.bias"
+    np.testing.assert_array_equal(port.torch_param("layers/0/W", w), w.T)
+    np.testing.assert_array_equal(port.torch_param("W", w, layer=False), w)      # the bilinear critic's matrix
+    kernel = np.arange(5 * 5 * 3 * 4.0).reshape(5, 5, 3, 4)
+    assert port.torch_param("conv1/W", kernel).shape == (4, 3, 5, 5)
+    np.testing.assert_array_equal(port.mi_param("conv1/W", port.torch_param("conv1/W", kernel)), kernel)
+    state = port.torch_state({"layers/0/W": w, "layers/0/b": np.ones(3)})
+    assert sorted(state) == ["layers.0.bias", "layers.0.weight"] and state["layers.0.weight"].shape == (3, 2)
+
+
+def test_assert_matches_golden_passes_and_fails_with_the_report(tmp_path):
+    from mi_ref import vectors
+    vectors.generate(tmp_path, names=["dense"])
+    golden = {k: v for k, v in vectors.load_component(tmp_path, "dense").items() if k.startswith(("output/", "grad/"))}
+    assert assert_matches_golden(tmp_path, "dense", golden).passed
+    wrong = dict(golden, **{"grad/param/W": golden["grad/param/W"].T})
+    with pytest.raises(AssertionError) as err:
+        assert_matches_golden(tmp_path, "dense", wrong)
+    message = str(err.value)
+    assert "dense: FAILED" in message and "grad/param/W" in message and "transposed array would pass" in message
+
+
+def test_infonce_is_log_k_minus_torch_cross_entropy(rng):
+    torch = pytest.importorskip("torch")
+    S = rng.standard_normal((7, 7)) * 3
+    expected = np.log(7) - torch.nn.functional.cross_entropy(torch.tensor(S), torch.arange(7)).item()
+    assert bounds.infonce(S) == pytest.approx(expected, rel=1e-12)
+
+
+def test_kpair_loss_is_pytorch_metric_learnings_npairs_loss_without_normalization(rng):
+    """NPairsLoss with DotProductSimilarity(normalize_embeddings=False) is the K-pair loss; its default
+    (normalized embeddings, a cosine similarity) gives another number."""
+    torch = pytest.importorskip("torch")
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import DotProductSimilarity
+    from pytorch_metric_learning.losses import NPairsLoss
+    anchors, positives = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    embeddings = torch.tensor(np.concatenate([anchors, positives]))
+    labels = torch.cat([torch.arange(6), torch.arange(6)])
+    theirs = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))(embeddings, labels).item()
+    ours = metric_learning.kpair_loss(anchors, positives)
+    assert ours == pytest.approx(theirs, rel=1e-12), pml.__version__
+    default = NPairsLoss()(embeddings, labels).item()
+    assert abs(default - ours) > 1e-3
+
+
+def test_textbook_adam_is_torch_optim_adam(rng):
+    torch = pytest.importorskip("torch")
+    theta = rng.standard_normal(5)
+    grads = [1e-3 * rng.standard_normal(5) for _ in range(4)]
+    param = torch.nn.Parameter(torch.tensor(theta))
+    opt = torch.optim.Adam([param], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    adam = optim.Adam(1e-3, form="textbook")
+    params, state = {"w": theta}, adam.init({"w": theta})
+    for g in grads:
+        param.grad = torch.tensor(g)
+        opt.step()
+        params, state = adam.update(params, {"w": g}, state)
+    np.testing.assert_allclose(params["w"], param.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_mlp_is_a_torch_sequential_with_transposed_weights(rng):
+    torch = pytest.importorskip("torch")
+    model = nn.MLP(5, [7, 3], shortcuts=False)
+    params = model.init(rng)
+    seq = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)).double()
+    flat = {f"layers/{i}/{k}": layer[k] for i, layer in enumerate(params["layers"]) for k in ("W", "b")}
+    state = {name.replace("layers.1.", "2.").replace("layers.0.", "0."): torch.tensor(np.ascontiguousarray(v))
+             for name, v in port.torch_state(flat).items()}
+    seq.load_state_dict(state)
+    x = rng.standard_normal((4, 5))
+    np.testing.assert_allclose(model.apply(params, x), seq(torch.tensor(x)).detach().numpy(), rtol=1e-12)
+
+
+def test_same_padding_conv_is_torch_conv2d_after_tensorflows_padding(rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, kernel = rng.standard_normal((2, 8, 6, 3)), rng.standard_normal((5, 5, 3, 4))
+    (_, top, bottom), (_, left, right) = nn.same_padding(8, 5, 2), nn.same_padding(6, 5, 2)
+    xt = F.pad(torch.tensor(x).permute(0, 3, 1, 2), (left, right, top, bottom))
+    theirs = F.conv2d(xt, torch.tensor(port.torch_param("W", kernel)), stride=2).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(nn.conv2d(x, kernel, 2), theirs.numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(accel.twin(nn.Conv2D(3, 4, 5, 2)).apply({"W": kernel, "b": np.zeros(4)}, x),
+                               theirs.numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_the_papers_layer_norm_is_not_torch_layer_norm(rng):
+    """(x - mean) / (std + eps) with torch's population std is the paper's; torch.nn.LayerNorm is not."""
+    torch = pytest.importorskip("torch")
+    x = 0.3 * rng.standard_normal((2, 3, 4, 5))
+    t = torch.tensor(x)
+    mean = t.mean(dim=(1, 2, 3), keepdim=True)
+    ours = nn.layer_norm(x, np.ones(5), np.zeros(5))
+    formula = ((t - mean) / (t.std(dim=(1, 2, 3), keepdim=True, unbiased=False) + 1e-6)).numpy()
+    np.testing.assert_allclose(ours, formula, rtol=1e-12, atol=1e-14)
+    layer_norm = torch.nn.functional.layer_norm(t, (3, 4, 5), eps=1e-6).numpy()
+    assert np.abs(ours - layer_norm).max() > 1e-7
+
+
+def test_the_packaged_port_runs_from_python(tmp_path):
+    pytest.importorskip("torch")
+    from mi_ref import vectors
+    vectors.generate(tmp_path, names=["dense", "mlp", "adam_step_tf", "layer_norm"])
+    results, reports = port.run(tmp_path)
+    assert [r.component for r in reports] == ["dense", "mlp", "adam_step_tf", "layer_norm"]
+    assert all(r.passed for r in reports)
