@@ -169,10 +169,39 @@ def _cmd_run(args):
     return 0
 
 
+def _cmd_sweep(args):
+    """``mi-ref sweep EXPERIMENT --seeds 0-19 [--jobs N | --scheduler ADDRESS]``: many seeds, each (seed,
+    variant) a task of its own (:mod:`mi_ref.sweep`)."""
+    from . import experiments
+    from .sweep import format_sweep, parse_seeds, sweep
+    exp = experiments.get(args.experiment)
+    if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
+        raise CLIError(f"{args.experiment} uses synthetic data and takes no --dataset")
+    if args.jobs is not None and args.scheduler is not None:
+        raise CLIError("--jobs runs local workers and --scheduler a Dask cluster's: give one of them")
+    seeds = parse_seeds(args.seeds)
+    overrides = _overrides(exp, args)
+    try:
+        result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
+                       args.threads, args.scheduler, args.retries, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted: every task keeps its last checkpoint; continue with the same command",
+              file=sys.stderr)
+        raise
+    print(format_sweep(result))
+    if result["failed"]:
+        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them", file=sys.stderr)
+        return 1
+    top = result["run_dirs"][0].parent
+    print(f"plot with: mi-ref plot {top} --out figures; judge with: mi-ref findings {top}")
+    return 0
+
+
 def _cmd_plot(args):
     """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
     from .plots import plot_runs
-    for path in plot_runs(args.run_dirs, args.out, args.format, args.separate):
+    from .results import expand_run_dirs
+    for path in plot_runs(expand_run_dirs(args.run_dirs), args.out, args.format, args.separate):
         print(f"wrote {path}")
     return 0
 
@@ -207,7 +236,8 @@ def _cmd_reproduce(args):
 def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
     from .findings import format_markdown, format_table, judge, write_json
-    verdicts = judge(args.run_dirs)
+    from .results import expand_run_dirs
+    verdicts = judge(expand_run_dirs(args.run_dirs))
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
     path = write_json(verdicts, args.out)
     print(f"wrote {path}")
@@ -249,20 +279,25 @@ def _cmd_verify(args):
     return 0 if all_passed(reports, unchecked, args.require_all) else 1
 
 
-def _add_run_options(p):
+def _add_run_options(p, sweep=False):
+    from .data import DATASETS
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
-                   help="quick: laptop scale on digits (default); paper: the paper's settings on MNIST")
-    p.add_argument("--dataset", choices=["digits", "mnist"], default=None,
+                   help="quick: laptop scale on the embedded MNIST subset (default); paper: the paper's settings "
+                        "on MNIST")
+    p.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="override the preset's dataset")
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
-    p.add_argument("--runs", type=_positive, default=1, metavar="N", help="number of seeds (default 1)")
-    p.add_argument("--seed", type=_nonnegative, default=0, metavar="S", help="first seed (default 0)")
+    if not sweep:
+        p.add_argument("--runs", type=_positive, default=1, metavar="N", help="number of seeds (default 1)")
+        p.add_argument("--seed", type=_nonnegative, default=0, metavar="S", help="first seed (default 0)")
     p.add_argument("--out", default="runs", metavar="DIR", help="where run directories go (default runs/)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue runs already in --out from their last evaluation (after checking their files)")
-    p.add_argument("--repair", action="store_true",
-                   help="with --resume: recompute from their start the variants whose files were damaged")
+    if not sweep:
+        p.add_argument("--resume", action="store_true",
+                       help="continue runs already in --out from their last evaluation (after checking their "
+                            "files)")
+        p.add_argument("--repair", action="store_true",
+                       help="with --resume: recompute from their start the variants whose files were damaged")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change any setting of the experiment's config (repeatable), e.g. --set lr=1e-3 "
                         "--set estimators=infonce,nwj; `mi-ref list --settings` shows them")
@@ -301,8 +336,9 @@ def build_parser():
     p = sub.add_parser("baseline", help="linear-probe accuracy on raw top-half pixels",
                        description="Train the paper's linear probe on the raw top-half pixels (with optional "
                                    "shared Gaussian noise) and print its test accuracy.")
-    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
-                   help="digits (embedded, default) or mnist (needs --data-dir or MI_REF_DATA)")
+    p.add_argument("--dataset", choices=["mnist-subset", "digits", "mnist"], default="mnist-subset",
+                   help="mnist-subset (embedded, default), digits (embedded 8x8) or mnist (needs --data-dir or "
+                        "MI_REF_DATA)")
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
     p.add_argument("--noise-std", type=float, default=0.0, metavar="S",
@@ -317,17 +353,41 @@ def build_parser():
 
     p = sub.add_parser("run", help="run one experiment",
                        description="Train every variant of one experiment (one run directory per seed: "
-                                   "OUT/EXPERIMENT-PRESET/seed-S). Interrupt with Ctrl-C and continue with "
+                                   "OUT/RUN_NAME/seed-S, where RUN_NAME is EXPERIMENT-PRESET followed by the "
+                                   "settings changed with --set, --steps, ...). Interrupt with Ctrl-C and continue with "
                                    "--resume: the finished metrics equal those of an uninterrupted run.")
     p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("sweep", help="run many seeds of one experiment, locally or on a Dask cluster",
+                       description="Run the given seeds of one experiment, every (seed, variant) as a task of its "
+                                   "own: on --jobs local worker processes, or on the Dask cluster at --scheduler "
+                                   "(pip install \"mi-ref[dask]\"). Output: the run directories of `mi-ref run`. "
+                                   "A task whose worker dies runs again from its last checkpoint; finished tasks "
+                                   "are skipped, so an interrupted sweep continues with the same command. Each "
+                                   "task's metrics equal the serial run's at the same number of BLAS threads.")
+    p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
+    p.add_argument("--seeds", required=True, metavar="SEEDS", help="seeds as ranges and lists, e.g. 0-19 or 0,2,5-7")
+    _add_run_options(p, sweep=True)
+    p.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                   help="local worker processes (default: the cores here divided by --threads, at most one per "
+                        "task)")
+    p.add_argument("--threads", type=_positive, default=1, metavar="T",
+                   help="BLAS and numba threads per task (default 1; locally jobs x threads <= cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on the Dask cluster of this scheduler, e.g. tcp://10.0.0.5:8786 (its workers need "
+                        "mi-ref and the --out directory on a shared filesystem)")
+    p.add_argument("--retries", type=_nonnegative, default=2, metavar="R",
+                   help="how often a failed task is run again, resuming (default 2)")
+    p.set_defaults(func=_cmd_sweep)
+
     p = sub.add_parser("plot", help="figures from run directories",
                        description="Pool the runs of an experiment that differ only in their seed (mean +- sd) "
                                    "and write its figure. Runs with different configs are not averaged: that "
                                    "is an error naming the settings that differ, unless --separate.")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories, or directories holding them (a sweep's RUN_NAME folder, an --out dir)")
     p.add_argument("--out", default="figures", metavar="DIR", help="output directory (default figures/)")
     p.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="figure format (default png)")
     p.add_argument("--separate", action="store_true",
@@ -339,7 +399,8 @@ def build_parser():
                                    "their seed are pooled: mean +- sd), print each finding of the paper, the "
                                    "paper's numbers, the measured numbers and whether its criterion holds; "
                                    "also write them to findings.json.")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories, or directories holding them (a sweep's RUN_NAME folder, an --out dir)")
     p.add_argument("--out", default="findings.json", metavar="FILE", help="where to write the JSON "
                    "(default findings.json)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")

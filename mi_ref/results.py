@@ -138,16 +138,17 @@ class RunDir:
 
     # --- the lock
 
-    def lock(self):
+    def lock(self, wait=False):
         """Take the directory's advisory lock (``flock`` on ``.lock``) for as long as this process runs
         (or until :meth:`unlock`). The OS drops it when the process ends, however it ends, so a killed run
-        never blocks a later one. A second writer gets :class:`RunLockedError` naming the holder."""
+        never blocks a later one. A second writer gets :class:`RunLockedError` naming the holder, or with
+        ``wait=True`` waits until the holder lets go."""
         if self._lock_fd is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             try:
                 holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
@@ -423,6 +424,30 @@ def _differences(old, new, prefix=""):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {json.dumps(a)} on disk, {json.dumps(b)} now")
+    return out
+
+
+def expand_run_dirs(paths):
+    """Run directories from ``paths``: a run directory (it holds config.json) stands for itself; any other
+    directory for the run directories below it: ``DIR/seed-S`` (a run's folder, e.g. a sweep's) and
+    ``DIR/RUN_NAME/seed-S`` (an --out directory), seeds in numeric order. A path that is neither is an
+    error."""
+    out = []
+    for given in paths:
+        path = Path(given)
+        if (path / "config.json").exists():
+            out.append(path)
+            continue
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} does not exist" if not path.exists() else
+                                    f"{path} is not a run directory (it is a file)")
+        seed_of = lambda p: (str(p.parent), int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else -1)  # noqa: E731
+        found = [c.parent for pattern in ("seed-*/config.json", "*/seed-*/config.json") for c in path.glob(pattern)
+                 if not any(part.startswith(".") for part in c.relative_to(path).parts)]
+        if not found:
+            raise FileNotFoundError(f"{path} holds no run directory (no config.json in it, nor in seed-*/ or "
+                                    "*/seed-*/ below it)")
+        out += sorted(found, key=seed_of)
     return out
 
 

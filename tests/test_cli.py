@@ -57,7 +57,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["run", "nope"], "unknown experiment 'nope'"),
     (["run", "invertible", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "mi-ref download mnist"),
-    (["plot", "/nonexistent/run"], "no config.json"),
+    (["plot", "/nonexistent/run"], "/nonexistent/run does not exist"),
     (["reproduce", "--only", "nope"], "unknown experiment 'nope'"),
 ])
 def test_bad_input_exits_2(tmp_path, capsys, argv, message):

@@ -2,9 +2,12 @@
 
 Each experiment module defines a frozen config dataclass with the paper's values as defaults, two presets
 (``paper``: exactly the paper's settings, see README "The paper's settings"; ``quick``: the same
-mechanisms at laptop scale) and a ``run(config, store, seed, dataset, progress)`` function that trains every variant of the experiment
-(e.g. one per estimator) into one run directory per seed (``dataset`` is None for synthetic experiments,
-whose configs have no ``dataset`` field).
+mechanisms at laptop scale), a ``run(config, store, seed, dataset, progress, only=None)`` function that trains
+every variant of the experiment (e.g. one per estimator) into one run directory per seed (``dataset`` is
+None for synthetic experiments, whose configs have no ``dataset`` field; ``only``: a subset of the units to
+run) and ``units(config)``: the names of what ``run`` writes, in order (the variants, and "baseline" for the
+pixel-baseline row). A unit depends on nothing but (config, seed): :mod:`mi_ref.sweep` runs each one as a
+task of its own.
 """
 
 import dataclasses
@@ -25,7 +28,8 @@ class Experiment:
     figure: str                 # the paper's figure(s) it reproduces
     summary: str                # one line: what it shows
     presets: dict               # preset name -> config instance
-    run: object                 # run(config, store, seed, dataset, progress) -> None
+    run: object                 # run(config, store, seed, dataset, progress, only=None) -> None
+    units: object               # units(config) -> the names run() writes, in order (variants, "baseline")
     order: int = 100            # position in the paper (listings and `reproduce` follow it)
 
     def config(self, preset, **overrides):
@@ -189,14 +193,15 @@ def run_dir_for(out, name, preset, seed, config=None):
 
 
 def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_dir=None, progress=True,
-                   repair=False, report=None, **overrides):
+                   repair=False, report=None, only=None, run_dir=None, **overrides):
     """Run one seed of an experiment into its run directory and return that directory's path.
 
     Every argument is checked before anything is written. The directory is locked for the whole run
     (:meth:`mi_ref.results.RunDir.lock`). With ``resume=True`` an existing run is audited first
     (:meth:`mi_ref.results.RunDir.audit`; ``repair=True`` recomputes damaged variants) and continues from its
     last evaluation; a finished run is left as it is. ``report(line)`` receives what the audit repaired
-    (default: stderr).
+    (default: stderr). ``only``: run just these of the experiment's units (``Experiment.units``); ``run_dir``:
+    write there instead of ``OUT/RUN_NAME/seed-S`` (a sweep's task directory).
     """
     import sys
 
@@ -211,14 +216,18 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
         raise ValueError(f"{name} uses synthetic data and reads no --data-dir (drop it)")
     else:
         dataset = None
+    if only is not None:
+        unknown = sorted(set(only) - set(exp.units(config)))
+        if unknown:
+            raise ValueError(f"{name} has no variant {unknown}; its variants are {exp.units(config)}")
     report = report or (lambda line: print(line, file=sys.stderr))
-    store = RunDir(run_dir_for(out, name, preset, seed, config))
+    store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config))
     header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
     try:
         if not store.prepare(header, resume):
             for note in store.audit(repair):
                 report(f"{store.path}: {note}")
-        exp.run(config, store, seed, dataset, progress)
+        exp.run(config, store, seed, dataset, progress, only=only)
     finally:
         store.unlock()
     return store.path

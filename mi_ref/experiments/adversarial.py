@@ -82,11 +82,12 @@ def encoder_loss(params, encoder, x):
     return -anp.mean(log_softmax(logits))
 
 
-def run(config, store, seed, dataset, progress=True):
+def run(config, store, seed, dataset, progress=True, only=None):
     config.check()
     views = make_views(dataset)
-    record_pixel_baseline(store, dataset, config.noise_std, seed)
-    if store is not None and VARIANT in store.done_variants():
+    if only is None or "baseline" in only:
+        record_pixel_baseline(store, dataset, config.noise_std, seed)
+    if (store is not None and VARIANT in store.done_variants()) or (only is not None and VARIANT not in only):
         return
     loop = Loop(store, VARIANT, seed, 0)
     rng = loop.rng
@@ -156,4 +157,4 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", warmup_steps=200, n_iters=401, probe_every=100,
                              n_couplings=4, hidden=(128, 128), encoder_lr=1e-4)},
-    run=run))
+    run=run, units=lambda config: ["baseline", VARIANT]))

@@ -11,7 +11,7 @@ from ..objectives import mi_loss
 from ..progress import Progress
 from ..train import MIConfig, make_views, train_mi
 
-__all__ = ["MIConfig", "Variant", "make_objective", "record_pixel_baseline", "run_variants", "view_dim"]
+__all__ = ["MIConfig", "Variant", "make_objective", "record_pixel_baseline", "run_variants", "units_of", "view_dim"]
 
 # the seed-sequence entry that separates the baseline's noise from every variant's streams
 BASELINE_STREAM = 10 ** 6
@@ -61,16 +61,25 @@ def build_variant(variant, seed, index):
     return tuple(twin(m) for m in models)
 
 
-def run_variants(config, store, seed, dataset, variants, progress=True, jacobian=False):
-    """Train every variant not yet finished in ``store`` (resuming a partial one), in order."""
+def units_of(variants):
+    """``units(config)`` of an MI experiment whose variants are ``variants(config, dim)``: "baseline" (the
+    pixel-baseline row), then the variants' names in order (their names do not depend on ``dim``)."""
+    return lambda config: ["baseline"] + [v.name for v in variants(config, None)]
+
+
+def run_variants(config, store, seed, dataset, variants, progress=True, jacobian=False, only=None):
+    """Train every variant not yet finished in ``store`` (resuming a partial one), in order; with ``only``
+    (a collection of unit names, "baseline" among them for the pixel baseline) just those. A variant keeps
+    its index in ``variants`` (and with it its random streams) whichever others run."""
     views = make_views(dataset)
     config.check()
-    record_pixel_baseline(store, dataset, config.noise_std, seed)
+    if only is None or "baseline" in only:
+        record_pixel_baseline(store, dataset, config.noise_std, seed)
     done = store.done_variants() if store is not None else []
     label = f"{store.path.parent.name if store is not None else 'run'} seed {seed}"
     bar = Progress(label, [config.n_iters] * len(variants), enabled=progress)
     for index, v in enumerate(variants):
-        if v.name in done:
+        if v.name in done or (only is not None and v.name not in only):
             continue
         g1, g2, critic = build_variant(v, seed, index)
         train_mi(g1=g1, g2=g2, critic=critic, objective=make_objective(v, g1, g2, critic), estimator=v.estimator,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, view_dim
+from .common import MIConfig, Variant, run_variants, units_of, view_dim
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ def variants(config, dim):
     return [Variant(est, build, est, extra={"estimator": est}) for est in config.estimators]
 
 
-def run(config, store, seed, dataset, progress=True):
-    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, jacobian=True)
+def run(config, store, seed, dataset, progress=True, only=None):
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, jacobian=True,
+                 only=only)
 
 
 EXPERIMENT = register(Experiment(
@@ -41,4 +42,4 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1000, n_evals=4, eval_final=True, n_layers=3,
                              lr=3e-4, estimators=("infonce",))},
-    run=run))
+    run=run, units=units_of(variants)))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, view_dim
+from .common import MIConfig, Variant, run_variants, units_of, view_dim
 
 CRITIC_NAMES = ("bilinear", "separable", "concat")       # the paper's three (any of critics.CRITICS may run)
 
@@ -54,8 +54,8 @@ def variants(config, in_dim):
     return out
 
 
-def run(config, store, seed, dataset, progress=True):
-    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
+def run(config, store, seed, dataset, progress=True, only=None):
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, only=only)
 
 
 EXPERIMENT = register(Experiment(
@@ -63,4 +63,4 @@ EXPERIMENT = register(Experiment(
     summary="the high-capacity concat (MLP) critic gives the tightest bound but the worst representation",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True, lr=1e-3)},
-    run=run))
+    run=run, units=units_of(variants)))

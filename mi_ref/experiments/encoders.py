@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants
+from .common import MIConfig, Variant, run_variants, units_of
 
 ENCODER_NAMES = ("convnet", "mlp")
 
@@ -53,9 +53,9 @@ def variants(config, half_shape):
     return out
 
 
-def run(config, store, seed, dataset, progress=True):
+def run(config, store, seed, dataset, progress=True, only=None):
     h, w = dataset.image_shape
-    run_variants(config, store, seed, dataset, variants(config, (h // 2, w)), progress)
+    run_variants(config, store, seed, dataset, variants(config, (h // 2, w)), progress, only=only)
 
 
 EXPERIMENT = register(Experiment(
@@ -64,4 +64,4 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True,
                              convnet_channels=(32, 64), lr=1e-3, estimators=("infonce",))},
-    run=run))
+    run=run, units=units_of(variants)))

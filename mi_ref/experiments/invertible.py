@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import critics, flows, nn
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, view_dim
+from .common import MIConfig, Variant, run_variants, units_of, view_dim
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ def variants(config, dim):
     return [Variant(est, build, est, extra={"estimator": est}) for est in config.estimators]
 
 
-def run(config, store, seed, dataset, progress=True):
-    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
+def run(config, store, seed, dataset, progress=True, only=None):
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, only=only)
 
 
 EXPERIMENT = register(Experiment(
@@ -40,4 +40,4 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1200, n_evals=4, eval_final=True, n_couplings=6,
                              hidden=(256, 256), lr=3e-4, estimators=("infonce",))},
-    run=run))
+    run=run, units=units_of(variants)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .. import bounds, critics, metric_learning, nn
 from ..objectives import mi_scores
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, view_dim
+from .common import MIConfig, Variant, run_variants, units_of, view_dim
 
 OBJECTIVES = ("infonce", "nwj", "triplet", "triplet_hardest")
 SEPARABLE_CRITICS = ("inner_product", "separable")   # S = phi1(u) phi2(v)^T: then I_NCE is the K-pair loss
@@ -64,8 +64,8 @@ def variants(config, in_dim):
     return out
 
 
-def run(config, store, seed, dataset, progress=True):
-    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress)
+def run(config, store, seed, dataset, progress=True, only=None):
+    run_variants(config, store, seed, dataset, variants(config, view_dim(dataset)), progress, only=only)
 
 
 EXPERIMENT = register(Experiment(
@@ -73,4 +73,4 @@ EXPERIMENT = register(Experiment(
     summary="I_NCE (the K-pair loss), I_NWJ and triplet losses give similar representations: metric learning",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=600, n_evals=2, eval_final=True, lr=1e-3)},
-    run=run))
+    run=run, units=units_of(variants)))

@@ -116,7 +116,12 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
     return np.array(trace)
 
 
-def run(config, store, seed, dataset=None, progress=True):
+def variant_names(config):
+    """The variants in run order: SAMPLING-ESTIMATOR for every sampling and estimator."""
+    return [f"{sampling}-{estimator}" for sampling in config.samplings for estimator in config.estimators]
+
+
+def run(config, store, seed, dataset=None, progress=True, only=None):
     config.check()
     done = store.done_variants() if store is not None else []
     n_variants = len(config.samplings) * len(config.estimators)
@@ -125,7 +130,8 @@ def run(config, store, seed, dataset=None, progress=True):
     index = 0
     for sampling in config.samplings:
         for estimator in config.estimators:
-            if f"{sampling}-{estimator}" not in done:
+            name = f"{sampling}-{estimator}"
+            if name not in done and (only is None or name in only):
                 train_variant(config, store, seed, index, sampling, estimator, progress)
             index += 1
 
@@ -134,4 +140,4 @@ EXPERIMENT = register(Experiment(
     name="sampling", figure="Fig. 4c", order=6,
     summary="with non-i.i.d. negatives the I_NCE and I_NWJ estimates exceed the true MI",
     presets={"paper": Config(), "quick": Config(n_iters=800, lr=1e-3, record_every=50)},
-    run=run))
+    run=run, units=variant_names))

@@ -1,0 +1,530 @@
+"""Sweeps: many seeds of one experiment, each (seed, variant) an independent task, run by local worker
+processes or on a Dask cluster, with the numbers of a serial ``mi-ref run``.
+
+Layout. A sweep writes the run directories of ``mi-ref run`` (``OUT/RUN_NAME/seed-S``, one per seed, see
+:mod:`mi_ref.results`). Every task (one unit of :attr:`mi_ref.experiments.Experiment.units` of one seed: a
+variant, or the pixel-baseline row) runs in a task directory of its own,
+``OUT/RUN_NAME/.tasks/seed-S/UNIT`` (a run directory holding that unit only, with its checkpoints; its log
+beside it as ``UNIT.log`` for local workers). When the task is finished, the sweep's driver (the process
+that runs ``mi-ref sweep``) merges it into the seed's run directory under that directory's lock: the seed's
+metrics.jsonl is rewritten atomically with the unit's rows in the experiment's order of units, the unit is
+marked done, the task directory is removed. A seed directory therefore only ever holds finished units;
+once all are merged it is the directory a serial run writes (row for row, wall times aside).
+
+Faults. A task that dies (its process killed, its Dask worker lost) is run again and resumes from its last
+checkpoint in its task directory; a finished task waiting for its merge is merged, not run again; a
+finished unit is skipped. So an interrupted sweep continues with the same command, and a unit computed
+twice (two sweeps at once) is written once: a task directory is locked by the process running it, and a
+second task on it waits for the lock and then finds the unit finished.
+
+Determinism. A unit's random streams depend on (seed, its index among the experiment's units) only
+(:mod:`mi_ref.loop`), so a task computes the same rows as the serial run of that seed with the same number
+of BLAS threads. Each task runs with its BLAS and numba threads pinned (threadpoolctl; ``threads``).
+
+Executors. ``jobs`` local worker processes (``spawn``; one process per task, so a dead task is known
+exactly and retried), or a Dask cluster: ``scheduler="tcp://HOST:PORT"`` (or a ``dask.distributed.Client``)
+whose workers share the output directory's filesystem and have mi-ref installed. Dask is imported only
+then (``pip install "mi-ref[dask]"``).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .progress import duration
+from .results import RunDir, RunLockedError, atomic_write_json, format_summary, summarize, write_summary
+
+TASKS_DIR = ".tasks"
+
+
+def parse_seeds(text):
+    """Seeds from ``0-19``, ``3`` or ``0,2,5-7`` (each >= 0, in the order given, duplicates dropped);
+    ``ValueError`` saying what is expected otherwise."""
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                lo, hi = int(lo), int(hi)
+                if hi < lo:
+                    raise ValueError
+                values = range(lo, hi + 1)
+            else:
+                values = [int(part)]
+        except ValueError:
+            raise ValueError(f"--seeds {text!r}: expected seeds >= 0 as a list and ranges, e.g. 0-19 or "
+                             "0,2,5-7") from None
+        for s in values:
+            if s < 0:
+                raise ValueError(f"--seeds {text!r}: seeds are >= 0")
+            if s not in seeds:
+                seeds.append(s)
+    return seeds
+
+
+def available_cores():
+    """The CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of one seed of one experiment, as a sweep runs it. Picklable (it travels to workers)."""
+
+    experiment: str
+    preset: str
+    seed: int
+    unit: str
+    overrides: tuple            # ((setting, value), ...): the config's changes to the preset
+    out: str
+    data_dir: str = None
+
+    def config(self):
+        from . import experiments
+        return experiments.get(self.experiment).config(self.preset, **dict(self.overrides))
+
+    @property
+    def run_name(self):
+        from .experiments import run_name
+        return run_name(self.experiment, self.preset, self.config())
+
+    @property
+    def run_dir(self):
+        """The seed's run directory (what ``mi-ref run`` writes)."""
+        return Path(self.out) / self.run_name / f"seed-{self.seed}"
+
+    @property
+    def dir(self):
+        """The task's own run directory."""
+        return Path(self.out) / self.run_name / TASKS_DIR / f"seed-{self.seed}" / self.unit
+
+    @property
+    def log(self):
+        return self.dir.parent / f"{self.unit}.log"
+
+    @property
+    def key(self):
+        return f"{self.run_name}/seed-{self.seed}/{self.unit}"
+
+    def header(self):
+        return {"experiment": self.experiment, "preset": self.preset, "seed": self.seed,
+                "config": dataclasses.asdict(self.config())}
+
+
+def plan(experiment, preset, seeds, overrides, out, data_dir=None):
+    """Every task of the sweep, seed by seed in the experiment's order of units."""
+    from . import experiments
+    exp = experiments.get(experiment)
+    config = exp.config(preset, **overrides)
+    frozen = tuple((k, v) for k, v in overrides.items() if v is not None)
+    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir)
+            for seed in seeds for unit in exp.units(config)]
+
+
+def merged(task):
+    """True if the task's unit is finished in its seed's run directory."""
+    store = RunDir(task.run_dir)
+    return store.progress_path.exists() and task.unit in store.done_variants()
+
+
+def finished(task):
+    """True if the task's own directory holds its unit finished (it waits for :func:`merge`)."""
+    store = RunDir(task.dir)
+    return store.progress_path.exists() and task.unit in store.done_variants()
+
+
+def _pinned(threads):
+    """A context manager pinning BLAS (threadpoolctl) and numba to ``threads`` threads."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    @contextlib.contextmanager
+    def pin():
+        import numba
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            with threadpool_limits(limits=threads):
+                yield
+        finally:
+            numba.set_num_threads(before)
+    return pin()
+
+
+def run_task(task, threads=1, progress=False):
+    """Run one task into its task directory (resuming it if it holds a checkpoint) with ``threads`` BLAS and
+    numba threads; returns ``{"task", "seconds"}``. If another process holds the task directory, waits for
+    it to finish first. This is what a worker executes."""
+    from .experiments import run_experiment
+    start = time.perf_counter()
+    waited = False
+    with _pinned(threads):
+        while True:
+            try:
+                run_experiment(task.experiment, task.preset, task.seed, task.out, resume=True,
+                               data_dir=task.data_dir, progress=progress, only=[task.unit], run_dir=task.dir,
+                               **dict(task.overrides))
+                break
+            except RunLockedError:
+                if not waited:
+                    print(f"{task.key}: another process is running this task; waiting for it", file=sys.stderr)
+                    waited = True
+                time.sleep(2.0)
+    return {"task": task.key, "seconds": time.perf_counter() - start}
+
+
+def merge(task, units):
+    """Move the finished unit of ``task`` into its seed's run directory (see the module docstring); ``units``
+    is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
+    directory (try again later)."""
+    seed_store, task_store = RunDir(task.run_dir), RunDir(task.dir)
+    try:
+        seed_store.prepare(task.header(), resume=True)
+    except RunLockedError:
+        return False
+    try:
+        if task.unit not in seed_store.done_variants():
+            rows = [r for r in task_store.read_metrics() if r["variant"] == task.unit]
+            arrays = task_store.arrays_path(task.unit)
+            if arrays.exists():
+                seed_store.arrays_path(task.unit).parent.mkdir(exist_ok=True)
+                from .files import write_bytes
+                write_bytes(seed_store.arrays_path(task.unit), arrays.read_bytes())
+            order = {u: i for i, u in enumerate(units)}
+            kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
+            rows = sorted(kept + rows, key=lambda r: order.get(r["variant"], len(order)))   # stable
+            seed_store.rewrite_metrics(rows)
+            seed_store.mark_done(task.unit)
+        shutil.rmtree(task.dir, ignore_errors=True)
+        if task.log.exists():
+            task.log.unlink()
+        for empty in (task.dir.parent, task.dir.parent.parent):     # .tasks/seed-S, then .tasks
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+    finally:
+        seed_store.unlock()
+    return True
+
+
+def _steps_done(task, steps):
+    """How far a running task is: the step of its last metric row (0 if it has none yet)."""
+    try:
+        rows = RunDir(task.dir).read_metrics()
+    except (OSError, ValueError):
+        return 0
+    return min(max((r["step"] for r in rows if r["variant"] == task.unit), default=0), steps)
+
+
+class SweepProgress:
+    """The sweep's state and its plain-text lines: tasks done / running / failed, retries, and the ETA of
+    the whole sweep from the training steps done since it (re)started (read from the task directories)."""
+
+    def __init__(self, label, tasks, steps_of, enabled=True, stream=None, interval=30.0, clock=time.monotonic):
+        self.label, self.enabled, self.interval, self.clock = label, enabled, interval, clock
+        self.stream = stream or sys.stderr
+        self.steps_of = steps_of
+        self.total = len(tasks)
+        self.total_steps = sum(steps_of(t) for t in tasks)
+        self.done, self.failed, self.running, self.retried = [], [], set(), 0
+        self.skipped = 0
+        self.started = self.clock()
+        self.base_steps = None
+        self.last_line = self.started
+
+    def say(self, text):
+        if self.enabled:
+            print(f"[{self.label}] {text}", file=self.stream, flush=True)
+
+    def steps_done(self):
+        steps = sum(self.steps_of(t) for t in self.done)
+        return steps + sum(_steps_done(t, self.steps_of(t)) for t in self.running)
+
+    def line(self):
+        steps = self.steps_done()
+        if self.base_steps is None:
+            self.base_steps = steps
+        elapsed = self.clock() - self.started
+        rate = (steps - self.base_steps) / elapsed if elapsed > 0 else 0
+        left = self.total_steps - steps
+        eta = "0s" if left <= 0 else (duration(left / rate) if rate > 0 else "?")
+        pct = 100 * steps // max(self.total_steps, 1)
+        retried = f", {self.retried} retried" if self.retried else ""
+        return (f"tasks {len(self.done)}/{self.total} done, {len(self.running)} running, {len(self.failed)} "
+                f"failed{retried} | steps {pct}%, {rate:.1f} steps/s, ETA {eta}")
+
+    def tick(self, force=False):
+        if force or self.clock() - self.last_line >= self.interval:
+            self.say(self.line())
+            self.last_line = self.clock()
+
+
+def _run_local(tasks, jobs, threads, retries, report):
+    """Run ``tasks`` in at most ``jobs`` worker processes (one per task, ``spawn``ed); a task whose
+    process dies or fails is started again (resuming) up to ``retries`` times."""
+    import multiprocessing
+    from collections import deque
+    ctx = multiprocessing.get_context("spawn")
+    pending = deque((t, 1) for t in tasks)
+    running = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                task, attempt = pending.popleft()
+                task.log.parent.mkdir(parents=True, exist_ok=True)
+                proc = ctx.Process(target=_local_worker, args=(task, threads), name=f"mi-ref {task.key}")
+                proc.start()
+                running[task] = (proc, attempt)
+                report.started(task)
+            time.sleep(0.2)
+            for task, (proc, attempt) in list(running.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del running[task]
+                if proc.exitcode == 0:
+                    report.finished(task)
+                    continue
+                why = (f"its process was killed by signal {-proc.exitcode}" if proc.exitcode < 0 else
+                       f"it failed (exit code {proc.exitcode}); see {task.log}")
+                if attempt <= retries:
+                    report.retry(task, why, attempt + 1, retries + 1)
+                    pending.append((task, attempt + 1))
+                else:
+                    report.failed(task, why)
+            report.tick()
+    except BaseException:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.join()
+        raise
+
+
+def _local_worker(task, threads):
+    """The body of a local worker process: output to the task's log, one task, exit code 1 on an error."""
+    import traceback
+    fd = os.open(task.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from .accel import configure_malloc
+    configure_malloc()
+    try:
+        run_task(task, threads, progress=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.exit(1)
+
+
+def _run_dask(tasks, scheduler, threads, retries, report):
+    """Submit ``tasks`` to a Dask cluster (an address or a ``Client``) and follow them. A worker that dies
+    is replaced by the cluster and its task run again (resuming; Dask gives up after its
+    ``distributed.scheduler.allowed-failures``); a task that raises is retried ``retries`` times."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ValueError('--scheduler needs Dask\'s distributed scheduler: pip install "mi-ref[dask]"') from None
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout="30s")
+    token = os.urandom(4).hex()
+    futures = {client.submit(run_task, t, threads, False, key=f"mi-ref-{t.key}-{token}", pure=False,
+                             retries=retries): t for t in tasks}
+    by_key = {f.key: t for f, t in futures.items()}
+    try:
+        while futures:
+            time.sleep(0.5)
+            busy = {k for keys in client.processing().values() for k in keys}
+            for key, task in by_key.items():
+                if key in busy and task not in report.progress.running:
+                    report.started(task)
+            for future, task in list(futures.items()):
+                if future.status == "finished":
+                    report.finished(task)
+                elif future.status in ("error", "cancelled", "lost"):
+                    try:
+                        err = future.exception()
+                        why = f"{type(err).__name__}: {err}"
+                    except Exception as exc:          # cancelled futures raise instead
+                        why = f"{type(exc).__name__}: {exc}"
+                    report.failed(task, why)
+                else:
+                    continue
+                del futures[future]
+            report.tick()
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+class _Report:
+    """The driver's bookkeeping: progress lines, merges of finished tasks, failures."""
+
+    def __init__(self, progress, units):
+        self.progress, self.units = progress, units
+        self.unmerged, self.failures, self.started_at = [], {}, {}
+
+    def started(self, task):
+        self.progress.running.add(task)
+        self.started_at.setdefault(task, time.monotonic())
+
+    def finished(self, task):
+        self.progress.running.discard(task)
+        self.progress.done.append(task)
+        took = time.monotonic() - self.started_at.get(task, time.monotonic())
+        self.progress.say(f"seed {task.seed} {task.unit} done ({duration(took)})")
+        if not merge(task, self.units):
+            self.unmerged.append(task)
+
+    def retry(self, task, why, attempt, attempts):
+        self.progress.running.discard(task)
+        self.progress.retried += 1
+        self.progress.say(f"seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
+                          f"{attempts})")
+
+    def failed(self, task, why):
+        self.progress.running.discard(task)
+        self.progress.failed.append(task)
+        self.failures[task] = why
+        self.progress.say(f"seed {task.seed} {task.unit} FAILED: {why}")
+
+    def tick(self):
+        for task in list(self.unmerged):
+            if merge(task, self.units):
+                self.unmerged.remove(task)
+        self.progress.tick()
+
+
+def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, jobs=None, threads=1,
+          scheduler=None, retries=2, progress=True, stream=None, interval=30.0):
+    """Run ``seeds`` of ``experiment`` (see the module docstring): every (seed, unit) not finished yet is a
+    task, run by ``jobs`` local processes with ``threads`` BLAS threads each (default: as many as the cores
+    allow, at most one per task), or on the Dask cluster ``scheduler``. Returns ``{"run_dirs", "failed",
+    "summaries"}``: the seeds' run directories, ``{task key: why}`` of the tasks that failed for good, and the
+    summaries (:func:`mi_ref.results.summarize`) of the seeds that are complete. Writes
+    ``OUT/RUN_NAME/sweep.json`` (the sweep's seeds, tasks and the summary over seeds)."""
+    from . import experiments
+    from .checks import positive_int
+    from .data import DATA_ENV, load
+    overrides = dict(overrides or {})
+    exp = experiments.get(experiment)
+    config = exp.config(preset, **overrides)                 # unknown settings fail here
+    seeds = [positive_int(s, "seed", minimum=0) for s in seeds]
+    if not seeds:
+        raise ValueError("no seeds given")
+    threads = positive_int(threads, "threads")
+    retries = positive_int(retries, "retries", minimum=0)
+    if hasattr(config, "dataset"):
+        if config.dataset == "mnist":
+            data_dir = data_dir or os.environ.get(DATA_ENV)
+            if data_dir is not None:
+                data_dir = str(Path(data_dir).resolve())
+        load(config.dataset, data_dir)                       # fails before anything runs
+    elif data_dir is not None:
+        raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
+    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir)
+    units = exp.units(config)
+    # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error)
+    for seed in seeds:
+        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}")
+        if store.config_path.exists():
+            store.prepare(all_tasks[0].header() | {"seed": seed}, resume=True)
+            try:
+                for note in store.audit():
+                    print(f"{store.path}: {note}", file=sys.stderr)
+            finally:
+                store.unlock()
+    steps = getattr(config, "n_iters", 0)
+    steps_of = lambda t: 0 if t.unit == "baseline" else steps  # noqa: E731
+    label = f"sweep {all_tasks[0].run_name}"
+    bar = SweepProgress(label, all_tasks, steps_of, enabled=progress, stream=stream, interval=interval)
+    report = _Report(bar, units)
+    todo = []
+    for task in all_tasks:
+        if merged(task):
+            bar.done.append(task)
+            bar.skipped += 1
+        elif finished(task):                     # finished by an interrupted sweep, not merged yet
+            bar.done.append(task)
+            bar.skipped += 1
+            if not merge(task, units):
+                report.unmerged.append(task)
+        else:
+            todo.append(task)
+    if scheduler is None:
+        if jobs is None:
+            jobs = max(1, min(len(todo), available_cores() // threads))
+        jobs = positive_int(jobs, "jobs")
+        if jobs * threads > available_cores():
+            raise ValueError(f"--jobs {jobs} x --threads {threads} = {jobs * threads} threads exceed the "
+                             f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
+        where = f"{jobs} local worker process{'es' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+    else:
+        where = f"the Dask cluster {scheduler if isinstance(scheduler, str) else 'of the given client'}"
+    bar.say(f"{len(all_tasks)} tasks ({len(seeds)} seed(s) x {len(units)} units): {bar.skipped} finished before, "
+            f"{len(todo)} to run on {where}; output in {all_tasks[0].run_dir.parent}")
+    if todo:
+        bar.tick(force=True)
+        if scheduler is None:
+            _run_local(todo, jobs, threads, retries, report)
+        else:
+            _run_dask(todo, scheduler, threads, retries, report)
+    for task in list(report.unmerged):            # a seed directory held by another process: wait for it
+        bar.say(f"waiting for {task.run_dir} (held by another process) to merge {task.unit}")
+        RunDir(task.run_dir).lock(wait=True)
+        RunDir(task.run_dir).unlock()
+        if merge(task, units):
+            report.unmerged.remove(task)
+    if todo:
+        bar.tick(force=True)
+    run_dirs = sorted({t.run_dir for t in all_tasks}, key=lambda p: int(p.name.split("-")[1]))
+    complete = [d for d in run_dirs if all(merged(t) for t in all_tasks if t.run_dir == d)]
+    summaries = [write_summary(d) for d in complete]
+    failed = {t.key: why for t, why in report.failures.items()}
+    record = {"experiment": experiment, "preset": preset, "seeds": seeds, "overrides": overrides,
+              "units": units, "complete_seeds": [int(d.name.split("-")[1]) for d in complete],
+              "failed": failed, "summary": summary_over_seeds(summaries)}
+    atomic_write_json(run_dirs[0].parent / "sweep.json", json.loads(json.dumps(record, default=list)))
+    return {"run_dirs": run_dirs, "failed": failed, "summaries": summaries}
+
+
+def summary_over_seeds(summaries):
+    """``{variant: {field: {"mean", "sd", "n"}}}`` of the final numbers of each seed's summary (sd: the
+    population standard deviation over the seeds, as the figures' bands)."""
+    import numpy as np
+    values = {}
+    for s in summaries:
+        for rec in s["variants"]:
+            for k, v in rec.items():
+                if k not in ("variant", "step") and isinstance(v, (int, float)) and v is not None:
+                    values.setdefault(rec["variant"], {}).setdefault(k, []).append(float(v))
+    return {variant: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)}
+                      for k, v in fields.items()} for variant, fields in values.items()}
+
+
+def format_sweep(result):
+    """The summary table over the sweep's complete seeds, and the failures if any."""
+    lines = []
+    if result["summaries"]:
+        lines.append(format_summary(result["summaries"]))
+    else:
+        lines.append("no seed is complete yet")
+    for key, why in result["failed"].items():
+        lines.append(f"FAILED {key}: {why}")
+    return "\n".join(lines)
+

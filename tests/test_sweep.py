@@ -1,0 +1,322 @@
+"""mi_ref.sweep: every (seed, unit) a task; local worker processes and a Dask cluster (loopback only) give the
+rows of the serial run; killed workers, second invocations and interrupted sweeps lose and duplicate
+nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from mi_ref import cli, experiments, sweep
+from mi_ref.results import RunDir, expand_run_dirs
+
+# two seeds x (baseline + 2 variants) = 6 tasks of a second or two each
+TINY = dict(dataset="digits", n_iters=20, n_evals=2, critics=("bilinear",), estimators=("infonce", "nwj"))
+# long enough (a second or more a task, checkpoints every 300 steps) to be killed in the middle
+LONGER = dict(TINY, n_iters=1500, n_evals=5, estimators=("infonce",))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows_without_time(path):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in RunDir(path).read_metrics()]
+
+
+def serial_rows(tmp_path_factory, overrides, seed):
+    """The rows of the serial ``mi-ref run`` of ``seed``, with one BLAS thread as the sweep's tasks."""
+    out = tmp_path_factory.mktemp("serial")
+    with threadpool_limits(limits=1):
+        path = experiments.run_experiment("critics", "quick", seed, out, progress=False, **overrides)
+    return rows_without_time(path)
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    return {seed: serial_rows(tmp_path_factory, TINY, seed) for seed in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def serial_longer(tmp_path_factory):
+    return serial_rows(tmp_path_factory, LONGER, 0)
+
+
+def seed_dir(out, seed, overrides=TINY):
+    config = experiments.get("critics").config("quick", **overrides)
+    return experiments.run_dir_for(out, "critics", "quick", seed, config)
+
+
+def test_parse_seeds():
+    assert sweep.parse_seeds("0-3") == [0, 1, 2, 3]
+    assert sweep.parse_seeds("5") == [5]
+    assert sweep.parse_seeds("0,2,5-7,2") == [0, 2, 5, 6, 7]
+    for bad in ("", "a", "3-1", "-1", "1-", "0,,1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            sweep.parse_seeds(bad)
+
+
+def test_plan_has_one_task_per_seed_and_unit(tmp_path):
+    tasks = sweep.plan("critics", "quick", [0, 1], TINY, tmp_path)
+    assert [(t.seed, t.unit) for t in tasks] == [(s, u) for s in (0, 1)
+                                                 for u in ("baseline", "bilinear-infonce", "bilinear-nwj")]
+    assert tasks[0].run_dir == seed_dir(tmp_path, 0)
+    assert tasks[0].dir.parent.parent.parent == tasks[0].run_dir.parent       # OUT/RUN_NAME/.tasks/seed-S/UNIT
+    assert tasks[0].dir.parent.parent.name == sweep.TASKS_DIR
+    # the units every experiment declares are the names its run writes
+    for name in experiments.names():
+        exp = experiments.get(name)
+        units = exp.units(exp.presets["quick"])
+        assert len(units) == len(set(units)) >= 1
+
+
+def test_local_jobs_equal_serial_and_second_invocation_skips(tmp_path, tmp_path_factory, serial):
+    out = tmp_path / "sweep"
+    result = sweep.sweep("critics", "quick", [0, 1], TINY, out, jobs=2, progress=False)
+    assert result["failed"] == {}
+    for seed in (0, 1):
+        path = seed_dir(out, seed)
+        assert rows_without_time(path) == serial[seed]          # row for row, in the serial order
+        assert RunDir(path).done_variants() == ["baseline", "bilinear-infonce", "bilinear-nwj"]
+        assert (path / "summary.json").exists()
+    assert not (out / seed_dir(out, 0).parent.name / sweep.TASKS_DIR).exists()   # task dirs merged away
+    record = json.loads((seed_dir(out, 0).parent / "sweep.json").read_text())
+    assert record["complete_seeds"] == [0, 1]
+    assert record["summary"]["bilinear-nwj"]["accuracy"]["n"] == 2
+    # a second invocation runs nothing and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    lines = []
+
+    class Stream:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    again = sweep.sweep("critics", "quick", [0, 1], TINY, out, jobs=2, stream=Stream())
+    assert again["failed"] == {}
+    assert "6 finished before, 0 to run" in "".join(lines)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == before
+    # more seeds later: only the new seed's tasks run, the old directories stay as they are
+    more = sweep.sweep("critics", "quick", [0, 1, 2], TINY, out, jobs=2, progress=False)
+    assert [p.name for p in more["run_dirs"]] == ["seed-0", "seed-1", "seed-2"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert rows_without_time(seed_dir(out, 2)) == serial_rows(tmp_path_factory, TINY, 2)
+
+
+def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, serial):
+    """What a killed driver leaves: a task finished in its task dir but not merged, a task with a
+    checkpoint only, a seed directory with some units. The same command completes it identically."""
+    out = tmp_path / "sweep"
+    tasks = {(t.seed, t.unit): t for t in sweep.plan("critics", "quick", [0], TINY, out)}
+    sweep.run_task(tasks[0, "baseline"])
+    assert sweep.merge(tasks[0, "baseline"], ["baseline", "bilinear-infonce", "bilinear-nwj"])
+    sweep.run_task(tasks[0, "bilinear-nwj"])                       # finished, not merged
+    assert sweep.finished(tasks[0, "bilinear-nwj"]) and not sweep.merged(tasks[0, "bilinear-nwj"])
+    # bilinear-infonce: interrupted after its first evaluation (its task dir holds a checkpoint at step 0)
+    from mi_ref import faults
+
+    def stop(point):
+        if point == "update":
+            raise KeyboardInterrupt
+    faults.HOOK = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_task(tasks[0, "bilinear-infonce"])
+    finally:
+        faults.HOOK = None
+    assert RunDir(tasks[0, "bilinear-infonce"].dir).checkpoint_path("bilinear-infonce").exists()
+    lines = []
+
+    class Stream:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, stream=Stream())
+    assert result["failed"] == {}
+    assert "2 finished before, 1 to run" in "".join(lines)
+    assert rows_without_time(seed_dir(out, 0)) == serial[0]
+
+
+def test_merge_is_idempotent_and_keeps_the_order_of_units(tmp_path, serial):
+    out = tmp_path / "sweep"
+    tasks = sweep.plan("critics", "quick", [0], TINY, out)
+    units = [t.unit for t in tasks]
+    for task in reversed(tasks):                     # finished in the opposite order
+        sweep.run_task(task)
+        assert sweep.merge(task, units)
+        assert sweep.merge(task, units)              # a second merge (a driver killed after the first) is a no-op
+    assert rows_without_time(seed_dir(out, 0)) == serial[0]
+    assert sorted(RunDir(seed_dir(out, 0)).done_variants()) == sorted(units)
+    assert RunDir(seed_dir(out, 0)).audit() == []
+    # a seed directory held by another process: the merge waits (returns False) and changes nothing
+    extra = sweep.plan("critics", "quick", [1], TINY, out)[0]
+    sweep.run_task(extra)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from mi_ref.results import RunDir
+        RunDir({str(extra.run_dir)!r}).lock()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert sweep.merge(extra, units) is False
+        assert sweep.finished(extra) and not RunDir(extra.run_dir).metrics_path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sweep.merge(extra, units)
+
+
+KILL_DRIVER = textwrap.dedent("""
+    import sys
+    from mi_ref import sweep
+    overrides = {overrides!r}
+    result = sweep.sweep("critics", "quick", [0], overrides, sys.argv[1], jobs=1, interval=1.0)
+    sys.exit(1 if result["failed"] else 0)
+""")
+
+
+def _kill_task_process(task, proc, timeout=120):
+    """Wait until ``task`` has a checkpoint after step 0, then kill -9 the process holding its directory."""
+    ckpt = RunDir(task.dir).checkpoint_path(task.unit)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if ckpt.exists() and (task.dir / ".lock").exists():
+            try:
+                from mi_ref.files import load_npz
+                from mi_ref.results import array_to_json
+                step = array_to_json(load_npz(ckpt)["__meta__"])["step"]
+            except Exception:      # being replaced right now
+                step = 0
+            if step > 0:
+                holder = (task.dir / ".lock").read_text().split()
+                pid = int(holder[1])
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        time.sleep(0.02)
+    raise AssertionError(f"{task.key} never reached a checkpoint after step 0")
+
+
+def test_local_worker_killed_mid_task_is_retried_and_resumes(tmp_path, serial_longer):
+    out = tmp_path / "sweep"
+    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    script = KILL_DRIVER.format(overrides=LONGER)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    pid = _kill_task_process(task, proc)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert pid != proc.pid
+    assert "killed by signal 9" in stderr and "attempt 2 of 3" in stderr
+    assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer       # nothing lost, nothing twice
+
+
+def test_errors_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="exceed the"):
+        sweep.sweep("critics", "quick", [0], TINY, tmp_path, jobs=sweep.available_cores() + 1)
+    with pytest.raises(ValueError, match="no setting"):
+        sweep.sweep("critics", "quick", [0], dict(TINY, lr_typo=1.0), tmp_path)
+    with pytest.raises(ValueError, match="synthetic"):
+        sweep.sweep("sampling", "quick", [0], {}, tmp_path, data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        sweep.sweep("critics", "paper", [0], {}, tmp_path, data_dir=str(tmp_path / "nothing"))
+    assert list(tmp_path.iterdir()) == []                       # nothing written
+    assert cli.main(["sweep", "critics", "--seeds", "0", "--jobs", "1", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert cli.main(["sweep", "critics", "--seeds", "x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert cli.main(["sweep", "nope", "--seeds", "0"]) == 2
+
+
+def test_cli_sweep_then_plot_and_findings_over_the_sweep_dir(tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["sweep", "critics", "--seeds", "0-1", "--jobs", "1", "--out", str(out), "--quiet", "--dataset", "digits",
+            "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "summary of 2 runs" in text and "mean ± sd over the seeds" in text
+    run_folder = seed_dir(out, 0, dict(TINY)).parent
+    assert expand_run_dirs([run_folder]) == [run_folder / "seed-0", run_folder / "seed-1"]
+    assert expand_run_dirs([out]) == [run_folder / "seed-0", run_folder / "seed-1"]
+    assert cli.main(["plot", str(run_folder), "--out", str(tmp_path / "fig")]) == 0
+    assert len(list((tmp_path / "fig").glob("*.png"))) == 1          # both seeds pooled into one figure
+    assert cli.main(["findings", str(out), "--out", str(tmp_path / "f.json")]) == 0
+    verdicts = json.loads((tmp_path / "f.json").read_text())
+    assert verdicts["findings"] and all(v["seeds"] == [0, 1] for v in verdicts["findings"])
+    with pytest.raises(FileNotFoundError, match="holds no run directory"):
+        expand_run_dirs([tmp_path / "fig"])
+
+
+# ------------------------------------------------------------------------------ Dask, on the loopback only
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as c:
+        with distributed.Client(c) as client:
+            yield client
+
+
+def test_dask_cluster_equals_serial_and_local(cluster, tmp_path, serial):
+    out = tmp_path / "dask"
+    result = sweep.sweep("critics", "quick", [0, 1], TINY, out, scheduler=cluster, progress=False)
+    assert result["failed"] == {}
+    for seed in (0, 1):
+        assert rows_without_time(seed_dir(out, seed)) == serial[seed]
+    # the CLI connects by address
+    out2 = tmp_path / "dask-cli"
+    argv = ["sweep", "critics", "--seeds", "0", "--scheduler", cluster.scheduler.address, "--out", str(out2),
+            "--quiet", "--dataset", "digits", "--set", "n_iters=20", "--set", "n_evals=2", "--set",
+            "critics=bilinear"]
+    assert cli.main(argv) == 0
+    assert rows_without_time(seed_dir(out2, 0)) == serial[0]
+
+
+def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
+    """kill -9 of the worker process running a task: the nanny starts a new worker, the scheduler runs the
+    task again, it resumes from its checkpoint; the rows equal the serial run's, none lost or doubled."""
+    import threading
+    out = tmp_path / "dask"
+    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        sweep.sweep("critics", "quick", [0], LONGER, out, scheduler=cluster, progress=False)))
+    thread.start()
+
+    class Alive:
+        def poll(self):
+            return None if thread.is_alive() else 0
+
+        def communicate(self):
+            return "the sweep ended before the kill"
+    pid = _kill_task_process(task, Alive())
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert result["failed"] == {}
+    assert pid not in [p for p in cluster.run(os.getpid).values()]     # that worker was replaced
+    assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
+
+
+def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_dask(name, *args, **kwargs):
+        if name.startswith(("dask", "distributed")):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    with pytest.raises(ValueError, match=r'pip install "mi-ref\[dask\]"'):
+        sweep.sweep("critics", "quick", [0], TINY, tmp_path, scheduler="tcp://127.0.0.1:1", progress=False)
