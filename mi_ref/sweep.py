@@ -21,8 +21,8 @@ Determinism. A unit's random streams depend on (seed, its index among the experi
 (:mod:`mi_ref.loop`), so a task computes the same rows as the serial run of that seed with the same number
 of BLAS threads. Each task runs with its BLAS and numba threads pinned (threadpoolctl; ``threads``).
 
-Executors. ``jobs`` local worker processes (``spawn``; one process per task, so a dead task is known
-exactly and retried), or a Dask cluster: ``scheduler="tcp://HOST:PORT"`` (or a ``dask.distributed.Client``)
+Executors. ``jobs`` local worker processes (``spawn``ed, each running one task at a time handed to it by
+the driver, so the task of a dead worker is known exactly and retried), or a Dask cluster: ``scheduler="tcp://HOST:PORT"`` (or a ``dask.distributed.Client``)
 whose workers share the output directory's filesystem and have mi-ref installed. Dask is imported only
 then (``pip install "mi-ref[dask]"``).
 """
@@ -208,11 +208,6 @@ def merge(task, units):
         shutil.rmtree(task.dir, ignore_errors=True)
         if task.log.exists():
             task.log.unlink()
-        for empty in (task.dir.parent, task.dir.parent.parent):     # .tasks/seed-S, then .tasks
-            try:
-                empty.rmdir()
-            except OSError:
-                break
     finally:
         seed_store.unlock()
     return True
@@ -271,63 +266,114 @@ class SweepProgress:
 
 
 def _run_local(tasks, jobs, threads, retries, report):
-    """Run ``tasks`` in at most ``jobs`` worker processes (one per task, ``spawn``ed); a task whose
-    process dies or fails is started again (resuming) up to ``retries`` times."""
+    """Run ``tasks`` on ``jobs`` local worker processes (``spawn``ed, kept for many tasks, so imports and
+    compiled kernels are paid once per worker). The driver hands each worker one task at a time over a
+    pipe and so knows which task a dead worker was running: that task is run again (resuming from its
+    checkpoint) on a new worker, up to ``retries`` times; a task that raises is retried the same way."""
     import multiprocessing
     from collections import deque
+    from multiprocessing.connection import wait
     ctx = multiprocessing.get_context("spawn")
     pending = deque((t, 1) for t in tasks)
-    running = {}
+    idle, busy = [], {}                 # busy: worker -> (task, attempt)
+
+    def settle(worker, task, attempt, why):
+        if attempt <= retries:
+            report.retry(task, why, attempt + 1, retries + 1)
+            pending.append((task, attempt + 1))
+        else:
+            report.failed(task, why)
+
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
+        while pending or busy:
+            while pending and len(idle) + len(busy) < jobs:
+                idle.append(_LocalWorker(ctx, threads))
+            while pending and idle:
+                worker = idle.pop()
                 task, attempt = pending.popleft()
-                task.log.parent.mkdir(parents=True, exist_ok=True)
-                proc = ctx.Process(target=_local_worker, args=(task, threads), name=f"mi-ref {task.key}")
-                proc.start()
-                running[task] = (proc, attempt)
+                worker.send(task)
+                busy[worker] = (task, attempt)
                 report.started(task)
-            time.sleep(0.2)
-            for task, (proc, attempt) in list(running.items()):
-                if proc.is_alive():
-                    continue
-                proc.join()
-                del running[task]
-                if proc.exitcode == 0:
-                    report.finished(task)
-                    continue
-                why = (f"its process was killed by signal {-proc.exitcode}" if proc.exitcode < 0 else
-                       f"it failed (exit code {proc.exitcode}); see {task.log}")
-                if attempt <= retries:
-                    report.retry(task, why, attempt + 1, retries + 1)
-                    pending.append((task, attempt + 1))
-                else:
-                    report.failed(task, why)
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=1.0)
+            for worker, (task, attempt) in list(busy.items()):
+                if worker.conn in ready or worker.proc.sentinel in ready:
+                    try:
+                        status, detail = worker.conn.recv() if worker.conn.poll() else ("died", None)
+                    except (EOFError, OSError):
+                        status, detail = "died", None
+                    del busy[worker]
+                    if status == "done":
+                        idle.append(worker)
+                        report.finished(task)
+                    elif status == "error":
+                        idle.append(worker)
+                        settle(worker, task, attempt, f"it failed ({detail}); see {task.log}")
+                    else:
+                        worker.proc.join()
+                        code = worker.proc.exitcode
+                        why = (f"its worker process was killed by signal {-code}" if code is not None and code < 0
+                               else f"its worker process ended (exit code {code})")
+                        settle(worker, task, attempt, why)
             report.tick()
-    except BaseException:
-        for proc, _ in running.values():
-            proc.terminate()
-        for proc, _ in running.values():
-            proc.join()
-        raise
+    finally:
+        for worker in idle + list(busy):
+            worker.stop()
 
 
-def _local_worker(task, threads):
-    """The body of a local worker process: output to the task's log, one task, exit code 1 on an error."""
+class _LocalWorker:
+    """One local worker process and the driver's end of its pipe."""
+
+    def __init__(self, ctx, threads):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_local_worker_main, args=(child, threads), name="mi-ref sweep worker",
+                                daemon=True)
+        self.proc.start()
+        child.close()
+
+    def send(self, task):
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        self.conn.send(task)
+
+    def stop(self):
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout=5)
+            if self.proc.is_alive():
+                self.proc.terminate()
+                self.proc.join()
+        self.conn.close()
+
+
+def _local_worker_main(conn, threads):
+    """A local worker: receive a task, run it with its output in the task's log, answer ("done", seconds) or
+    ("error", message); None ends the worker."""
+    import signal
     import traceback
-    fd = os.open(task.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the driver, which then stops the workers
     from .accel import configure_malloc
     configure_malloc()
-    try:
-        run_task(task, threads, progress=True)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BaseException:
-        traceback.print_exc()
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(task.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        sys.stdout.flush()
         sys.stderr.flush()
-        sys.exit(1)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        try:
+            info = run_task(task, threads, progress=True)
+            sys.stderr.flush()
+            conn.send(("done", info["seconds"]))
+        except Exception as err:
+            traceback.print_exc()
+            sys.stderr.flush()
+            conn.send(("error", f"{type(err).__name__}: {err}"))
 
 
 def _run_dask(tasks, scheduler, threads, retries, report):
@@ -492,6 +538,12 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
             report.unmerged.remove(task)
     if todo:
         bar.tick(force=True)
+    tasks_dir = all_tasks[0].run_dir.parent / TASKS_DIR
+    for empty in sorted(tasks_dir.glob("seed-*")) + [tasks_dir]:     # what merges emptied
+        try:
+            empty.rmdir()
+        except OSError:
+            pass
     run_dirs = sorted({t.run_dir for t in all_tasks}, key=lambda p: int(p.name.split("-")[1]))
     complete = [d for d in run_dirs if all(merged(t) for t in all_tasks if t.run_dir == d)]
     summaries = [write_summary(d) for d in complete]
