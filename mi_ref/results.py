@@ -284,13 +284,18 @@ class RunDir:
     def done_variants(self):
         return self._progress()["done"]
 
-    def mark_done(self, variant):
+    def mark_done(self, variant, order=None):
         """Record ``variant`` as finished, with its number of rows (the audit's check), and drop its
-        checkpoint."""
+        checkpoint. ``order`` (a list of variant names) keeps the done list in that order whatever order
+        the variants finish in, as a serial run lists them (sweeps merge in completion order)."""
         progress = self._progress()
         if variant not in progress["done"]:
             count = sum(r["variant"] == variant for r in self.read_metrics())
-            atomic_write_json(self.progress_path, {"done": progress["done"] + [variant],
+            done = progress["done"] + [variant]
+            if order is not None:
+                rank = {v: i for i, v in enumerate(order)}
+                done = sorted(done, key=lambda v: rank.get(v, len(rank)))      # stable for unknown names
+            atomic_write_json(self.progress_path, {"done": done,
                                                    "rows": dict(progress["rows"], **{variant: count})})
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():

@@ -165,7 +165,11 @@ def run_task(task, threads=1, progress=False):
     """Run one task into its task directory (resuming it if it holds a checkpoint) with ``threads`` BLAS and
     numba threads; returns ``{"task", "seconds"}``. If another process holds the task directory, waits for
     it to finish first. This is what a worker executes."""
+    from .accel import configure_malloc
     from .experiments import run_experiment
+    # a worker is a training process: keep freed heap memory resident. Dask's nanny starts workers with
+    # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the OS after nearly every step; mallopt overrides it
+    configure_malloc()
     start = time.perf_counter()
     waited = False
     with _pinned(threads):
@@ -204,7 +208,7 @@ def merge(task, units):
             kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
             rows = sorted(kept + rows, key=lambda r: order.get(r["variant"], len(order)))   # stable
             seed_store.rewrite_metrics(rows)
-            seed_store.mark_done(task.unit)
+            seed_store.mark_done(task.unit, order=units)
         shutil.rmtree(task.dir, ignore_errors=True)
         if task.log.exists():
             task.log.unlink()
