@@ -1,4 +1,4 @@
-"""Benchmark per-example Jacobians and their singular values at the paper's setting (issue 4).
+"""Benchmark per-example Jacobians and their singular values at the paper's setting.
 
 Setting (the paper's "conditioning" experiment, Fig. 2): g1 = MLP(392, [392] * 5, shortcuts=True) with
 kernels drawn by truncated_normal(1e-4) and zero biases, a batch of B = 128 inputs (uniform [0, 1] values

@@ -1,4 +1,4 @@
-"""Benchmark one full training step of the paper's four MI configurations (issue 5).
+"""Benchmark one full training step of the paper's four MI configurations.
 
 A step is what the training loop does 21000 times per run: the loss -I_NCE(critic(g1(x1), g2(x2))), its
 gradient with respect to every parameter (:func:`mi_ref.accel.value_and_grad_by_key` of
