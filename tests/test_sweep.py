@@ -19,6 +19,24 @@ from mi_ref.results import RunDir, expand_run_dirs
 
 # two seeds x (baseline + 2 variants) = 6 tasks of a second or two each
 TINY = dict(dataset="digits", n_iters=20, n_evals=2, critics=("bilinear",), estimators=("infonce", "nwj"))
+
+
+class Lines:
+    """A text stream that keeps what the sweep writes (its progress lines)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return "".join(self.parts)
+
+
 # long enough (a second or more a task, checkpoints every 300 steps) to be killed in the middle
 LONGER = dict(TINY, n_iters=1500, n_evals=5, estimators=("infonce",))
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,18 +107,11 @@ def test_local_jobs_equal_serial_and_second_invocation_skips(tmp_path, tmp_path_
     assert record["summary"]["bilinear-nwj"]["accuracy"]["n"] == 2
     # a second invocation runs nothing and changes nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
-    lines = []
+    lines = Lines()
 
-    class Stream:
-        def write(self, text):
-            lines.append(text)
-
-        def flush(self):
-            pass
-
-    again = sweep.sweep("critics", "quick", [0, 1], TINY, out, jobs=2, stream=Stream())
+    again = sweep.sweep("critics", "quick", [0, 1], TINY, out, jobs=2, stream=lines)
     assert again["failed"] == {}
-    assert "6 finished before, 0 to run" in "".join(lines)
+    assert "6 finished before, 0 to run" in lines.text()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == before
     # more seeds later: only the new seed's tasks run, the old directories stay as they are
     more = sweep.sweep("critics", "quick", [0, 1, 2], TINY, out, jobs=2, progress=False)
@@ -131,18 +142,11 @@ def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, 
     finally:
         faults.HOOK = None
     assert RunDir(tasks[0, "bilinear-infonce"].dir).checkpoint_path("bilinear-infonce").exists()
-    lines = []
+    lines = Lines()
 
-    class Stream:
-        def write(self, text):
-            lines.append(text)
-
-        def flush(self):
-            pass
-
-    result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, stream=Stream())
+    result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, stream=lines)
     assert result["failed"] == {}
-    assert "2 finished before, 1 to run" in "".join(lines)
+    assert "2 finished before, 1 to run" in lines.text()
     assert rows_without_time(seed_dir(out, 0)) == serial[0]
 
 

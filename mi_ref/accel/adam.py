@@ -19,7 +19,8 @@ from ..tree import tree_map
 
 @njit(cache=True, error_model="numpy")
 def _adam_kernel(p, g, m, v, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new):
-    """The formula of Adam.update, in its order of operations (bitwise the same results)."""
+    """The formula of Adam.update, in its order of operations (bitwise the same results). The outputs may be
+    the inputs themselves (p_new is p, m_new is m, v_new is v): entry i is read before it is written."""
     for i in range(p.shape[0]):
         gi = g[i]
         mi = b1 * m[i] + (1.0 - b1) * gi
@@ -27,18 +28,6 @@ def _adam_kernel(p, g, m, v, b1, b2, lr, c1, c2, eps, p_new, m_new, v_new):
         m_new[i] = mi
         v_new[i] = vi
         p_new[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
-
-
-@njit(cache=True, error_model="numpy")
-def _adam_kernel_inplace(p, g, m, v, b1, b2, lr, c1, c2, eps):
-    """:func:`_adam_kernel` writing the new values over p, m and v (the same operations, the same bits)."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = b1 * m[i] + (1.0 - b1) * gi
-        vi = b2 * v[i] + (1.0 - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
 
 
 def _writable_flat(a):
@@ -61,7 +50,7 @@ def adam_leaf(p, g, m, v, b1, b2, lr, c1, c2, eps, inplace=False):
         targets = [_writable_flat(a) for a in (p, m, v)]
         if all(t is not None for t in targets) and not any(
                 np.may_share_memory(a, b) for a, b in ((p, m), (p, v), (m, v))):
-            _adam_kernel_inplace(targets[0], g_flat, targets[1], targets[2], b1, b2, lr, c1, c2, eps)
+            _adam_kernel(targets[0], g_flat, targets[1], targets[2], b1, b2, lr, c1, c2, eps, *targets)
             return p, m, v
     flat = [np.ascontiguousarray(a, dtype=float).reshape(-1) for a in (p, m, v)]
     p_new, m_new, v_new = np.empty(g_flat.shape), np.empty(g_flat.shape), np.empty(g_flat.shape)
