@@ -32,8 +32,10 @@ class Progress:
     ``enabled=False`` prints nothing (``--quiet``); ``stream`` defaults to stderr; ``clock`` is for tests.
     """
 
-    def __init__(self, label, steps_per_variant, enabled=True, stream=None, interval=30.0, clock=time.monotonic):
+    def __init__(self, label, steps_per_variant, enabled=True, stream=None, interval=30.0, clock=time.monotonic,
+                 names=None):
         self.label, self.enabled, self.interval, self.clock = label, enabled, interval, clock
+        self.names = None if names is None else list(names)
         self.stream = stream or sys.stderr
         self.steps = list(steps_per_variant)
         self.total = sum(self.steps)
@@ -45,7 +47,11 @@ class Progress:
         self.rate = None
 
     def variant(self, name, index, start=0):
-        """Variant ``index`` (0-based) of the run begins, at step ``start`` (> 0 when resumed)."""
+        """Variant ``index`` (0-based) of the run begins, at step ``start`` (> 0 when resumed). With ``names``
+        (the run trains only some of an experiment's variants, e.g. a sweep task) the position is looked up by
+        ``name`` instead, so that "variant k/N" and the ETA count only what this run trains."""
+        if self.names is not None and name in self.names:
+            index = self.names.index(name)
         self.variant_name, self.index, self.current = name, index, start
         self.done_before = sum(self.steps[:index]) + start
 

@@ -118,6 +118,9 @@ class RunDirError(ValueError):
     can cause; the message says which file and what to do."""
 
 
+TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed-S/UNIT (see mi_ref.sweep)
+
+
 class RunDir:
     """One run directory (see the module docstring for its layout and invariant)."""
 
@@ -132,6 +135,14 @@ class RunDir:
 
     def checkpoint_path(self, variant):
         return self.path / "checkpoints" / f"{variant}.npz"
+
+    def label(self, seed):
+        """``"RUN_NAME seed S"`` for progress lines, for OUT/RUN_NAME/seed-S and for a sweep task's
+        directory OUT/RUN_NAME/.tasks/seed-S/UNIT alike."""
+        parent = self.path.parent
+        if parent.parent.name == TASKS_DIR:
+            parent = parent.parent.parent
+        return f"{parent.name} seed {seed}"
 
     def arrays_path(self, variant):
         return self.path / "arrays" / f"{variant}.npz"

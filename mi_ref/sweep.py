@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .progress import duration
-from .results import RunDir, RunLockedError, atomic_write_json, format_summary, summarize, write_summary
+from .results import TASKS_DIR, RunDir, RunLockedError, atomic_write_json, format_summary, summarize, write_summary
 
-TASKS_DIR = ".tasks"
 
 
 def parse_seeds(text):

@@ -324,3 +324,11 @@ def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_dask)
     with pytest.raises(ValueError, match=r'pip install "mi-ref\[dask\]"'):
         sweep.sweep("critics", "quick", [0], TINY, tmp_path, scheduler="tcp://127.0.0.1:1", progress=False)
+
+
+def test_a_task_reports_progress_under_its_run_name_and_counts_only_its_own_variant(tmp_path, capsys):
+    task = [t for t in sweep.plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
+    sweep.run_task(task, progress=True)
+    err = capsys.readouterr().err
+    assert f"[{task.run_name} seed 0] variant 1/1 bilinear-nwj" in err, err
+    assert "variant 2/" not in err and "[seed-0 seed 0]" not in err

@@ -124,7 +124,7 @@ def run(config, store, seed, dataset, progress=True, only=None):
         for _ in range(config.warmup_steps):
             classifier_step()
 
-    bar = Progress(f"{store.path.parent.name if store is not None else 'adversarial'} seed {seed}",
+    bar = Progress(store.label(seed) if store is not None else f"adversarial seed {seed}",
                    [config.n_iters], enabled=progress)
     bar.variant(VARIANT, 0, loop.start)
     loss_c = loss_e = float("nan")

@@ -76,8 +76,9 @@ def run_variants(config, store, seed, dataset, variants, progress=True, jacobian
     if only is None or "baseline" in only:
         record_pixel_baseline(store, dataset, config.noise_std, seed)
     done = store.done_variants() if store is not None else []
-    label = f"{store.path.parent.name if store is not None else 'run'} seed {seed}"
-    bar = Progress(label, [config.n_iters] * len(variants), enabled=progress)
+    label = store.label(seed) if store is not None else f"run seed {seed}"
+    chosen = [v.name for v in variants if only is None or v.name in only]
+    bar = Progress(label, [config.n_iters] * len(chosen), enabled=progress, names=chosen)
     for index, v in enumerate(variants):
         if v.name in done or (only is not None and v.name not in only):
             continue

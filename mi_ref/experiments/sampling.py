@@ -124,9 +124,9 @@ def variant_names(config):
 def run(config, store, seed, dataset=None, progress=True, only=None):
     config.check()
     done = store.done_variants() if store is not None else []
-    n_variants = len(config.samplings) * len(config.estimators)
-    progress = Progress(f"{store.path.parent.name if store is not None else 'sampling'} seed {seed}",
-                        [config.n_iters] * n_variants, enabled=progress)
+    chosen = [name for name in variant_names(config) if only is None or name in only]
+    progress = Progress(store.label(seed) if store is not None else f"sampling seed {seed}",
+                        [config.n_iters] * len(chosen), enabled=progress, names=chosen)
     index = 0
     for sampling in config.samplings:
         for estimator in config.estimators:
