@@ -66,7 +66,7 @@ def _cmd_list(args):
     """``mi-ref list``: every experiment, the paper figure it reproduces, its presets and, for each preset,
     whether the paper's findings hold as last measured (the verdicts recorded in the package)."""
     from . import experiments
-    from .findings import load_recorded, seeds_text
+    from .findings import load_recorded, quick_scale_note, seeds_text
     recorded = load_recorded()
     for name in experiments.names():
         exp = experiments.get(name)
@@ -88,6 +88,9 @@ def _cmd_list(args):
                         if e["per_seed"] else "")
                 print(f"{'':13s}       {e['finding']}: {e['verdict']}{each}; last measured on {e['dataset']}, "
                       f"{e['steps']} steps, {seeds_text(e['seeds'])}")
+                note = quick_scale_note(e["finding"], preset, e["verdict"])
+                if note:
+                    print(f"{'':13s}         not shown at this scale: {note}")
     return 0
 
 

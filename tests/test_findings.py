@@ -154,3 +154,12 @@ def test_cli_findings_prints_and_writes_json(tmp_path, capsys):
     assert cli.main(["findings", str(path), "--out", str(out), "--markdown"]) == 0
     assert "| **adversarial, Fig. 1c;" in capsys.readouterr().out
     assert cli.main(["findings", str(tmp_path / "nope")]) == 2
+
+
+def test_the_quick_scale_notes_name_real_findings_and_show_only_beside_a_quick_failure():
+    keys = {f.key for f in findings.FINDINGS}
+    assert set(findings.QUICK_SCALE_NOTES) <= keys
+    key = next(iter(findings.QUICK_SCALE_NOTES))
+    assert findings.quick_scale_note(key, "quick", "does not hold") == findings.QUICK_SCALE_NOTES[key]
+    assert findings.quick_scale_note(key, "quick", "holds") is None
+    assert findings.quick_scale_note(key, "paper", "does not hold") is None
