@@ -2,7 +2,7 @@
 
 ``mi-ref list`` shows, for every experiment and preset, whether its findings hold as last measured. This
 script judges the run directories given (by default every run under ``figures/runs/``) with
-:func:`mi_ref.findings.judge` and writes ``mi_ref/recorded_findings.json``. ``tests/test_findings.py``
+:func:`mi_ref.findings.judge` and writes ``mi_ref/recorded_findings.json``. ``tests/test_figures.py``
 judges the same runs again and fails if the recorded file differs, so it cannot go stale.
 
 Usage::
@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument("run_dirs", nargs="*", help="run directories (default: figures/runs/*/seed-*)")
     parser.add_argument("--out", default=str(RECORDED), help=f"where to write (default {RECORDED})")
     args = parser.parse_args(argv)
-    run_dirs = args.run_dirs or sorted(str(p) for p in (ROOT / "figures" / "runs").glob("*/seed-*"))
+    run_dirs = args.run_dirs or [str(p) for p in sorted((ROOT / "figures" / "runs").glob("*/seed-*"))]   # by path parts, as the test
     path = record(run_dirs, args.out)
     print(f"recorded the verdicts of {len(run_dirs)} runs in {path}")
     return 0
