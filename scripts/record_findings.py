@@ -25,7 +25,8 @@ def main(argv=None):
     parser.add_argument("run_dirs", nargs="*", help="run directories (default: figures/runs/*/seed-*)")
     parser.add_argument("--out", default=str(RECORDED), help=f"where to write (default {RECORDED})")
     args = parser.parse_args(argv)
-    run_dirs = args.run_dirs or [str(p) for p in sorted((ROOT / "figures" / "runs").glob("*/seed-*"))]   # by path parts, as the test
+    # sorted by path parts, in the order tests/test_figures.py judges them
+    run_dirs = args.run_dirs or [str(p) for p in sorted((ROOT / "figures" / "runs").glob("*/seed-*"))]
     path = record(run_dirs, args.out)
     print(f"recorded the verdicts of {len(run_dirs)} runs in {path}")
     return 0
