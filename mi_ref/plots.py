@@ -105,6 +105,10 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
     for ax in np.ravel(axes):
         ax.grid(alpha=0.3)
         ax.set_xlabel(xlabel)
+    # wrap each line of the title to the figure's width (about 12 characters per inch at this size)
+    import textwrap
+    width = max(30, int(fig.get_figwidth() * 12))
+    title = "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in title.split("\n"))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
