@@ -367,14 +367,16 @@ def _objective_label(name):
 
 
 def plot_metric(runs, path):
-    """Section 4: probe accuracy and I_NCE (both measures) for MI bounds and triplet losses."""
+    """Section 4: probe accuracy and the bound (both measures) for MI bounds and triplet losses: each MI
+    objective's own estimator, and I_NCE for the triplet losses."""
     plt = _pyplot()
     variants = variants_of(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))
     objective = lambda v: variant_field(runs, v, "objective")  # noqa: E731
     _bound_panel(axes[0], runs, variants, lambda v: _objective_label(objective(v)),
-                 lambda v: color_of(objective(v)), ylabel=r"$I_{NCE}$ (nats)")
-    axes[0].set_title(r"$I_{NCE}$ of the learned codes", fontsize=10)
+                 lambda v: color_of(objective(v)), ylabel="estimated bound (nats)")
+    axes[0].set_title(r"bound of the codes: the objective's own ($I_{NWJ}$ for $I_{NWJ}$), else $I_{NCE}$",
+                      fontsize=10)
     _accuracy_panel(axes[1], runs, variants, lambda v: _objective_label(objective(v)),
                     lambda v: color_of(objective(v)))
     axes[1].set_title("linear probe on g1's codes", fontsize=10)
