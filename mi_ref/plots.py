@@ -159,7 +159,7 @@ def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="estimated bound
     _clip_initial_outliers(ax, later)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, title=BOUND_LEGEND if any("bound_test" in r for run in runs for r in run["metrics"])
-              else None, title_fontsize=6)
+              else None, title_fontsize=6, framealpha=0.6)     # curves behind a crowded legend stay visible
 
 
 def _clip_initial_outliers(ax, later_values):
