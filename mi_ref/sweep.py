@@ -129,16 +129,19 @@ def plan(experiment, preset, seeds, overrides, out, data_dir=None):
             for seed in seeds for unit in exp.units(config)]
 
 
+def _unit_done(path, unit):
+    store = RunDir(path)
+    return store.progress_path.exists() and unit in store.done_variants()
+
+
 def merged(task):
     """True if the task's unit is finished in its seed's run directory."""
-    store = RunDir(task.run_dir)
-    return store.progress_path.exists() and task.unit in store.done_variants()
+    return _unit_done(task.run_dir, task.unit)
 
 
 def finished(task):
     """True if the task's own directory holds its unit finished (it waits for :func:`merge`)."""
-    store = RunDir(task.dir)
-    return store.progress_path.exists() and task.unit in store.done_variants()
+    return _unit_done(task.dir, task.unit)
 
 
 def _pinned(threads):
@@ -280,7 +283,7 @@ def _run_local(tasks, jobs, threads, retries, report):
     pending = deque((t, 1) for t in tasks)
     idle, busy = [], {}                 # busy: worker -> (task, attempt)
 
-    def settle(worker, task, attempt, why):
+    def settle(task, attempt, why):
         if attempt <= retries:
             report.retry(task, why, attempt + 1, retries + 1)
             pending.append((task, attempt + 1))
@@ -310,13 +313,13 @@ def _run_local(tasks, jobs, threads, retries, report):
                         report.finished(task)
                     elif status == "error":
                         idle.append(worker)
-                        settle(worker, task, attempt, f"it failed ({detail}); see {task.log}")
+                        settle(task, attempt, f"it failed ({detail}); see {task.log}")
                     else:
                         worker.proc.join()
                         code = worker.proc.exitcode
                         why = (f"its worker process was killed by signal {-code}" if code is not None and code < 0
                                else f"its worker process ended (exit code {code})")
-                        settle(worker, task, attempt, why)
+                        settle(task, attempt, why)
             report.tick()
     finally:
         for worker in idle + list(busy):
@@ -334,7 +337,6 @@ class _LocalWorker:
         child.close()
 
     def send(self, task):
-        task.log.parent.mkdir(parents=True, exist_ok=True)
         self.conn.send(task)
 
     def stop(self):
@@ -356,8 +358,6 @@ def _local_worker_main(conn, threads):
     import signal
     import traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the driver, which then stops the workers
-    from .accel import configure_malloc
-    configure_malloc()
     while True:
         task = conn.recv()
         if task is None:
