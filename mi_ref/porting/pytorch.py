@@ -60,29 +60,28 @@ def torch_name(path):
     return ".".join(parts)
 
 
+def _relayout(path, array, layer, conv_axes):
+    """A dense kernel ``W`` transposed, a conv kernel ``W`` permuted by ``conv_axes``; anything else as is."""
+    array = np.asarray(array)
+    if layer and path.split("/")[-1] == "W":
+        if array.ndim == 2:
+            return array.T
+        if array.ndim == 4:
+            return array.transpose(conv_axes)
+    return array
+
+
 def torch_param(path, array, layer=True):
     """mi-ref's parameter ``array`` at ``path`` in PyTorch's layout (a numpy array): a dense kernel
     ``W (in, out)`` becomes ``Linear.weight (out, in)`` (``W.T``), a conv kernel ``(kh, kw, C_in, C_out)``
     becomes ``(C_out, C_in, kh, kw)``; biases, layer-norm scales and biases, and any parameter with
     ``layer=False`` (the bilinear critic's ``W``) stay as they are. :func:`mi_param` is the inverse."""
-    array = np.asarray(array)
-    if layer and path.split("/")[-1] == "W":
-        if array.ndim == 2:
-            return array.T
-        if array.ndim == 4:
-            return array.transpose(3, 2, 0, 1)
-    return array
+    return _relayout(path, array, layer, (3, 2, 0, 1))
 
 
 def mi_param(path, array, layer=True):
     """The inverse of :func:`torch_param`: a PyTorch weight (or its gradient) back in mi-ref's layout."""
-    array = np.asarray(array)
-    if layer and path.split("/")[-1] == "W":
-        if array.ndim == 2:
-            return array.T
-        if array.ndim == 4:
-            return array.transpose(2, 3, 1, 0)
-    return array
+    return _relayout(path, array, layer, (2, 3, 1, 0))
 
 
 def torch_state(params_flat, layers=True):

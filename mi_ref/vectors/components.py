@@ -29,6 +29,11 @@ class Component:
     float64_only: str = None
 
 
+# the two Adam components differ only in the form
+ADAM_STEP = {'in': 3, 'dims': [4, 2], 'lr': 0.001, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-08, 'step': 4,
+             'form': 'textbook', 'grad_std': 3e-08, 'param_std': 0.0001}
+
+
 COMPONENTS = [
     Component('bound_infonce', 'bound',
               'I_NCE on a fixed 6 x 6 score matrix',
@@ -157,32 +162,14 @@ COMPONENTS = [
               "gradient scale the two forms' updates differ by ~40 % of a step; no gradients (an optimizer step "
               'is not differentiated)',
               ('mi_ref.optim.Adam.update',),
-              {'in': 3,
-               'dims': [4, 2],
-               'lr': 0.001,
-               'b1': 0.9,
-               'b2': 0.999,
-               'eps': 1e-08,
-               'step': 4,
-               'form': 'textbook',
-               'grad_std': 3e-08,
-               'param_std': 0.0001}),
+              ADAM_STEP),
     Component('adam_step_tf', 'adam',
               "one Adam update in TensorFlow 1's form (the paper's), lr 1e-3, of an MLP's params (std 1e-4, "
               "like the paper's initialization) from the state after 4 steps of gradients of std 3e-8; at this "
               "gradient scale the two forms' updates differ by ~40 % of a step; no gradients (an optimizer step "
               'is not differentiated)',
               ('mi_ref.optim.Adam.update',),
-              {'in': 3,
-               'dims': [4, 2],
-               'lr': 0.001,
-               'b1': 0.9,
-               'b2': 0.999,
-               'eps': 1e-08,
-               'step': 4,
-               'form': 'tf',
-               'grad_std': 3e-08,
-               'param_std': 0.0001}),
+              dict(ADAM_STEP, form='tf')),
     Component('train_invertible', 'train',
               "one training step of the 'invertible' experiment at small size: g1, g2 = RealNVP(8, 3 shift-only "
               'couplings, hidden [6]), bilinear critic, loss -I_NCE',
