@@ -29,6 +29,10 @@ class Component:
     float64_only: str = None
 
 
+# the two critics training steps differ only in the estimator
+TRAIN_CRITICS = {'B': 5, 'dim': 8, 'encoder': 'mlp', 'encoder_dims': [10, 10, 6], 'shortcuts': False,
+                 'critic': 'concat', 'critic_hidden': [12], 'estimator': 'infonce'}
+
 # the two Adam components differ only in the form
 ADAM_STEP = {'in': 3, 'dims': [4, 2], 'lr': 0.001, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-08, 'step': 4,
              'form': 'textbook', 'grad_std': 3e-08, 'param_std': 0.0001}
@@ -197,26 +201,12 @@ COMPONENTS = [
               "one training step of the 'critics' experiment at small size: g1, g2 = MLP(8, [10, 10, 6]), "
               'concat critic (hidden [12]), loss -I_NCE',
               ('mi_ref.objectives.mi_loss',),
-              {'B': 5,
-               'dim': 8,
-               'encoder': 'mlp',
-               'encoder_dims': [10, 10, 6],
-               'shortcuts': False,
-               'critic': 'concat',
-               'critic_hidden': [12],
-               'estimator': 'infonce'}),
+              TRAIN_CRITICS),
     Component('train_critics_nwj', 'train',
               "one training step of the 'critics' experiment at small size: g1, g2 = MLP(8, [10, 10, 6]), "
               'concat critic (hidden [12]), loss -I_NWJ',
               ('mi_ref.objectives.mi_loss',),
-              {'B': 5,
-               'dim': 8,
-               'encoder': 'mlp',
-               'encoder_dims': [10, 10, 6],
-               'shortcuts': False,
-               'critic': 'concat',
-               'critic_hidden': [12],
-               'estimator': 'nwj'}),
+              dict(TRAIN_CRITICS, estimator='nwj')),
     Component('train_step_invertible', 'train_step',
               "one whole training step of the 'invertible' experiment at small size, as the paper's loop takes "
               "it: g1, g2 = RealNVP(8, 3 shift-only couplings, hidden [6]) and a bilinear critic at the paper's "
