@@ -75,6 +75,7 @@ import numpy as onp
 from autograd import grad
 
 from .. import __version__
+from ..checks import positive_int
 from ..files import write_bytes, write_text
 from ..tree import tree_flatten, tree_map, tree_unflatten
 from .builders import BUILDERS, draw_params, f32, normal
@@ -135,19 +136,13 @@ def _streams(seed, name):
     return structure_seed, onp.random.default_rng(onp.random.SeedSequence([seed, key, 1]))
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, (int, onp.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
-
-
 def make_component(name, seed=0):
     """Generate one component in memory: ``(arrays, entry)``.
 
     ``arrays``: ``{name: array}`` in file order (inputs, consts, params, cotangents, outputs, aux, grads);
     ``entry``: its manifest entry (file, summary, functions, config, scalar, float64_only, arrays).
     """
-    seed = _check_seed(seed)
+    seed = positive_int(seed, "seed", minimum=0)
     comp = _get_component(name)
     structure_seed, rng = _streams(seed, name)
     config = dict(comp.config, structure_seed=structure_seed)
@@ -266,7 +261,7 @@ def generate(out_dir, seed=0, names=None):
 
     Returns the manifest (a dict). Files are written atomically; the same seed gives byte-identical files.
     """
-    seed = _check_seed(seed)
+    seed = positive_int(seed, "seed", minimum=0)
     names = component_names() if names is None else [_get_component(n).name for n in names]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
