@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .results import load_run
+from .stats import sample_sd
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,13 +71,13 @@ def variants_where(runs, **fields):
 
 
 def fmt(values, digits=3):
-    """mean +- sd over seeds (just the value for one seed)."""
+    """mean +- sd over seeds (the sample sd, ddof = 1; just the value for one seed)."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return "n/a"
     if values.size == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {sample_sd(values):.{digits}f}"
 
 
 def mean(values):

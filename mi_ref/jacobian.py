@@ -17,8 +17,8 @@ This module gives
 * :func:`singular_values` - LAPACK's ``dgesdd`` without singular vectors, one matrix per numba thread;
 * :func:`log_condition_numbers` and :func:`condition_percentiles` - the numbers Fig. 2 plots.
 
-The fast routines compute values only (they are not differentiable by autograd) and follow autograd's
-conventions (relu'(0) = 1/2), so they equal the reference everywhere, kinks included. An MLP's
+The fast routines compute values only (they are not differentiable by autograd) and follow the formulas'
+conventions (relu'(0) = 0), so they equal the reference everywhere, kinks included. An MLP's
 forward-mode Jacobian is a transposed view (each ``J[b]`` Fortran-ordered, which is what LAPACK reads);
 :func:`singular_values` takes either order without copying.
 """
@@ -36,6 +36,7 @@ from . import nn
 from .accel import jacobians as fast_jacobians
 from .accel.twins import original
 from .checks import finite_batch as check_finite_batch
+from .stats import order_statistics
 
 PERCENTILES = (0, 20, 40, 60, 80, 100)
 PERCENTILE_KEYS = ("min", "p20", "p40", "p60", "p80", "max")
@@ -286,41 +287,23 @@ def log_condition_numbers(svals):
     return float(logs) if logs.ndim == 0 else logs
 
 
-def _linear_percentile(sorted_values, q):
-    """The q-th percentile by linear interpolation (numpy's default 'linear', Hyndman-Fan type 7).
-
-    With n sorted values v_0 <= ... <= v_{n-1}: position g = q / 100 * (n - 1), i = floor(g),
-    f = g - i, result v_i + f (v_{i+1} - v_i); equal neighbours (two +inf included) give that value and
-    a +inf upper neighbour with f > 0 gives +inf (numpy would give nan for inf - inf).
-    """
-    n = sorted_values.size
-    g = q / 100.0 * (n - 1)
-    i = min(int(np.floor(g)), n - 1)
-    f = g - i
-    lo, hi = sorted_values[i], sorted_values[min(i + 1, n - 1)]
-    if f == 0.0 or lo == hi:
-        return float(lo)
-    if np.isinf(hi):
-        return float(hi)
-    return float(lo + f * (hi - lo))
-
-
 def condition_percentiles(values):
-    """The bands of the paper's Fig. 2: min, 20th, 40th, 60th, 80th percentile and max of ``values``.
+    """The bands of the paper's Fig. 2c: min, 20th, 40th, 60th, 80th percentile and max of ``values``.
 
-    ``values``: any array of log condition numbers (flattened), finite or +inf, at least one.
-    Returns a float64 array ``(6,)`` in the order of ``PERCENTILE_KEYS`` = (min, p20, p40, p60, p80, max)
-    (``PERCENTILES`` = (0, 20, 40, 60, 80, 100)); percentiles by linear interpolation between order
-    statistics (numpy's default method, 'linear'), extended so that +inf values give +inf rather than nan.
-    ``ValueError`` for NaN, -inf or empty input.
+    ``values``: any array of log condition numbers (flattened), finite or +inf, at least one. Returns a
+    float64 array ``(6,)`` in the order of ``PERCENTILE_KEYS`` = (min, p20, p40, p60, p80, max), computed as
+    the paper's notebook does: the n values sorted, and the entry at index ``int(p * (n - 1))`` for
+    p = 0, 0.2, ..., 1 (order statistics, no interpolation; :func:`mi_ref.stats.order_statistics`). For the
+    values of several runs pooled, as the notebook draws Fig. 2c, pass them concatenated
+    (:func:`mi_ref.stats.pooled_order_statistics`). ``ValueError`` for NaN, -inf or empty input.
     """
     v = np.asarray(values)
     if v.size == 0:
         raise ValueError("condition_percentiles needs at least one value, got an empty array")
     if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
         raise ValueError(f"values must hold real numbers, got dtype {v.dtype}")
-    v = np.sort(v.astype(np.float64).ravel())
-    if np.isnan(v).any() or v[0] == -np.inf:
+    v = v.astype(np.float64).ravel()
+    if np.isnan(v).any() or (v == -np.inf).any():
         raise ValueError("values must not contain nan or -inf (log condition numbers lie in [0, +inf]), "
                          f"got {int(np.isnan(v).sum())} nan and {int((v == -np.inf).sum())} -inf")
-    return np.array([_linear_percentile(v, q) for q in PERCENTILES])
+    return order_statistics(v, tuple(q / 100.0 for q in PERCENTILES))

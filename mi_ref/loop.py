@@ -21,7 +21,7 @@ import numpy as np
 
 from . import faults
 from .accel import adam_update, owned
-from .data import BatchIterator
+from .data import SHUFFLE_BUFFER, batch_stream
 from .optim import state_from_arrays, state_to_arrays
 from .tree import tree_from_dict, tree_to_dict
 
@@ -52,10 +52,11 @@ class Loop:
         self.meta, self.resumed, self.reevaluate = {}, False, False
         self._seconds, self._clock = 0.0, time.perf_counter()
 
-    def iterator(self, stream, n, batch_size):
-        """A :class:`mi_ref.data.BatchIterator` over ``n`` examples driven by stream ``stream`` (which it then
-        owns; its position is checkpointed with the iterator)."""
-        it = BatchIterator(n, batch_size, self.rng[stream])
+    def iterator(self, stream, n, batch_size, batching="shuffle_buffer", buffer_size=SHUFFLE_BUFFER):
+        """The endless index batches over ``n`` examples of :func:`mi_ref.data.batch_stream` (``batching``:
+        the paper's ``"shuffle_buffer"`` or ``"epoch_permutation"``), driven by stream ``stream`` (which it
+        then owns; its position, the shuffle buffer included, is checkpointed with the iterator)."""
+        it = batch_stream(batching, n, batch_size, self.rng[stream], buffer_size)
         self.iterators[stream] = it
         return it
 

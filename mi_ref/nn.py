@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import autograd.numpy as np
 import numpy as onp
-from autograd.extend import defvjp, primitive
+from autograd.extend import defjvp, defvjp, primitive
 
 from .checks import batch as check_batch
 from .checks import positive_int as check_positive_int
@@ -79,9 +79,25 @@ def truncated_normal(std):
 # activations
 
 
+@primitive
 def relu(x):
-    """ReLU(x) = max(x, 0)."""
-    return np.maximum(x, 0.0)
+    """ReLU(x) = max(x, 0), with the derivative relu'(x) = 1 for x > 0 and 0 for x <= 0.
+
+    The derivative at exactly x = 0 is 0, as in TensorFlow (``ReluGrad``), PyTorch and JAX. (autograd's
+    own ``np.maximum(x, 0)`` would split the tie and give 1/2.) Ties are common: a zero bias on an all-zero
+    input patch, e.g. the blank margins of an MNIST digit at the ConvNet's first layer, gives exactly 0.
+    A NaN input gives NaN, as ``np.maximum`` does.
+    """
+    return onp.maximum(x, 0.0)
+
+
+def _relu_slope(x):
+    """relu'(x) as an array of 0.0 and 1.0 (0 at x = 0, see :func:`relu`)."""
+    return onp.asarray(np.greater(x, 0.0), dtype=float)      # np.greater reads through autograd boxes
+
+
+defvjp(relu, lambda ans, x: lambda g: g * _relu_slope(x))
+defjvp(relu, lambda g, ans, x: g * _relu_slope(x))
 
 
 def softplus(x):
@@ -97,8 +113,8 @@ def identity(x):
 @dataclass(frozen=True)
 class Activation:
     """An activation: ``fn`` (differentiated by autograd) and ``derivative``, act'(u) in plain numpy with
-    autograd's conventions (relu'(0) = 1/2: ``np.maximum`` splits a tie), for the forward-mode Jacobians and
-    the hand-written VJPs of :mod:`mi_ref.accel`."""
+    the same conventions as ``fn``'s gradient (relu'(0) = 0), for the forward-mode Jacobians and the
+    hand-written VJPs of :mod:`mi_ref.accel`."""
 
     name: str
     fn: object
@@ -106,7 +122,7 @@ class Activation:
 
 
 ACTIVATIONS = Registry("activation")
-ACTIVATIONS.register("relu", Activation("relu", relu, lambda u: 0.5 * (onp.sign(u) + 1.0)))
+ACTIVATIONS.register("relu", Activation("relu", relu, _relu_slope))
 ACTIVATIONS.register("softplus", Activation("softplus", softplus, lambda u: onp.exp(u - onp.logaddexp(0.0, u))))
 ACTIVATIONS.register("identity", Activation("identity", identity, lambda u: onp.ones_like(u)))
 

@@ -15,6 +15,7 @@ from .bounds import ESTIMATORS
 from .critics import CRITICS
 from .metric_learning import LOSSES
 from .results import load_run
+from .stats import pooled_order_statistics, sample_sd
 
 
 def _style(registry, name, key, default=None):
@@ -51,7 +52,8 @@ def _pyplot():
 
 
 def series(runs, variant, key):
-    """(steps, mean, sd, n_runs) of metric ``key`` of ``variant`` over runs, at the steps all runs share.
+    """(steps, mean, sd, n_runs) of metric ``key`` of ``variant`` over runs, at the steps all runs share; sd
+    is the sample sd (ddof = 1, :func:`mi_ref.stats.sample_sd`; 0 for one run), as the paper's bands.
 
     A metric that is a list (e.g. the log-condition percentiles) gives mean and sd of shape (steps, len).
     """
@@ -64,7 +66,7 @@ def series(runs, variant, key):
         return np.array([]), np.array([]), np.array([]), 0
     steps = sorted(set.intersection(*(set(r) for r in per_run)))
     values = np.array([[r[s] for s in steps] for r in per_run], dtype=float)
-    return np.array(steps), values.mean(axis=0), values.std(axis=0), len(per_run)
+    return np.array(steps), values.mean(axis=0), sample_sd(values, axis=0), len(per_run)
 
 
 def baseline(runs):
@@ -216,22 +218,35 @@ def plot_adversarial(runs, path):
                    xlabel="iterations of 10 classifier steps + 1 encoder step (in thousands)")
 
 
-LOGCOND_KEYS = tuple(f"logcond_{k}" for k in ("min", "p20", "p40", "p60", "p80", "max"))
+def pooled_condition_bands(runs, variant):
+    """(steps, bands) of Fig. 2c for ``variant``: at every step that all runs evaluated, the log condition
+    numbers of every run's batch pooled (concatenated) and their order statistics at index int(p (n - 1)),
+    p = 0, .2, ..., 1, as the paper's notebook draws them (:func:`mi_ref.stats.pooled_order_statistics`);
+    ``bands`` has shape (steps, 6): min, 20th, 40th, 60th, 80th percentile, max."""
+    per_run = []
+    for run in runs:
+        rows = {r["step"]: r["logcond_values"] for r in run["metrics"]
+                if r.get("variant") == variant and r.get("logcond_values") is not None}
+        if rows:
+            per_run.append(rows)
+    if not per_run:
+        return np.array([]), np.empty((0, 6))
+    steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    bands = np.array([pooled_order_statistics([r[s] for r in per_run]) for s in steps]).reshape(len(steps), 6)
+    return np.array(steps), bands
 
 
 def _condition_panel(ax, runs, variant):
-    parts = [series(runs, variant, key) for key in LOGCOND_KEYS]
-    steps = parts[0][0]
-    if not len(steps) or any(len(p[0]) != len(steps) for p in parts):
+    steps, mean = pooled_condition_bands(runs, variant)
+    if not len(steps):
         return
-    mean = np.stack([p[1] for p in parts], axis=1)
     x = steps / 1000.0
     color = color_of(variant) or "tab:purple"
     ax.fill_between(x, mean[:, 0], mean[:, 5], color=color, alpha=0.15, linewidth=0, label="min - max")
     ax.fill_between(x, mean[:, 1], mean[:, 4], color=color, alpha=0.3, linewidth=0, label="20th - 80th")
     ax.fill_between(x, mean[:, 2], mean[:, 3], color=color, alpha=0.6, linewidth=0, label="40th - 60th")
     ax.set_ylabel(r"$\log(\sigma_{max} / \sigma_{min})$ of $J_{g_1}$")
-    ax.set_title(f"(c) conditioning, {label_of(variant)}", fontsize=10)
+    ax.set_title(f"(c) conditioning, {label_of(variant)}; {len(runs)} run(s) pooled", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
 
@@ -347,7 +362,7 @@ def plot_sampling(runs, path):
         true_mi = variant_field(runs, v, "true_mi")
         mean = curves.mean(axis=0)
         what = {"iid": "i.i.d.", "non-iid": "non-i.i.d."}.get(sampling, sampling)
-        _band(ax, np.arange(n), mean, curves.std(axis=0), f"{label_of(est)}, {what} samples",
+        _band(ax, np.arange(n), mean, sample_sd(curves, axis=0), f"{label_of(est)}, {what} samples",
               color_of(est), "-" if sampling == "iid" else "--")
         top = max(top, 1.1 * float(mean[-1]))
     if true_mi is not None:

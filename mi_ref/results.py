@@ -51,6 +51,7 @@ import numpy as np
 from . import faults, files
 from .faults import point as _fault
 from .files import DamagedFileError, load_npz, read_json
+from .stats import sample_sd
 
 # ----------------------------------------------------------------------------------------------------
 # files (written and read by mi_ref.files)
@@ -512,7 +513,8 @@ def write_summary(path):
 
 
 def format_summary(summaries):
-    """A plain-text table: one line per variant, mean +- sd over the runs given (their seeds)."""
+    """A plain-text table: one line per variant, mean +- sd over the runs given (their seeds; the sample sd,
+    ddof = 1)."""
     by_variant = {}
     for s in summaries:
         for rec in s["variants"]:
@@ -532,7 +534,7 @@ def format_summary(summaries):
             elif values.size == 1:
                 cells.append(f"{values[0]:+.4f}" if k == "vs_pixels" else f"{values[0]:.4f}")
             else:
-                cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
+                cells.append(f"{values.mean():.4f} ± {sample_sd(values):.4f}")
         lines.append(cells)
     widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
     n = len(summaries)

@@ -560,15 +560,17 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
 
 def summary_over_seeds(summaries):
     """``{variant: {field: {"mean", "sd", "n"}}}`` of the final numbers of each seed's summary (sd: the
-    population standard deviation over the seeds, as the figures' bands)."""
+    sample standard deviation over the seeds, ddof = 1, as the figures' bands)."""
     import numpy as np
+
+    from .stats import sample_sd
     values = {}
     for s in summaries:
         for rec in s["variants"]:
             for k, v in rec.items():
                 if k not in ("variant", "step") and isinstance(v, (int, float)) and v is not None:
                     values.setdefault(rec["variant"], {}).setdefault(k, []).append(float(v))
-    return {variant: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)}
+    return {variant: {k: {"mean": float(np.mean(v)), "sd": float(sample_sd(v)), "n": len(v)}
                       for k, v in fields.items()} for variant, fields in values.items()}
 
 

@@ -2,7 +2,8 @@
 
 For step = 0, 1, ..., n_iters - 1:
 
-    1. draw a training batch (128 examples, reshuffled every epoch, remainder dropped) of the two views
+    1. draw a training batch of 128 examples (the paper's stream: a shuffle buffer of 1000 over the stored
+       order, repeated, batches across epochs; :class:`mi_ref.data.ShuffleBufferIterator`) of the two views
        (x1 = top half, x2 = bottom half) and, if noise_std > 0, add one Gaussian vector per example to
        BOTH views;
     2. if step is a multiple of n_iters // n_evals (n_evals evaluations, the first at step 0, all of
@@ -17,7 +18,9 @@ For step = 0, 1, ..., n_iters - 1:
              the data: a held-out measure the paper does not plot;
          (c) ``accuracy``: the linear probe on g1's codes of all train and test top halves (fresh noise
              of the same std);
-         (d) optionally, the singular values of g1's Jacobian on this step's training batch;
+         (d) optionally, the singular values of g1's Jacobian on this step's training batch, and the
+             log condition numbers log(sigma_max / sigma_min) of its B examples (see
+             :func:`jacobian_stats`);
     3. one Adam step on the loss (g1, g2 and the critic together).
 
 That is the paper's schedule: its last evaluation comes n_iters // n_evals steps before the end. With
@@ -46,7 +49,7 @@ from . import probe as probe_mod
 from .accel import value_and_grad_by_key
 from .bounds import ESTIMATORS, get_estimator
 from .checks import nonnegative_number, one_of, positive_int, positive_number
-from .data import DATASETS, add_shared_noise
+from .data import BATCHINGS, DATASETS, SHUFFLE_BUFFER, add_shared_noise
 from .loop import Loop
 from .optim import FORMS as ADAM_FORMS
 from .optim import Adam
@@ -84,7 +87,10 @@ class MIConfig:
     ``dataset``: "mnist-subset", "digits" or "mnist"; ``n_iters`` training steps with an evaluation every
     ``n_iters // n_evals`` steps (``n_evals`` of them, the first at step 0, before that step's update) and,
     with ``eval_final``, one more after the last step; ``batch_size``; Adam's ``lr`` and form ``adam``
-    ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std`` of the shared input noise.
+    ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std`` of the shared input noise;
+    ``batching``: the training (and plotted-bound) batches, ``"shuffle_buffer"`` (the paper's: a shuffle
+    buffer of ``shuffle_buffer`` examples over the stored order, batches across epochs, nothing dropped) or
+    ``"epoch_permutation"`` (a new permutation per epoch, its last incomplete batch dropped).
     Experiment configs subclass it and add their own fields (architectures, estimators, ...).
     """
 
@@ -96,6 +102,8 @@ class MIConfig:
     noise_std: float = 0.0
     adam: str = "tf"
     eval_final: bool = False
+    batching: str = "shuffle_buffer"
+    shuffle_buffer: int = SHUFFLE_BUFFER
 
     def check(self):
         """Raise ``ValueError`` for a setting that cannot run (see :mod:`mi_ref.checks`)."""
@@ -103,6 +111,8 @@ class MIConfig:
         positive_int(self.n_iters, "n_iters")
         positive_int(self.n_evals, "n_evals")
         positive_int(self.batch_size, "batch_size", minimum=2)
+        one_of(self.batching, BATCHINGS, "batching")
+        positive_int(self.shuffle_buffer, "shuffle_buffer")
         if self.n_evals > self.n_iters:
             raise ValueError(f"n_evals={self.n_evals} exceeds n_iters={self.n_iters}: evaluations happen every "
                              "n_iters // n_evals steps, so use n_evals <= n_iters")
@@ -180,15 +190,19 @@ def held_out_bound(bound_fn, params, x1, x2, batch_size, noise_std, rng):
 
 
 def jacobian_stats(model, params, x):
-    """Singular values of the encoder's Jacobian at each row of ``x`` and the percentiles of
-    log(sigma_max / sigma_min) over the rows: ``{"logcond_min", "logcond_p20", "logcond_p40", "logcond_p60",
-    "logcond_p80", "logcond_max"}`` (the bands of Fig. 2c) and ``"logcond_median"``."""
+    """Singular values of the encoder's Jacobian at each row of ``x`` and what the metrics row keeps of
+    log(sigma_max / sigma_min): ``logcond_values``, the B values sorted (what Fig. 2c pools over runs), and
+    this batch's own order statistics at index int(p (B - 1)), the notebook's rule:
+    ``logcond_min, logcond_p20, logcond_p40, logcond_p60, logcond_p80, logcond_max`` and ``logcond_median``
+    (p = 0.5)."""
     from .jacobian import (PERCENTILE_KEYS, batch_jacobian, condition_percentiles, log_condition_numbers,
                            singular_values)
+    from .stats import order_statistics
     svals = singular_values(batch_jacobian(model, params, x))
-    logc = log_condition_numbers(svals)
+    logc = np.sort(log_condition_numbers(svals))
     stats = {f"logcond_{k}": float(v) for k, v in zip(PERCENTILE_KEYS, condition_percentiles(logc))}
-    stats["logcond_median"] = float(np.median(logc))
+    stats["logcond_median"] = float(order_statistics(logc, (0.5,))[0])
+    stats["logcond_values"] = [float(v) for v in logc]
     return svals, stats
 
 
@@ -203,8 +217,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     the fields ``variant, step, bound, loss, bound_test, accuracy, train_loss, seconds`` (see the module
     docstring; ``train_loss`` is the mean training loss of the steps since the previous evaluation, None at
     step 0; ``seconds`` the wall time this variant has taken so far, evaluations included, summed over
-    resumes) plus ``extra_row`` and, with ``jacobian``, ``logcond_min, logcond_p20, ..., logcond_max`` and
-    ``logcond_median``: percentiles of log(sigma_max / sigma_min) of g1's Jacobian over the batch.
+    resumes) plus ``extra_row`` and, with ``jacobian``, the fields of :func:`jacobian_stats`: the batch's log
+    condition numbers of g1's Jacobian (``logcond_values``) and their order statistics.
     """
     from .objectives import mi_bound
     config.check()
@@ -216,8 +230,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     weights = paper_bound_weights(len(views.x1_test))
     optimizer = Adam(config.lr, form=config.adam)
     params = {"g1": g1.init(rng["init"]), "g2": g2.init(rng["init"]), "critic": critic.init(rng["init"])}
-    it = loop.iterator("data", len(views.x1_train), config.batch_size)
-    bound_it = loop.iterator("bound_data", len(views.x1_train), config.batch_size)
+    it = loop.iterator("data", len(views.x1_train), config.batch_size, config.batching, config.shuffle_buffer)
+    bound_it = loop.iterator("bound_data", len(views.x1_train), config.batch_size, config.batching,
+                             config.shuffle_buffer)
     trees, states = loop.resume({"model": params}, {"model": optimizer.init(params)})
     params, state = trees["model"], states["model"]
     rows = loop.rows

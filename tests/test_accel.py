@@ -98,8 +98,10 @@ def test_mlp_paper_shapes_equal_reference():
                      grad(lambda p: anp.sum(model.apply(p, x) * w))(p))
 
 
-def test_relu_tie_rule_matches_autograd():
-    """A pre-activation of exactly 0 (zero input row, zero bias) gets autograd's derivative 1/2."""
+def test_relu_tie_rule_matches_the_formula():
+    """A pre-activation of exactly 0 (zero input row, zero bias) gets relu'(0) = 0 in the twin as in the
+    formula: the tied row's input gradient through the first layer is exactly 0, and b1's gradient holds
+    only the other rows' contributions."""
     rng = onp.random.default_rng(3)
     model = nn.MLP(4, [5, 3])
     p = model.init(rng)
@@ -109,6 +111,26 @@ def test_relu_tie_rule_matches_autograd():
     f_ref = lambda p, x: anp.sum(anp.sin(model.apply(p, x)))
     for argnum in (0, 1):
         assert_close(grad(f_fast, argnum)(p, x), grad(f_ref, argnum)(p, x))
+    onp.testing.assert_array_equal(grad(f_fast, 1)(p, x)[1], 0.0)
+    without_tie = grad(lambda p: f_ref(p, x[[0, 2]]))(p)
+    onp.testing.assert_allclose(grad(f_fast)(p, x)["layers"][0]["b"], without_tie["layers"][0]["b"], rtol=1e-13)
+
+
+def test_relu_tie_rule_in_the_concat_kernels():
+    """The concat critic's fused kernels (one and several hidden layers) take relu'(0) = 0 at exact ties."""
+    rng = onp.random.default_rng(4)
+    for hidden in ([6], [6, 5]):
+        model = critics.concat(3, 3, hidden=hidden)
+        p = model.init(rng)
+        for layer in p["layers"]:
+            layer["b"] = onp.zeros_like(layer["b"])
+        u, v = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+        u[1] = v[2] = 0.0                           # the pair (1, 2) has every first-layer pre-activation at 0
+        w = rng.standard_normal((4, 4))
+        f_fast = lambda p, u, v: anp.sum(twin(model).apply(p, u, v) * w)
+        f_ref = lambda p, u, v: anp.sum(model.apply(p, u, v) * w)
+        for argnum in (0, 1, 2):
+            assert_close(grad(f_fast, argnum)(p, u, v), grad(f_ref, argnum)(p, u, v))
 
 
 # ---------------------------------------------------------------- RealNVP chain

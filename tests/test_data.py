@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from mi_ref.data import (BatchIterator, Dataset, MNIST_FILES, add_shared_noise, load, load_mnist, read_idx,
+from mi_ref.data import (BatchIterator, ShuffleBufferIterator, batch_stream, Dataset, MNIST_FILES, add_shared_noise, load, load_mnist, read_idx,
                          read_idx_images, read_idx_labels, split_views, stratified_split, write_idx)
 
 
@@ -443,3 +443,80 @@ def test_batch_iterator_validates():
     with pytest.raises(ValueError, match="rng state"):
         BatchIterator.from_state(dict(state, rng={"bit_generator": "NoSuch"}))
 
+
+
+# ---------------------------------------------------------------- the paper's shuffle-buffer stream
+
+
+def test_shuffle_buffer_by_hand():
+    """n = 5, buffer 3, the uniforms given: slot floor(u * length), refilled from the stored order, then
+    shrinking once the order is used up; the next epoch starts a new buffer [0, 1, 2]."""
+    it = ShuffleBufferIterator(5, 2, np.random.default_rng(0), buffer_size=3)
+    # buffer [0, 1, 2], next 3
+    assert it._take(0.5) == 1            # slot 1 -> [0, 3, 2], next 4
+    assert it._take(0.0) == 0            # slot 0 -> [4, 3, 2], next 5 = n
+    assert it._take(0.9) == 2            # slot 2, nothing left to read -> [4, 3]
+    assert it._take(0.6) == 3            # slot 1 -> [4]
+    assert it._take(0.1) == 4            # -> [], the pass is over
+    assert it.epoch == 0 and it._buffer == []
+    assert it._take(0.99) == 2 and it.epoch == 1   # a new pass: [0, 1, 2], slot 2
+    assert it._buffer == [0, 1, 3]
+
+
+def test_shuffle_buffer_batches_cross_epochs_and_drop_nothing():
+    n, b, buf = 10, 3, 4
+    it = ShuffleBufferIterator(n, b, np.random.default_rng(1), buffer_size=buf)
+    stream = np.concatenate(take(it, 20))                  # 60 examples = 6 whole epochs
+    assert stream.dtype == np.int64
+    for e in range(6):                                     # every epoch is a permutation: nothing dropped
+        epoch = stream[e * n:(e + 1) * n]
+        assert sorted(epoch) == list(range(n))
+        # example i enters the buffer at output i - buf + 1 at the earliest: never emitted before that
+        for pos, i in enumerate(epoch):
+            assert pos >= i - buf + 1
+    # the 4th batch (examples 9, 10, 11 of the stream) holds the end of epoch 0 and the start of epoch 1
+    assert it.epoch == 5
+    assert len({tuple(stream[e * n:(e + 1) * n]) for e in range(6)}) > 1        # reshuffled every pass
+
+
+def test_shuffle_buffer_is_uniform_when_the_buffer_holds_everything():
+    """buffer >= n: each pass is a uniformly random permutation; position 0 takes every example about
+    equally often."""
+    it = ShuffleBufferIterator(4, 4, np.random.default_rng(2), buffer_size=1000)
+    firsts = np.array([next(it)[0] for _ in range(4000)])
+    counts = np.bincount(firsts, minlength=4)
+    assert counts.min() > 900 and counts.max() < 1100       # 1000 +- 3 sd (sd ~ 27)
+
+
+@pytest.mark.parametrize("taken", [0, 1, 3, 4, 7, 13])   # 10 examples, batches of 3: mid-epoch and straddling
+def test_shuffle_buffer_state_save_and_restore(taken):
+    it = ShuffleBufferIterator(10, 3, np.random.default_rng(7), buffer_size=4)
+    take(it, taken)
+    state = json.loads(json.dumps(it.state()))            # plain JSON, the buffer included
+    expected = take(it, 15)
+    fresh = ShuffleBufferIterator(10, 3, np.random.default_rng(999), buffer_size=4).restore(state)
+    assert all(np.array_equal(x, y) for x, y in zip(take(fresh, 15), expected))
+    assert fresh.epoch == it.epoch and fresh._buffer == it._buffer and fresh._next == it._next
+
+
+def test_shuffle_buffer_validates():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="batch_size 11 is larger than the number of examples 10"):
+        ShuffleBufferIterator(10, 11, rng)
+    with pytest.raises(ValueError, match="shuffle buffer size"):
+        ShuffleBufferIterator(10, 2, rng, buffer_size=0)
+    state = ShuffleBufferIterator(10, 2, rng, buffer_size=4).state()
+    with pytest.raises(ValueError, match="buffer_size=4, this run 5"):
+        ShuffleBufferIterator(10, 2, rng, buffer_size=5).restore(state)
+    with pytest.raises(ValueError, match="needs the keys"):
+        ShuffleBufferIterator(10, 2, rng, buffer_size=4).restore({"n": 10})
+    for damaged in (dict(state, buffer=[0, 0, 1, 2]), dict(state, buffer=[0, 1, 2, 9]), dict(state, next=11),
+                    dict(state, buffer=[0, 1]), dict(state, epoch=-1), dict(state, buffer=[0, 1, 2, "3"])):
+        with pytest.raises(ValueError, match="edited or damaged"):
+            ShuffleBufferIterator(10, 2, rng, buffer_size=4).restore(damaged)
+    with pytest.raises(ValueError, match="'epoch_permutation'"):
+        ShuffleBufferIterator(10, 2, rng, buffer_size=4).restore(BatchIterator(10, 2, rng).state())
+    with pytest.raises(ValueError, match="'shuffle_buffer'"):
+        BatchIterator(10, 2, rng).restore(state)
+    with pytest.raises(ValueError, match="unknown batching 'sorted'"):
+        batch_stream("sorted", 10, 2, rng)

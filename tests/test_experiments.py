@@ -292,3 +292,27 @@ def test_eval_final_evaluates_the_trained_model_and_resumes_identically(tmp_path
     cut = experiments.run_experiment("conditioning", "quick", 4, tmp_path / "cut", resume=True, progress=False,
                                      **settings)
     assert strip_time(RunDir(cut).read_metrics()) == strip_time(RunDir(ref).read_metrics())
+
+
+def test_permutations_are_shared_across_seeds_and_weights_are_not():
+    """The paper builds its flows once per configuration and trains them NRUNS times: the permutations of
+    every seed are the same (per variant, g1 and g2 each their own), the initial weights differ. With
+    permutations="per_seed" each seed draws its own."""
+    from mi_ref.experiments import common, invertible
+    cfg = experiments.get("invertible").config("quick", n_couplings=3, hidden=(4,))
+    variants = invertible.variants(cfg, 10)
+    built = {seed: common.build_variant(variants[0], seed, 0) for seed in (0, 1)}
+    g1_0, g2_0, _ = built[0]
+    g1_1, g2_1, _ = built[1]
+    np.testing.assert_array_equal(g1_0.permutations, g1_1.permutations)
+    np.testing.assert_array_equal(g2_0.permutations, g2_1.permutations)
+    assert not np.array_equal(g1_0.permutations, g2_0.permutations)
+    per_seed = {seed: common.build_variant(variants[0], seed, 0, "per_seed")[0] for seed in (0, 1)}
+    assert not np.array_equal(per_seed[0].permutations, per_seed[1].permutations)
+    # the weights come from each seed's own init stream
+    from mi_ref.loop import variant_streams
+    w0 = g1_0.init(variant_streams(0, 0)[0])["blocks"][0]["net"]["layers"][0]["W"]
+    w1 = g1_1.init(variant_streams(1, 0)[0])["blocks"][0]["net"]["layers"][0]["W"]
+    assert not np.array_equal(w0, w1)
+    with pytest.raises(ValueError, match="permutations"):
+        experiments.get("invertible").config("quick", permutations="sometimes")

@@ -65,6 +65,35 @@ def test_activations():
                                 rtol=1e-15, atol=1e-300)
 
 
+def test_relu_derivative_is_zero_at_the_tie():
+    """relu'(0) = 0 (TensorFlow's ReluGrad, torch.relu, jax.nn.relu), in reverse and forward mode and in
+    the registered derivative the fast paths use; elsewhere 0 or 1."""
+    from autograd import elementwise_grad
+    from autograd.differential_operators import make_jvp
+    x = onp.array([-2.0, -0.0, 0.0, 1e-300, 3.0])
+    expected = [0.0, 0.0, 0.0, 1.0, 1.0]
+    onp.testing.assert_array_equal(elementwise_grad(nn.relu)(x), expected)
+    onp.testing.assert_array_equal(make_jvp(nn.relu)(x)(onp.ones(5))[1], expected)
+    onp.testing.assert_array_equal(nn.ACTIVATIONS.get("relu").derivative(x), expected)
+    assert onp.isnan(nn.relu(onp.array([onp.nan]))[0])
+
+
+def test_relu_gradient_of_a_blank_conv_window_is_zero():
+    """A zero bias on an all-zero 5x5 window gives a pre-activation of exactly 0 and no gradient through it:
+    the first layer's bias gradient counts only the windows that see ink."""
+    from autograd import grad
+    rng = onp.random.default_rng(0)
+    model = nn.convnet(6, 8, out_dim=3, channels=(2, 3))
+    p = model.init(rng)
+    x = onp.zeros((2, 48))
+    x[0, 20:23] = rng.random(3)                  # a little ink in one image; the other is blank
+    g = grad(lambda p: anp.sum(model.apply(p, x) ** 2))(p)
+    blank_only = grad(lambda p: anp.sum(model.apply(p, x[1:]) ** 2))(p)
+    onp.testing.assert_array_equal(blank_only["conv1"]["b"], 0.0)
+    onp.testing.assert_array_equal(blank_only["conv2"]["b"], 0.0)
+    assert onp.any(g["conv1"]["b"] != 0.0)
+
+
 def test_unknown_activation():
     with pytest.raises(ValueError, match="unknown activation 'tanhh'"):
         nn.MLP(3, [4], activation="tanhh")

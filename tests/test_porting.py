@@ -126,3 +126,39 @@ def test_the_packaged_port_runs_from_python(tmp_path):
     results, reports = port.run(tmp_path)
     assert [r.component for r in reports] == ["dense", "mlp", "adam_step_tf", "layer_norm"]
     assert all(r.passed for r in reports)
+
+
+def test_relu_ties_pass_with_torch_relu_and_fail_with_a_half_derivative(tmp_path):
+    """The golden component with exact-zero pre-activations: a port built on torch.relu (derivative 0 at 0,
+    as TensorFlow and mi-ref) passes; the same port with relu'(0) = 1/2 (autograd's np.maximum rule) fails
+    the arrays a tie reaches: the input gradient and the conv layers' bias gradients (the kernels' gradients
+    are untouched: a tied window is all zeros, so its kernel gradient is 0 either way)."""
+    torch = pytest.importorskip("torch")
+    from mi_ref import vectors
+    from mi_ref.verify import compare_results
+
+    class HalfAtZero(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, = ctx.saved_tensors
+            return g * ((x > 0).to(g.dtype) + 0.5 * (x == 0).to(g.dtype))
+
+    name = "convnet_relu_ties"
+    vectors.generate(tmp_path, names=[name])
+    manifest = vectors.load_manifest(tmp_path)
+    arrays = vectors.load_component(tmp_path, name, manifest)
+    assert arrays["aux/tie_fraction"][0] > 0.5            # most first-layer positions see a blank window
+    config = manifest["components"][name]["config"]
+    for relu, passes in ((None, True), (HalfAtZero.apply, False)):
+        out = port.run_component(name, config, arrays, torch.float64, relu=relu)
+        report, = compare_results(tmp_path, {f"{name}/{k}": v for k, v in out.items()})
+        assert report.passed is passes
+        if not passes:
+            failed = {c.name for c in report.checks if c.status == "FAIL"}
+            assert {"grad/x", "grad/param/conv1/b"} <= failed <= {"grad/x", "grad/param/conv1/b",
+                                                                  "grad/param/conv2/b"}, failed

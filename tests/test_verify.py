@@ -328,7 +328,9 @@ def test_jacobian_numbers(vdir, manifest):
         s = onp.linalg.svd(J, compute_uv=False)
         onp.testing.assert_allclose(s, a["output/singular_values"], rtol=1e-12)
         onp.testing.assert_allclose(onp.log(s[:, 0] / s[:, -1]), a["output/log_condition_numbers"], rtol=1e-12)
-        onp.testing.assert_allclose(onp.percentile(a["output/log_condition_numbers"], [0, 20, 40, 60, 80, 100]),
+        ordered = onp.sort(a["output/log_condition_numbers"])        # the notebook's order statistics
+        n = ordered.size
+        onp.testing.assert_allclose(ordered[[int(p * (n - 1)) for p in (0, .2, .4, .6, .8, 1)]],
                                     a["aux/condition_percentiles"], rtol=1e-12)
     a = load(vdir, "jacobian_mlp_residual")
     layers = [{"W": a[f"param/layers/{i}/W"], "b": a[f"param/layers/{i}/b"]} for i in range(3)]

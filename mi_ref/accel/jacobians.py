@@ -14,7 +14,7 @@ are then row gathers): each coupling net's own Jacobian comes from the forward m
 inputs, and one batched product per block chains it in (see :func:`_coupling_step`). Reverse mode for
 MLPs whose output is narrower than the input: :func:`_mlp_reverse_jacobian`.
 
-Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 1/2, autograd's rule), so the
+Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 0, as :func:`mi_ref.nn.relu`'s gradient), so the
 fast paths equal the reference everywhere, kinks included. The MLP's forward-mode Jacobian is returned as
 the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then Fortran-ordered, which is
 what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines compute values

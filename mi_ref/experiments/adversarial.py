@@ -22,13 +22,13 @@ from autograd.scipy.special import logsumexp
 from .. import flows, nn
 from ..accel import twin
 from ..checks import one_of, positive_int, positive_number
-from ..data import DATASETS
+from ..data import BATCHINGS, DATASETS, SHUFFLE_BUFFER
 from ..loop import Loop
 from ..optim import FORMS, Adam
 from ..progress import Progress
 from ..train import make_views, probe_accuracy
 from . import Experiment, register
-from .common import record_pixel_baseline
+from .common import PERMUTATIONS, record_pixel_baseline, structure_rng
 
 VARIANT = "adversarial"
 
@@ -48,9 +48,15 @@ class Config:
     init_std: float = 1e-4
     noise_std: float = 0.0
     adam: str = "tf"
+    batching: str = "shuffle_buffer"
+    shuffle_buffer: int = SHUFFLE_BUFFER
+    permutations: str = "shared"
 
     def check(self):
         one_of(self.dataset, DATASETS, "dataset")
+        one_of(self.permutations, PERMUTATIONS, "permutations")
+        one_of(self.batching, BATCHINGS, "batching")
+        positive_int(self.shuffle_buffer, "shuffle_buffer")
         positive_int(self.warmup_steps, "warmup_steps", minimum=0)
         positive_int(self.n_iters, "n_iters")
         positive_int(self.classifier_steps, "classifier_steps", minimum=0)
@@ -93,12 +99,12 @@ def run(config, store, seed, dataset, progress=True, only=None):
     rng = loop.rng
     dim, n_classes = views.x1_train.shape[1], int(views.y_train.max()) + 1
     encoder = twin(flows.realnvp(dim, config.n_couplings, config.hidden, shift_only=False,
-                                 rng=np.random.default_rng(np.random.SeedSequence([int(seed), 0, 7])),
+                                 rng=structure_rng(config.permutations, seed, 0),
                                  kernel_init=nn.truncated_normal(config.init_std)))
     params = {"encoder": encoder.init(rng["init"]), "classifier": nn.Dense(dim, n_classes).init(rng["init"])}
     opt_c = Adam(config.classifier_lr, form=config.adam)
     opt_e = Adam(config.encoder_lr, form=config.adam)
-    it = loop.iterator("data", len(views.x1_train), config.batch_size)
+    it = loop.iterator("data", len(views.x1_train), config.batch_size, config.batching, config.shuffle_buffer)
     params, states = loop.resume(params, {"classifier": opt_c.init(params["classifier"]),
                                           "encoder": opt_e.init(params["encoder"])})
 

@@ -11,10 +11,29 @@ from ..objectives import mi_loss
 from ..progress import Progress
 from ..train import MIConfig, make_views, train_mi
 
-__all__ = ["MIConfig", "Variant", "make_objective", "record_pixel_baseline", "run_variants", "units_of", "view_dim"]
+__all__ = ["MIConfig", "PERMUTATIONS", "Variant", "make_objective", "record_pixel_baseline", "run_variants",
+           "structure_rng", "units_of", "view_dim"]
 
-# the seed-sequence entry that separates the baseline's noise from every variant's streams
+# the seed-sequence entries that separate the baseline's noise and the shared fixed structure from every
+# variant's streams
 BASELINE_STREAM = 10 ** 6
+STRUCTURE_STREAM = 2 * 10 ** 6
+
+# where a variant's fixed random structure (the RealNVP permutations) comes from: "shared" by every seed of
+# a configuration, as in the paper (its networks are built once per configuration and trained NRUNS times,
+# so only the weights differ between runs), or drawn anew for every seed ("per_seed")
+PERMUTATIONS = ("shared", "per_seed")
+
+
+def structure_rng(permutations, seed, index):
+    """The generator of variant ``index``'s fixed random structure (the RealNVP permutations):
+    ``SeedSequence([STRUCTURE_STREAM, index])`` for ``permutations="shared"`` (the same for every seed),
+    ``SeedSequence([seed, index, 7])`` for ``"per_seed"``."""
+    if permutations == "shared":
+        return np.random.default_rng(np.random.SeedSequence([STRUCTURE_STREAM, int(index)]))
+    if permutations == "per_seed":
+        return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 7]))
+    raise ValueError(f"unknown permutations {permutations!r}; expected one of {list(PERMUTATIONS)}")
 
 
 def view_dim(dataset):
@@ -54,10 +73,10 @@ def make_objective(variant, g1, g2, critic):
     return lambda p, x1, x2: mi_loss(p, g1, g2, critic, variant.estimator, x1, x2, variant.target)
 
 
-def build_variant(variant, seed, index):
+def build_variant(variant, seed, index, permutations="shared"):
     """(g1, g2, critic) of one variant, as their accelerated twins (:func:`mi_ref.accel.twin`), with the
-    variant's own structure stream (RealNVP permutations)."""
-    models = variant.build(np.random.default_rng(np.random.SeedSequence([int(seed), index, 7])))
+    variant's own structure stream (RealNVP permutations, :func:`structure_rng`)."""
+    models = variant.build(structure_rng(permutations, seed, index))
     return tuple(twin(m) for m in models)
 
 
@@ -82,7 +101,7 @@ def run_variants(config, store, seed, dataset, variants, progress=True, jacobian
     for index, v in enumerate(variants):
         if v.name in done or (only is not None and v.name not in only):
             continue
-        g1, g2, critic = build_variant(v, seed, index)
+        g1, g2, critic = build_variant(v, seed, index, getattr(config, "permutations", "shared"))
         train_mi(g1=g1, g2=g2, critic=critic, objective=make_objective(v, g1, g2, critic), estimator=v.estimator,
                  views=views, config=config, seed=seed, variant=v.name, variant_index=index, store=store,
                  extra_row=dict(v.extra), progress=bar, jacobian=jacobian)

@@ -3,14 +3,17 @@ probe accuracy rise together during training.
 
 g1, g2 = RealNVP(392, 30 couplings, hidden [512, 512], shift-only, kernels ~ truncated normal std 1e-4),
 bilinear critic (392 x 392), I_NCE and I_NWJ, Adam lr 1e-4, batch 128, 21000 steps, 21 evaluations.
-Since g1 and g2 are bijections, I(g1(x1); g2(x2)) = I(x1; x2) at every step.
+Since g1 and g2 are bijections, I(g1(x1); g2(x2)) = I(x1; x2) at every step. The flows' random
+permutations are the same for every seed (``permutations="shared"``, as the paper builds its networks
+once per configuration); only the initial weights differ between seeds.
 """
 
 from dataclasses import dataclass
 
 from .. import critics, flows, nn
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, units_of, view_dim
+from ..checks import one_of
+from .common import PERMUTATIONS, MIConfig, Variant, run_variants, units_of, view_dim
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,11 @@ class Config(MIConfig):
     hidden: tuple = (512, 512)
     init_std: float = 1e-4
     estimators: tuple = ("infonce", "nwj")
+    permutations: str = "shared"        # or "per_seed" (see mi_ref.experiments.common.structure_rng)
+
+    def check(self):
+        super().check()
+        one_of(self.permutations, PERMUTATIONS, "permutations")
 
 
 def variants(config, dim):

@@ -65,7 +65,8 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
 
     The estimate at every step (on that step's batch, before the update) goes to ``arrays/NAME.npz`` as
     ``trace``. Every ``record_every`` steps, and at the end, a metrics row holds ``bound``, the mean of the
-    last ``record_every`` estimates, and the true MI; the last row also holds ``bound_smoothed``, the
+    last ``record_every`` estimates, the true MI and ``seconds`` (the variant's wall time so far); the last
+    row also holds ``bound_smoothed``, the
     smoothed trace (:func:`mi_ref.synthetic.smoothed`) at the final step: the end of the paper's curve.
     ``progress``: the run's :class:`mi_ref.progress.Progress`, or True / False for one of this variant's own.
     """
@@ -94,6 +95,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
                "true_mi": true_mi, "sampling": sampling, "estimator": estimator}
         if step == config.n_iters:
             row["bound_smoothed"] = float(smoothed(trace, config.smoothing_sigma)[-1])
+        row["seconds"] = loop.seconds()
         if store is not None:
             store.save_arrays(name, {"trace": np.array(trace)})
         loop.record(row)

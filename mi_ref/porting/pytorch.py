@@ -2,7 +2,7 @@
 
 The PyTorch code below was written from the conventions in ``manifest.json`` alone (not from mi-ref's
 code): the bounds I_NCE, I_NWJ and TUBA, the four critics, dense layers and MLPs (plain and residual),
-the paper's layer norm, one Adam update in both forms (``torch.optim.Adam`` for the textbook form,
+the paper's layer norm and ConvNet (its ReLU with the derivative 0 at 0 that ``torch.relu`` has), one Adam update in both forms (``torch.optim.Adam`` for the textbook form,
 TensorFlow 1's form written out) and, since those are all their parts, complete training steps of the
 "conditioning" and "critics" experiments. For each component it loads the inputs and parameters, converts dense kernels to PyTorch's
 layout (``nn.Linear.weight = W.T``), computes the outputs, backpropagates the documented scalar
@@ -246,8 +246,41 @@ def layer_norm(x, scale, bias, eps):
     return (x - mu) / (std + eps) * scale + bias
 
 
-def run_component(name, config, arrays, dtype):
-    """Outputs (and aux values) and gradients of one component; None if this example does not cover it."""
+def same_pad(x, kernel, stride):
+    """TensorFlow's 'same' padding of an NCHW batch: out = ceil(n / s), total = max((out - 1) s + k - n, 0),
+    the odd pixel after (bottom, right)."""
+    pads = []
+    for n in (x.shape[3], x.shape[2]):                  # F.pad takes the last axis first: (left, right, top, bottom)
+        out = -(-n // stride)
+        total = max((out - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+def convnet(leaves, x, height, width, relu=None):
+    """The paper's ConvNet in PyTorch (NCHW inside): conv 5x5/s2 'same' + ReLU, twice; the paper's layer norm
+    over (C, H, W) with per-channel scale and bias; global average pooling; dense. ``relu`` defaults to
+    ``torch.relu`` (derivative 0 at 0, as in TensorFlow and mi-ref). Returns the codes and the two conv
+    layers' pre-activations (NCHW)."""
+    relu = relu or torch.relu
+    h = x.reshape(-1, 1, height, width)
+    pre = []
+    for layer in ("conv1", "conv2"):
+        weight, bias = leaves.linear(layer)
+        pre.append(F.conv2d(same_pad(h, weight.shape[-1], 2), weight, bias, stride=2))
+        h = relu(pre[-1])
+    scale, shift = leaves.matrix("norm/scale"), leaves.matrix("norm/bias")
+    mu = h.mean(dim=(1, 2, 3), keepdim=True)
+    std = h.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    h = (h - mu) / (std + 1e-6) * scale[None, :, None, None] + shift[None, :, None, None]
+    weight, bias = leaves.linear("out")
+    return F.linear(h.mean(dim=(2, 3)), weight, bias), pre
+
+
+def run_component(name, config, arrays, dtype, relu=None):
+    """Outputs (and aux values) and gradients of one component; None if this example does not cover it.
+    ``relu``: the ReLU the ConvNet components use (default ``torch.relu``)."""
+    _torch()
     if name.startswith("adam_step"):
         return adam_step(config, arrays, dtype)
     leaves = Leaves(arrays, dtype)
@@ -268,6 +301,13 @@ def run_component(name, config, arrays, dtype):
     elif name == "layer_norm":
         x = leaves.input("x")
         outputs = {"y": layer_norm(x, leaves.matrix("scale"), leaves.matrix("bias"), config["eps"])}
+    elif name.startswith("convnet_"):
+        x = leaves.input("x")
+        y, pre = convnet(leaves, x, config["H"], config["W"], relu)
+        outputs = {"y": y}
+        if "blank" in config:
+            aux = {f"pre_activation_{i + 1}": a.permute(0, 2, 3, 1) for i, a in enumerate(pre)}
+            aux["tie_fraction"] = torch.stack([(a == 0).to(dtype).mean() for a in pre])
     elif name in ("mlp", "mlp_residual"):
         x = leaves.input("x")
         outputs = {"y": mlp(leaves.mlp("", _n_layers(arrays)), x, config["shortcuts"])}

@@ -177,10 +177,54 @@ def _layer_norm_build(config):
 def _convnet_build(config):
     b, h, w = config["B"], config["H"], config["W"]
     model = twin(nn.ConvNet(h, w, config["out_dim"], channels=tuple(config["channels"])))
-    return Built(lambda i, p: ({"y": model.apply(p, i["x"])}, {}), _shape_only(model),
-                 lambda rng: {"x": f32(rng.uniform(0.0, 1.0, (b, h * w)))},
-                 {"input/x": f"flattened images x ({b}, {h * w}) = ({b}, {h} * {w}), row-major, pixels in [0, 1]",
-                  "output/y": f"ConvNet codes ({b}, {config['out_dim']})"})
+    template = _shape_only(model)
+    blank = config.get("blank")
+    if blank is None:
+        return Built(lambda i, p: ({"y": model.apply(p, i["x"])}, {}), template,
+                     lambda rng: {"x": f32(rng.uniform(0.0, 1.0, (b, h * w)))},
+                     {"input/x": f"flattened images x ({b}, {h * w}) = ({b}, {h} * {w}), row-major, pixels in "
+                                 "[0, 1]",
+                      "output/y": f"ConvNet codes ({b}, {config['out_dim']})"})
+    (r0, r1), (c0, c1) = blank["ink_rows"], blank["ink_cols"]
+
+    def draw(rng):
+        """Pixels in [0, 1] inside the ink box, exact zeros elsewhere (an MNIST digit's blank margins)."""
+        x = onp.zeros((b, h, w))
+        x[:, r0:r1, c0:c1] = f32(rng.uniform(0.0, 1.0, (b, r1 - r0, c1 - c0)))
+        return {"x": x.reshape(b, h * w)}
+
+    def draw_conv_params(rng):
+        """Params drawn as for every component, then the conv biases set to 0 (the paper's initializer): a
+        5x5 window of blank pixels then gives a pre-activation of exactly 0, and so does a window of the
+        second layer that sees only such positions."""
+        params = draw_params(template, rng)
+        for layer in ("conv1", "conv2"):
+            params[layer]["b"] = onp.zeros_like(params[layer]["b"])
+        return params
+
+    def forward(inputs, params):
+        x = np.reshape(inputs["x"], (-1, h, w, 1))
+        a1 = nn.conv2d(x, params["conv1"]["W"], model.conv1.stride) + params["conv1"]["b"]
+        a2 = nn.conv2d(nn.relu(a1), params["conv2"]["W"], model.conv2.stride) + params["conv2"]["b"]
+        ties = onp.array([onp.mean(onp.asarray(a1) == 0.0), onp.mean(onp.asarray(a2) == 0.0)])
+        return {"y": model.apply(params, inputs["x"])}, {"pre_activation_1": a1, "pre_activation_2": a2,
+                                                          "tie_fraction": ties}
+
+    ho1, wo1 = -(-h // 2), -(-w // 2)
+    ho2, wo2 = -(-ho1 // 2), -(-wo1 // 2)
+    c1_, c2_ = config["channels"]
+    return Built(forward, template, draw,
+                 {"input/x": (f"flattened images x ({b}, {h * w}) = ({b}, {h} * {w}), row-major: exact zeros but "
+                              f"for pixels in [0, 1] in rows {r0}..{r1 - 1}, columns {c0}..{c1 - 1}"),
+                  "output/y": f"ConvNet codes ({b}, {config['out_dim']})",
+                  "aux/pre_activation_1": (f"conv1(x) + b1 before the ReLU, NHWC ({b}, {ho1}, {wo1}, {c1_}); "
+                                           "exact zeros where the 5x5 window sees only blank pixels"),
+                  "aux/pre_activation_2": (f"conv2(relu(...)) + b2 before the ReLU, NHWC ({b}, {ho2}, {wo2}, "
+                                           f"{c2_}); exact zeros where the window sees only such positions"),
+                  "aux/tie_fraction": "the fractions of exact zeros among pre_activation_1 and pre_activation_2"},
+                 param_notes={"conv1/b": "conv1 bias, all 0 (the paper's initializer), so blank windows tie",
+                              "conv2/b": "conv2 bias, all 0 (the paper's initializer)"},
+                 draw_params=draw_conv_params)
 
 
 # --- flows

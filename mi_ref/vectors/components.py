@@ -137,6 +137,14 @@ COMPONENTS = [
               "the paper's ConvNet exactly (channels 64, 128, output 100) on 14 x 28 MNIST half images",
               ('mi_ref.nn.ConvNet.apply',),
               {'B': 2, 'H': 14, 'W': 28, 'channels': [64, 128], 'out_dim': 100}),
+    Component('convnet_relu_ties', 'convnet',
+              "the paper's ConvNet (channels 8, 16) on 14 x 28 images that are blank (exact zeros) outside a "
+              "6 x 12 ink box, with zero conv biases: many pre-activations are exactly 0, so the gradients "
+              "check relu'(0) = 0 (TensorFlow, PyTorch and JAX); a port that takes 1/2 there fails grad/x and "
+              "the conv biases' gradients",
+              ('mi_ref.nn.ConvNet.apply', 'mi_ref.nn.relu'),
+              {'B': 2, 'H': 14, 'W': 28, 'channels': [8, 16], 'out_dim': 10,
+               'blank': {'ink_rows': [4, 10], 'ink_cols': [8, 20]}}),
     Component('realnvp_block_shift', 'flow',
               'one shift-only coupling block + permutation (d = 5, odd): forward, log-det, inverse',
               ('mi_ref.flows.AffineCoupling',),

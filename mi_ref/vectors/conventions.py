@@ -50,8 +50,11 @@ CONVENTION_LIST = [
         'layer but the last. With shortcuts every layer, the last too, is residual: h <- layer(h) + h, i.e. '
         'h <- relu(h W + b) + h for hidden layers and y = h W + b + h for the last.'),
     Convention('relu',
-        'relu(x) = max(x, 0); inputs are random, so no pre-activation is exactly 0.',
-        {'derivative_at_0': 0.5}),
+        "relu(x) = max(x, 0), relu'(x) = 1 for x > 0 and 0 for x <= 0: the derivative at exactly 0 is 0, as "
+        'in TensorFlow (ReluGrad), PyTorch (torch.relu) and JAX (jax.nn.relu). Ties are common (a zero bias on '
+        'an all-zero input window); the component convnet_relu_ties has many and fails a port that uses any '
+        'other value. (autograd\'s np.maximum(x, 0) gives 1/2 there: mi-ref does not use it.)',
+        {'derivative_at_0': 0.0}),
     Convention('softplus',
         'softplus(x) = log(1 + exp(x)), computed stably (logaddexp(0, x)).'),
     Convention('conv2d',
@@ -135,7 +138,8 @@ CONVENTION_LIST = [
         'J[b, o, i] = d y[b, o] / d x[b, i] (B, out, in) per example; singular values per example in '
         'descending order (B, min(out, in)); log condition number = log(sigma_max / sigma_min) (natural '
         'log). aux/condition_percentiles = (min, p20, p40, p60, p80, max) of the log condition numbers over '
-        "the batch (numpy's default 'linear' percentiles)."),
+        "the batch as the paper's notebook takes them: sorted, the entry at index int(p * (n - 1)) for "
+        'p = 0, 0.2, ..., 1 (order statistics, no interpolation).'),
     Convention('adam',
         "Both forms keep m' = b1 m + (1 - b1) g and v' = b2 v + (1 - b2) g^2 with t = step + 1. Textbook "
         "(Kingma and Ba; torch.optim.Adam), config form 'textbook': param' = param - lr * (m' / (1 - b1^t)) "
