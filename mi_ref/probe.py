@@ -44,7 +44,16 @@ def _check_codes(codes, labels, which):
 
 
 def linear_probe(train_codes, train_labels, test_codes, test_labels, seed=0, max_iter=PROBE_MAX_ITER):
-    """Test accuracy of the paper's linear probe (see the module docstring for the formula).
+    """Test accuracy of the paper's linear probe (see the module docstring for the formula): the mean of
+    :func:`probe_predictions` ``== test_labels``, a float in [0, 1]."""
+    predictions = probe_predictions(train_codes, train_labels, test_codes, test_labels, seed, max_iter)
+    return float(np.mean(predictions == np.asarray(test_labels)))
+
+
+def probe_predictions(train_codes, train_labels, test_codes, test_labels, seed=0, max_iter=PROBE_MAX_ITER):
+    """The paper's linear probe's predicted class of every test example, ``(M,)`` (see the module
+    docstring; ``test_labels`` are only checked). Per-example predictions let two probes on the same test
+    images be compared pair by pair (a paired bootstrap of an accuracy difference).
 
     Shapes: ``train_codes: (N, D)``, ``train_labels: (N,)``, ``test_codes: (M, D)``, ``test_labels: (M,)``.
     The MinMaxScaler is fitted on the train codes only. ``LogisticRegression(solver='saga', tol=0.1, C=10,
@@ -54,7 +63,6 @@ def linear_probe(train_codes, train_labels, test_codes, test_labels, seed=0, max
 
     ``ConvergenceWarning`` is silenced on purpose: the protocol fixes ``tol=0.1`` and the iteration budget,
     so stopping at ``max_iter`` is part of the protocol, not a fault to report at every evaluation.
-    Returns the accuracy as a float in [0, 1].
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -75,8 +83,7 @@ def linear_probe(train_codes, train_labels, test_codes, test_labels, seed=0, max
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=ConvergenceWarning)
         clf.fit(scaler.transform(train_codes), train_labels)
-    predictions = clf.predict(scaler.transform(test_codes))
-    return float(np.mean(predictions == test_labels))
+    return clf.predict(scaler.transform(test_codes))
 
 
 def pixel_baseline(dataset, noise_std, rng, seed=0, max_iter=PROBE_MAX_ITER):

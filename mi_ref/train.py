@@ -207,7 +207,7 @@ def jacobian_stats(model, params, x):
 
 
 def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, variant="", variant_index=0,
-             store=None, extra_row=None, probe_seed=0, progress=None, jacobian=False):
+             store=None, extra_row=None, probe_seed=0, progress=None, jacobian=False, on_evaluation=None):
     """Train g1, g2 and the critic with Adam on ``objective`` and evaluate on the paper's schedule.
 
     ``objective(params, x1, x2) -> loss`` (e.g. ``-I_NCE``; see mi_ref.objectives) where
@@ -219,6 +219,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     step 0; ``seconds`` the wall time this variant has taken so far, evaluations included, summed over
     resumes) plus ``extra_row`` and, with ``jacobian``, the fields of :func:`jacobian_stats`: the batch's log
     condition numbers of g1's Jacobian (``logcond_values``) and their order statistics.
+    ``on_evaluation(step, params, row)``, if given, is called after every evaluation with the params
+    evaluated (read them, do not modify them: training continues from them) and the row recorded, e.g. to
+    probe the codes in other ways (``scripts/finding_vs_scale.py``).
     """
     from .objectives import mi_bound
     config.check()
@@ -274,6 +277,8 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
             loop.checkpoint(step, {"model": params}, {"model": state}, snapshot, before_eval=before_eval,
                             train_loss=[loss_sum, loss_count])
         progress.evaluation(step, bound=row["bound"], acc=row["accuracy"])
+        if on_evaluation is not None:
+            on_evaluation(step, params, row)
 
     def batch():
         idx = next(it)

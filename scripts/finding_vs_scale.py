@@ -1,0 +1,317 @@
+"""At what scale does each finding emerge? The invertible finding's accuracy rise and the encoders'
+accuracies as a function of the number of training steps, over seeds, beside the linear probe's own noise.
+
+Each *study* is a list of configurations (an experiment, a preset, overrides) trained for several seeds with
+evaluations along the way; every evaluation records the paper's metrics and, for the invertible experiment,
+
+* ``paired_se``: the standard error of the probe's accuracy difference against step 0 from the test images
+  alone, sd(c_t - c_0) / sqrt(M) over the M test images (c = 1 if the probe classifies an image
+  correctly), and ``boot_se``, the same by a bootstrap over the test images (1000 resamples);
+* ``accuracy_no_const``: the probe on the codes without the columns that the (shift-only) flow carries
+  over from pixels that are constant in the training set; at initialization the scaler stretches their
+  tiny shifts, which is why a fresh flow probes above the pixels (a diagnostic only: the verdicts use the
+  paper's protocol);
+* at step 0 and at the end, ``refits``: the probe refitted with solver seeds 1-4 on the same codes.
+
+Usage::
+
+    python scripts/finding_vs_scale.py run inv-quick-lr --seeds 0,1,2 --threads 1
+    python scripts/finding_vs_scale.py run enc-subset --seeds 0,1,2
+    python scripts/finding_vs_scale.py run inv-mnist --data-dir DIR
+    python scripts/finding_vs_scale.py report            # the table; and the figure:
+    python scripts/finding_vs_scale.py plot --figure figures/finding_vs_scale.png
+
+Results go to ``figures/scale/STUDY.json`` (``--out``), written after every (configuration, seed,
+variant), so an interrupted study continues where it stopped when run again.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+QUICK_FLOW = {"n_couplings": 6, "hidden": (256, 256)}
+
+# name -> list of (label, experiment, preset, overrides); every configuration runs for every seed
+STUDIES = {
+    "inv-quick-lr": [
+        (f"quick flow 6 x [256, 256], subset, lr {lr:g}", "invertible", "quick",
+         {"lr": lr, "n_iters": 3000, "n_evals": 10, "eval_final": True})
+        for lr in (1e-4, 3e-4, 1e-3)],
+    "inv-larger": [
+        (f"flow 12 x [512, 512], subset, lr {lr:g}", "invertible", "quick",
+         {"lr": lr, "n_couplings": 12, "hidden": (512, 512), "n_iters": 3000, "n_evals": 10, "eval_final": True})
+        for lr in (3e-4, 1e-3)],
+    "inv-quick-long": [
+        ("quick flow 6 x [256, 256], subset, lr 1e-3, 6000 steps", "invertible", "quick",
+         {"lr": 1e-3, "n_iters": 6000, "n_evals": 10, "eval_final": True})],
+    "inv-mnist": [
+        ("quick flow 6 x [256, 256], MNIST, lr 1e-3", "invertible", "quick",
+         {"dataset": "mnist", "lr": 1e-3, "n_iters": 3000, "n_evals": 6, "eval_final": True})],
+    "enc-subset": [
+        (f"quick encoders, subset, lr {lr:g}", "encoders", "quick",
+         {"lr": lr, "estimators": ("infonce", "nwj"), "n_iters": 1600, "n_evals": 8, "eval_final": True})
+        for lr in (1e-3,)],
+    "enc-subset-paper-convnet": [
+        ("paper ConvNet (64, 128), subset, lr 1e-3", "encoders", "quick",
+         {"lr": 1e-3, "convnet_channels": (64, 128), "estimators": ("infonce", "nwj"), "n_iters": 1600,
+          "n_evals": 8, "eval_final": True})],
+}
+
+REFIT_SEEDS = (1, 2, 3, 4)
+BOOTSTRAP = 1000
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else float(o)))
+
+
+def constant_source_columns(model, x_train):
+    """For a shift-only RealNVP: the code columns whose value is a training-constant pixel plus shifts
+    (code column j carries input column P[j], P the composition of the blocks' permutations)."""
+    constant = np.ptp(x_train, axis=0) == 0
+    source = np.arange(x_train.shape[1])
+    for perm in model.permutations:
+        source = source[perm]
+    return constant[source]
+
+
+def paired_errors(correct_0, correct_t, rng):
+    """(paired SE, bootstrap SE) of mean(correct_t) - mean(correct_0) over the test images."""
+    d = correct_t.astype(float) - correct_0.astype(float)
+    m = d.size
+    paired = float(d.std(ddof=1) / np.sqrt(m))
+    idx = rng.integers(0, m, size=(BOOTSTRAP, m))
+    boot = float(d[idx].mean(axis=1).std(ddof=1))
+    return paired, boot
+
+
+def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_dir):
+    """Train every variant of one configuration for one seed, in memory; returns one entry per variant."""
+    from mi_ref import experiments, probe
+    from mi_ref.data import load
+    from mi_ref.experiments import common
+    from mi_ref.train import encode, make_views, train_mi
+    import importlib
+
+    exp = experiments.get(experiment)
+    config = exp.config(preset, **overrides)
+    if config.dataset not in dataset_cache:
+        dataset_cache[config.dataset] = load(config.dataset, data_dir if config.dataset == "mnist" else None)
+    dataset = dataset_cache[config.dataset]
+    views = make_views(dataset)
+    module = importlib.import_module(f"mi_ref.experiments.{experiment}")
+    if experiment == "encoders":
+        h, w = dataset.image_shape
+        variants = module.variants(config, (h // 2, w))
+    else:
+        variants = module.variants(config, common.view_dim(dataset))
+    entries = []
+    for index, v in enumerate(variants):
+        g1, g2, critic = common.build_variant(v, seed, index, getattr(config, "permutations", "shared"))
+        evals, first = [], {}
+        rng = np.random.default_rng([seed, index, 12345])
+        no_const = constant_source_columns(g1, views.x1_train) if experiment == "invertible" else None
+        last_step = config.n_iters if config.eval_final else config.eval_every * (config.n_evals - 1)
+
+        def on_evaluation(step, params, row):
+            record = {k: row.get(k) for k in ("step", "bound", "bound_test", "accuracy", "loss")}
+            if experiment == "invertible":
+                tr = encode(g1.apply, params["g1"], views.x1_train)
+                te = encode(g1.apply, params["g1"], views.x1_test)
+                pred = probe.probe_predictions(tr, views.y_train, te, views.y_test, seed=0)
+                correct = pred == views.y_test
+                assert abs(correct.mean() - row["accuracy"]) < 1e-12
+                keep = ~no_const
+                record["accuracy_no_const"] = probe.linear_probe(tr[:, keep], views.y_train, te[:, keep],
+                                                                 views.y_test)
+                if step == 0:
+                    first["correct"] = correct
+                else:
+                    record["paired_se"], record["boot_se"] = paired_errors(first["correct"], correct, rng)
+                if step in (0, last_step):
+                    record["refits"] = [probe.linear_probe(tr, views.y_train, te, views.y_test, seed=s)
+                                        for s in REFIT_SEEDS]
+            evals.append(record)
+
+        start = time.perf_counter()
+        train_mi(g1=g1, g2=g2, critic=critic, objective=common.make_objective(v, g1, g2, critic),
+                 estimator=v.estimator, views=views, config=config, seed=seed, variant=v.name, variant_index=index,
+                 extra_row=dict(v.extra), on_evaluation=on_evaluation)
+        entries.append({"label": label, "experiment": experiment, "preset": preset, "overrides": _plain(overrides),
+                        "dataset": config.dataset, "seed": seed, "variant": v.name, "extra": _plain(v.extra),
+                        "n_test": int(len(views.y_test)), "seconds": time.perf_counter() - start,
+                        "evals": _plain(evals)})
+        print(f"  {label} seed {seed} {v.name}: accuracy {evals[0]['accuracy']:.4f} -> {evals[-1]['accuracy']:.4f} "
+              f"in {entries[-1]['seconds']:.0f} s", flush=True)
+    return entries
+
+
+def cmd_run(args):
+    from mi_ref.accel import configure_malloc
+    from mi_ref.files import write_json
+    from threadpoolctl import threadpool_limits
+    import numba
+    configure_malloc()
+    numba.set_num_threads(args.threads)
+    path = Path(args.out) / f"{args.study}.json"
+    done = json.loads(path.read_text()) if path.exists() else {"study": args.study, "entries": []}
+    have = {(e["label"], e["seed"]) for e in done["entries"]}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cache = {}
+    with threadpool_limits(limits=args.threads):
+        for label, experiment, preset, overrides in STUDIES[args.study]:
+            for seed in seeds:
+                if (label, seed) in have:
+                    continue
+                done["entries"] += train_one(label, experiment, preset, overrides, seed, cache, args.data_dir)
+                write_json(path, done)
+    print(f"wrote {path}")
+
+
+def load_studies(out):
+    entries = []
+    for f in sorted(Path(out).glob("*.json")):
+        entries += json.loads(f.read_text())["entries"]
+    return entries
+
+
+def _by(entries, *keys):
+    groups = {}
+    for e in entries:
+        groups.setdefault(tuple(e[k] for k in keys), []).append(e)
+    return groups
+
+
+def invertible_table(entries):
+    """Rows of (label, step, mean rise, seed-to-seed SE, mean paired probe SE, n seeds)."""
+    rows = []
+    for (label,), group in _by([e for e in entries if e["experiment"] == "invertible"], "label").items():
+        steps = sorted(set.intersection(*({r["step"] for r in e["evals"]} for e in group)))
+        for step in steps:
+            rise = [next(r for r in e["evals"] if r["step"] == step)["accuracy"] - e["evals"][0]["accuracy"]
+                    for e in group]
+            rise_nc = [next(r for r in e["evals"] if r["step"] == step)["accuracy_no_const"]
+                       - e["evals"][0]["accuracy_no_const"] for e in group]
+            pse = [next(r for r in e["evals"] if r["step"] == step).get("paired_se") or 0.0 for e in group]
+            n = len(rise)
+            se = float(np.std(rise, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+            rows.append((label, step, float(np.mean(rise)), se, float(np.mean(pse)), n, float(np.mean(rise_nc)),
+                         min(rise)))
+    return rows
+
+
+def encoders_table(entries):
+    """Rows of (label, step, {variant: (mean accuracy, sd)}, n seeds)."""
+    rows = []
+    for (label,), group in _by([e for e in entries if e["experiment"] == "encoders"], "label").items():
+        by_variant = _by(group, "variant")
+        steps = sorted(set.intersection(*({r["step"] for r in e["evals"]} for e in group)))
+        for step in steps:
+            cells = {}
+            for (variant,), es in by_variant.items():
+                acc = [next(r for r in e["evals"] if r["step"] == step)["accuracy"] for e in es]
+                cells[variant] = (float(np.mean(acc)), float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                                  len(acc))
+            rows.append((label, step, cells))
+    return rows
+
+
+def cmd_report(args):
+    entries = load_studies(args.out)
+    print("invertible: accuracy rise over step 0 (mean over seeds, seed-to-seed SE, the probe's paired SE, "
+          "the smallest seed's rise, the rise without the constant-pixel columns)")
+    for label, step, rise, se, pse, n, rise_nc, worst in invertible_table(entries):
+        print(f"  {label:48s} step {step:5d}: rise {rise:+.4f} (SE {se:.4f}, probe SE {pse:.4f}, min "
+              f"{worst:+.4f}, n={n}); without const columns {rise_nc:+.4f}")
+    print("encoders: accuracy per variant (mean ± sd over seeds)")
+    for label, step, cells in encoders_table(entries):
+        text = ", ".join(f"{v} {m:.3f}±{s:.3f}" for v, (m, s, n) in cells.items())
+        print(f"  {label:40s} step {step:5d}: {text}")
+    refits = [(e["label"], e["seed"], r["step"], r["accuracy"], r["refits"]) for e in entries
+              if e["experiment"] == "invertible" for r in e["evals"] if "refits" in r]
+    if refits:
+        spread = [np.std([acc] + list(ref), ddof=1) for _, _, _, acc, ref in refits]
+        print(f"probe refits (solver seeds 0-4 on the same codes): sd {np.mean(spread):.4f} on average, at most "
+              f"{np.max(spread):.4f} ({len(refits)} cases)")
+
+
+def cmd_plot(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    entries = load_studies(args.out)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    rows = invertible_table(entries)
+    for label in dict.fromkeys(r[0] for r in rows):
+        sel = [r for r in rows if r[0] == label]
+        x = np.array([r[1] for r in sel]) / 1000.0
+        mean = np.array([r[2] for r in sel])
+        se = np.nan_to_num(np.array([r[3] for r in sel]))
+        line, = ax.plot(x, mean, marker=".", label=f"{label} (n={sel[0][5]})")
+        ax.fill_between(x, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.plot(x, 2 * np.array([r[4] for r in sel]), color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("training steps (in thousands)")
+    ax.set_ylabel("accuracy rise over step 0")
+    ax.set_title("invertible: mean rise ± 2 SE over seeds;\ndotted: 2 x the probe's paired SE (test images)",
+                 fontsize=9)
+    ax.legend(fontsize=6)
+    for ax, est in zip(axes[1:], ("infonce", "nwj")):
+        for label, step_rows in _by_label(encoders_table(entries)).items():
+            variants = [v for v in step_rows[0][2] if f"-{est}-" in v]
+            for v in variants:
+                x = np.array([r[1] for r in step_rows]) / 1000.0
+                mean = np.array([r[2][v][0] for r in step_rows])
+                sd = np.array([r[2][v][1] for r in step_rows])
+                style = "-" if v.startswith("convnet") else "--"
+                line, = ax.plot(x, mean, style, marker=".", label=f"{v} ({label})")
+                ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, linewidth=0)
+        ax.set_xlabel("training steps (in thousands)")
+        ax.set_ylabel("linear-probe test accuracy")
+        ax.set_title(f"encoders under {est}: mean ± sd over seeds\nsolid: ConvNet, dashed: MLP", fontsize=9)
+        ax.legend(fontsize=6)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=110)
+    print(f"wrote {args.figure}")
+
+
+def _by_label(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(r)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report")
+    p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("plot")
+    p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
+    p.add_argument("--figure", default=str(HERE.parent / "figures" / "finding_vs_scale.png"))
+    p.set_defaults(func=cmd_plot)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
