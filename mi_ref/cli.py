@@ -204,7 +204,7 @@ def _cmd_plot(args):
     """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
     from .plots import plot_runs
     from .results import expand_run_dirs
-    for path in plot_runs(expand_run_dirs(args.run_dirs), args.out, args.format, args.separate):
+    for path in plot_runs(expand_run_dirs(args.run_dirs), args.out, args.format, args.separate, args.partial):
         print(f"wrote {path}")
     return 0
 
@@ -240,7 +240,7 @@ def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
     from .findings import format_markdown, format_table, judge, write_json
     from .results import expand_run_dirs
-    verdicts = judge(expand_run_dirs(args.run_dirs))
+    verdicts = judge(expand_run_dirs(args.run_dirs), partial=args.partial)
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
     path = write_json(verdicts, args.out)
     print(f"wrote {path}")
@@ -395,6 +395,9 @@ def build_parser():
     p.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="figure format (default png)")
     p.add_argument("--separate", action="store_true",
                    help="runs of one experiment with different configs: draw each config's curves separately")
+    p.add_argument("--partial", action="store_true",
+                   help="also draw unfinished runs (e.g. a run in progress; the title says which); without it an "
+                        "unfinished run is an error")
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("findings", help="judge the paper's findings on saved runs",
@@ -407,6 +410,9 @@ def build_parser():
     p.add_argument("--out", default="findings.json", metavar="FILE", help="where to write the JSON "
                    "(default findings.json)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")
+    p.add_argument("--partial", action="store_true",
+                   help="judge only the finished seeds, leaving out (and naming) unfinished runs; without it an "
+                        "unfinished run is an error")
     p.set_defaults(func=_cmd_findings)
 
     p = sub.add_parser("reproduce", help="run every experiment and write every figure",

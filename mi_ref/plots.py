@@ -126,8 +126,10 @@ def _title(runs, what):
     changed = describe_overrides(cfg["experiment"], cfg["preset"], cfg["config"])
     preset = f"preset {cfg['preset']}" + (f" with {changed}" if changed else "")
     seeds = sorted(r["config"]["seed"] for r in runs)
+    unfinished = sorted(r["config"]["seed"] for r in runs if r.get("unfinished"))
     return (f"{what}\n{cfg['experiment']}, {preset}\n{dataset}, {steps} steps, {len(runs)} run(s) (seeds "
-            f"{', '.join(map(str, seeds))}), mean ± sd")
+            f"{', '.join(map(str, seeds))}), mean ± sd" +
+            (f"; UNFINISHED: seed(s) {', '.join(map(str, unfinished))}" if unfinished else ""))
 
 
 def _accuracy_panel(ax, runs, variants, label_of, color_of):
@@ -455,18 +457,26 @@ def plot_comparison(groups, path):
     return _finish(fig, axes, f"{experiment}: {len(groups)} configs compared", path)
 
 
-def plot_runs(run_dirs, out_dir, fmt="png", separate=False):
+def plot_runs(run_dirs, out_dir, fmt="png", separate=False, partial=False):
     """Figures of run directories: the runs of one experiment that differ only in their seed are pooled
     (mean +- sd) into the experiment's figure, ``out_dir/RUN_NAME-DATASET.FMT``. Runs of one experiment with
     different configs are not averaged: a ``ValueError`` names the settings that differ, unless ``separate``,
     which draws each config's variants as curves of their own in ``out_dir/EXPERIMENT-comparison.FMT``.
-    Returns the paths written."""
+    An unfinished run (:func:`mi_ref.findings.unfinished_units`) is a
+    :class:`mi_ref.findings.IncompleteRunError` naming it, unless ``partial``: then it is drawn as it is and
+    the title says which seeds are unfinished. Returns the paths written."""
     from .experiments import run_name
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; expected one of {list(FORMATS)}")
     by_experiment = defaultdict(lambda: defaultdict(list))
+    from .findings import IncompleteRunError, unfinished_units
     for d in run_dirs:
         run = load_run(d)
+        missing = unfinished_units(run)
+        if missing and not partial:
+            raise IncompleteRunError(f"{run['path']} is unfinished (it lacks {', '.join(missing)}); finish it with "
+                                     "--resume, or pass --partial to draw it as it is")
+        run["unfinished"] = missing
         by_experiment[run["config"]["experiment"]][_group_key(run)].append(run)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,31 @@
-"""Tests for mi_ref.findings: every criterion on synthetic metric rows, once holding and once not."""
+"""Tests for mi_ref.findings: every rule on synthetic metric rows, once holding and once not; the noise
+rule (seed-to-seed SE with 3 or more seeds, the probe's SE otherwise); refusing unfinished runs; "not
+judged" where the runs lack what a rule compares; critics, estimators and targets beyond the paper's."""
 
+import dataclasses
 import json
+import math
 
+import numpy as np
 import pytest
 
-from mi_ref import cli, findings
+from mi_ref import cli, experiments, findings
 from mi_ref.results import RunDir
 
 
-def make_run(path, experiment, rows, seed=0, preset="quick", config=None):
-    """A run directory with the given metric rows (and a pixel-baseline row of 0.80)."""
+def make_run(path, experiment, rows, seed=0, preset="quick", config=None, done=True, baseline=0.80):
+    """A run directory with the preset's config (plus ``config``), a pixel-baseline row and ``rows``; with
+    ``done`` every unit that has rows (and the baseline) is marked finished."""
+    cfg = dataclasses.asdict(experiments.get(experiment).config(preset, **(config or {})))
     run = RunDir(path)
-    run.prepare({"experiment": experiment, "preset": preset, "seed": seed,
-                 "config": dict({"dataset": "mnist-subset", "n_iters": 100}, **(config or {}))}, resume=False)
-    run.append_metrics({"variant": "baseline", "step": 0, "accuracy": 0.80})
+    run.prepare({"experiment": experiment, "preset": preset, "seed": seed, "config": cfg}, resume=False)
+    run.append_metrics({"variant": "baseline", "step": 0, "accuracy": baseline})
     for row in rows:
         run.append_metrics(row)
+    if done:
+        for unit in ["baseline"] + list(dict.fromkeys(r["variant"] for r in rows)):
+            run.mark_done(unit)
+    run.unlock()
     return path
 
 
@@ -30,23 +40,69 @@ def curve(variant, start, end, steps=(0, 50, 100), **extra):
     return out
 
 
+def verdicts_of(paths, **kwargs):
+    return {v.finding: v for v in findings.judge(paths, **kwargs)}
+
+
 def verdict_of(tmp_path, experiment, rows, key, name="run", **kwargs):
-    path = make_run(tmp_path / name, experiment, rows, **kwargs)
-    return {v.finding: v for v in findings.judge([path])}[key]
+    return verdicts_of([make_run(tmp_path / name, experiment, rows, **kwargs)])[key]
 
 
-@pytest.mark.parametrize("gain,holds", [(0.02, True), (0.005, False)])
+BOTH = {"estimators": ("infonce", "nwj")}
+
+
+# ---------------------------------------------------------------- the effect rule
+
+
+def test_effect_rule_single_seed_uses_the_probes_se():
+    """One seed on 2000 test images: SE = sqrt(p(1-p)/M + q(1-q)/M); the threshold is max(minimum, 2 SE)."""
+    t = findings.effect_test("rise", {0: 0.03}, 0.01, 2000, (0.80, 0.83))
+    se = math.sqrt(0.8 * 0.2 / 2000 + 0.83 * 0.17 / 2000)
+    assert t.se == pytest.approx(se) and t.se_kind == "probe" and t.threshold == pytest.approx(2 * se)
+    assert t.holds is True                                   # 0.03 >= 0.0245
+    assert findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (0.80, 0.82)).holds is False
+
+
+def test_effect_rule_three_seeds_use_the_seed_to_seed_se():
+    t = findings.effect_test("rise", {0: 0.02, 1: 0.03, 2: 0.025}, 0.01, 2000, (0.8, 0.825))
+    assert t.se_kind == "seed-to-seed" and t.se == pytest.approx(0.005 / math.sqrt(3))
+    assert t.threshold == pytest.approx(0.01) and t.holds is True
+    noisy = findings.effect_test("rise", {0: 0.10, 1: -0.05, 2: 0.02}, 0.01, 2000, (0.8, 0.82))
+    assert noisy.effect == pytest.approx(0.0233, abs=1e-4) and noisy.threshold > noisy.effect and not noisy.holds
+
+
+def test_effect_rule_at_most():
+    t = findings.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most")
+    assert t.holds is True and t.threshold == pytest.approx(0.03 + 2 * 0.005 / math.sqrt(3))
+    assert findings.effect_test("gap", {0: 0.06, 1: 0.05, 2: 0.055}, 0.03, kind="at most").holds is False
+
+
+# ---------------------------------------------------------------- each finding
+
+
+@pytest.mark.parametrize("gain,holds", [(0.04, True), (0.005, False)])
 def test_invertible(tmp_path, gain, holds):
     rows = []
     for est in ("infonce", "nwj"):
         rows += curve(est, {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.80 + gain},
                       estimator=est)
-    assert verdict_of(tmp_path, "invertible", rows, "invertible.rise").holds is holds
+    v = verdict_of(tmp_path, "invertible", rows, "invertible.rise", config=BOTH)
+    assert v.holds is holds and v.verdict == ("holds" if holds else "does not hold")
+    assert [t.name for t in v.tests] == ["infonce: accuracy rise", "nwj: accuracy rise",
+                                         "infonce: bound rise (nats)", "nwj: bound rise (nats)"]
+    assert "effect" in v.tests[0].text() and "SE" in findings.format_table([v])
 
 
 def test_invertible_needs_the_bound_to_rise_too(tmp_path):
     rows = curve("infonce", {"bound": 3.5, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.85})
     assert verdict_of(tmp_path, "invertible", rows, "invertible.rise").holds is False
+
+
+def test_a_run_without_variants_is_not_judged(tmp_path):
+    """`--set estimators=` trains nothing: that is no verdict, never HOLDS."""
+    v = verdict_of(tmp_path, "invertible", [], "invertible.rise", config={"estimators": ()})
+    assert v.holds is None and v.verdict == "not judged" and "no trained variant" in v.reason
+    assert "not judged" in findings.format_table([v])
 
 
 @pytest.mark.parametrize("end,holds", [(0.70, True), (0.78, False)])
@@ -56,91 +112,188 @@ def test_adversarial(tmp_path, end, holds):
     assert v.holds is holds and "pixels 0.800" in v.measured
 
 
-@pytest.mark.parametrize("c_end,a_end,holds", [(2.0, 0.83, True), (0.5, 0.83, False), (2.0, 0.805, False)])
+def _logcond_rows(est, start, end, a_end):
+    rows = curve(est, {"accuracy": 0.80}, {"accuracy": a_end}, estimator=est)
+    for row, level in zip(rows, (start, (start + end) / 2, end)):
+        row["logcond_values"] = sorted(level + 0.01 * np.arange(-5, 6))
+    return rows
+
+
+@pytest.mark.parametrize("c_end,a_end,holds", [(2.0, 0.84, True), (0.5, 0.84, False), (2.0, 0.805, False)])
 def test_conditioning(tmp_path, c_end, a_end, holds):
+    rows = _logcond_rows("infonce", 0.05, c_end, a_end) + _logcond_rows("nwj", 0.05, c_end, a_end)
+    v = verdict_of(tmp_path, "conditioning", rows, "conditioning.ill_conditioned", config=BOTH)
+    assert v.holds is holds
+
+
+def test_conditioning_pools_the_seeds_before_the_median(tmp_path):
+    """Two seeds of 3 values each: the pooled median (index int(0.5 * 5) = 2 of 6 sorted values) is not the
+    mean of the two runs' medians."""
+    paths = []
+    for seed, values in ((0, [0.0, 0.0, 3.0]), (1, [2.0, 2.0, 2.0])):
+        rows = curve("infonce", {"accuracy": 0.8}, {"accuracy": 0.85}, steps=(0, 100), estimator="infonce")
+        rows[0]["logcond_values"] = [0.0, 0.01, 0.02]
+        rows[1]["logcond_values"] = values
+        paths.append(make_run(tmp_path / f"s{seed}", "conditioning", rows, seed=seed))
+    assert findings.pooled_median([findings.load_run(p) for p in paths], "infonce", "last") == 2.0
+    v = verdicts_of(paths)["conditioning.ill_conditioned"]
+    assert v.values["infonce"]["logcond_median"][1] == 2.0        # the mean of the medians would be 1.0
+
+
+def _critic_rows(accs, estimators=("infonce", "nwj")):
     rows = []
-    for est in ("infonce", "nwj"):
-        rows += curve(est, {"logcond_median": 0.01, "accuracy": 0.80}, {"logcond_median": c_end, "accuracy": a_end})
-    assert verdict_of(tmp_path, "conditioning", rows, "conditioning.ill_conditioned").holds is holds
+    for est in estimators:
+        for critic, acc in accs.items():
+            rows += curve(f"{critic}-{est}", {"accuracy": 0.8, "bound": 0.0, "bound_test": 0.0},
+                          {"accuracy": acc, "bound": 4.0, "bound_test": 3.5}, critic=critic, estimator=est)
+    return rows
 
 
 @pytest.mark.parametrize("concat,holds", [(0.79, True), (0.818, False)])
 def test_critics(tmp_path, concat, holds):
-    rows = []
-    for est in ("infonce", "nwj"):
-        for critic, acc in (("bilinear", 0.83), ("separable", 0.825), ("concat", concat)):
-            rows += curve(f"{critic}-{est}", {"accuracy": 0.8, "bound": 0.0, "bound_test": 0.0},
-                          {"accuracy": acc, "bound": 4.0, "bound_test": 3.5}, critic=critic, estimator=est)
-    verdicts = {v.finding: v for v in findings.judge([make_run(tmp_path / "r", "critics", rows)])}
+    rows = _critic_rows({"bilinear": 0.83, "separable": 0.825, "concat": concat})
+    verdicts = verdicts_of([make_run(tmp_path / "r", "critics", rows)])
     assert verdicts["critics.concat_worst"].holds is holds
     assert verdicts["critics.bounds"].holds is None and "held out 3.50" in verdicts["critics.bounds"].measured
+    assert verdicts["critics.bounds"].verdict == "no verdict"
 
 
-@pytest.mark.parametrize("conv,holds", [(0.84, True), (0.825, False)])
-def test_encoders(tmp_path, conv, holds):
+def test_critics_without_separable_are_not_judged(tmp_path):
+    rows = _critic_rows({"bilinear": 0.83, "concat": 0.70})
+    v = verdict_of(tmp_path, "critics", rows, "critics.concat_worst", config={"critics": ("bilinear", "concat")})
+    assert v.holds is None and "separable" in v.reason
+
+
+def test_a_fourth_critic_is_reported_not_judged(tmp_path, monkeypatch):
+    """A critic the rule does not know (a plugin) appears in the numbers and the bounds, and its accuracy does
+    not decide the verdict, even when it is the worst."""
+    from mi_ref import critics
+    monkeypatch.setitem(critics.CRITICS._entries, "cosine", critics.CRITICS.get("bilinear"))
+    monkeypatch.setitem(critics.CRITICS._meta, "cosine", {})
+    rows = _critic_rows({"bilinear": 0.83, "separable": 0.825, "concat": 0.79, "cosine": 0.60})
+    verdicts = verdicts_of([make_run(tmp_path / "r", "critics", rows,
+                                     config={"critics": ("bilinear", "separable", "concat", "cosine")})])
+    v = verdicts["critics.concat_worst"]
+    assert v.holds is True and "cosine 0.600" in v.measured and "cosine reported, not judged" in v.measured
+    assert "cosine 4.00" in verdicts["critics.bounds"].measured
+
+
+def _encoder_rows(acc):
+    """acc: {(encoder, estimator, t): accuracy}"""
     rows = []
-    for est in ("infonce", "nwj"):
-        for t in (2.0, 4.0):
-            rows += curve(f"convnet-{est}-t{t:g}", {"accuracy": 0.8}, {"accuracy": conv - 0.01 * (t == 4.0)},
-                          encoder="convnet", estimator=est, target=t)
-            rows += curve(f"mlp-{est}-t{t:g}", {"accuracy": 0.8}, {"accuracy": 0.82}, encoder="mlp", estimator=est,
-                          target=t)
-    verdicts = {v.finding: v for v in findings.judge([make_run(tmp_path / "r", "encoders", rows)])}
+    for (enc, est, t), a in acc.items():
+        rows += curve(f"{enc}-{est}-t{t:g}", {"accuracy": 0.8}, {"accuracy": a}, encoder=enc, estimator=est,
+                      target=t)
+    return rows
+
+
+@pytest.mark.parametrize("conv,holds", [(0.86, True), (0.825, False)])
+def test_encoders_convnet_ahead(tmp_path, conv, holds):
+    acc = {(e, s, t): (conv if e == "convnet" else 0.82) for e in ("convnet", "mlp") for s in ("infonce", "nwj")
+           for t in (2.0, 4.0)}
+    verdicts = verdicts_of([make_run(tmp_path / "r", "encoders", _encoder_rows(acc), config=BOTH)])
     assert verdicts["encoders.convnet_ahead"].holds is holds
-    assert verdicts["encoders.larger_t_not_better"].holds is True      # the ConvNet is worse at t = 4
+    assert verdicts["encoders.t_comparison"].holds is None and "t=2" in verdicts["encoders.t_comparison"].measured
 
 
-def test_encoders_larger_t_always_better(tmp_path):
-    rows = []
-    for enc in ("convnet", "mlp"):
-        for t, acc in ((2.0, 0.81), (4.0, 0.83)):
-            rows += curve(f"{enc}-infonce-t{t:g}", {"accuracy": 0.8}, {"accuracy": acc}, encoder=enc,
-                          estimator="infonce", target=t)
-    assert verdict_of(tmp_path, "encoders", rows, "encoders.larger_t_not_better").holds is False
+@pytest.mark.parametrize("nwj_shift,holds", [(0.005, True), (0.05, False)])
+def test_encoders_architecture_over_estimator(tmp_path, nwj_shift, holds):
+    """ConvNet - MLP = 0.06 at every (t, estimator); |I_NCE - I_NWJ| = nwj_shift for the ConvNet."""
+    acc = {}
+    for t in (2.0, 4.0):
+        for est in ("infonce", "nwj"):
+            shift = nwj_shift if est == "nwj" else 0.0
+            acc[("convnet", est, t)] = 0.88 - shift
+            acc[("mlp", est, t)] = 0.82 - shift
+    v = verdict_of(tmp_path, "encoders", _encoder_rows(acc), "encoders.architecture_over_estimator", config=BOTH)
+    assert v.holds is holds
+    assert v.tests[0].effect == pytest.approx(0.06 - nwj_shift)
 
 
-@pytest.mark.parametrize("iid,non_iid,holds", [(0.019, 0.20, True), (0.04, 0.20, False), (0.015, 0.05, False)])
-def test_sampling(tmp_path, iid, non_iid, holds):
+def test_encoders_rule_two_needs_two_estimators(tmp_path):
+    acc = {(e, "infonce", t): 0.8 for e in ("convnet", "mlp") for t in (2.0, 4.0)}
+    v = verdict_of(tmp_path, "encoders", _encoder_rows(acc), "encoders.architecture_over_estimator")
+    assert v.holds is None and "two estimators" in v.reason
+
+
+def _sampling_run(tmp_path, name, iid, non_iid, seed=0, trace_sd=0.01):
     rows = []
     for est in ("infonce", "nwj"):
         for sampling, end in (("iid", iid), ("non-iid", non_iid)):
             rows.append({"variant": f"{sampling}-{est}", "step": 100, "bound": end, "bound_smoothed": end,
                          "true_mi": 0.0204, "sampling": sampling, "estimator": est})
-    assert verdict_of(tmp_path, "sampling", rows, "sampling.non_iid_exceeds").holds is holds
+    path = make_run(tmp_path / name, "sampling", rows, seed=seed)
+    run = RunDir(path)
+    rng = np.random.default_rng(seed)
+    for r in rows:
+        run.save_arrays(r["variant"], {"trace": r["bound"] + trace_sd * rng.standard_normal(2000)})
+    return path
+
+
+@pytest.mark.parametrize("iid,non_iid,holds", [(0.019, 0.20, True), (0.04, 0.20, False), (0.015, 0.05, False)])
+def test_sampling(tmp_path, iid, non_iid, holds):
+    v = verdicts_of([_sampling_run(tmp_path, "r", iid, non_iid)])["sampling.non_iid_exceeds"]
+    assert v.holds is holds
+    assert {t.se_kind for t in v.tests} == {"within-run"}
+
+
+def test_sampling_of_an_empty_run_is_not_judged(tmp_path):
+    path = make_run(tmp_path / "r", "sampling", [], config={"estimators": ()})
+    v = verdicts_of([path])["sampling.non_iid_exceeds"]
+    assert v.holds is None and "no trained variant" in v.reason
 
 
 @pytest.mark.parametrize("triplet,holds", [(0.83, True), (0.79, False), (0.805, False)])
 def test_metric(tmp_path, triplet, holds):
-    """The triplet loss must be above the pixels (0.80) and within 0.03 of the better MI bound; the
-    hardest-negative variant (collapsed here) does not count."""
+    """The triplet loss must be above the pixels (0.80) by the noise and within 0.03 of the better MI bound;
+    the hardest-negative variant (collapsed here) does not count."""
     rows = []
     for obj, acc in (("infonce", 0.84), ("nwj", 0.81), ("triplet", triplet), ("triplet_hardest", 0.3)):
         rows += curve(obj, {"accuracy": 0.8}, {"accuracy": acc}, objective=obj)
     assert verdict_of(tmp_path, "metric", rows, "metric.alike").holds is holds
 
 
-def test_several_seeds_use_the_mean_and_say_how_many(tmp_path):
+# ---------------------------------------------------------------- seeds, completeness, the CLI
+
+
+def test_several_seeds_use_the_mean_the_sample_sd_and_say_how_many(tmp_path):
     paths = []
-    for seed, gain in ((0, 0.03), (1, 0.01), (2, 0.005)):        # mean gain 0.015 >= 0.01: holds
+    for seed, gain in ((0, 0.03), (1, 0.02), (2, 0.025)):
         rows = curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.80 + gain})
         paths.append(make_run(tmp_path / f"s{seed}", "invertible", rows, seed=seed))
     (v,) = findings.judge(paths)
-    assert v.holds is True and v.seeds == [0, 1, 2]
-    # sample sd (ddof = 1) of 0.83, 0.81, 0.805: 0.0132 (ddof = 0 would give 0.011)
-    assert "0.815 ± 0.013" in v.measured and "seeds 0-2" in findings.format_table([v])
+    assert v.holds is True and v.seeds == [0, 1, 2] and v.tests[0].se_kind == "seed-to-seed"
+    # sample sd (ddof = 1) of 0.83, 0.82, 0.825: 0.005 (ddof = 0 would give 0.004)
+    assert "0.825 ± 0.005" in v.measured and "seeds 0-2" in findings.format_table([v])
 
 
-def test_runs_of_different_configs_are_judged_apart(tmp_path):
+def test_runs_of_different_configs_are_judged_apart_and_say_their_settings(tmp_path):
     rows = curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.85})
     a = make_run(tmp_path / "a", "invertible", rows)
     b = make_run(tmp_path / "b", "invertible", rows, config={"n_iters": 200})
-    assert [v.steps for v in findings.judge([a, b])] == [100, 200]
+    verdicts = findings.judge([a, b])
+    assert [v.steps for v in verdicts] == [1200, 200]
+    text = findings.format_table(verdicts)
+    assert "preset quick, mnist-subset" in text and "preset quick with n_iters=200" in text
 
 
-def test_missing_rows_give_no_verdict_and_a_reason(tmp_path):
-    rows = [{"variant": "infonce", "step": 0, "accuracy": 0.8}]          # stopped before any bound
-    v = verdict_of(tmp_path, "conditioning", rows, "conditioning.ill_conditioned")
-    assert v.holds is None and v.measured.startswith("cannot judge: no logcond_median")
+def test_an_unfinished_seed_is_refused_or_left_out(tmp_path, capsys):
+    """A finished seed and a seed stopped mid-run are never pooled: an error naming the directory (exit 2 from
+    the CLI), or with --partial a verdict on the finished seed that names the one left out."""
+    done = make_run(tmp_path / "s0", "invertible",
+                    curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.85}), seed=0)
+    stopped = make_run(tmp_path / "s1", "invertible",
+                       curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 2.0, "accuracy": 0.80},
+                             steps=(0, 50)), seed=1, done=False)
+    with pytest.raises(findings.IncompleteRunError, match=str(stopped)):
+        findings.judge([done, stopped])
+    assert cli.main(["findings", str(done), str(stopped), "--out", str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished" in err and str(stopped) in err and "Traceback" not in err
+    (v,) = findings.judge([done, stopped], partial=True)
+    assert v.seeds == [0] and v.left_out == [1] and "left out: seed 1" in findings.format_table([v])
+    assert cli.main(["plot", str(done), str(stopped), "--out", str(tmp_path / "fig")]) == 2
+    assert cli.main(["plot", str(done), str(stopped), "--out", str(tmp_path / "fig"), "--partial"]) == 0
 
 
 def test_cli_findings_prints_and_writes_json(tmp_path, capsys):
@@ -150,17 +303,25 @@ def test_cli_findings_prints_and_writes_json(tmp_path, capsys):
     assert cli.main(["findings", str(path), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "[HOLDS] adversarial (Fig. 1c" in text and "1 of 1 findings with a verdict hold" in text
+    assert "pixels minus last accuracy: effect +0.3000" in text
     data = json.loads(out.read_text())
     assert data["findings"][0]["verdict"] == "holds" and data["findings"][0]["values"]["accuracy"] == [0.82, 0.5]
+    assert data["findings"][0]["tests"][0]["threshold"] >= 0.05
     assert cli.main(["findings", str(path), "--out", str(out), "--markdown"]) == 0
     assert "| **adversarial, Fig. 1c;" in capsys.readouterr().out
     assert cli.main(["findings", str(tmp_path / "nope")]) == 2
 
 
+def test_every_finding_quotes_its_source_and_every_rule_names_its_noise():
+    for f in findings.FINDINGS:
+        assert f.source and f.criterion
+        if "none" not in f.criterion.split(":")[0]:
+            assert "SE" in f.criterion, f.key
+
+
 def test_the_quick_scale_notes_name_real_findings_and_show_only_beside_a_quick_failure():
     keys = {f.key for f in findings.FINDINGS}
     assert set(findings.QUICK_SCALE_NOTES) <= keys
-    key = next(iter(findings.QUICK_SCALE_NOTES))
-    assert findings.quick_scale_note(key, "quick", "does not hold") == findings.QUICK_SCALE_NOTES[key]
-    assert findings.quick_scale_note(key, "quick", "holds") is None
-    assert findings.quick_scale_note(key, "paper", "does not hold") is None
+    for key, note in findings.QUICK_SCALE_NOTES.items():
+        assert findings.quick_scale_note(key, "quick", "does not hold") == note
+        assert findings.quick_scale_note(key, "quick", "holds") is None
