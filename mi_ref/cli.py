@@ -135,6 +135,18 @@ def _overrides(exp, args):
     return overrides
 
 
+def _threads(args):
+    """A context pinning BLAS and numba threads to ``--threads`` (no change without it)."""
+    import contextlib
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return contextlib.nullcontext()
+    from .sweep import _pinned, available_cores
+    if threads > available_cores():
+        raise CLIError(f"--threads {threads} exceeds the {available_cores()} cores here")
+    return _pinned(threads)
+
+
 def _run_seeds(name, args):
     from . import experiments
     from .accel import configure_malloc
@@ -150,9 +162,10 @@ def _run_seeds(name, args):
     for seed in range(args.seed, args.seed + args.runs):
         path = experiments.run_dir_for(args.out, name, args.preset, seed, config)
         try:
-            paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
-                                                    args.data_dir, not args.quiet, repair=args.repair,
-                                                    **overrides))
+            with _threads(args):
+                paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
+                                                        args.data_dir, not args.quiet, repair=args.repair,
+                                                        **overrides))
         except KeyboardInterrupt:
             print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
                   "same command and --resume", file=sys.stderr)
@@ -210,30 +223,77 @@ def _cmd_plot(args):
 
 
 def _cmd_reproduce(args):
-    """``mi-ref reproduce``: every experiment of the registry, then every figure and the findings."""
+    """``mi-ref reproduce``: every experiment of the registry, then every figure and the findings. With
+    ``--jobs 1`` the experiments run one after another in this process; otherwise every (experiment, seed,
+    variant) is a single-threaded task on local workers (:mod:`mi_ref.reproduce`), the same numbers as the
+    serial run with ``--threads 1``."""
     import time
     from pathlib import Path
 
     from . import experiments
+    from .accel import configure_malloc
     from .plots import plot_runs
+    from .results import format_summary, write_summary
+    from .sweep import available_cores
     names = args.only or experiments.names()
     for name in names:
-        experiments.get(name)
-    all_paths, timings = [], []
-    for name in names:
-        start = time.perf_counter()
-        all_paths += _run_seeds(name, args)
-        timings.append((name, time.perf_counter() - start))
+        experiments.get(name)                 # an unknown name fails before anything runs
+    if args.repair and not args.resume:
+        raise CLIError("--repair goes with --resume (it repairs a run being resumed)")
+    jobs = args.jobs if args.jobs is not None else max(1, available_cores() // (args.threads or 1))
+    start_all = time.perf_counter()
+    timings = {}
+    if jobs == 1:
+        all_paths = []
+        for name in names:
+            start = time.perf_counter()
+            all_paths += _run_seeds(name, _for_experiment(args, name))
+            timings[name] = {"span": time.perf_counter() - start}
+    else:
+        if args.repair:
+            raise CLIError("--repair runs with --jobs 1 (it recomputes damaged variants in this process)")
+        from .reproduce import run_parallel
+        configure_malloc()
+        overrides = {name: _overrides(experiments.get(name), _for_experiment(args, name)) for name in names}
+        result = run_parallel(names, args.preset, list(range(args.seed, args.seed + args.runs)), overrides.get,
+                              args.out, args.data_dir, jobs, args.threads or 1, args.resume,
+                              progress=not args.quiet)
+        if result["failed"]:
+            for key, why in result["failed"].items():
+                print(f"FAILED {key}: {why}", file=sys.stderr)
+            raise CLIError(f"{len(result['failed'])} task(s) failed; run the same command with --resume to "
+                           "retry them")
+        all_paths = result["run_dirs"]
+        timings = result["timings"]
+        for name in names:
+            mine = [p for p in all_paths if p.parent.name.startswith(f"{name}-")]
+            print(format_summary([write_summary(p) for p in mine]))
+    training = time.perf_counter() - start_all
     for path in plot_runs(all_paths, args.figures, args.format):
         print(f"wrote {path}")
-    for name, seconds in timings:
-        print(f"{name:13s} {seconds:7.1f} s")
-    print(f"{'total':13s} {sum(s for _, s in timings):7.1f} s")
     from .findings import format_table, judge, write_json
     verdicts = judge(all_paths)
     print("\nThe paper's findings, judged on these runs:\n" + format_table(verdicts))
     print(f"wrote {write_json(verdicts, Path(args.out) / 'findings.json')}")
+    print(f"\n{'experiment':13s} {'wall s':>8s} {'core-s':>8s}")
+    for name, t in timings.items():
+        core = f"{t['core_seconds']:8.1f}" if "core_seconds" in t else f"{'':8s}"
+        print(f"{name:13s} {t['span']:8.1f} {core}")
+    print(f"{'training':13s} {training:8.1f}   ({jobs} job{'s' if jobs > 1 else ''})")
+    print(f"{'all':13s} {time.perf_counter() - start_all:8.1f}   (training, figures and findings)")
     return 0
+
+
+def _for_experiment(args, name):
+    """``args`` as ``mi-ref run`` would see them for experiment ``name`` (``--dataset`` is dropped for the
+    experiments on synthetic data, which have no dataset)."""
+    import copy
+
+    from . import experiments
+    if args.dataset is not None and not hasattr(experiments.get(name).presets[args.preset], "dataset"):
+        args = copy.copy(args)
+        args.dataset = None
+    return args
 
 
 def _cmd_findings(args):
@@ -309,6 +369,10 @@ def _add_run_options(p, sweep=False):
     p.add_argument("--evals", type=_positive, default=None, metavar="N",
                    help="override the number of evaluations (one every steps // N steps, from step 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    if not sweep:
+        p.add_argument("--threads", type=_positive, default=None, metavar="T",
+                       help="BLAS and numba threads (default: the libraries' own, all cores; `reproduce` with "
+                            "several jobs: 1 per task)")
 
 
 def build_parser():
@@ -421,6 +485,10 @@ def build_parser():
     p.add_argument("--figures", default="figures", metavar="DIR", help="where figures go (default figures/)")
     p.add_argument("--format", choices=["png", "pdf", "svg"], default="png", help="figure format (default png)")
     p.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+    p.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                   help="local worker processes, each running one (experiment, seed, variant) at a time (default: "
+                        "the cores here divided by --threads); --jobs 1 runs the experiments one after another "
+                        "in this process")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("vectors", help="write golden vectors for checking another implementation",

@@ -425,8 +425,11 @@ class _Report:
     """The driver's bookkeeping: progress lines, merges of finished tasks, failures."""
 
     def __init__(self, progress, units):
-        self.progress, self.units = progress, units
-        self.unmerged, self.failures, self.started_at = [], {}, {}
+        """``units``: the experiment's order of units, or a function task -> that order (tasks of several
+        experiments, as ``mi-ref reproduce`` runs them)."""
+        self.progress = progress
+        self.units_of = units if callable(units) else (lambda task: units)
+        self.unmerged, self.failures, self.started_at, self.ended_at = [], {}, {}, {}
 
     def started(self, task):
         self.progress.running.add(task)
@@ -435,9 +438,10 @@ class _Report:
     def finished(self, task):
         self.progress.running.discard(task)
         self.progress.done.append(task)
-        took = time.monotonic() - self.started_at.get(task, time.monotonic())
+        self.ended_at[task] = time.monotonic()
+        took = self.ended_at[task] - self.started_at.get(task, self.ended_at[task])
         self.progress.say(f"seed {task.seed} {task.unit} done ({duration(took)})")
-        if not merge(task, self.units):
+        if not merge(task, self.units_of(task)):
             self.unmerged.append(task)
 
     def retry(self, task, why, attempt, attempts):
@@ -454,7 +458,7 @@ class _Report:
 
     def tick(self):
         for task in list(self.unmerged):
-            if merge(task, self.units):
+            if merge(task, self.units_of(task)):
                 self.unmerged.remove(task)
         self.progress.tick()
 

@@ -57,6 +57,10 @@ STUDIES = {
         (f"quick encoders, subset, lr {lr:g}", "encoders", "quick",
          {"lr": lr, "estimators": ("infonce", "nwj"), "n_iters": 1600, "n_evals": 8, "eval_final": True})
         for lr in (1e-3,)],
+    "enc-subset-small": [
+        ("ConvNet (16, 32), subset, lr 1e-3", "encoders", "quick",
+         {"lr": 1e-3, "convnet_channels": (16, 32), "encoders": ("convnet",), "estimators": ("infonce", "nwj"),
+          "n_iters": 1600, "n_evals": 8, "eval_final": True})],
     "enc-subset-paper-convnet": [
         ("paper ConvNet (64, 128), subset, lr 1e-3", "encoders", "quick",
          {"lr": 1e-3, "convnet_channels": (64, 128), "estimators": ("infonce", "nwj"), "n_iters": 1600,

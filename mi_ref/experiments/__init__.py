@@ -31,6 +31,14 @@ class Experiment:
     run: object                 # run(config, store, seed, dataset, progress, only=None) -> None
     units: object               # units(config) -> the names run() writes, in order (variants, "baseline")
     order: int = 100            # position in the paper (listings and `reproduce` follow it)
+    cost: object = None         # cost(config, unit) -> estimated core-seconds of one unit (orders tasks only)
+
+    def estimated_cost(self, config, unit):
+        """The estimated core-seconds of ``unit`` (``cost``, or else its number of steps), used only to start
+        the longest tasks first when ``mi-ref reproduce`` spreads units over workers."""
+        if self.cost is not None:
+            return float(self.cost(config, unit))
+        return 0.0 if unit == "baseline" else float(getattr(config, "n_iters", 1))
 
     def config(self, preset, **overrides):
         """The preset's config with overrides (None values are ignored); unknown names are an error."""
