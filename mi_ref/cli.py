@@ -429,7 +429,10 @@ def build_parser():
                        description="Compare RESULTS.npz (arrays named COMPONENT/ARRAY, e.g. dense/output/y, "
                                    "dense/grad/param/W; or plain ARRAY names with --component) with the golden "
                                    "vectors in DIR and print a table per component and how many components "
-                                   "were checked (K of N). Exit code 0 if every checked component "
+                                   "were checked (K of N). When arrays fail, the common slips of a port "
+                                   "(a logsumexp over the other axis, a permutation's direction, the padding "
+                                   "side, ...) are tried on the stored inputs, and the one that reproduces "
+                                   "the given numbers is named. Exit code 0 if every checked component "
                                    "passes, 1 if any fails (or, with --require-all, if any is unchecked), 2 "
                                    "for bad input.")
     p.add_argument("vectors", metavar="DIR", help="a directory written by `mi-ref vectors`")

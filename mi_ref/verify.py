@@ -9,7 +9,10 @@ What is compared. Every ``output/`` and ``grad/`` array of the component is requ
 the report unless ``allow_missing=True``); ``aux/`` arrays (intermediate values) are optional; ``input/``,
 ``param/``, ``cotangent/`` and ``const/`` arrays may be passed too (to check a conversion, e.g. a kernel
 transposed back to mi-ref's layout). A name the file does not hold fails the report (a typo must not pass
-silently), and so does a shape mismatch.
+silently), and so does a shape mismatch. When an array fails, the common slips of a port (a logsumexp over the
+other axis, a permutation applied in the other direction, the padding side, eps inside the layer norm's square
+root, the other form of Adam, ...) are computed on the component's stored inputs (:mod:`mi_ref.slips`), and
+the report names the one that reproduces the given numbers in one line (``Report.slip``).
 
 The numbers, per array, with ``a`` the given values and ``e`` the golden ones (both taken as float64):
 
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
+from .slips import identify as identify_slip
 from .vectors import CATEGORIES, TOLERANCES, load_component, load_manifest
 
 REQUIRED = ("output", "grad")           # categories an implementation must provide
@@ -88,8 +92,10 @@ class Report:
 
     ``precision``, ``rtol``, ``atol``: the tolerances applied (see the module docstring for the rule);
     ``checks``: one :class:`ArrayCheck` per array (the file's order, then names the file does not hold);
-    ``notes``: remarks (precision detected, float64-only component, unknown names). ``str(report)`` is a
-    table: status, array, shape, max abs err, max rel err and, for problems, the worst entry.
+    ``notes``: remarks (precision detected, float64-only component, unknown names); ``slip``: when arrays
+    fail and a common slip of a port reproduces the given numbers (:mod:`mi_ref.slips`), the line that names
+    it, else "". ``str(report)`` is a table: status, array, shape, max abs err, max rel err and, for
+    problems, the worst entry.
     """
 
     component: str
@@ -98,6 +104,7 @@ class Report:
     atol: float
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    slip: str = ""
 
     @property
     def compared(self):
@@ -162,6 +169,8 @@ class Report:
             lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(6)) + ("  " + r[6] if r[6] else ""))
         if hidden:
             lines.append(f"  ({hidden} optional aux/ arrays not given and not listed; --show-skipped lists them)")
+        if self.slip:
+            lines.append(f"  slip: {self.slip}")
         lines += [f"  note: {n}" for n in self.notes if n not in shared_notes]
         return "\n".join(line.rstrip() for line in lines)
 
@@ -316,7 +325,9 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
     from the dtypes, see :func:`detect_precision`); ``allow_missing``: do not fail for required arrays that
     are not given (e.g. an implementation without gradients), as long as at least one array is compared.
 
-    A name the file does not hold gets the array it most likely means (:func:`suggest_name`).
+    When an array fails, the common slips of a port are tried on the component's stored inputs
+    (:func:`mi_ref.slips.identify`); ``report.slip`` names the one that reproduces the given numbers. A name
+    the file does not hold gets the array it most likely means (:func:`suggest_name`).
 
     Returns a :class:`Report`. Raises ``FileNotFoundError`` for a missing directory or file and
     ``ValueError`` for an unknown component, a bad precision or ``outputs`` that is not a dict of arrays.
@@ -364,6 +375,9 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
     given_float = {onp.asarray(v).dtype for v in outputs.values() if onp.asarray(v).dtype.kind == "f"}
     if precision == "float64" and any(d.itemsize < 8 for d in given_float):
         report.notes.append("some given arrays are not float64 but were compared at float64 tolerances")
+    if any(c.status == "FAIL" for c in report.checks):
+        report.slip = identify_slip(component, entry["config"], golden, outputs,
+                                    lambda a, e: _errors(a, e, rtol, atol)[1])
     return report
 
 
