@@ -287,8 +287,9 @@ def _close(word, choices, n):
 def unknown_component(name, components):
     """The message for a component name the manifest does not hold, with the closest names."""
     close = _close(name, components, 1)
-    guess = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown component {name!r}; {guess}the manifest holds {list(components)}"
+    if close:
+        return f"unknown component {name!r}; did you mean {close[0]!r}?"
+    return f"unknown component {name!r}; the manifest holds {list(components)}"
 
 
 def suggest_name(name, golden_names):
@@ -297,8 +298,8 @@ def suggest_name(name, golden_names):
     A PyTorch state-dict name (``layers.0.weight``, ``grad/layers.0.weight``, ``grad/param/net.layers.1.bias``)
     maps to mi-ref's parameter path by :func:`mi_ref.porting.pytorch.torch_name` (the inverse: "." for "/",
     ``weight`` for a kernel ``W``, ``bias`` for its ``b``): under ``grad/`` to the gradient
-    ``grad/param/PATH``, else to the parameter ``param/PATH``. Any other name gets the closest of the
-    component's array names (difflib, ignoring case).
+    ``grad/param/PATH``, else to the parameter ``param/PATH``. Any other name gets the component's array
+    name closest to it after the category (difflib's ratio >= 0.6, ignoring case), or None.
     """
     from .porting.pytorch import torch_name       # imported here: that module imports this one
 
@@ -307,13 +308,16 @@ def suggest_name(name, golden_names):
         category, rest = "", name
     if rest.startswith("param/"):
         rest = rest[len("param/"):]
-    if "." in rest:
-        paths = {torch_name(n[len("param/"):]): n[len("param/"):] for n in golden_names if n.startswith("param/")}
-        if rest in paths:
-            return f"grad/param/{paths[rest]}" if category == "grad" else f"param/{paths[rest]}"
-    by_case = {n.lower(): n for n in golden_names}
-    close = _close(name.lower(), by_case, 1)            # case-blind: "w" for "W" is the likeliest typo
-    return by_case[close[0]] if close else None
+    paths = {torch_name(n[len("param/"):]): n[len("param/"):] for n in golden_names if n.startswith("param/")}
+    if rest in paths:
+        return f"grad/param/{paths[rest]}" if category == "grad" else f"param/{paths[rest]}"
+    def body(n):            # what follows the category: all names share "grad/" or "param/" with many others
+        head, sep, tail = n.lower().partition("/")
+        return tail if sep and head in CATEGORIES else n.lower()
+
+    scored = [(difflib.SequenceMatcher(None, body(name), body(n)).ratio(), n) for n in golden_names]
+    ratio, best = max(scored, default=(0.0, None))
+    return best if ratio >= 0.6 else None
 
 
 def compare(vectors_dir, component, outputs, precision=None, allow_missing=False):
@@ -361,14 +365,22 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
         elif category in OPTIONAL:
             report.checks.append(ArrayCheck(name, "skipped", expected.shape, worst="optional, not given"))
     extra = [name for name in outputs if name not in golden]
+    unguessed = []
     for name in extra:
-        guess = suggest_name(name, [n for n in golden if n not in outputs])
-        report.checks.append(ArrayCheck(name, "extra", None, onp.shape(outputs[name]),
-                                        worst=f"{component} holds no array of this name"
-                                              + (f"; did you mean {guess}?" if guess else "")))
-    if extra:
+        guess = suggest_name(name, list(golden))
+        shape = onp.shape(outputs[name])
+        if guess is None:
+            unguessed.append(name)
+            worst = f"{component} holds no array of this name"
+        elif golden[guess].shape != shape:
+            worst = (f"{component} holds no array of this name; did you mean {guess}, in mi-ref's layout "
+                     f"{_shape_text(golden[guess].shape)}?")
+        else:
+            worst = f"{component} holds no array of this name; did you mean {guess}?"
+        report.checks.append(ArrayCheck(name, "extra", None, shape, worst=worst))
+    if unguessed:
         names = [n for n in golden if n.split("/", 1)[0] in REQUIRED + OPTIONAL]
-        report.notes.append(f"unknown names {extra}; {component} expects {names}")
+        report.notes.append(f"unknown names {unguessed}; {component} expects {names}")
     if not report.compared:
         report.notes.append("nothing was compared: pass arrays named as in the component file, e.g. "
                             f"{[n for n in golden if n.startswith('output/')][:3]}")

@@ -469,7 +469,9 @@ def test_compare_missing_optional_extra_and_shape(vdir):
     typo = dict(a, **{"grad/param/g1/layers/0/w": a["grad/param/g1/layers/0/W"]})
     report = verify.compare(vdir, "train_critics_nwj", typo)
     assert [(c.name, c.status) for c in report.failures] == [("grad/param/g1/layers/0/w", "extra")]
-    assert "unknown names" in str(report)
+    assert "did you mean grad/param/g1/layers/0/W?" in str(report) and "unknown names" not in str(report)
+    report = verify.compare(vdir, "train_critics_nwj", dict(a, **{"grad/zzz": a["grad/x1"]}))
+    assert "note: unknown names ['grad/zzz']; train_critics_nwj expects ['output/loss'," in str(report)
 
     transposed = dict(a, **{"grad/param/g1/layers/0/W": a["grad/param/g1/layers/0/W"].T})
     report = verify.compare(vdir, "train_critics_nwj", transposed)
@@ -583,11 +585,15 @@ def test_did_you_mean_for_components_and_array_names(vdir, tmp_path, capsys):
              "grad/param/layers/1/w": a["grad/param/layers/1/W"]}
     report = verify.compare(vdir, "mlp", given, allow_missing=True)
     worst = {c.name: c.worst for c in report.checks if c.status == "extra"}
-    assert worst == {"grad/layers.0.weight": "mlp holds no array of this name; did you mean grad/param/layers/0/W?",
+    assert worst == {"grad/layers.0.weight": "mlp holds no array of this name; did you mean grad/param/layers/0/W, "
+                                             "in mi-ref's layout (5, 7)?",
                      "layers.1.bias": "mlp holds no array of this name; did you mean param/layers/1/b?",
                      "grad/param/layers.2.bias": "mlp holds no array of this name; did you mean grad/param/layers/2/b?",
                      "grad/param/layers/1/w": "mlp holds no array of this name; did you mean grad/param/layers/1/W?"}
     assert verify.suggest_name("output/nothing_like_it", list(load(vdir, "mlp"))) is None
+    dense = list(load(vdir, "dense"))
+    assert [verify.suggest_name(n, dense) for n in ("grad/weight", "grad/bias", "weight")] == [
+        "grad/param/W", "grad/param/b", "param/W"]
 
 
 def test_bad_input_errors(vdir, tmp_path):
