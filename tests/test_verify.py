@@ -719,3 +719,48 @@ def test_torch_example_passes(vdir, precision):
     for r in reports:
         assert r.passed and r.precision == precision and not [c for c in r.checks if c.status != "pass"], str(r)
     assert all(onp.asarray(v).dtype == onp.dtype(precision) for v in results.values())
+
+
+# ---------------------------------------------------------------- README
+
+
+def test_the_readmes_verify_sessions_are_what_verify_prints(vdir, tmp_path, monkeypatch, capsys):
+    """Every `$ mi-ref verify ...` session in README.md, run on the files its examples write, prints exactly
+    the output shown there."""
+    import re
+    import shlex
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sessions = []
+    for block in re.findall(r"```\n(\$ mi-ref verify .*?)```", readme, re.S):
+        for part in filter(None, re.split(r"(?m)^(?=\$ )", block)):
+            command, _, shown = part.partition("\n")
+            sessions.append((command[2:], shown.rstrip("\n")))
+    assert len(sessions) >= 4
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vectors").symlink_to(vdir)
+    dense = golden_results(load(vdir, "dense"), ("output", "grad"))
+    onp.savez("mine.npz", **{f"dense/{k}": v for k, v in dense.items()})
+    onp.savez("torchnames.npz", **{"dense/output/y": dense["output/y"], "dense/grad/x": dense["grad/x"],
+                                   "dense/grad/weight": dense["grad/param/W"].T,
+                                   "dense/grad/bias": dense["grad/param/b"]})
+    try:                                                 # the README's PyTorch I_NWJ, as written there
+        import torch
+        v = onp.load("vectors/bound_nwj.npz")
+        S = torch.tensor(v["input/scores"], requires_grad=True)
+        bound = 1 + (S - 1).diagonal().mean() - torch.exp(S - 1).mean()
+        g, = torch.autograd.grad(bound, S)
+        onp.savez("nwj.npz", **{"output/bound": bound.detach().numpy(), "grad/scores": g.numpy()})
+    except ImportError:
+        pass
+    checked = 0
+    for command, shown in sessions:
+        args = shlex.split(command)
+        assert args[:2] == ["mi-ref", "verify"], command
+        if not Path(args[3]).exists():                   # nwj.npz without PyTorch
+            continue
+        cli.main(args[1:])
+        captured = capsys.readouterr()
+        assert (captured.out + captured.err).rstrip("\n") == shown, command
+        checked += 1
+    assert checked >= 3
