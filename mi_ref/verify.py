@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
+from .porting.names import torch_name
 from .slips import identify as identify_slip
 from .vectors import CATEGORIES, TOLERANCES, load_component, load_manifest
 
@@ -296,13 +297,11 @@ def suggest_name(name, golden_names):
     """The array of a component that an unknown ``name`` most likely means, or None.
 
     A PyTorch state-dict name (``layers.0.weight``, ``grad/layers.0.weight``, ``grad/param/net.layers.1.bias``)
-    maps to mi-ref's parameter path by :func:`mi_ref.porting.pytorch.torch_name` (the inverse: "." for "/",
+    maps to mi-ref's parameter path by :func:`mi_ref.porting.names.torch_name` (the inverse: "." for "/",
     ``weight`` for a kernel ``W``, ``bias`` for its ``b``): under ``grad/`` to the gradient
     ``grad/param/PATH``, else to the parameter ``param/PATH``. Any other name gets the component's array
     name closest to it after the category (difflib's ratio >= 0.6, ignoring case), or None.
     """
-    from .porting.pytorch import torch_name       # imported here: that module imports this one
-
     category, sep, rest = name.partition("/")
     if not sep or category not in CATEGORIES:
         category, rest = "", name

@@ -22,7 +22,8 @@ files (never into the current directory); the last line says where.
 
 or from Python: ``results, reports = mi_ref.porting.pytorch.run("vectors")``. Exit code 0 when every component
 passes, 1 otherwise. PyTorch is not a dependency of mi-ref: this module imports it only when used, and
-:func:`torch_param` / :func:`torch_name` (mi-ref's parameter layouts and names to PyTorch's) need no torch.
+:func:`torch_param` / :func:`torch_name` (mi-ref's parameter layouts and names to PyTorch's, from
+:mod:`mi_ref.porting.names`) need no torch.
 """
 
 import argparse
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..verify import compare_results, format_reports, unchecked_components
 from ..vectors import load_component, load_manifest
+from .names import mi_param, torch_name, torch_param, torch_state
 
 __all__ = ["BOUNDS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce", "layer_norm",
            "main", "mi_param", "mlp", "nwj", "run", "run_component", "same_pad", "torch_name", "torch_param",
@@ -53,49 +55,6 @@ def _torch():
                               "pip install torch") from None
         torch, F = torch_module, functional
     return torch
-
-
-# ----------------------------------------------------------------------------------------------------
-# mi-ref's parameter names and layouts -> PyTorch's (no torch needed)
-
-
-def torch_name(path):
-    """The PyTorch state-dict name of mi-ref's parameter ``path``: "/" becomes ".", a dense or conv kernel
-    ``W`` becomes ``weight`` and its bias ``b`` becomes ``bias`` (``layers/0/W`` -> ``layers.0.weight``). The
-    bilinear critic's ``W`` is a matrix of the formula, not a layer's weight: pass ``layer=False``."""
-    parts = path.split("/")
-    parts[-1] = {"W": "weight", "b": "bias"}.get(parts[-1], parts[-1])
-    return ".".join(parts)
-
-
-def _relayout(path, array, layer, conv_axes):
-    """A dense kernel ``W`` transposed, a conv kernel ``W`` permuted by ``conv_axes``; anything else as is."""
-    array = np.asarray(array)
-    if layer and path.split("/")[-1] == "W":
-        if array.ndim == 2:
-            return array.T
-        if array.ndim == 4:
-            return array.transpose(conv_axes)
-    return array
-
-
-def torch_param(path, array, layer=True):
-    """mi-ref's parameter ``array`` at ``path`` in PyTorch's layout (a numpy array): a dense kernel
-    ``W (in, out)`` becomes ``Linear.weight (out, in)`` (``W.T``), a conv kernel ``(kh, kw, C_in, C_out)``
-    becomes ``(C_out, C_in, kh, kw)``; biases, layer-norm scales and biases, and any parameter with
-    ``layer=False`` (the bilinear critic's ``W``) stay as they are. :func:`mi_param` is the inverse."""
-    return _relayout(path, array, layer, (3, 2, 0, 1))
-
-
-def mi_param(path, array, layer=True):
-    """The inverse of :func:`torch_param`: a PyTorch weight (or its gradient) back in mi-ref's layout."""
-    return _relayout(path, array, layer, (2, 3, 1, 0))
-
-
-def torch_state(params_flat, layers=True):
-    """``{torch name: array}`` of mi-ref's flat ``{path: array}`` (e.g. the ``param/`` arrays of a golden file
-    with the prefix removed), ready for ``module.load_state_dict({k: torch.tensor(v) ...})``."""
-    return {torch_name(p): torch_param(p, a, layers) for p, a in params_flat.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
