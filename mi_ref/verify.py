@@ -310,6 +310,7 @@ def suggest_name(name, golden_names):
     paths = {torch_name(n[len("param/"):]): n[len("param/"):] for n in golden_names if n.startswith("param/")}
     if rest in paths:
         return f"grad/param/{paths[rest]}" if category == "grad" else f"param/{paths[rest]}"
+
     def body(n):            # what follows the category: all names share "grad/" or "param/" with many others
         head, sep, tail = n.lower().partition("/")
         return tail if sep and head in CATEGORIES else n.lower()
