@@ -107,6 +107,18 @@ def _statements_using_file(tree):
     return found
 
 
+def _literals(statement):
+    """The string constants of a statement itself, not of the statements nested in it (a ``for`` loop's
+    iterable, not its body)."""
+    found, todo = [], [statement]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append(node.value)
+        todo.extend(c for c in ast.iter_child_nodes(node) if not isinstance(c, ast.stmt))
+    return found
+
+
 def opened_data_paths(root=ROOT, package=PACKAGE, opens_no_data=OPENS_NO_DATA):
     """``(paths, unexplained)``: the files the source of ``root/package`` opens beside itself (relative to
     ``root``; a directory stands for every file under it), and the uses of ``__file__`` that name no existing
@@ -119,9 +131,8 @@ def opened_data_paths(root=ROOT, package=PACKAGE, opens_no_data=OPENS_NO_DATA):
             if UNHANDLED.search(line) and not line.lstrip().startswith("#"):
                 unexplained.append(f"{rel}:{number}: {line.strip()} (not followed by this test: teach it)")
         for function, statement in _statements_using_file(ast.parse(text, rel)):
-            literals = [n.value for n in ast.walk(statement)
-                        if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-            named = [module.parent / s for s in literals if s and (module.parent / s).exists()]
+            named = [module.parent / s for s in _literals(statement)
+                     if s.strip("./") and (module.parent / s).exists()]
             for target in named:
                 files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()
                                                            and "__pycache__" not in p.parts]
@@ -153,7 +164,8 @@ def test_every_file_the_source_opens_beside_itself_is_in_the_wheel(wheel_names):
 
 def test_the_scan_finds_a_new_data_file_and_flags_an_unexplained_use(tmp_path):
     """The scan on a made-up package: a file named beside the module counts (a directory for all its files),
-    a bare ``__file__`` use and an ``importlib.resources`` read are reported, a listed exception is not."""
+    a bare ``__file__`` use and an ``importlib.resources`` read are reported, a listed exception is not, and
+    a literal in the body of a loop over ``__file__``'s directory names no data file."""
     pkg = tmp_path / "pkg"
     (pkg / "tables").mkdir(parents=True)
     (pkg / "table.csv").write_text("1\n")
@@ -163,12 +175,14 @@ def test_the_scan_finds_a_new_data_file_and_flags_an_unexplained_use(tmp_path):
                                 "TABLES = Path(__file__).parent / 'tables'\n"
                                 "def where():\n    return Path(__file__).parent\n"
                                 "def listed():\n    return Path(__file__).parent\n"
-                                "from importlib import resources\n")
+                                "from importlib import resources\n"
+                                "for m in Path(__file__).parent.iterdir():\n    print(f'{m}.table.csv')\n")
     paths, unexplained = opened_data_paths(tmp_path, "pkg", {("pkg/mod.py", "listed"): "lists modules"})
     assert paths == ["pkg/table.csv", "pkg/tables/a.txt"]
-    assert len(unexplained) == 2
+    assert len(unexplained) == 3
     assert "pkg/mod.py:8" in unexplained[0] and "teach it" in unexplained[0]
     assert "pkg/mod.py:5 (in where)" in unexplained[1]
+    assert "pkg/mod.py:9 (in <module>)" in unexplained[2]           # the loop's body names no file of it
 
 
 def test_the_unpacked_wheel_works_outside_the_checkout(wheel, tmp_path, capsys):
