@@ -338,7 +338,7 @@ def _cmd_verify(args):
     results = load_npz(path, "results file")
     reports = compare_results(args.vectors, results, args.component, args.precision, args.allow_missing)
     unchecked = unchecked_components(args.vectors, reports)
-    print(format_reports(reports, unchecked, args.require_all, args.show_skipped))
+    print(format_reports(reports, unchecked, args.require_all, args.show_skipped, args.show_unchecked))
     return 0 if all_passed(reports, unchecked, args.require_all) else 1
 
 
@@ -502,14 +502,18 @@ def build_parser():
     p = sub.add_parser("verify", help="compare an implementation's outputs with the golden vectors",
                        description="Compare RESULTS.npz (arrays named COMPONENT/ARRAY, e.g. dense/output/y, "
                                    "dense/grad/param/W; or plain ARRAY names with --component) with the golden "
-                                   "vectors in DIR and print a table per component, the components checked "
-                                   "(K of N) and those not checked. Exit code 0 if every checked component "
+                                   "vectors in DIR and print a table per component and how many components "
+                                   "were checked (K of N). When arrays fail, the common slips of a port "
+                                   "(a logsumexp over the other axis, a permutation's direction, the padding "
+                                   "side, ...) are tried on the stored inputs, and the one that reproduces "
+                                   "the given numbers is named. Exit code 0 if every checked component "
                                    "passes, 1 if any fails (or, with --require-all, if any is unchecked), 2 "
                                    "for bad input.")
     p.add_argument("vectors", metavar="DIR", help="a directory written by `mi-ref vectors`")
     p.add_argument("results", metavar="RESULTS.npz", help="your outputs and gradients")
     p.add_argument("--component", metavar="NAME", default=None,
-                   help="RESULTS.npz holds plain array names of this one component")
+                   help="check only this component: RESULTS.npz holds its plain array names, or COMPONENT/ARRAY "
+                        "keys of which only NAME's are checked")
     p.add_argument("--precision", choices=["float64", "float32"], default=None,
                    help="tolerances to use (default: float32 if any given array is float32, else float64)")
     p.add_argument("--allow-missing", action="store_true",
@@ -518,6 +522,8 @@ def build_parser():
                    help="fail (exit 1) unless RESULTS.npz checks every component of the manifest")
     p.add_argument("--show-skipped", action="store_true",
                    help="also list the optional aux/ arrays that RESULTS.npz does not hold")
+    p.add_argument("--show-unchecked", action="store_true",
+                   help="list the components that RESULTS.npz does not check (by default only their number)")
     p.set_defaults(func=_cmd_verify)
     return parser
 

@@ -9,7 +9,10 @@ What is compared. Every ``output/`` and ``grad/`` array of the component is requ
 the report unless ``allow_missing=True``); ``aux/`` arrays (intermediate values) are optional; ``input/``,
 ``param/``, ``cotangent/`` and ``const/`` arrays may be passed too (to check a conversion, e.g. a kernel
 transposed back to mi-ref's layout). A name the file does not hold fails the report (a typo must not pass
-silently), and so does a shape mismatch.
+silently), and so does a shape mismatch. When an array fails, the common slips of a port (a logsumexp over the
+other axis, a permutation applied in the other direction, the padding side, eps inside the layer norm's square
+root, the other form of Adam, ...) are computed on the component's stored inputs (:mod:`mi_ref.slips`), and
+the report names the one that reproduces the given numbers in one line (``Report.slip``).
 
 The numbers, per array, with ``a`` the given values and ``e`` the golden ones (both taken as float64):
 
@@ -43,11 +46,14 @@ Tolerances (:data:`TOLERANCES`), chosen by ``precision`` or detected from the dt
   a float32 implementation is expected to fail them, and the report says so.
 """
 
+import difflib
 from dataclasses import dataclass, field
 
 import numpy as onp
 
-from .vectors import TOLERANCES, load_component, load_manifest
+from .porting.names import torch_name
+from .slips import identify as identify_slip
+from .vectors import CATEGORIES, TOLERANCES, load_component, load_manifest
 
 REQUIRED = ("output", "grad")           # categories an implementation must provide
 OPTIONAL = ("aux",)                     # compared when given, never required
@@ -87,8 +93,10 @@ class Report:
 
     ``precision``, ``rtol``, ``atol``: the tolerances applied (see the module docstring for the rule);
     ``checks``: one :class:`ArrayCheck` per array (the file's order, then names the file does not hold);
-    ``notes``: remarks (precision detected, float64-only component, unknown names). ``str(report)`` is a
-    table: status, array, shape, max abs err, max rel err and, for problems, the worst entry.
+    ``notes``: remarks (precision detected, float64-only component, unknown names); ``slip``: when arrays
+    fail and a common slip of a port reproduces the given numbers (:mod:`mi_ref.slips`), the line that names
+    it, else "". ``str(report)`` is a table: status, array, shape, max abs err, max rel err and, for
+    problems, the worst entry.
     """
 
     component: str
@@ -97,6 +105,7 @@ class Report:
     atol: float
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    slip: str = ""
 
     @property
     def compared(self):
@@ -113,20 +122,37 @@ class Report:
         """True iff at least one array was compared and no check failed."""
         return bool(self.compared) and not self.failures
 
+    def counts(self):
+        """``{status: number of checks}`` for every status (see :class:`ArrayCheck`), and "allowed": the
+        required arrays not given under ``allow_missing``."""
+        out = {status: sum(c.status == status for c in self.checks)
+               for status in ("pass", "FAIL", "shape", "missing", "extra")}
+        out["allowed"] = sum(c.status == "skipped" and c.name.split("/", 1)[0] in REQUIRED for c in self.checks)
+        return out
+
     def summary(self):
-        """One line: component, PASSED or FAILED, arrays within tolerance, the tolerances."""
-        verdict = "PASSED" if self.passed else "FAILED"
-        n_ok = sum(c.status == "pass" for c in self.checks)
-        return (f"{self.component}: {verdict} ({n_ok} of {len(self.compared)} compared arrays within "
-                f"{self.precision} tolerance rtol {self.rtol:g}, atol {self.atol:g}"
-                + (f"; {len(self.failures)} problem(s)" if self.failures else "") + ")")
+        """One line: component, PASSED or FAILED, then the arrays counted by what happened to them, each array
+        counted once: compared (same shape as the golden one), of those within tolerance and out of it;
+        mismatched in shape; missing; names the file does not hold; and the tolerance applied. PASSED iff
+        something was compared and no count after "within tolerance" is above 0 (required arrays not given
+        under ``allow_missing`` are counted but do not fail)."""
+        n = self.counts()
+        head = f"{n['pass'] + n['FAIL']} arrays compared, {n['pass']} within tolerance"
+        parts = [head + (f", {n['FAIL']} out of tolerance" if n["FAIL"] else "")]
+        for key, text in (("shape", "mismatched in shape"), ("missing", "missing"),
+                          ("extra", "not in the component's file"), ("allowed", "not given (allowed)")):
+            if n[key]:
+                parts.append(f"{n[key]} {text}")
+        return (f"{self.component}: {'PASSED' if self.passed else 'FAILED'}: {'; '.join(parts)} "
+                f"({self.precision} tolerance: rtol {self.rtol:g}, atol {self.atol:g})")
 
     def __str__(self):
         return self.table()
 
-    def table(self, show_skipped=False):
+    def table(self, show_skipped=False, shared_notes=()):
         """The report as text; optional arrays that were not given (``aux/``) are listed only with
-        ``show_skipped`` (a count says how many were left out)."""
+        ``show_skipped`` (a count says how many were left out); notes in ``shared_notes`` are left to the
+        caller (:func:`format_reports` prints a note shared by several components once)."""
         rows = [("status", "array", "shape", "max abs err", "max rel err", "err/tol", "")]
         hidden = 0
         for c in self.checks:
@@ -144,7 +170,9 @@ class Report:
             lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(6)) + ("  " + r[6] if r[6] else ""))
         if hidden:
             lines.append(f"  ({hidden} optional aux/ arrays not given and not listed; --show-skipped lists them)")
-        lines += [f"  note: {n}" for n in self.notes]
+        if self.slip:
+            lines.append(f"  slip: {self.slip}")
+        lines += [f"  note: {n}" for n in self.notes if n not in shared_notes]
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -248,6 +276,50 @@ def _first(mask):
     return tuple(int(i) for i in index[0]) if index.size else ()
 
 
+# ----------------------------------------------------------------------------------------------------
+# did you mean: component names, array names, PyTorch's parameter names
+
+
+def _close(word, choices, n):
+    """The ``n`` choices closest to ``word`` (difflib's ratio >= 0.6), best first."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+
+
+def unknown_component(name, components):
+    """The message for a component name the manifest does not hold, with the closest names."""
+    close = _close(name, components, 1)
+    if close:
+        return f"unknown component {name!r}; did you mean {close[0]!r}?"
+    return f"unknown component {name!r}; the manifest holds {list(components)}"
+
+
+def suggest_name(name, golden_names):
+    """The array of a component that an unknown ``name`` most likely means, or None.
+
+    A PyTorch state-dict name (``layers.0.weight``, ``grad/layers.0.weight``, ``grad/param/net.layers.1.bias``)
+    maps to mi-ref's parameter path by :func:`mi_ref.porting.names.torch_name` (the inverse: "." for "/",
+    ``weight`` for a kernel ``W``, ``bias`` for its ``b``): under ``grad/`` to the gradient
+    ``grad/param/PATH``, else to the parameter ``param/PATH``. Any other name gets the component's array
+    name closest to it after the category (difflib's ratio >= 0.6, ignoring case), or None.
+    """
+    category, sep, rest = name.partition("/")
+    if not sep or category not in CATEGORIES:
+        category, rest = "", name
+    if rest.startswith("param/"):
+        rest = rest[len("param/"):]
+    paths = {torch_name(n[len("param/"):]): n[len("param/"):] for n in golden_names if n.startswith("param/")}
+    if rest in paths:
+        return f"grad/param/{paths[rest]}" if category == "grad" else f"param/{paths[rest]}"
+
+    def body(n):            # what follows the category: all names share "grad/" or "param/" with many others
+        head, sep, tail = n.lower().partition("/")
+        return tail if sep and head in CATEGORIES else n.lower()
+
+    scored = [(difflib.SequenceMatcher(None, body(name), body(n)).ratio(), n) for n in golden_names]
+    ratio, best = max(scored, default=(0.0, None))
+    return best if ratio >= 0.6 else None
+
+
 def compare(vectors_dir, component, outputs, precision=None, allow_missing=False):
     """Compare an implementation's arrays with the golden vectors of one component.
 
@@ -257,6 +329,10 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
     from the dtypes, see :func:`detect_precision`); ``allow_missing``: do not fail for required arrays that
     are not given (e.g. an implementation without gradients), as long as at least one array is compared.
 
+    When an array fails, the common slips of a port are tried on the component's stored inputs
+    (:func:`mi_ref.slips.identify`); ``report.slip`` names the one that reproduces the given numbers. A name
+    the file does not hold gets the array it most likely means (:func:`suggest_name`).
+
     Returns a :class:`Report`. Raises ``FileNotFoundError`` for a missing directory or file and
     ``ValueError`` for an unknown component, a bad precision or ``outputs`` that is not a dict of arrays.
     """
@@ -264,21 +340,24 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
     if not hasattr(outputs, "items"):
         raise ValueError(f"outputs must be a dict {{array name: array}}, got {type(outputs).__name__}")
     manifest = load_manifest(vectors_dir)
+    if component not in manifest["components"]:
+        raise ValueError(unknown_component(component, manifest["components"]))
     golden = load_component(vectors_dir, component, manifest)
     detected = precision is None
     precision = detect_precision(outputs) if detected else precision
     tol = TOLERANCES[precision]
-    report = Report(component, precision, tol["rtol"], tol["atol"])
+    rtol, atol = tol["rtol"], tol["atol"]
+    report = Report(component, precision, rtol, atol)
     if detected:
         report.notes.append(f"precision {precision} detected from the dtypes of the given arrays")
-    reason = manifest["components"][component].get("float64_only")
-    if reason and precision == "float32":
-        report.notes.append(f"float64-only component: {reason}")
+    entry = manifest["components"][component]
+    if entry.get("float64_only") and precision == "float32":
+        report.notes.append(f"float64-only component: {entry['float64_only']}")
 
     for name, expected in golden.items():
         category = name.split("/", 1)[0]
         if name in outputs:
-            report.checks.append(_compare_array(name, outputs[name], expected, tol["rtol"], tol["atol"]))
+            report.checks.append(_compare_array(name, outputs[name], expected, rtol, atol))
         elif category in REQUIRED:
             status = "skipped" if allow_missing else "missing"
             report.checks.append(ArrayCheck(name, status, expected.shape,
@@ -286,34 +365,59 @@ def compare(vectors_dir, component, outputs, precision=None, allow_missing=False
         elif category in OPTIONAL:
             report.checks.append(ArrayCheck(name, "skipped", expected.shape, worst="optional, not given"))
     extra = [name for name in outputs if name not in golden]
+    unguessed = []
     for name in extra:
-        report.checks.append(ArrayCheck(name, "extra", None, onp.shape(outputs[name]),
-                                        worst=f"{component} holds no array of this name"))
-    if extra:
+        guess = suggest_name(name, list(golden))
+        shape = onp.shape(outputs[name])
+        if guess is None:
+            unguessed.append(name)
+            worst = f"{component} holds no array of this name"
+        elif golden[guess].shape != shape:
+            worst = (f"{component} holds no array of this name; did you mean {guess}, in mi-ref's layout "
+                     f"{_shape_text(golden[guess].shape)}?")
+        else:
+            worst = f"{component} holds no array of this name; did you mean {guess}?"
+        report.checks.append(ArrayCheck(name, "extra", None, shape, worst=worst))
+    if unguessed:
         names = [n for n in golden if n.split("/", 1)[0] in REQUIRED + OPTIONAL]
-        report.notes.append(f"unknown names {extra}; {component} expects {names}")
+        report.notes.append(f"unknown names {unguessed}; {component} expects {names}")
     if not report.compared:
         report.notes.append("nothing was compared: pass arrays named as in the component file, e.g. "
                             f"{[n for n in golden if n.startswith('output/')][:3]}")
     given_float = {onp.asarray(v).dtype for v in outputs.values() if onp.asarray(v).dtype.kind == "f"}
     if precision == "float64" and any(d.itemsize < 8 for d in given_float):
         report.notes.append("some given arrays are not float64 but were compared at float64 tolerances")
+    if any(c.status == "FAIL" for c in report.checks):
+        report.slip = identify_slip(component, entry["config"], golden, outputs,
+                                    lambda a, e: _errors(a, e, rtol, atol)[1])
     return report
 
 
 def split_results(results, components, component=None):
     """Group a flat ``{"COMPONENT/ARRAY": array}`` dict by component: ``{component: {array: value}}``.
 
-    With ``component`` the keys are plain array names ("output/y"); a leading "COMPONENT/" is accepted too.
-    ``ValueError`` for keys that name no known component.
+    With ``component``: its arrays alone, named plainly ("output/y"). Keys may be plain array names or
+    ``COMPONENT/ARRAY``; prefixed keys of other components are left out (so one results file of many
+    components can be checked one component at a time). ``ValueError`` for an unknown component, for keys
+    that name no known component, and when ``component`` has no arrays in the results.
     """
     if not results:
         raise ValueError("the results hold no arrays")
     if component is not None:
         if component not in components:
-            raise ValueError(f"unknown component {component!r}; expected one of {list(components)}")
+            raise ValueError(unknown_component(component, components))
         prefix = component + "/"
-        return {component: {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in results.items()}}
+        own = {}
+        for key, value in results.items():
+            if key.startswith(prefix):
+                own[key[len(prefix):]] = value
+            elif key.split("/", 1)[0] not in components:
+                own[key] = value
+        if not own:
+            held = sorted({k.split("/", 1)[0] for k in results})
+            raise ValueError(f"the results hold no arrays of {component}, only of {held}; check one of those with "
+                             "--component NAME, or all of them without --component")
+        return {component: own}
     grouped, bad = {}, []
     for key, value in results.items():
         head, sep, rest = key.partition("/")
@@ -322,8 +426,14 @@ def split_results(results, components, component=None):
             continue
         grouped.setdefault(head, {})[rest] = value
     if bad:
-        hint = (" (these look like plain array names: pass the component, e.g. --component NAME)"
-                if all(k.split("/", 1)[0] in REQUIRED + OPTIONAL + ECHO for k in bad) else "")
+        hint = ""
+        if all(k.split("/", 1)[0] in REQUIRED + OPTIONAL + ECHO for k in bad):
+            hint = " (these look like plain array names: pass the component, e.g. --component NAME)"
+        else:
+            guesses = [f"{k} -> {close[0]}/{k.partition('/')[2]}" for k in bad[:5]
+                       for close in [_close(k.partition("/")[0], components, 1)] if close and "/" in k]
+            if guesses:
+                hint = f" (did you mean: {'; '.join(guesses)}?)"
         raise ValueError(f"results keys must be COMPONENT/ARRAY with a component of the manifest; "
                          f"not understood: {bad[:5]}{' ...' if len(bad) > 5 else ''}{hint}; "
                          f"components: {list(components)}")
@@ -353,18 +463,32 @@ def all_passed(reports, unchecked=(), require_all=False):
     return bool(reports) and all(r.passed for r in reports) and not (require_all and unchecked)
 
 
-def format_reports(reports, unchecked=None, require_all=False, show_skipped=False):
-    """All reports' tables and a summary: "K of N components checked", the components not checked (when
-    ``unchecked`` is given) and how many of the checked ones passed."""
+def format_reports(reports, unchecked=None, require_all=False, show_skipped=False, show_unchecked=False):
+    """All reports' tables and a summary: "K of N components checked", how many were not checked (their
+    names with ``show_unchecked``; ``unchecked`` given), the notes that several components share (printed
+    once, naming the components unless all have it) and how many of the checked components passed."""
     n_ok = sum(r.passed for r in reports)
-    parts = [r.table(show_skipped) for r in reports]
+    seen = {}
+    for r in reports:
+        for note in r.notes:
+            seen.setdefault(note, []).append(r.component)
+    shared = {note: names for note, names in seen.items() if len(names) > 1}
+    parts = [r.table(show_skipped, shared) for r in reports]
     lines = []
     if unchecked is not None:
         total = len(reports) + len(unchecked)
-        lines.append(f"{len(reports)} of {total} components checked"
-                     + (f"; not checked: {', '.join(unchecked)}" if unchecked else " (all of them)"))
+        if not unchecked:
+            lines.append(f"{len(reports)} of {total} components checked (all of them)")
+        elif show_unchecked:
+            lines.append(f"{len(reports)} of {total} components checked; {len(unchecked)} not checked: "
+                         + ", ".join(unchecked))
+        else:
+            lines.append(f"{len(reports)} of {total} components checked; {len(unchecked)} not checked "
+                         "(--show-unchecked lists them)")
     verdict = "all passed" if n_ok == len(reports) else f"{len(reports) - n_ok} FAILED"
     lines.append(f"{n_ok} of {len(reports)} checked components passed ({verdict})")
+    for note, names in shared.items():
+        lines.append(f"note: {note} ({'every checked component' if len(names) == len(reports) else ', '.join(names)})")
     if require_all and unchecked:
         lines.append(f"FAILED: --require-all, and {len(unchecked)} component(s) were not checked")
     return "\n\n".join(parts) + "\n\n" + "\n".join(lines)

@@ -162,3 +162,48 @@ def test_relu_ties_pass_with_torch_relu_and_fail_with_a_half_derivative(tmp_path
             failed = {c.name for c in report.checks if c.status == "FAIL"}
             assert {"grad/x", "grad/param/conv1/b"} <= failed <= {"grad/x", "grad/param/conv1/b",
                                                                   "grad/param/conv2/b"}, failed
+
+
+def test_the_port_module_exports_its_api_and_not_its_imports():
+    names = set(port.__all__)
+    assert {"torch_name", "torch_param", "mi_param", "torch_state", "run", "run_component", "main"} <= names
+    assert not names & {"np", "sys", "torch", "argparse", "F", "Path"}
+    assert all(callable(getattr(port, n)) or isinstance(getattr(port, n), dict) for n in names)
+    namespace = {}
+    exec("from mi_ref.porting.pytorch import *", namespace)
+    assert not {"np", "sys", "torch", "argparse"} & set(namespace)
+
+
+def test_the_port_writes_its_results_where_it_is_told(tmp_path, monkeypatch, capsys):
+    """Never into the current directory: --out FILE, else VECTORS/torch_results_PRECISION.npz; the last line
+    says where. The script in scripts/ is the same command."""
+    pytest.importorskip("torch")
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from mi_ref import vectors
+    vdir = tmp_path / "v"
+    vectors.generate(vdir, names=["dense"])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert port.main([str(vdir)]) == 0
+    default = vdir / "torch_results_float64.npz"
+    assert default == port.default_out(vdir, "float64") and default.is_file()
+    assert capsys.readouterr().out.rstrip().endswith(f"saved 4 arrays to {default}; check them again with: "
+                                                     f"mi-ref verify {vdir} {default}")
+    assert port.main([str(vdir), "--precision", "float32"]) == 0
+    assert (vdir / "torch_results_float32.npz").is_file()
+    chosen = tmp_path / "elsewhere" / "mine.npz"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "verify_torch_example.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(vdir), "--out", str(chosen)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0 and chosen.is_file()
+    assert f"saved 4 arrays to {chosen}" in capsys.readouterr().out
+    assert list(cwd.iterdir()) == []
+    assert port.main([str(vdir), "--out", str(tmp_path)]) == 2
+    assert "--out must name an .npz file" in capsys.readouterr().err
+    assert port.main([str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -469,7 +469,9 @@ def test_compare_missing_optional_extra_and_shape(vdir):
     typo = dict(a, **{"grad/param/g1/layers/0/w": a["grad/param/g1/layers/0/W"]})
     report = verify.compare(vdir, "train_critics_nwj", typo)
     assert [(c.name, c.status) for c in report.failures] == [("grad/param/g1/layers/0/w", "extra")]
-    assert "unknown names" in str(report)
+    assert "did you mean grad/param/g1/layers/0/W?" in str(report) and "unknown names" not in str(report)
+    report = verify.compare(vdir, "train_critics_nwj", dict(a, **{"grad/zzz": a["grad/x1"]}))
+    assert "note: unknown names ['grad/zzz']; train_critics_nwj expects ['output/loss'," in str(report)
 
     transposed = dict(a, **{"grad/param/g1/layers/0/W": a["grad/param/g1/layers/0/W"].T})
     report = verify.compare(vdir, "train_critics_nwj", transposed)
@@ -493,16 +495,105 @@ def test_compare_results_splits_by_component(vdir):
     flat.update({f"bound_nwj/{k}": v for k, v in golden_results(load(vdir, "bound_nwj")).items()})
     reports = verify.compare_results(vdir, flat)
     assert [r.component for r in reports] == ["bound_nwj", "dense"] and all(r.passed for r in reports)
-    text = verify.format_reports(reports, verify.unchecked_components(vdir, reports))
+    unchecked = verify.unchecked_components(vdir, reports)
+    text = verify.format_reports(reports, unchecked)
     n = len(vectors.component_names())
-    assert f"2 of {n} components checked; not checked: bound_infonce, bound_infonce_large" in text
+    assert f"2 of {n} components checked; {n - 2} not checked (--show-unchecked lists them)" in text
+    assert "bound_infonce_large" not in text
     assert "2 of 2 checked components passed (all passed)" in text
+    listed = verify.format_reports(reports, unchecked, show_unchecked=True)
+    assert f"2 of {n} components checked; {n - 2} not checked: bound_infonce, bound_infonce_large," in listed
     plain = golden_results(load(vdir, "dense"))
     assert verify.compare_results(vdir, plain, component="dense")[0].passed
     with pytest.raises(ValueError, match="--component"):
         verify.compare_results(vdir, plain)
     with pytest.raises(ValueError, match="not understood"):
         verify.compare_results(vdir, {"densee/output/y": plain["output/y"]})
+
+
+def test_the_header_counts_each_array_once_and_never_contradicts_itself(vdir):
+    a = golden_results(load(vdir, "train_critics_nwj"), ("output", "grad"))
+    tol = "(float64 tolerance: rtol 1e-10, atol 1e-12)"
+    n = len(a)
+    report = verify.compare(vdir, "train_critics_nwj", a)
+    assert report.summary() == f"train_critics_nwj: PASSED: {n} arrays compared, {n} within tolerance {tol}"
+
+    given = dict(a, **{"grad/x1": a["grad/x1"] + 1.0,                                   # out of tolerance
+                       "grad/param/g1/layers/0/W": a["grad/param/g1/layers/0/W"].T,     # shape
+                       "grad/param/g1/layers/0/w": a["grad/param/g1/layers/0/W"]})      # a name the file lacks
+    del given["grad/x2"]                                                                # missing
+    report = verify.compare(vdir, "train_critics_nwj", given)
+    assert report.summary() == (f"train_critics_nwj: FAILED: {n - 2} arrays compared, {n - 3} within tolerance, 1 out "
+                                f"of tolerance; 1 mismatched in shape; 1 missing; 1 not in the component's file {tol}")
+    # everything compared is within tolerance, and the header says why it failed all the same
+    only_missing = {k: v for k, v in a.items() if k not in ("grad/x1", "grad/x2")}
+    report = verify.compare(vdir, "train_critics_nwj", only_missing)
+    assert report.summary() == (f"train_critics_nwj: FAILED: {n - 2} arrays compared, {n - 2} within tolerance; "
+                                f"2 missing {tol}")
+    allowed = verify.compare(vdir, "train_critics_nwj", only_missing, allow_missing=True)
+    assert allowed.summary().startswith(f"train_critics_nwj: PASSED: {n - 2} arrays compared, {n - 2} within "
+                                        "tolerance; 2 not given (allowed)")
+    nothing = verify.compare(vdir, "train_critics_nwj", {"grad/nope": a["grad/x1"]})
+    assert nothing.summary().startswith("train_critics_nwj: FAILED: 0 arrays compared, 0 within tolerance; ")
+
+
+def test_notes_shared_by_components_are_printed_once(vdir):
+    flat = {f"{c}/{k}": v for c in ("dense", "mlp", "bound_nwj") for k, v in golden_results(load(vdir, c)).items()}
+    flat["mlp/output/y"] = flat["mlp/output/y"].astype(onp.float32)        # mlp alone is detected as float32
+    reports = verify.compare_results(vdir, flat)
+    text = verify.format_reports(reports, verify.unchecked_components(vdir, reports))
+    assert text.count("precision float64 detected from the dtypes of the given arrays") == 1
+    assert "note: precision float64 detected from the dtypes of the given arrays (bound_nwj, dense)" in text
+    assert text.count("precision float32 detected") == 1 and "  note: precision float32 detected" in text
+    del flat["mlp/output/y"]
+    reports = verify.compare_results(vdir, {k: v for k, v in flat.items() if not k.startswith("mlp/")})
+    text = verify.format_reports(reports)
+    assert text.endswith("note: precision float64 detected from the dtypes of the given arrays (every checked "
+                         "component)")
+
+
+def test_component_selects_its_arrays_from_prefixed_keys(vdir, tmp_path, capsys):
+    """--component NAME on a file of COMPONENT/ARRAY keys checks NAME's arrays alone (no "extra" rows for the
+    other components'); plain names still work, and a component without arrays in the file is an error."""
+    flat = {f"{c}/{k}": v for c in ("dense", "bound_nwj", "mlp") for k, v in golden_results(load(vdir, c)).items()}
+    reports = verify.compare_results(vdir, flat, component="dense")
+    assert [r.component for r in reports] == ["dense"] and reports[0].passed
+    assert [c.name for c in reports[0].checks] == list(golden_results(load(vdir, "dense")))
+    path = tmp_path / "many.npz"
+    onp.savez(path, **flat)
+    assert cli.main(["verify", str(vdir), str(path), "--component", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp: PASSED" in out and "extra" not in out and "dense" not in out
+    with pytest.raises(ValueError, match=r"hold no arrays of conv2d_odd, only of \['bound_nwj', 'dense', 'mlp'\]"):
+        verify.compare_results(vdir, flat, component="conv2d_odd")
+
+
+def test_did_you_mean_for_components_and_array_names(vdir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown component 'dens'; did you mean 'dense'"):
+        verify.compare(vdir, "dens", {})
+    plain = tmp_path / "plain.npz"
+    onp.savez(plain, **golden_results(load(vdir, "dense")))
+    assert cli.main(["verify", str(vdir), str(plain), "--component", "critic_bilinaer"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'critic_bilinear'?" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="did you mean: densee/output/y -> dense/output/y"):
+        verify.compare_results(vdir, {"densee/output/y": onp.zeros((4, 3))})
+
+    a = golden_results(load(vdir, "mlp"))
+    given = {"output/y": a["output/y"], "grad/x": a["grad/x"], "grad/layers.0.weight": a["grad/param/layers/0/W"].T,
+             "layers.1.bias": onp.zeros(6), "grad/param/layers.2.bias": a["grad/param/layers/2/b"],
+             "grad/param/layers/1/w": a["grad/param/layers/1/W"]}
+    report = verify.compare(vdir, "mlp", given, allow_missing=True)
+    worst = {c.name: c.worst for c in report.checks if c.status == "extra"}
+    assert worst == {"grad/layers.0.weight": "mlp holds no array of this name; did you mean grad/param/layers/0/W, "
+                                             "in mi-ref's layout (5, 7)?",
+                     "layers.1.bias": "mlp holds no array of this name; did you mean param/layers/1/b?",
+                     "grad/param/layers.2.bias": "mlp holds no array of this name; did you mean grad/param/layers/2/b?",
+                     "grad/param/layers/1/w": "mlp holds no array of this name; did you mean grad/param/layers/1/W?"}
+    assert verify.suggest_name("output/nothing_like_it", list(load(vdir, "mlp"))) is None
+    dense = list(load(vdir, "dense"))
+    assert [verify.suggest_name(n, dense) for n in ("grad/weight", "grad/bias", "weight")] == [
+        "grad/param/W", "grad/param/b", "param/W"]
 
 
 def test_bad_input_errors(vdir, tmp_path):
@@ -569,7 +660,11 @@ def test_cli_verify_says_what_was_not_checked_and_require_all(vdir, tmp_path, ca
     n = len(vectors.component_names())
     assert cli.main(["verify", str(vdir), str(one)]) == 0
     out = capsys.readouterr().out
-    assert f"1 of {n} components checked; not checked: bound_infonce," in out and "train_step_invertible" in out
+    assert f"1 of {n} components checked; {n - 1} not checked (--show-unchecked lists them)" in out
+    assert "train_step_invertible" not in out
+    assert cli.main(["verify", str(vdir), str(one), "--show-unchecked"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 of {n} components checked; {n - 1} not checked: bound_infonce," in out and "train_step_invertible" in out
     assert cli.main(["verify", str(vdir), str(one), "--require-all"]) == 1
     assert f"FAILED: --require-all, and {n - 1} component(s) were not checked" in capsys.readouterr().out
     everything = tmp_path / "all.npz"
@@ -624,3 +719,48 @@ def test_torch_example_passes(vdir, precision):
     for r in reports:
         assert r.passed and r.precision == precision and not [c for c in r.checks if c.status != "pass"], str(r)
     assert all(onp.asarray(v).dtype == onp.dtype(precision) for v in results.values())
+
+
+# ---------------------------------------------------------------- README
+
+
+def test_the_readmes_verify_sessions_are_what_verify_prints(vdir, tmp_path, monkeypatch, capsys):
+    """Every `$ mi-ref verify ...` session in README.md, run on the files its examples write, prints exactly
+    the output shown there."""
+    import re
+    import shlex
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sessions = []
+    for block in re.findall(r"```\n(\$ mi-ref verify .*?)```", readme, re.S):
+        for part in filter(None, re.split(r"(?m)^(?=\$ )", block)):
+            command, _, shown = part.partition("\n")
+            sessions.append((command[2:], shown.rstrip("\n")))
+    assert len(sessions) >= 4
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vectors").symlink_to(vdir)
+    dense = golden_results(load(vdir, "dense"), ("output", "grad"))
+    onp.savez("mine.npz", **{f"dense/{k}": v for k, v in dense.items()})
+    onp.savez("torchnames.npz", **{"dense/output/y": dense["output/y"], "dense/grad/x": dense["grad/x"],
+                                   "dense/grad/weight": dense["grad/param/W"].T,
+                                   "dense/grad/bias": dense["grad/param/b"]})
+    try:                                                 # the README's PyTorch I_NWJ, as written there
+        import torch
+        v = onp.load("vectors/bound_nwj.npz")
+        S = torch.tensor(v["input/scores"], requires_grad=True)
+        bound = 1 + (S - 1).diagonal().mean() - torch.exp(S - 1).mean()
+        g, = torch.autograd.grad(bound, S)
+        onp.savez("nwj.npz", **{"output/bound": bound.detach().numpy(), "grad/scores": g.numpy()})
+    except ImportError:
+        pass
+    checked = 0
+    for command, shown in sessions:
+        args = shlex.split(command)
+        assert args[:2] == ["mi-ref", "verify"], command
+        if not Path(args[3]).exists():                   # nwj.npz without PyTorch
+            continue
+        cli.main(args[1:])
+        captured = capsys.readouterr()
+        assert (captured.out + captured.err).rstrip("\n") == shown, command
+        checked += 1
+    assert checked >= 3

@@ -15,20 +15,30 @@ Usage::
     mi-ref vectors --out vectors
     python -m mi_ref.porting.pytorch vectors                       # float64
     python -m mi_ref.porting.pytorch vectors --precision float32   # a float32 port, float32 tolerances
-    mi-ref verify vectors torch_results.npz                        # the same check from the saved file
+    mi-ref verify vectors vectors/torch_results_float64.npz        # the same check from the saved file
+
+The results go to ``--out FILE``, by default ``VECTORS/torch_results_PRECISION.npz`` beside the golden
+files (never into the current directory); the last line says where.
 
 or from Python: ``results, reports = mi_ref.porting.pytorch.run("vectors")``. Exit code 0 when every component
 passes, 1 otherwise. PyTorch is not a dependency of mi-ref: this module imports it only when used, and
-:func:`torch_param` / :func:`torch_name` (mi-ref's parameter layouts and names to PyTorch's) need no torch.
+:func:`torch_param` / :func:`torch_name` (mi-ref's parameter layouts and names to PyTorch's, from
+:mod:`mi_ref.porting.names`) need no torch.
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from ..verify import compare_results, format_reports, unchecked_components
 from ..vectors import load_component, load_manifest
+from .names import mi_param, torch_name, torch_param, torch_state
+
+__all__ = ["BOUNDS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce", "layer_norm",
+           "main", "mi_param", "mlp", "nwj", "run", "run_component", "same_pad", "torch_name", "torch_param",
+           "torch_state", "tuba"]
 
 torch = F = None
 
@@ -45,49 +55,6 @@ def _torch():
                               "pip install torch") from None
         torch, F = torch_module, functional
     return torch
-
-
-# ----------------------------------------------------------------------------------------------------
-# mi-ref's parameter names and layouts -> PyTorch's (no torch needed)
-
-
-def torch_name(path):
-    """The PyTorch state-dict name of mi-ref's parameter ``path``: "/" becomes ".", a dense or conv kernel
-    ``W`` becomes ``weight`` and its bias ``b`` becomes ``bias`` (``layers/0/W`` -> ``layers.0.weight``). The
-    bilinear critic's ``W`` is a matrix of the formula, not a layer's weight: pass ``layer=False``."""
-    parts = path.split("/")
-    parts[-1] = {"W": "weight", "b": "bias"}.get(parts[-1], parts[-1])
-    return ".".join(parts)
-
-
-def _relayout(path, array, layer, conv_axes):
-    """A dense kernel ``W`` transposed, a conv kernel ``W`` permuted by ``conv_axes``; anything else as is."""
-    array = np.asarray(array)
-    if layer and path.split("/")[-1] == "W":
-        if array.ndim == 2:
-            return array.T
-        if array.ndim == 4:
-            return array.transpose(conv_axes)
-    return array
-
-
-def torch_param(path, array, layer=True):
-    """mi-ref's parameter ``array`` at ``path`` in PyTorch's layout (a numpy array): a dense kernel
-    ``W (in, out)`` becomes ``Linear.weight (out, in)`` (``W.T``), a conv kernel ``(kh, kw, C_in, C_out)``
-    becomes ``(C_out, C_in, kh, kw)``; biases, layer-norm scales and biases, and any parameter with
-    ``layer=False`` (the bilinear critic's ``W``) stay as they are. :func:`mi_param` is the inverse."""
-    return _relayout(path, array, layer, (3, 2, 0, 1))
-
-
-def mi_param(path, array, layer=True):
-    """The inverse of :func:`torch_param`: a PyTorch weight (or its gradient) back in mi-ref's layout."""
-    return _relayout(path, array, layer, (2, 3, 1, 0))
-
-
-def torch_state(params_flat, layers=True):
-    """``{torch name: array}`` of mi-ref's flat ``{path: array}`` (e.g. the ``param/`` arrays of a golden file
-    with the prefix removed), ready for ``module.load_state_dict({k: torch.tensor(v) ...})``."""
-    return {torch_name(p): torch_param(p, a, layers) for p, a in params_flat.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,24 +316,44 @@ def run(vectors_dir, precision="float64"):
     return results, compare_results(vectors_dir, results, precision=precision)
 
 
+def default_out(vectors_dir, precision):
+    """Where :func:`main` saves the results without ``--out``: ``VECTORS/torch_results_PRECISION.npz``, beside
+    the golden files (one file per precision, so a float32 run does not replace the float64 one)."""
+    return Path(vectors_dir) / f"torch_results_{precision}.npz"
+
+
 def main(argv=None):
+    """The command line: run the port on a vectors directory, save the results, print the report. Exit code
+    0 when every component passes, 1 otherwise, 2 for bad input (one line on stderr)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("vectors", help="a directory written by `mi-ref vectors --out DIR`")
     parser.add_argument("--precision", choices=["float64", "float32"], default="float64",
                         help="the dtype of the PyTorch computation and the tolerances used (default float64)")
-    parser.add_argument("--out", default="torch_results.npz", metavar="RESULTS.npz",
-                        help="where to save the results as COMPONENT/ARRAY (default torch_results.npz)")
+    parser.add_argument("--out", default=None, metavar="RESULTS.npz",
+                        help="where to save the results as COMPONENT/ARRAY (default: "
+                             "VECTORS/torch_results_PRECISION.npz, beside the golden files)")
+    parser.add_argument("--show-unchecked", action="store_true", help="list the components the port does not cover")
     args = parser.parse_args(argv)
     try:
         _torch()
     except ImportError:
         print("PyTorch is not installed: nothing to check (pip install torch to run this example)")
         return 0
+    out = Path(args.out) if args.out is not None else default_out(args.vectors, args.precision)
+    try:
+        load_manifest(args.vectors)
+        if out.suffix != ".npz":
+            raise ValueError(f"--out must name an .npz file, got {out}")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a directory; name the .npz file to write, e.g. {out / 'results.npz'}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     results, reports = run(args.vectors, args.precision)
-    np.savez(args.out, **results)
-    print(format_reports(reports, unchecked_components(args.vectors, reports)))
-    print(f"\nsaved {len(results)} arrays to {args.out}; check them again with: "
-          f"mi-ref verify {args.vectors} {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **results)
+    print(format_reports(reports, unchecked_components(args.vectors, reports), show_unchecked=args.show_unchecked))
+    print(f"\nsaved {len(results)} arrays to {out}; check them again with: mi-ref verify {args.vectors} {out}")
     return 0 if all(r.passed for r in reports) else 1
 
 
