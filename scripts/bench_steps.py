@@ -573,11 +573,17 @@ def main(argv=None):
                              "and state in place, as the training loops do)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain reference formulations (no fast primitives)")
+    parser.add_argument("--adam-parallel-min", type=int, default=None,
+                        help="split Adam's leaves of at least this many entries over numba's threads "
+                             "(mi_ref.accel.adam.PARALLEL_MIN_SIZE; default: the library's, 0 = one thread)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds alone (see mi_ref.accel.configure_malloc)")
     args = parser.parse_args(argv)
     malloc_tuned = False if args.default_malloc else accel.configure_malloc()
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.adam_parallel_min is not None:
+        from mi_ref.accel import adam as adam_module
+        adam_module.PARALLEL_MIN_SIZE = args.adam_parallel_min
 
     torch = None
     if not args.no_torch:

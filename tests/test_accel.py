@@ -365,6 +365,27 @@ def test_adam_in_place_equals_functional():
     onp.testing.assert_array_equal(fortran_leaf, fortran_copy)
 
 
+@pytest.mark.parametrize("form", ["tf", "textbook"])
+@pytest.mark.parametrize("parallel_min_size", [0, 1])
+def test_adam_kernels_equal_the_formula_in_both_forms_serial_and_split(form, parallel_min_size, monkeypatch):
+    """Both forms (the TF form runs the kernel without the divisions by 1), one thread or the leaves split
+    over numba's threads, and the textbook form late in training where 1 - b1^t rounds to 1: the same bits."""
+    from mi_ref.accel import adam as adam_module
+    monkeypatch.setattr(adam_module, "PARALLEL_MIN_SIZE", parallel_min_size)
+    rng = onp.random.default_rng(19)
+    adam = optim.Adam(lr=1e-3, form=form)
+    params = {"a": rng.standard_normal((257, 13)), "b": rng.standard_normal(3)}
+    for start in (0, 10 ** 6):
+        state = dict(adam.init(params), step=start)
+        p_fast, s_fast = accel.owned(params, state)
+        p_ref, s_ref = params, state
+        for _ in range(3):
+            grads = {"a": rng.standard_normal((257, 13)), "b": rng.standard_normal(3)}
+            p_ref, s_ref = adam.update(p_ref, grads, s_ref)
+            p_fast, s_fast = accel.adam_update(adam, p_fast, grads, s_fast, inplace=True)
+            assert_trees_equal([p_fast, s_fast["m"], s_fast["v"]], [p_ref, s_ref["m"], s_ref["v"]])
+
+
 # ---------------------------------------------------------------- integration and plumbing
 
 def small_config(config, rng):
