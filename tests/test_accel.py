@@ -310,6 +310,43 @@ def test_convnet_gradients():
     check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
 
 
+@pytest.mark.parametrize("min_patch", [1, 10 ** 9])
+def test_convnet_channel_and_position_major_layouts(min_patch, monkeypatch):
+    """Every convolution channel-major (min_patch 1) or every one position-major (10^9): the same formula
+    (values and gradients, zero-std and tied examples included: relu'(0) = 0) and the finite differences."""
+    monkeypatch.setattr(primitives, "CHANNEL_MAJOR_MIN_PATCH", min_patch)
+    rng = onp.random.default_rng(21)
+    model = nn.ConvNet(5, 7, out_dim=3, channels=(6, 4))
+    p = with_biases(rng, model.init(rng), 0.1)
+    p["norm"]["scale"] = 1 + 0.1 * rng.standard_normal(4)
+    x = rng.uniform(size=(3, 35))
+    check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
+    p0 = model.init(rng)                                   # zero biases: a blank image ties every ReLU at 0
+    x[1] = 0.0
+    w = rng.standard_normal((3, 3))
+    assert_close(twin(model).apply(p0, x), model.apply(p0, x))
+    for argnum in (0, 1):
+        assert_close(grad(lambda p, x: anp.sum(anp.sin(twin(model).apply(p, x)) * w), argnum)(p0, x),
+                     grad(lambda p, x: anp.sum(anp.sin(model.apply(p, x)) * w), argnum)(p0, x))
+
+
+def test_convnet_untraced_calls_run_in_slices(monkeypatch):
+    """Untraced ConvNet calls on many examples run slice by slice (bounded patches), with the formula's
+    numbers; a traced call runs whole."""
+    rng = onp.random.default_rng(22)
+    model = nn.ConvNet(4, 8, out_dim=5, channels=(6, 4))
+    p = with_biases(rng, model.init(rng), 0.1)
+    x = rng.uniform(size=(7, 32))
+    whole = twin(model).apply(p, x)
+    monkeypatch.setattr(primitives, "CONVNET_SLICE", 3)
+    sliced = twin(model).apply(p, x)
+    assert sliced.shape == (7, 5) and type(sliced) is onp.ndarray
+    assert_close(sliced, model.apply(p, x))
+    assert_close(sliced, whole)
+    g = grad(lambda p: anp.sum(anp.sin(twin(model).apply(p, x))))(p)
+    assert_close(g, grad(lambda p: anp.sum(anp.sin(model.apply(p, x))))(p))
+
+
 def test_conv2d_layer_equals_reference():
     rng = onp.random.default_rng(17)
     layer = nn.Conv2D(3, 4, 5, 2)
