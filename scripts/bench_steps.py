@@ -424,7 +424,7 @@ def torch_stepper(config, torch, fused_adam=False):
         e1, e2 = mlp_params(params["g1"]), mlp_params(params["g2"])
         sc = config == "conditioning"
         enc1, enc2 = (lambda x: mlp(e1, x, sc)), (lambda x: mlp(e2, x, sc))
-    elif config == "encoders":
+    elif VARIANTS[config][0] == "encoders":
         def conv_params(p):
             return {"w1": leaf(p["conv1"]["W"].transpose(3, 2, 0, 1)), "b1": leaf(p["conv1"]["b"]),
                     "w2": leaf(p["conv2"]["W"].transpose(3, 2, 0, 1)), "b2": leaf(p["conv2"]["b"]),
