@@ -19,10 +19,14 @@ this script only (same shapes and the same initial parameter values, ``torch.set
 ``torch.optim.Adam``), and the ratio mi-ref / PyTorch. The loss values of both implementations on the
 first step are compared as a check that they compute the same thing.
 
-It also prints each step's FLOP count, counting matrix products only (GEMMs and the convolutions'
-im2col GEMMs; forward + backward ~ 3 x forward, less the input gradient of each encoder's first layer,
-which neither implementation computes), and the GFLOP/s reached, next to the GFLOP/s of a plain float64
-GEMM (numpy, (128 x 512) @ (512 x 512) and 1024^3) measured in the same run.
+It also states the step's floor on this machine, measured in the same run (see the comment above
+:func:`dense_work`): the GEMM floor (every GEMM of the step, each at numpy's own speed for its shape), the
+memory floor (the bytes of the elementwise passes and of Adam over a STREAM-like triad bandwidth), and
+"x of floor" = step time / (GEMM floor + memory floor); the step's GEMM FLOPs (forward + backward ~ 3 x
+forward, less the input gradient of each encoder's first layer, which neither implementation computes)
+and the share of numpy's GEMM peak they reach (the best of (128 x 512) @ (512 x 512) and 1024^3 in the
+same run); and the breakdown of the step by phase (forward, backward, Adam, other) from a profile
+(cProfile) of a few steps, whose summary ``--profile-out`` writes to a file.
 
 Usage::
 
@@ -31,6 +35,10 @@ Usage::
     python scripts/bench_steps.py --reference           # also the models' own formulas (no speed wing)
     python scripts/bench_steps.py --adam-functional     # mi-ref's Adam returns new arrays (default: in place)
     python scripts/bench_steps.py --fused-adam          # also PyTorch with torch.optim.Adam(fused=True)
+    python scripts/bench_steps.py --configs encoders-quick   # the quick preset's ConvNet, channels (32, 64)
+    python scripts/bench_steps.py --profile-out figures/step_profile.txt
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python scripts/bench_steps.py --clock cpu
+                                                        # one thread, CPU time: comparisons on a busy machine
 
 How it measures. The process first raises glibc's malloc thresholds (:func:`mi_ref.accel.configure_malloc`,
 as ``mi-ref run`` does; ``--default-malloc`` skips it), so freed memory is reused instead of being faulted
@@ -55,10 +63,12 @@ from autograd import value_and_grad
 
 from bench_jacobian import blas_threads, cpu_name      # scripts/ is on sys.path when this script runs
 from mi_ref import accel, experiments, objectives, optim
+from mi_ref.tree import tree_flatten
 
 BATCH = 128
 HALF = 392           # 14 x 28 pixels per view
 CONFIGS = ("invertible", "conditioning", "critics", "encoders")
+EXTRA_CONFIGS = ("encoders-quick",)    # the quick preset's ConvNet (channels (32, 64)): a laptop reproduction
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -67,19 +77,21 @@ CONFIGS = ("invertible", "conditioning", "critics", "encoders")
 
 # the variant of each experiment's paper preset that a configuration times
 VARIANTS = {"invertible": ("invertible", "infonce"), "conditioning": ("conditioning", "infonce"),
-            "critics": ("critics", "concat-infonce"), "encoders": ("encoders", "convnet-infonce-t2")}
+            "critics": ("critics", "concat-infonce"), "encoders": ("encoders", "convnet-infonce-t2"),
+            "encoders-quick": ("encoders", "convnet-infonce-t2")}
+PRESETS = {"encoders-quick": "quick"}       # every other configuration times the paper preset
 
 
 def build(config, seed=0):
     """(g1, g2, critic, params) of one configuration: the models of the experiment's own paper-preset variant
     (``mi_ref.experiments``, so the benchmark cannot drift from the presets), params drawn from ``seed``."""
     if config not in VARIANTS:
-        raise ValueError(f"unknown config {config!r}; expected one of {CONFIGS}")
+        raise ValueError(f"unknown config {config!r}; expected one of {CONFIGS + EXTRA_CONFIGS}")
     name, variant = VARIANTS[config]
     exp = experiments.get(name)
     module = importlib.import_module(f"mi_ref.experiments.{name}")
     shape = (14, 28) if name == "encoders" else HALF
-    chosen = [v for v in module.variants(exp.presets["paper"], shape) if v.name == variant]
+    chosen = [v for v in module.variants(exp.presets[PRESETS.get(config, "paper")], shape) if v.name == variant]
     rng = onp.random.default_rng(seed)
     g1, g2, critic = chosen[0].build(rng)
     params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
@@ -122,37 +134,243 @@ def mi_ref_stepper(config, reference=False, adam_inplace=True):
 
 
 # ----------------------------------------------------------------------------------------------------
-# FLOPs (matrix products only; a GEMM (m x k) @ (k x n) is 2 m k n)
+# the floor: every GEMM of the step at numpy's speed for its shape, plus the step's unavoidable memory traffic
+#
+# A step's work, listed from the models themselves (so it follows the presets):
+#   * GEMMs ("gemm", phase, m, k, n): (m x k) @ (k x n), forward, and in the backward pass the kernel
+#     gradient h^T delta (k_in x m) @ (m x n_out) and the input gradient delta W^T;
+#   * memory passes ("pass", phase, values moved, size of the largest array touched): the elementwise work
+#     an ideal implementation does in ONE pass per GEMM (bias + activation reads the GEMM's output and
+#     writes the activation; the activation's derivative reads the incoming gradient and the
+#     pre-activation and writes delta; a coupling reads x and t and writes y; im2col writes the patches),
+#     and Adam, which reads p, g, m, v and writes p, m, v (7 values per parameter).
+# The GEMM floor times each distinct shape with numpy (C-ordered operands, a preallocated output, the
+# faster of C = A B and C^T = B^T A^T); the memory floor divides each pass's bytes by a STREAM-like triad's
+# bandwidth a[i] = b[i] + s c[i] (24 bytes per i) measured at the pass's array size (cache-resident
+# activations run at cache bandwidth, Adam's 28 M parameters at DRAM bandwidth), on one thread or on all
+# of numba's threads, whichever is faster. "x of floor" = step time / (GEMM floor + memory floor).
 
 
-def dense_flops(batch_size, sizes):
-    return sum(2 * batch_size * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+def dense_work(dims, b, phase_fwd="forward", phase_bwd="backward", need_dx=True, shortcuts=False):
+    """GEMMs and passes of an MLP with widths dims = [in, d_1, ..., d_L] (ReLU between layers)."""
+    work = []
+    n = len(dims) - 1
+    for l, (a, c) in enumerate(zip(dims[:-1], dims[1:])):
+        work.append(("gemm", phase_fwd, b, a, c))
+        work.append(("pass", phase_fwd, b * c * (2 + shortcuts), b * c))       # bias (+ relu) (+ shortcut)
+        work.append(("gemm", phase_bwd, a, b, c))                               # dW = h^T delta
+        if l > 0 or need_dx:
+            work.append(("gemm", phase_bwd, b, c, a))                           # dh = delta W^T
+        if l < n - 1:
+            work.append(("pass", phase_bwd, b * c * (3 + shortcuts), b * c))   # relu' (+ shortcut)
+    return work
 
 
-def forward_flops(config, b=BATCH):
-    """(forward GEMM FLOPs of the whole step, FLOPs of the encoders' first-layer input products)."""
-    if config == "invertible":
-        block = dense_flops(b, [HALF // 2, 512, 512, HALF - HALF // 2])
-        enc, first = 30 * block, 2 * b * (HALF // 2) * 512
-        crit = 2 * b * HALF * HALF + 2 * b * b * HALF
-    elif config == "conditioning":
-        enc, first = dense_flops(b, [HALF] * 6), 2 * b * HALF * HALF
-        crit = 2 * b * HALF * HALF + 2 * b * b * HALF
-    elif config == "critics":
-        enc, first = dense_flops(b, [HALF, 300, 300, 100]), 2 * b * HALF * 300
-        crit = 2 * (2 * b * 100 * 200) + 2 * b * b * 200
-    elif config == "encoders":
-        conv1 = 2 * b * 7 * 14 * (25 * 1) * 64
-        conv2 = 2 * b * 4 * 7 * (25 * 64) * 128
-        enc, first = conv1 + conv2 + 2 * b * 128 * 100, conv1
-        crit = 2 * b * 100 * 100 + 2 * b * b * 100
-    return 2 * enc + crit, 2 * first
+def model_work(model, b, need_dx):
+    """GEMMs and passes of one encoder of the paper (MLP, RealNVP or ConvNet) on a batch of b."""
+    from mi_ref import flows, nn
+    model = accel.original(model)
+    if isinstance(model, nn.MLP):
+        return dense_work([model.in_dim] + list(model.dims), b, need_dx=need_dx, shortcuts=model.shortcuts)
+    if isinstance(model, flows.RealNVP):
+        work = []
+        for k, blk in enumerate(model.blocks):
+            d, h = blk.dim, blk.split
+            work += dense_work([h] + list(blk.net.dims), b, need_dx=k > 0 or need_dx)
+            work.append(("pass", "forward", b * (2 * d + blk.n_out), b * d))    # y = [z_a, z_b + t]
+            if k > 0 or need_dx:
+                work.append(("pass", "backward", b * (2 * d + h), b * d))       # dx = unpermute(dy + dz_a)
+        return work
+    if isinstance(model, nn.ConvNet):
+        work = []
+        shape = (model.height, model.width, 1)
+        for layer, first in ((model.conv1, True), (model.conv2, False)):
+            ho, _, _ = nn.same_padding(shape[0], layer.kernel_size, layer.stride)
+            wo, _, _ = nn.same_padding(shape[1], layer.kernel_size, layer.stride)
+            m, k, c = b * ho * wo, layer.kernel_size ** 2 * shape[2], layer.out_channels
+            work.append(("pass", "forward", m * k + b * shape[0] * shape[1] * shape[2], m * k))   # im2col
+            work.append(("gemm", "forward", m, k, c))
+            work.append(("pass", "forward", 2 * m * c, m * c))                   # bias + relu
+            work.append(("pass", "backward", 3 * m * c, m * c))                  # relu'
+            work.append(("gemm", "backward", k, m, c))                           # d kernel = patches^T delta
+            if not first or need_dx:
+                work.append(("gemm", "backward", m, c, k))                       # d patches = delta W^T
+                work.append(("pass", "backward", m * k + b * shape[0] * shape[1] * shape[2], m * k))  # col2im
+            shape = (ho, wo, c)
+        size = b * shape[0] * shape[1] * shape[2]
+        work.append(("pass", "forward", 3 * size, size))                        # layer norm + pooling
+        work.append(("pass", "backward", 2 * size, size))
+        work += dense_work([shape[2], model.out_dim], b)
+        return work
+    raise ValueError(f"no work model for {type(model).__name__}")
+
+
+def critic_work(critic, b):
+    """GEMMs of the critic (bilinear: S = u (v W)^T; concat: its first layer, and its pairwise kernel
+    counted as the GEMMs (b x H) @ (H x b) it resembles: one forward, two backward)."""
+    from mi_ref import critics
+    critic = accel.original(critic)
+    if isinstance(critic, critics.Bilinear):
+        du, dv = critic.dim_u, critic.dim_v
+        return [("gemm", "forward", b, dv, du), ("gemm", "forward", b, du, b),
+                ("gemm", "backward", b, b, du), ("gemm", "backward", b, b, du),
+                ("gemm", "backward", dv, b, du), ("gemm", "backward", b, du, dv)]
+    if isinstance(critic, critics.Concat):
+        hidden = critic.mlp.dims[0]
+        work = []
+        for d in (critic.dim_u, critic.dim_v):
+            work += [("gemm", "forward", b, d, hidden), ("gemm", "backward", d, b, hidden),
+                     ("gemm", "backward", b, hidden, d)]
+        work += [("gemm", "forward", b, hidden, b)] + [("gemm", "backward", b, hidden, b)] * 2
+        return work
+    raise ValueError(f"no work model for {type(critic).__name__}")
+
+
+def step_work(config):
+    """Everything the floor counts for one step of ``config``: GEMMs, elementwise passes and Adam."""
+    g1, g2, critic, params = build(config)
+    work = model_work(g1, BATCH, False) + model_work(g2, BATCH, False) + critic_work(critic, BATCH)
+    n_params = sum(onp.size(leaf) for _, leaf in tree_flatten(params))
+    work.append(("pass", "Adam", 7 * n_params, n_params))
+    return work, n_params
+
+
+def gemm_seconds(m, k, n, min_time=0.02, runs=5):
+    """numpy's fastest time for an (m x k) @ (k x n) product: median over ``runs`` of each orientation
+    (C = A B into (m, n), and C^T = B^T A^T into (n, m); operands C-ordered, output preallocated)."""
+    rng = onp.random.default_rng(0)
+    best = float("inf")
+    for a, b in ((rng.standard_normal((m, k)), rng.standard_normal((k, n))),
+                 (rng.standard_normal((n, k)), rng.standard_normal((k, m)))):
+        out = onp.empty((a.shape[0], b.shape[1]))
+        onp.matmul(a, b, out=out)
+        t0, reps = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min_time / 4:
+            onp.matmul(a, b, out=out)
+            reps += 1
+        times = []
+        for _ in range(runs):
+            t0 = CLOCK[0]()
+            for _ in range(reps):
+                onp.matmul(a, b, out=out)
+            times.append((CLOCK[0]() - t0) / reps)
+        best = min(best, statistics.median(times))
+    return best
+
+
+_TRIAD = {}
+
+
+def triad_kernels():
+    if not _TRIAD:
+        from numba import njit, prange
+
+        @njit(cache=False)
+        def serial(a, b, c, s):
+            for i in range(a.shape[0]):
+                a[i] = b[i] + s * c[i]
+
+        @njit(cache=False, parallel=True)
+        def parallel(a, b, c, s):
+            for i in prange(a.shape[0]):
+                a[i] = b[i] + s * c[i]
+        _TRIAD.update(serial=serial, parallel=parallel)
+    return _TRIAD
+
+
+def triad_bandwidth(n, runs=5, min_time=0.02):
+    """Bytes per second of a[i] = b[i] + s c[i] over arrays of n float64 (24 n bytes per sweep), the faster
+    of one thread and all of numba's threads; n is rounded up to a power of two (memoized)."""
+    n = 1 << max(10, int(n - 1).bit_length())
+    if n in BANDWIDTH:
+        return BANDWIDTH[n]
+    a, b, c = onp.zeros(n), onp.ones(n), onp.full(n, 2.0)
+    best = 0.0
+    for kernel in triad_kernels().values():
+        kernel(a, b, c, 3.0)
+        t0, reps = time.perf_counter(), 0
+        while time.perf_counter() - t0 < min_time / 4:
+            kernel(a, b, c, 3.0)
+            reps += 1
+        times = []
+        for _ in range(runs):
+            t0 = CLOCK[0]()
+            for _ in range(reps):
+                kernel(a, b, c, 3.0)
+            times.append((CLOCK[0]() - t0) / reps)
+        best = max(best, 24 * n / statistics.median(times))
+    BANDWIDTH[n] = best
+    return best
+
+
+BANDWIDTH = {}
+GEMM_SECONDS = {}
+CLOCK = [time.perf_counter]          # or time.process_time (--clock cpu)
 
 
 def step_flops(config):
-    """Forward + backward GEMM FLOPs: 3 x forward, minus the input gradients of the encoders' first layers."""
-    fwd, first = forward_flops(config)
-    return 3 * fwd - first
+    """The step's GEMM FLOPs (2 m k n per product of :func:`step_work`): forward + backward ~ 3 x forward,
+    less the input gradients of the encoders' first layers, which the step does not compute."""
+    return sum(2 * m * k * n for kind, _, *shape in step_work(config)[0] if kind == "gemm" for m, k, n in [shape])
+
+
+def floor(config):
+    """{"gemm": s, "memory": s, "gemm_flops", "bytes", "n_params", "by_phase": {phase: s}} of one step."""
+    work, n_params = step_work(config)
+    out = {"gemm": 0.0, "memory": 0.0, "gemm_flops": 0, "bytes": 0, "n_params": n_params, "by_phase": {}}
+    for kind, phase, *rest in work:
+        if kind == "gemm":
+            m, k, n = rest
+            if (m, k, n) not in GEMM_SECONDS:
+                GEMM_SECONDS[(m, k, n)] = gemm_seconds(m, k, n)
+            seconds = GEMM_SECONDS[(m, k, n)]
+            out["gemm"] += seconds
+            out["gemm_flops"] += 2 * m * k * n
+        else:
+            values, size = rest
+            seconds = 8 * values / triad_bandwidth(size)
+            out["memory"] += seconds
+            out["bytes"] += 8 * values
+        out["by_phase"][phase] = out["by_phase"].get(phase, 0.0) + seconds
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the profile: where a step's time goes, by phase
+
+
+PHASES = (("forward", "mi_ref/objectives.py", "mi_loss"), ("backward", "mi_ref/accel/grad.py", "backward_pass"),
+          ("Adam", "mi_ref/accel/adam.py", "adam_update"))
+
+
+def profile_step(step, n_steps, top=12):
+    """cProfile of ``n_steps`` calls of ``step``: ({phase: seconds per step}, summary text).
+
+    Phases are the cumulative times of mi_loss (the forward pass, traced), the backward pass
+    (:func:`mi_ref.accel.grad.backward_pass`) and :func:`mi_ref.accel.adam_update`; "other" is the rest of
+    the step (the tracer's bookkeeping, the loss's float, the loop). The text lists the functions with the
+    most time of their own (GEMMs count in the Python function that calls them)."""
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile(CLOCK[0])
+    t0 = CLOCK[0]()
+    prof.enable()
+    for _ in range(n_steps):
+        step()
+    prof.disable()
+    total = (CLOCK[0]() - t0) / n_steps
+    stats = pstats.Stats(prof)
+    phases = {}
+    for (path, _, name), (_, _, _, cum, _) in stats.stats.items():
+        for phase, suffix, fn in PHASES:
+            if name == fn and path.replace("\\", "/").endswith(suffix):
+                phases[phase] = phases.get(phase, 0.0) + cum / n_steps
+    phases["other"] = max(0.0, total - sum(phases.values()))
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).strip_dirs().sort_stats("tottime").print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    return phases, total, "\n".join(lines[lines.index(next(l for l in lines if "ncalls" in l)):])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,7 +424,7 @@ def torch_stepper(config, torch, fused_adam=False):
         e1, e2 = mlp_params(params["g1"]), mlp_params(params["g2"])
         sc = config == "conditioning"
         enc1, enc2 = (lambda x: mlp(e1, x, sc)), (lambda x: mlp(e2, x, sc))
-    elif config == "encoders":
+    elif VARIANTS[config][0] == "encoders":
         def conv_params(p):
             return {"w1": leaf(p["conv1"]["W"].transpose(3, 2, 0, 1)), "b1": leaf(p["conv1"]["b"]),
                     "w2": leaf(p["conv2"]["W"].transpose(3, 2, 0, 1)), "b2": leaf(p["conv2"]["b"]),
@@ -335,11 +553,18 @@ class OtherLoad:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS + EXTRA_CONFIGS)
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation and configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--block", type=int, default=5,
                         help="timed steps per block; the implementations alternate block by block")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: perf_counter (default, on a quiet machine); cpu: this process's CPU time "
+                             "(all its threads), for comparisons on a busy machine with one thread")
+    parser.add_argument("--profile-steps", type=int, default=5,
+                        help="steps profiled per configuration for the phase breakdown (0: none)")
+    parser.add_argument("--profile-out", default=None,
+                        help="write each configuration's profile summary (phases, top functions) to this file")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--fused-adam", action="store_true",
                         help="also time PyTorch with torch.optim.Adam(fused=True) (default: the per-tensor loop)")
@@ -348,34 +573,44 @@ def main(argv=None):
                              "and state in place, as the training loops do)")
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain reference formulations (no fast primitives)")
+    parser.add_argument("--adam-parallel-min", type=int, default=None,
+                        help="split Adam's leaves of at least this many entries over numba's threads "
+                             "(mi_ref.accel.adam.PARALLEL_MIN_SIZE; default: the library's, 0 = one thread)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc thresholds alone (see mi_ref.accel.configure_malloc)")
     args = parser.parse_args(argv)
     malloc_tuned = False if args.default_malloc else accel.configure_malloc()
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.adam_parallel_min is not None:
+        from mi_ref.accel import adam as adam_module
+        adam_module.PARALLEL_MIN_SIZE = args.adam_parallel_min
 
     torch = None
     if not args.no_torch:
         try:
             import torch
-            torch.set_num_threads(2)
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
         except ImportError:
             torch = None
 
     threads = blas_threads()
-    torch_text = (f"{torch.__version__} (2 threads)" if torch is not None
+    torch_text = (f"{torch.__version__} ({torch.get_num_threads()} threads)" if torch is not None
                   else "not used" if args.no_torch else "not installed")
     machine = f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"machine: {machine}; numpy {onp.__version__} (BLAS threads: {threads}); "
           f"torch {torch_text}; "
           f"python {platform.python_version()}; mi-ref Adam {'functional' if args.adam_functional else 'in place'}; "
           f"malloc thresholds "
-          f"{'raised (mi_ref.accel.configure_malloc)' if malloc_tuned else 'default'}")
+          f"{'raised (mi_ref.accel.configure_malloc)' if malloc_tuned else 'default'}; clock {args.clock}")
     peak_small = gemm_gflops(128, 512, 512)
     peak_big = gemm_gflops(1024, 1024, 1024, repeats=5)
+    peak = max(peak_small, peak_big)
     print(f"float64 GEMM (numpy, same run): (128x512)@(512x512) {peak_small:.1f} GFLOP/s, "
-          f"1024^3 {peak_big:.1f} GFLOP/s\n")
+          f"1024^3 {peak_big:.1f} GFLOP/s; triad bandwidth (same run): "
+          f"{triad_bandwidth(2 ** 16) / 1e9:.1f} GB/s at 3 x 512 KiB, "
+          f"{triad_bandwidth(2 ** 25) / 1e9:.1f} GB/s at 3 x 256 MiB\n")
 
-    rows = []
+    rows, profiles = [], []
     for config in args.configs:
         names, steps = ["mi-ref"], []
         step, state = mi_ref_stepper(config, adam_inplace=not args.adam_functional)
@@ -394,11 +629,18 @@ def main(argv=None):
             steps.append(rstep)
         with OtherLoad() as load:
             medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup, args.block)))
+        fl = floor(config)
+        phases = None
+        if args.profile_steps > 0:
+            phases, profiled, text = profile_step(step, args.profile_steps)
+            profiles.append((config, phases, profiled, fl, text))
         flops = step_flops(config)
         ours, theirs, ref = medians["mi-ref"], medians.get("PyTorch"), medians.get("reference")
         fused = medians.get("PyTorch fused Adam")
+        x_floor = ours / (fl["gemm"] + fl["memory"])
         line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
-                f"{flops / 1e9:.2f} GFLOP)")
+                f"{flops / 1e9:.2f} GFLOP) | floor {1e3 * fl['gemm']:.1f} ms GEMM + {1e3 * fl['memory']:.1f} ms "
+                f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor")
         if theirs is not None:
             diff = abs(state["losses"][0] - tlosses[0])
             line += (f" | PyTorch {theirs * 1e3:8.1f} ms/step ({flops / theirs / 1e9:5.1f} GFLOP/s)"
@@ -412,31 +654,53 @@ def main(argv=None):
             if load.value + load.steal > 0.05:
                 line += " (WARNING: machine busy, timings unreliable)"
         print(line, flush=True)
-        rows.append((config, ours, theirs, fused, ref, flops, load))
+        rows.append((config, ours, theirs, fused, ref, flops, load, fl, x_floor, phases))
 
     print()
-    header = ("| config | mi-ref s/step | PyTorch s/step | mi-ref / PyTorch | GFLOP/step | mi-ref GFLOP/s "
-              "| PyTorch GFLOP/s |")
+    header = ("| config | mi-ref s/step | GEMM floor s | memory floor s | x of floor | GFLOP/step | mi-ref GFLOP/s "
+              "| share of numpy's GEMM peak | forward / backward / Adam / other | PyTorch s/step | mi-ref / PyTorch |")
     if args.fused_adam:
         header += " PyTorch fused-Adam s/step | mi-ref / fused |"
     if args.reference:
         header += " reference s/step |"
     print(header + " other load / steal |")
     print("|---" * header.count("|") + "|")
-    for config, ours, theirs, fused, ref, flops, other in rows:
-        cells = [config, f"{ours:.4f}", f"{theirs:.4f}" if theirs else "n/a",
-                 f"{ours / theirs:.2f}" if theirs else "n/a", f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}",
-                 f"{flops / theirs / 1e9:.1f}" if theirs else "n/a"]
+    for config, ours, theirs, fused, ref, flops, other, fl, x_floor, phases in rows:
+        split = "n/a"
+        if phases:
+            total = sum(phases.values())
+            split = " / ".join(f"{100 * phases.get(p, 0.0) / total:.0f}%" for p in ("forward", "backward", "Adam", "other"))
+        cells = [config, f"{ours:.4f}", f"{fl['gemm']:.4f}", f"{fl['memory']:.4f}", f"**{x_floor:.2f}**",
+                 f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}", f"{100 * flops / ours / 1e9 / peak:.0f}%", split,
+                 f"{theirs:.4f}" if theirs else "n/a", f"{ours / theirs:.2f}" if theirs else "n/a"]
         if args.fused_adam:
             cells += [f"{fused:.4f}", f"{ours / fused:.2f}"] if fused else ["n/a", "n/a"]
         if args.reference:
             cells.append(f"{ref:.4f}")
         cells.append(f"{100 * other.value:.0f}% / {100 * other.steal:.0f}%" if other.value is not None else "n/a")
         print("| " + " | ".join(cells) + " |")
-    print(f"\nmachine: {machine}, float64, batch {BATCH}, 2 threads; median of {args.repeats} steps (blocks of "
-          f"{args.block}, alternating) after {args.warmup} warm-up steps; float64 GEMM in the same run: "
-          f"{peak_small:.1f} GFLOP/s "
-          f"((128x512)@(512x512)), {peak_big:.1f} GFLOP/s (1024^3)")
+    print(f"\nmachine: {machine}, float64, batch {BATCH}, BLAS threads: {threads}; clock {args.clock}; median of "
+          f"{args.repeats} steps (blocks of {args.block}, alternating) after {args.warmup} warm-up steps; numpy's "
+          f"GEMM peak in the same run: {peak:.1f} GFLOP/s ({peak_small:.1f} at (128x512)@(512x512), "
+          f"{peak_big:.1f} at 1024^3); phases from a profile of {args.profile_steps} steps")
+    if profiles:
+        text = [f"# Profile of one training step per configuration (scripts/bench_steps.py, clock {args.clock})",
+                f"# machine: {machine}; BLAS threads: {threads}; numpy's GEMM peak {peak:.1f} GFLOP/s", ""]
+        for config, phases, profiled, fl, summary in profiles:
+            text.append(f"## {config}: {1e3 * profiled:.1f} ms per profiled step")
+            text.append("phase      profiled ms   floor ms (GEMM + memory)")
+            for phase in ("forward", "backward", "Adam", "other"):
+                text.append(f"{phase:10s} {1e3 * phases.get(phase, 0.0):10.1f}   {1e3 * fl['by_phase'].get(phase, 0.0):10.1f}")
+            text.append(f"floor: GEMM {1e3 * fl['gemm']:.1f} ms ({fl['gemm_flops'] / 1e9:.2f} GFLOP), memory "
+                        f"{1e3 * fl['memory']:.1f} ms ({fl['bytes'] / 1e9:.3f} GB, {fl['n_params'] / 1e6:.2f} M parameters)")
+            text.append(summary)
+            text.append("")
+        if args.profile_out:
+            with open(args.profile_out, "w") as f:
+                f.write("\n".join(text) + "\n")
+            print(f"profile summary written to {args.profile_out}")
+        else:
+            print("\n" + "\n".join(text))
     return 0
 
 

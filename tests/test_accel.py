@@ -310,6 +310,43 @@ def test_convnet_gradients():
     check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
 
 
+@pytest.mark.parametrize("min_patch", [1, 10 ** 9])
+def test_convnet_channel_and_position_major_layouts(min_patch, monkeypatch):
+    """Every convolution channel-major (min_patch 1) or every one position-major (10^9): the same formula
+    (values and gradients, zero-std and tied examples included: relu'(0) = 0) and the finite differences."""
+    monkeypatch.setattr(primitives, "CHANNEL_MAJOR_MIN_PATCH", min_patch)
+    rng = onp.random.default_rng(21)
+    model = nn.ConvNet(5, 7, out_dim=3, channels=(6, 4))
+    p = with_biases(rng, model.init(rng), 0.1)
+    p["norm"]["scale"] = 1 + 0.1 * rng.standard_normal(4)
+    x = rng.uniform(size=(3, 35))
+    check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
+    p0 = model.init(rng)                                   # zero biases: a blank image ties every ReLU at 0
+    x[1] = 0.0
+    w = rng.standard_normal((3, 3))
+    assert_close(twin(model).apply(p0, x), model.apply(p0, x))
+    for argnum in (0, 1):
+        assert_close(grad(lambda p, x: anp.sum(anp.sin(twin(model).apply(p, x)) * w), argnum)(p0, x),
+                     grad(lambda p, x: anp.sum(anp.sin(model.apply(p, x)) * w), argnum)(p0, x))
+
+
+def test_convnet_untraced_calls_run_in_slices(monkeypatch):
+    """Untraced ConvNet calls on many examples run slice by slice (bounded patches), with the formula's
+    numbers; a traced call runs whole."""
+    rng = onp.random.default_rng(22)
+    model = nn.ConvNet(4, 8, out_dim=5, channels=(6, 4))
+    p = with_biases(rng, model.init(rng), 0.1)
+    x = rng.uniform(size=(7, 32))
+    whole = twin(model).apply(p, x)
+    monkeypatch.setattr(primitives, "CONVNET_SLICE", 3)
+    sliced = twin(model).apply(p, x)
+    assert sliced.shape == (7, 5) and type(sliced) is onp.ndarray
+    assert_close(sliced, model.apply(p, x))
+    assert_close(sliced, whole)
+    g = grad(lambda p: anp.sum(anp.sin(twin(model).apply(p, x))))(p)
+    assert_close(g, grad(lambda p: anp.sum(anp.sin(model.apply(p, x))))(p))
+
+
 def test_conv2d_layer_equals_reference():
     rng = onp.random.default_rng(17)
     layer = nn.Conv2D(3, 4, 5, 2)
@@ -363,6 +400,27 @@ def test_adam_in_place_equals_functional():
     # the Fortran-order leaf cannot be overwritten in place: it got new (C-order) arrays, and is unchanged
     assert params["b"][1] is not fortran_leaf and params["b"][1].flags.c_contiguous
     onp.testing.assert_array_equal(fortran_leaf, fortran_copy)
+
+
+@pytest.mark.parametrize("form", ["tf", "textbook"])
+@pytest.mark.parametrize("parallel_min_size", [0, 1])
+def test_adam_kernels_equal_the_formula_in_both_forms_serial_and_split(form, parallel_min_size, monkeypatch):
+    """Both forms (the TF form runs the kernel without the divisions by 1), one thread or the leaves split
+    over numba's threads, and the textbook form late in training where 1 - b1^t rounds to 1: the same bits."""
+    from mi_ref.accel import adam as adam_module
+    monkeypatch.setattr(adam_module, "PARALLEL_MIN_SIZE", parallel_min_size)
+    rng = onp.random.default_rng(19)
+    adam = optim.Adam(lr=1e-3, form=form)
+    params = {"a": rng.standard_normal((257, 13)), "b": rng.standard_normal(3)}
+    for start in (0, 10 ** 6):
+        state = dict(adam.init(params), step=start)
+        p_fast, s_fast = accel.owned(params, state)
+        p_ref, s_ref = params, state
+        for _ in range(3):
+            grads = {"a": rng.standard_normal((257, 13)), "b": rng.standard_normal(3)}
+            p_ref, s_ref = adam.update(p_ref, grads, s_ref)
+            p_fast, s_fast = accel.adam_update(adam, p_fast, grads, s_fast, inplace=True)
+            assert_trees_equal([p_fast, s_fast["m"], s_fast["v"]], [p_ref, s_ref["m"], s_ref["v"]])
 
 
 # ---------------------------------------------------------------- integration and plumbing

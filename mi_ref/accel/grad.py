@@ -56,21 +56,25 @@ def value_and_grad_by_key(fun):
         if plain.size != 1 or not np.issubdtype(plain.dtype, np.floating):
             raise ValueError(f"fun must return a real floating-point scalar (the loss), got shape "
                              f"{plain.shape} and dtype {plain.dtype}")
-        space = vspace(value)
-        grads = {}
-        if end_node is not None:
-            root_key = {id(node): key for key, node in roots.items()}
-            outgrads = {end_node: (space.ones(), False)}
-            for node in toposort(end_node):            # autograd's backward_pass, stopping at the roots
-                outgrad = outgrads.pop(node)[0]
-                key = root_key.get(id(node))
-                if key is not None:
-                    grads[key] = outgrad
-                    continue
-                for parent, ingrad in zip(node.parents, node.vjp(outgrad)):
-                    outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+        grads = {} if end_node is None else backward_pass(end_node, vspace(value).ones(), roots)
         return value, {key: grads[key] if key in grads else vspace(params[key]).zeros() for key in keys}
 
     return value_and_grad
 
 
+def backward_pass(end_node, seed, roots):
+    """autograd's backward pass from ``end_node`` (outgrad ``seed``), stopping at the nodes of ``roots``
+    (``{key: root node}``): returns ``{key: gradient}`` for the roots reached. A function of its own so that
+    a profile shows the backward pass apart from the forward trace (``scripts/bench_steps.py``)."""
+    root_key = {id(node): key for key, node in roots.items()}
+    grads = {}
+    outgrads = {end_node: (seed, False)}
+    for node in toposort(end_node):
+        outgrad = outgrads.pop(node)[0]
+        key = root_key.get(id(node))
+        if key is not None:
+            grads[key] = outgrad
+            continue
+        for parent, ingrad in zip(node.parents, node.vjp(outgrad)):
+            outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+    return grads
