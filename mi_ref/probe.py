@@ -86,18 +86,59 @@ def probe_predictions(train_codes, train_labels, test_codes, test_labels, seed=0
     return clf.predict(scaler.transform(test_codes))
 
 
-def pixel_baseline(dataset, noise_std, rng, seed=0, max_iter=PROBE_MAX_ITER):
+def encode_hits(correct):
+    """The probe's outcome on every test image as text for a metrics row: ``base64(numpy.packbits(c))`` with
+    c[i] = 1 where test image i is classified correctly (bits in image order, most significant bit first,
+    the last byte padded with zeros). 2000 test images take 336 characters, MNIST's 10000 take 1668.
+    :func:`decode_hits` is the inverse. With the outcomes of two probes on the same test images, a difference
+    of accuracies has its paired standard error (:func:`paired_se`)."""
+    import base64
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool))).decode("ascii")
+
+
+def decode_hits(text, n):
+    """The boolean outcomes ``(n,)`` of :func:`encode_hits`; ``ValueError`` if ``text`` does not hold n bits."""
+    import base64
+    import binascii
+    try:
+        packed = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype=np.uint8)
+    except (binascii.Error, ValueError, AttributeError) as err:
+        raise ValueError(f"probe_hits is not base64 text ({err})") from None
+    if packed.size != (n + 7) // 8:
+        raise ValueError(f"probe_hits holds {8 * packed.size} bits, expected {n} (one per test image)")
+    return np.unpackbits(packed)[:n].astype(bool)
+
+
+def paired_se(hits_a, hits_b):
+    """Standard error of accuracy(a) - accuracy(b) over the same M test images, from the per-image outcomes:
+    sd(c_a - c_b) / sqrt(M) (sample sd, ddof = 1). Images both probes get right, or both wrong, add nothing
+    to the difference, so this is smaller than the SE of two independent accuracies."""
+    d = np.asarray(hits_a, dtype=float) - np.asarray(hits_b, dtype=float)
+    return float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+
+
+def probe_outcomes(train_codes, train_labels, test_codes, test_labels, seed=0, max_iter=PROBE_MAX_ITER):
+    """``(accuracy, hits)`` of the paper's probe: its test accuracy and :func:`encode_hits` of its per-image
+    outcomes (the metrics rows' ``accuracy`` and ``probe_hits``)."""
+    correct = probe_predictions(train_codes, train_labels, test_codes, test_labels, seed, max_iter) == \
+        np.asarray(test_labels)
+    return float(np.mean(correct)), encode_hits(correct)
+
+
+def pixel_baseline(dataset, noise_std, rng, seed=0, max_iter=PROBE_MAX_ITER, hits=False):
     """The probe on raw top-half pixels: the accuracy a learned g1 must beat.
 
     x1 = top half of each image (:func:`mi_ref.data.split_views`); with ``noise_std > 0`` the train and
     then the test images get fresh shared noise from ``rng`` (:func:`mi_ref.data.add_shared_noise`, one
     N(0, noise_std^2) vector per image), as the experiments feed them to the encoder. Then
     ``linear_probe(x1_train, y_train, x1_test, y_test, seed)``. Paper: about 0.835 on MNIST with
-    noise std 0.05.
+    noise std 0.05. With ``hits=True`` returns :func:`probe_outcomes`, ``(accuracy, probe_hits)``.
     """
     x1_train, _ = split_views(dataset.x_train, dataset.image_shape)
     x1_test, _ = split_views(dataset.x_test, dataset.image_shape)
     # only x1 is probed; add_shared_noise draws the same (N, D) noise whatever the second view is
     x1_train, _ = add_shared_noise(x1_train, x1_train, noise_std, rng)
     x1_test, _ = add_shared_noise(x1_test, x1_test, noise_std, rng)
+    if hits:
+        return probe_outcomes(x1_train, dataset.y_train, x1_test, dataset.y_test, seed=seed, max_iter=max_iter)
     return linear_probe(x1_train, dataset.y_train, x1_test, dataset.y_test, seed=seed, max_iter=max_iter)

@@ -17,7 +17,7 @@ For step = 0, 1, ..., n_iters - 1:
              incomplete one dropped), so that it shares the cap log K with ``bound`` and differs only in
              the data: a held-out measure the paper does not plot;
          (c) ``accuracy``: the linear probe on g1's codes of all train and test top halves (fresh noise
-             of the same std);
+             of the same std), and ``probe_hits``, its outcome on every test image (packed bits);
          (d) optionally, the singular values of g1's Jacobian on this step's training batch, and the
              log condition numbers log(sigma_max / sigma_min) of its B examples (see
              :func:`jacobian_stats`);
@@ -135,12 +135,13 @@ def encode(apply, params, x, chunk=4096):
 
 
 def probe_accuracy(apply, params, x_train, y_train, x_test, y_test, noise_std, rng, seed=0):
-    """Linear-probe test accuracy of the codes ``apply(params, x)`` (fresh noise where noise_std > 0)."""
+    """``(accuracy, probe_hits)``: the linear probe's test accuracy on the codes ``apply(params, x)`` (fresh
+    noise where noise_std > 0) and its per-image outcomes (:func:`mi_ref.probe.encode_hits`)."""
     if noise_std > 0:
         x_train = x_train + noise_std * rng.standard_normal(x_train.shape)
         x_test = x_test + noise_std * rng.standard_normal(x_test.shape)
-    return probe_mod.linear_probe(encode(apply, params, x_train), y_train,
-                                  encode(apply, params, x_test), y_test, seed=seed)
+    return probe_mod.probe_outcomes(encode(apply, params, x_train), y_train,
+                                    encode(apply, params, x_test), y_test, seed=seed)
 
 
 def paper_bound_weights(n_test, slice_size=PAPER_SLICE):
@@ -260,9 +261,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
                                                 config.noise_std, rng["bound_noise"])
         row["bound_test"] = held_out_bound(bound_fn, params, views.x1_test, views.x2_test, config.batch_size,
                                            config.noise_std, rng["eval"])
-        row["accuracy"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
-                                         views.x1_test, views.y_test, config.noise_std, rng["eval"],
-                                         seed=probe_seed)
+        row["accuracy"], row["probe_hits"] = probe_accuracy(g1.apply, params["g1"], views.x1_train, views.y_train,
+                                                            views.x1_test, views.y_test, config.noise_std,
+                                                            rng["eval"], seed=probe_seed)
         row["train_loss"] = loss_sum / loss_count if loss_count else None
         if jacobian:
             svals, pct = jacobian_stats(g1, params["g1"], x1)

@@ -18,6 +18,7 @@ Usage::
     python scripts/finding_vs_scale.py run inv-quick-lr --seeds 0,1,2 --threads 1
     python scripts/finding_vs_scale.py run enc-subset --seeds 0,1,2
     python scripts/finding_vs_scale.py run inv-mnist --data-dir DIR
+    python scripts/finding_vs_scale.py refits --data-dir DIR   # the probe's solver noise per dataset
     python scripts/finding_vs_scale.py report            # the table; and the figure:
     python scripts/finding_vs_scale.py plot --figure figures/finding_vs_scale.png
 
@@ -296,6 +297,26 @@ def _by_label(rows):
     return out
 
 
+def cmd_refits(args):
+    """The probe's solver noise: the pixel probe refitted with solver seeds 0-7 on each dataset (the
+    ``PROBE_REFIT_SD`` of mi_ref.findings)."""
+    from mi_ref import data, probe
+    from mi_ref.train import make_views
+    for name in args.datasets:
+        views = make_views(data.load(name, args.data_dir if name == "mnist" else None))
+        accs = [probe.linear_probe(views.x1_train, views.y_train, views.x1_test, views.y_test, seed=s)
+                for s in range(8)]
+        print(f"{name:13s} pixel probe, solver seeds 0-7: {' '.join(f'{a:.4f}' for a in accs)}; "
+              f"sd {np.std(accs, ddof=1):.4f}")
+    entries = [e for e in load_studies(args.out) if e["experiment"] == "invertible"]
+    for dataset in dict.fromkeys(e["dataset"] for e in entries):
+        sets = [[r["accuracy"]] + list(r["refits"]) for e in entries if e["dataset"] == dataset
+                for r in e["evals"] if "refits" in r]
+        if sets:
+            print(f"{dataset:13s} flows' codes, solver seeds 0-4, {len(sets)} sets: mean sd "
+                  f"{np.mean([np.std(x, ddof=1) for x in sets]):.4f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -313,6 +334,11 @@ def main(argv=None):
     p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
     p.add_argument("--figure", default=str(HERE.parent / "figures" / "finding_vs_scale.png"))
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("refits")
+    p.add_argument("--datasets", nargs="+", default=["mnist-subset", "digits", "mnist"])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
+    p.set_defaults(func=cmd_refits)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 

@@ -54,27 +54,56 @@ BOTH = {"estimators": ("infonce", "nwj")}
 # ---------------------------------------------------------------- the effect rule
 
 
-def test_effect_rule_single_seed_uses_the_probes_se():
-    """One seed on 2000 test images: SE = sqrt(p(1-p)/M + q(1-q)/M); the threshold is max(minimum, 2 SE)."""
-    t = findings.effect_test("rise", {0: 0.03}, 0.01, 2000, (0.80, 0.83))
+def acc(values, hits=None, dataset="mnist-subset"):
+    return findings.Accuracies(values, hits or {}, dataset)
+
+
+def test_effect_rule_single_seed_without_outcomes_uses_two_binomial_accuracies():
+    """One seed on 2000 test images, rows without per-image outcomes: SE = sqrt(p(1-p)/M + q(1-q)/M); the
+    threshold is max(minimum, 2 SE)."""
+    t = findings.effect_test("rise", {0: 0.03}, 0.01, 2000, (acc({0: 0.83}), acc({0: 0.80})))
     se = math.sqrt(0.8 * 0.2 / 2000 + 0.83 * 0.17 / 2000)
-    assert t.se == pytest.approx(se) and t.se_kind == "probe" and t.threshold == pytest.approx(2 * se)
+    assert t.se == pytest.approx(se) and t.se_kind == "probe (binomial)" and t.threshold == pytest.approx(2 * se)
     assert t.holds is True                                   # 0.03 >= 0.0245
-    assert findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (0.80, 0.82)).holds is False
+    assert findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}), acc({0: 0.80}))).holds is False
+
+
+def test_effect_rule_single_seed_with_outcomes_uses_the_paired_se_and_the_refit_noise():
+    """The same images, 2000 of them: b gets 1600 right; a gets those and 40 more right (the only discordant
+    images), so a - b = 0.02 with paired SE sd(d)/sqrt(M), d = 1 on 40 images and 0 elsewhere; the solver's
+    refit sd of the subset enters twice."""
+    hits_b = np.zeros(2000, bool)
+    hits_b[:1600] = True
+    hits_a = hits_b.copy()
+    hits_a[1600:1640] = True
+    d = hits_a.astype(float) - hits_b
+    paired = d.std(ddof=1) / math.sqrt(2000)
+    refit = findings.PROBE_REFIT_SD["mnist-subset"]
+    t = findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}, {0: hits_a}), acc({0: 0.80}, {0: hits_b})))
+    assert t.se_kind == "probe (paired)"
+    assert t.se == pytest.approx(math.sqrt(paired ** 2 + 2 * refit ** 2))
+    assert t.se < math.sqrt(0.8 * 0.2 / 2000 + 0.82 * 0.18 / 2000)      # pairing removes the shared images
+    assert t.holds is (0.02 >= 2 * t.se)
 
 
 def test_effect_rule_three_seeds_use_the_seed_to_seed_se():
-    t = findings.effect_test("rise", {0: 0.02, 1: 0.03, 2: 0.025}, 0.01, 2000, (0.8, 0.825))
+    t = findings.effect_test("rise", {0: 0.02, 1: 0.03, 2: 0.025}, 0.01, 2000,
+                             (acc({0: 0.82, 1: 0.83, 2: 0.825}), acc({0: 0.8, 1: 0.8, 2: 0.8})))
     assert t.se_kind == "seed-to-seed" and t.se == pytest.approx(0.005 / math.sqrt(3))
     assert t.threshold == pytest.approx(0.01) and t.holds is True
-    noisy = findings.effect_test("rise", {0: 0.10, 1: -0.05, 2: 0.02}, 0.01, 2000, (0.8, 0.82))
+    noisy = findings.effect_test("rise", {0: 0.10, 1: -0.05, 2: 0.02}, 0.01)
     assert noisy.effect == pytest.approx(0.0233, abs=1e-4) and noisy.threshold > noisy.effect and not noisy.holds
 
 
-def test_effect_rule_at_most():
+def test_effect_rule_at_most_and_equivalence():
     t = findings.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most")
     assert t.holds is True and t.threshold == pytest.approx(0.03 + 2 * 0.005 / math.sqrt(3))
     assert findings.effect_test("gap", {0: 0.06, 1: 0.05, 2: 0.055}, 0.03, kind="at most").holds is False
+    # an equivalence must hold beyond the noise: 0.025 <= 0.03 - 2 SE fails, 0.01 passes
+    e = findings.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most", equivalence=True)
+    assert e.threshold == pytest.approx(0.03 - 2 * 0.005 / math.sqrt(3)) and e.holds is False
+    assert findings.effect_test("gap", {0: 0.01, 1: 0.01, 2: 0.011}, 0.03, kind="at most",
+                                equivalence=True).holds is True
 
 
 # ---------------------------------------------------------------- each finding
@@ -243,10 +272,11 @@ def test_sampling_of_an_empty_run_is_not_judged(tmp_path):
     assert v.holds is None and "no trained variant" in v.reason
 
 
-@pytest.mark.parametrize("triplet,holds", [(0.83, True), (0.79, False), (0.805, False)])
+@pytest.mark.parametrize("triplet,holds", [(0.838, True), (0.80, False), (0.825, False)])
 def test_metric(tmp_path, triplet, holds):
-    """The triplet loss must be above the pixels (0.80) by the noise and within 0.03 of the better MI bound;
-    the hardest-negative variant (collapsed here) does not count."""
+    """The triplet loss must be within 0.03 - 2 SE of the better MI bound (0.84; one seed without per-image
+    outcomes: SE = 0.0117, so the largest gap allowed is 0.0065); the hardest-negative variant (collapsed
+    here) does not count."""
     rows = []
     for obj, acc in (("infonce", 0.84), ("nwj", 0.81), ("triplet", triplet), ("triplet_hardest", 0.3)):
         rows += curve(obj, {"accuracy": 0.8}, {"accuracy": acc}, objective=obj)

@@ -125,3 +125,31 @@ def test_mnist_pixel_baselines(mnist_dir):
     clean = pixel_baseline(d, 0.0, np.random.default_rng(0), seed=0)
     assert 0.83 <= noisy <= 0.85
     assert 0.84 <= clean <= 0.86
+
+
+def test_probe_hits_round_trip_and_the_paired_se():
+    from mi_ref.probe import decode_hits, encode_hits, paired_se
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 2000):
+        correct = rng.random(n) < 0.8
+        text = encode_hits(correct)
+        assert isinstance(text, str) and len(text) == 4 * -(-((n + 7) // 8) // 3)
+        np.testing.assert_array_equal(decode_hits(text, n), correct)
+    with pytest.raises(ValueError, match="expected 2001"):
+        decode_hits(encode_hits(np.ones(2000, bool)), 2001)
+    with pytest.raises(ValueError, match="base64"):
+        decode_hits("not base64!", 8)
+    a = np.array([1, 1, 0, 0, 1], bool)
+    b = np.array([1, 0, 0, 0, 1], bool)
+    d = np.array([0, 1, 0, 0, 0], float)
+    assert paired_se(a, b) == pytest.approx(d.std(ddof=1) / np.sqrt(5))
+
+
+def test_probe_outcomes_agree_with_the_accuracy():
+    from mi_ref.probe import decode_hits, linear_probe, probe_outcomes
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((300, 5)), rng.integers(0, 3, 300)
+    x[np.arange(300), y] += 2.0
+    accuracy, hits = probe_outcomes(x[:200], y[:200], x[200:], y[200:])
+    assert accuracy == linear_probe(x[:200], y[:200], x[200:], y[200:])
+    assert decode_hits(hits, 100).mean() == accuracy

@@ -138,9 +138,9 @@ def run(config, store, seed, dataset, progress=True, only=None):
         if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start
                                                          and not loop.reevaluate):
             before_eval = loop.snapshot("eval")
-            row = {"variant": VARIANT, "step": iteration,
-                   "accuracy": probe_accuracy(encoder.apply, params["encoder"], views.x1_train, views.y_train,
-                                              views.x1_test, views.y_test, config.noise_std, rng["eval"]),
+            accuracy, hits = probe_accuracy(encoder.apply, params["encoder"], views.x1_train, views.y_train,
+                                            views.x1_test, views.y_test, config.noise_std, rng["eval"])
+            row = {"variant": VARIANT, "step": iteration, "accuracy": accuracy, "probe_hits": hits,
                    "classifier_loss": loss_c, "encoder_loss": loss_e,
                    "mean_log_det": float(np.mean(encoder.log_det(params["encoder"], views.x1_test[:512]))),
                    "seconds": loop.seconds()}

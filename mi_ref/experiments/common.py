@@ -59,10 +59,11 @@ def record_pixel_baseline(store, dataset, noise_std, seed):
     if store is not None and "baseline" in store.done_variants():
         return
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), BASELINE_STREAM]))
-    acc = probe.pixel_baseline(dataset, noise_std, rng, seed=0)
+    acc, hits = probe.pixel_baseline(dataset, noise_std, rng, seed=0, hits=True)
     if store is not None:
         store.truncate_variant("baseline", None)
-        store.append_metrics({"variant": "baseline", "step": 0, "accuracy": acc, "noise_std": noise_std})
+        store.append_metrics({"variant": "baseline", "step": 0, "accuracy": acc, "probe_hits": hits,
+                              "noise_std": noise_std, "n_test": int(dataset.n_test)})
         store.mark_done("baseline")
 
 
