@@ -222,23 +222,18 @@ class RunDir:
 
     def _metric_lines(self):
         """``(rows, torn)``: every row of metrics.jsonl, and the torn last line (a crash mid-append) if any.
-        Any other damage raises :class:`DamagedFileError` naming the line."""
+        Every row is written with its newline in one write, so a last line without its newline is torn even
+        when it parses: appending to it would glue the next row onto it. Any other damage raises
+        :class:`DamagedFileError` naming the line."""
         if not self.metrics_path.exists():
             return [], None
         text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        lines = text.split("\n")
-        ends_with_newline = lines[-1] == ""
-        if ends_with_newline:
-            lines = lines[:-1]
-        rows, torn = [], None
+        *lines, last = text.split("\n")          # last: "" after a final newline, else the torn line
+        rows, torn = [], (last or None)
         for number, line in enumerate(lines, start=1):
-            last = number == len(lines)
             try:
                 row = json.loads(line)
             except ValueError as err:
-                if last and not ends_with_newline:
-                    torn = line
-                    break
                 raise DamagedFileError(f"metrics file {self.metrics_path}, line {number}, is not valid JSON "
                                        f"({err}); the file was damaged or edited. Nothing was changed: fix or "
                                        "delete that line, then resume") from None

@@ -105,6 +105,50 @@ def test_garbage_in_the_middle_of_metrics_is_an_error_and_nothing_is_lost(tmp_pa
     assert run_dir.metrics_path.read_text() == damaged
 
 
+def partial(out, at=19):
+    """A run stopped by Ctrl-C before its ``at``-th optimizer step (in this process, so it is fast). With
+    TINY and ``at=19``: baseline and infonce finished, nwj with its rows of steps 0 and 4 and its checkpoint
+    at step 4."""
+    from mi_ref import faults
+    seen = [0]
+
+    def hook(name):
+        if name == "update":
+            seen[0] += 1
+            if seen[0] == at:
+                raise KeyboardInterrupt
+    faults.HOOK = hook
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(out)
+    finally:
+        faults.HOOK = None
+    return RunDir(run_path(out))
+
+
+def resume_noting(out, repair=False):
+    """Resume the tiny run; returns (its path, the notes of the audit)."""
+    notes = []
+    path = experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False, repair=repair,
+                                      report=notes.append, **TINY)
+    return path, notes
+
+
+def test_a_last_row_without_its_newline_is_a_torn_line(tmp_path, reference):
+    """Was: `truncate -s -1 metrics.jsonl` left a complete-looking last row that was accepted; the next
+    append was glued onto it and the run died ("line 8, is not valid JSON"). Now that row is a torn line:
+    dropped, reported and evaluated again."""
+    run_dir = partial(tmp_path)
+    data = run_dir.metrics_path.read_bytes()
+    assert data.endswith(b"}\n")
+    run_dir.metrics_path.write_bytes(data[:-1])
+    assert len(run_dir.read_metrics()) == 6                  # the row without its newline is not complete
+    path, notes = resume_noting(tmp_path)
+    assert rows_without_time(path) == reference[1]
+    assert any("torn last line" in n for n in notes), notes
+    assert RunDir(path).metrics_path.read_bytes().endswith(b"}\n")
+
+
 def tiny_flags():
     """The command-line flags that give TINY's config."""
     return ["--dataset", "digits", "--steps", "12", "--evals", "3", "--set", "n_layers=2", "--set", "eval_final=true",
