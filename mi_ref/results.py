@@ -123,10 +123,13 @@ TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed
 
 
 class RunDir:
-    """One run directory (see the module docstring for its layout and invariant)."""
+    """One run directory (see the module docstring for its layout and invariant). ``units``: the names of
+    what the run writes, in the experiment's order (:attr:`mi_ref.experiments.Experiment.units`), if known:
+    the files are then kept in that order, and the audit refuses rows of any other variant."""
 
-    def __init__(self, path):
+    def __init__(self, path, units=None):
         self.path = Path(path)
+        self.units = list(units) if units is not None else None
         self._lock_fd = None
 
     config_path = property(lambda self: self.path / "config.json")
@@ -293,11 +296,18 @@ class RunDir:
 
     def mark_done(self, variant, order=None):
         """Record ``variant`` as finished, with its number of rows (the audit's check), and drop its
-        checkpoint. ``order`` (a list of variant names) keeps the done list in that order whatever order
-        the variants finish in, as a serial run lists them (sweeps merge in completion order)."""
+        checkpoint. ``order`` (a list of variant names, default :attr:`units`) keeps the done list and the
+        rows in that order whatever order the variants finish in, as a serial run writes them (sweeps merge
+        in completion order; --repair recomputes a variant after those that follow it)."""
+        order = self.units if order is None else order
         progress = self._progress()
         if variant not in progress["done"]:
-            count = sum(r["variant"] == variant for r in self.read_metrics())
+            rows = self.read_metrics()
+            count = sum(r["variant"] == variant for r in rows)
+            if order is not None:
+                serial = serial_order(rows, order)
+                if serial != rows:
+                    self.rewrite_metrics(serial)
             done = progress["done"] + [variant]
             if order is not None:
                 rank = {v: i for i, v in enumerate(order)}
@@ -424,6 +434,13 @@ class RunDir:
             if path.exists():
                 path.unlink()
         return [f"every variant is recomputed from its start ({why})"]
+
+
+def serial_order(rows, order):
+    """``rows`` grouped by variant in the order of the names ``order`` (unknown names last), each variant's
+    rows in their own order."""
+    rank = {v: i for i, v in enumerate(order)}
+    return sorted(rows, key=lambda r: rank.get(r["variant"], len(rank)))          # stable
 
 
 def _differences(old, new, prefix=""):

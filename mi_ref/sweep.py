@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .progress import duration
-from .results import TASKS_DIR, RunDir, RunLockedError, atomic_write_json, format_summary, summarize, write_summary
+from .results import (TASKS_DIR, RunDir, RunLockedError, atomic_write_json, format_summary, serial_order, summarize,
+                      write_summary)
 
 
 
@@ -206,10 +207,8 @@ def merge(task, units):
                 seed_store.arrays_path(task.unit).parent.mkdir(exist_ok=True)
                 from .files import write_bytes
                 write_bytes(seed_store.arrays_path(task.unit), arrays.read_bytes())
-            order = {u: i for i, u in enumerate(units)}
             kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
-            rows = sorted(kept + rows, key=lambda r: order.get(r["variant"], len(order)))   # stable
-            seed_store.rewrite_metrics(rows)
+            seed_store.rewrite_metrics(serial_order(kept + rows, units))
             seed_store.mark_done(task.unit, order=units)
         shutil.rmtree(task.dir, ignore_errors=True)
         if task.log.exists():

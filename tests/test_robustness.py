@@ -190,6 +190,20 @@ def test_a_lost_row_of_a_checkpoint_step_is_evaluated_again(tmp_path, reference)
     assert rows_without_time(path) == reference[1]
 
 
+def test_repair_writes_the_rows_in_the_serial_order(tmp_path, reference):
+    """Was: --repair appended the recomputed rows of a variant after those of the variants that follow it.
+    Now the file is laid out as a serial run's: the variants in the experiment's order."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    run_dir.metrics_path.write_text("".join(line for line in lines if '"variant": "infonce"' not in line))
+    with pytest.raises(ValueError, match="holds 0 rows of the finished variant infonce"):
+        run(out, resume=True)
+    path, notes = resume_noting(out, repair=True)
+    assert any("infonce is recomputed from its start" in n for n in notes), notes
+    assert rows_without_time(path) == reference[1]
+    assert RunDir(path).done_variants() == ["baseline", "infonce", "nwj"]
+
+
 # ------------------------------------------------------------------------------ damaged npz files
 
 def damage(path, how):
