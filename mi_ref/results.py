@@ -289,7 +289,18 @@ class RunDir:
         if not isinstance(done, list) or not all(isinstance(v, str) for v in done) or not isinstance(counts, dict):
             raise DamagedFileError(f"progress file {self.progress_path} must be {{\"done\": [variant names], "
                                    f"\"rows\": {{variant: number}}}}, got {json.dumps(progress)[:80]}")
+        for variant, count in counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise DamagedFileError(f"progress file {self.progress_path}: the row count of {variant} must be an "
+                                       f"integer >= 0, got {json.dumps(count)}")
+        if len(set(done)) != len(done):
+            raise DamagedFileError(f"progress file {self.progress_path} lists a finished variant twice: {done}")
         return {"done": done, "rows": counts}
+
+    def read_progress(self):
+        """progress.json as ``{"done": [variant, ...], "rows": {variant: count}}`` (empty if there is none);
+        :class:`DamagedFileError` naming the file if it is not one."""
+        return self._progress()
 
     def done_variants(self):
         return self._progress()["done"]
@@ -360,15 +371,17 @@ class RunDir:
 
     # --- the audit before a resumption
 
-    def audit(self, repair=False):
+    def audit(self, repair=False, merging=()):
         """Check the invariant of the module docstring before this run is resumed.
 
         Repairs what an interruption leaves and returns the list of what it did (one sentence each). Raises
         :class:`RunDirError` for damage only outside hands cause, naming file and defect and changing
         nothing, unless ``repair``: then the damaged variants are forgotten (rows, checkpoint, arrays, done
-        mark) so that the run recomputes them from their start, and that is reported too.
+        mark) so that the run recomputes them from their start, rows of variants the run does not have are
+        removed, and that is reported too. ``merging``: units whose merge into this directory (a sweep's
+        seed directory) was interrupted; their rows are left to the merge, which writes them again.
         """
-        notes, damaged = [], {}
+        notes = []
         for tmp in self.path.rglob(".*.tmp"):
             tmp.unlink()
             notes.append(f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write")
@@ -377,55 +390,112 @@ class RunDir:
             progress = self._progress()
         except DamagedFileError as err:
             if not repair:
-                raise RunDirError(f"{err}; or resume with --repair to recompute every variant") from None
+                raise RunDirError(f"{err}. Nothing was changed. To recompute every variant, {REPAIR}") from None
             return notes + self._start_over(f"{err}")
         if torn is not None:
             self.rewrite_metrics(rows)
             notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
                          "is recomputed")
-        steps = {}
-        for r in rows:
-            steps.setdefault(r["variant"], []).append(r["step"])
+        by_variant, unknown, damaged = self._row_problems(rows)
         for variant in progress["done"]:
-            expected, found = progress["rows"].get(variant), len(steps.get(variant, []))
+            if variant in damaged:
+                continue
+            expected, found = progress["rows"].get(variant), len(by_variant.get(variant, []))
             if expected is not None and found != expected:
-                damaged[variant] = (f"metrics.jsonl holds {found} rows of the finished variant {variant}, "
+                damaged[variant] = (f"metrics.jsonl holds {_rows(found)} of the finished variant {variant}, "
                                     f"progress.json recorded {expected}")
             elif self.checkpoint_path(variant).exists():
                 self.checkpoint_path(variant).unlink()
                 notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
+        checkpointed = set()
         for path in sorted((self.path / "checkpoints").glob("*.npz")) if (self.path / "checkpoints").is_dir() else []:
             variant = path.stem
             if variant in progress["done"]:
+                continue
+            checkpointed.add(variant)
+            if variant in damaged:
                 continue
             try:
                 _, meta = self.load_checkpoint(variant)
             except DamagedFileError as err:
                 damaged[variant] = str(err)
                 continue
-            s = int(meta["step"])
-            have = sorted(t for t in steps.get(variant, []) if t <= s)
-            recorded = meta.get("row_steps")
-            if recorded is not None:
-                missing = sorted(set(recorded) - {s} - set(have))
-                if missing:
-                    damaged[variant] = (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its "
-                                        f"checkpoint (step {s}) recorded")
-                    continue
-                if s in recorded and s not in have:
-                    notes.append(f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated "
-                                 "again from the checkpoint")
-            later = [t for t in steps.get(variant, []) if t > s]
-            if later:
-                notes.append(f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed")
-        if damaged and not repair:
-            details = "; ".join(f"{v}: {why}" for v, why in damaged.items())
-            raise RunDirError(f"{self.path} cannot be resumed as it is: {details}. Nothing was changed. Resume with "
-                              f"--repair to recompute {sorted(damaged)} from their start, or restore the files")
+            why, note = self._checkpoint_problem(variant, meta, [r for _, r in by_variant.get(variant, [])])
+            if why:
+                damaged[variant] = why
+            elif note:
+                notes.append(note)
+        for variant, lines in by_variant.items():
+            if variant in progress["done"] or variant in checkpointed or variant in damaged:
+                continue
+            if variant in merging:
+                notes.append(f"{variant}: its merge was interrupted; it is merged again")
+            elif len(lines) > 1:
+                damaged[variant] = (f"metrics.jsonl holds {_rows(len(lines))} of {variant}, which is neither finished "
+                                    f"(progress.json) nor has a checkpoint (checkpoints/{variant}.npz): one of "
+                                    "those files was deleted")
+            else:
+                notes.append(f"{variant}: its first row, written before its first checkpoint, is evaluated again")
+        problems = [f"metrics.jsonl, line {n}, is a row of the variant {v!r}, which this run does not have (its "
+                    f"variants: {self.units})" for n, v in unknown] + [f"{v}: {why}" for v, why in damaged.items()]
+        if problems and not repair:
+            what = (f"recompute {sorted(damaged)} from their start" if damaged else "") + \
+                (" and " if damaged and unknown else "") + ("remove the rows of unknown variants" if unknown else "")
+            raise RunDirError(f"{self.path} cannot be resumed as it is: {'; '.join(problems)}. Nothing was changed. "
+                              f"To {what}, {REPAIR}; or restore the files")
+        if unknown:
+            drop = {n for n, _ in unknown}
+            self.rewrite_metrics([r for n, r in enumerate(self.read_metrics(), start=1) if n not in drop])
+            notes += [f"removed the row of the unknown variant {v!r} (line {n})" for n, v in unknown]
         for variant, why in damaged.items():
             self._forget(variant)
             notes.append(f"{variant} is recomputed from its start ({why})")
         return notes
+
+    def _row_problems(self, rows):
+        """``(by_variant, unknown, damaged)`` of the rows of metrics.jsonl: ``{variant: [(line, row), ...]}``
+        for the variants of the run, ``[(line, variant)]`` of the rows of variants it does not have (when
+        :attr:`units` is known), and ``{variant: why}`` for variants whose rows repeat a step or are out of
+        step order (a serial run writes each variant's rows once, in increasing steps)."""
+        by_variant, unknown, damaged = {}, [], {}
+        for number, row in enumerate(rows, start=1):
+            variant, step = row["variant"], row["step"]
+            if self.units is not None and variant not in self.units:
+                unknown.append((number, variant))
+                continue
+            earlier = by_variant.setdefault(variant, [])
+            if variant not in damaged:
+                same = [n for n, r in earlier if r["step"] == step]
+                if same:
+                    damaged[variant] = f"metrics.jsonl holds its row of step {step} twice (lines {same[0]} and {number})"
+                elif earlier and earlier[-1][1]["step"] > step:
+                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} (line {number}) after that of "
+                                        f"step {earlier[-1][1]['step']} (line {earlier[-1][0]}): rows out of order")
+            earlier.append((number, row))
+        return by_variant, unknown, damaged
+
+    def _checkpoint_problem(self, variant, meta, rows):
+        """``(why, note)``: why the rows of ``variant`` disagree with its checkpoint (None if they agree), and
+        what resuming will redo (None if nothing)."""
+        s = meta["step"]
+        have = [r["step"] for r in rows if r["step"] <= s]
+        recorded = meta.get("row_steps")
+        note = None
+        if recorded is not None:
+            missing = sorted(set(recorded) - {s} - set(have))
+            if missing:
+                return (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its checkpoint (step {s}) "
+                        "recorded"), None
+            extra = sorted(set(have) - set(recorded))
+            if extra:
+                return (f"metrics.jsonl holds rows of {variant} at steps {extra}, which its checkpoint (step {s}) did "
+                        "not record"), None
+            if s in recorded and s not in have:
+                note = f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the checkpoint"
+        later = [r["step"] for r in rows if r["step"] > s]
+        if later:
+            note = f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed"
+        return None, note
 
     def _start_over(self, why):
         """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
@@ -434,6 +504,14 @@ class RunDir:
             if path.exists():
                 path.unlink()
         return [f"every variant is recomputed from its start ({why})"]
+
+
+REPAIR = ("resume with --repair (`mi-ref run ... --resume --repair`, or the same `mi-ref sweep` command with "
+          "--repair)")
+
+
+def _rows(n):
+    return f"{n} row" + ("" if n == 1 else "s")
 
 
 def serial_order(rows, order):

@@ -194,7 +194,7 @@ def merge(task, units):
     """Move the finished unit of ``task`` into its seed's run directory (see the module docstring); ``units``
     is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
     directory (try again later)."""
-    seed_store, task_store = RunDir(task.run_dir), RunDir(task.dir)
+    seed_store, task_store = RunDir(task.run_dir, units=units), RunDir(task.dir)
     try:
         seed_store.prepare(task.header(), resume=True)
     except RunLockedError:
@@ -487,13 +487,15 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
     all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir)
     units = exp.units(config)
-    # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error)
+    # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error);
+    # the rows of a unit whose merge was interrupted are the merge's to write again
     for seed in seeds:
-        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}")
+        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}", units=units)
         if store.config_path.exists():
             store.prepare(all_tasks[0].header() | {"seed": seed}, resume=True)
+            merging = [t.unit for t in all_tasks if t.seed == seed and finished(t)]
             try:
-                for note in store.audit():
+                for note in store.audit(merging=merging):
                     print(f"{store.path}: {note}", file=sys.stderr)
             finally:
                 store.unlock()

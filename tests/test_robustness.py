@@ -190,6 +190,68 @@ def test_a_lost_row_of_a_checkpoint_step_is_evaluated_again(tmp_path, reference)
     assert rows_without_time(path) == reference[1]
 
 
+def test_a_duplicated_row_is_damage_not_a_row(tmp_path, reference):
+    """Was: `sed -i 6p metrics.jsonl` (the row of nwj's step 0 twice) resumed with exit 0 and no note, and
+    the finished run held one row too many, which progress.json then recorded. Now it is an error naming
+    the row, nothing changed; --repair recomputes the variant."""
+    run_dir = partial(tmp_path)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    assert '"variant": "nwj"' in lines[5] and '"step": 0,' in lines[5]
+    damaged = "".join(lines[:6] + lines[5:])
+    run_dir.metrics_path.write_text(damaged)
+    with pytest.raises(ValueError, match=r"nwj: metrics.jsonl holds its row of step 0 twice \(lines 6 and 7\)"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_text() == damaged
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+    assert RunDir(path).read_progress()["rows"] == {"baseline": 1, "infonce": 4, "nwj": 4}
+
+
+def test_rows_out_of_step_order_are_damage(tmp_path, reference):
+    run_dir, out = finished_copy(tmp_path, reference)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    lines[1], lines[2] = lines[2], lines[1]                  # infonce's rows of steps 0 and 4 swapped
+    run_dir.metrics_path.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"infonce: metrics.jsonl holds its row of step 0 \(line 3\) after that "
+                                         r"of step 4 \(line 2\)"):
+        run(out, resume=True)
+
+
+def test_a_row_of_an_unknown_variant_is_damage(tmp_path, reference):
+    """Was: a row of a variant the run does not have was kept by --resume, and plot and findings read it."""
+    run_dir = partial(tmp_path)
+    with open(run_dir.metrics_path, "a") as f:
+        f.write(json.dumps({"variant": "mystery", "step": 0, "accuracy": 1.0}) + "\n")
+    damaged = run_dir.metrics_path.read_text()
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 8, is a row of the variant 'mystery', which this run "
+                                         r"does not have \(its variants: \['baseline', 'infonce', 'nwj'\]\)"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_text() == damaged
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert any("removed the row of the unknown variant 'mystery' (line 8)" in n for n in notes), notes
+    assert rows_without_time(path) == reference[1]
+
+
+@pytest.mark.parametrize("deleted", ["progress.json", "checkpoints"])
+def test_rows_are_never_dropped_because_a_file_was_deleted(tmp_path, reference, deleted):
+    """Was: `rm progress.json` (or `rm checkpoints/*.npz`) then --resume exited 0 with no note, dropping the
+    rows of the finished variants (of the variant in progress) and recomputing them. Now it is an error that
+    says which file is missing, nothing changed; --repair recomputes those variants, identically."""
+    run_dir = partial(tmp_path)
+    if deleted == "progress.json":
+        run_dir.progress_path.unlink()
+        message = r"infonce: metrics.jsonl holds 4 rows of infonce, which is neither finished"
+    else:
+        shutil.rmtree(run_dir.path / "checkpoints")
+        message = r"nwj: metrics.jsonl holds 2 rows of nwj, which is neither finished"
+    before = run_dir.metrics_path.read_bytes()
+    with pytest.raises(ValueError, match=message + r" \(progress.json\) nor has a checkpoint"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_bytes() == before
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
 def test_repair_writes_the_rows_in_the_serial_order(tmp_path, reference):
     """Was: --repair appended the recomputed rows of a variant after those of the variants that follow it.
     Now the file is laid out as a serial run's: the variants in the experiment's order."""
@@ -284,7 +346,9 @@ def test_a_tampered_golden_file_fails_its_checksum(tmp_path, capsys):
 
 @pytest.mark.parametrize("content,message", [("[1, 2]", "holds a JSON list, expected a JSON object"),
                                              ("{not json", "is not valid JSON"),
-                                             ('{"done": 3}', "must be {\"done\": [variant names]")])
+                                             ('{"done": 3}', "must be {\"done\": [variant names]"),
+                                             ('{"done": ["baseline"], "rows": {"baseline": "1"}}',
+                                              'the row count of baseline must be an integer >= 0, got "1"')])
 def test_a_damaged_progress_file_names_itself(tmp_path, reference, content, message):
     run_dir, out = finished_copy(tmp_path, reference)
     run_dir.progress_path.write_text(content)

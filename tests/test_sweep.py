@@ -150,6 +150,23 @@ def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, 
     assert rows_without_time(seed_dir(out, 0)) == serial[0]
 
 
+def test_a_merge_interrupted_between_the_rows_and_the_done_mark_is_merged_again(tmp_path, serial):
+    """A driver killed after a merge wrote the unit's rows into the seed directory but before it marked the
+    unit done: those rows belong to no finished variant and have no checkpoint, which the audit takes for
+    damage in a run directory; in a sweep the merge writes them again."""
+    out = tmp_path / "sweep"
+    tasks = sweep.plan("critics", "quick", [0], TINY, out)
+    units = [t.unit for t in tasks]
+    sweep.run_task(tasks[0])
+    assert sweep.merge(tasks[0], units)
+    sweep.run_task(tasks[1])
+    seed_store, task_store = RunDir(tasks[1].run_dir), RunDir(tasks[1].dir)
+    seed_store.rewrite_metrics(seed_store.read_metrics() + task_store.read_metrics())      # the killed merge
+    result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, progress=False)
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0)) == serial[0]
+
+
 def test_merge_is_idempotent_and_keeps_the_order_of_units(tmp_path, serial):
     out = tmp_path / "sweep"
     tasks = sweep.plan("critics", "quick", [0], TINY, out)
