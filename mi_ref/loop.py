@@ -23,6 +23,7 @@ from . import faults
 from .accel import adam_update, owned
 from .data import SHUFFLE_BUFFER, batch_stream
 from .optim import state_from_arrays, state_to_arrays
+from .results import rows_sha256
 from .tree import tree_from_dict, tree_to_dict
 
 STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
@@ -131,7 +132,8 @@ class Loop:
                    **meta):
         """Save everything needed to continue at ``step``: ``trees`` and their Adam ``states``, the
         positions of every stream and iterator (``snapshot`` overrides some, see :meth:`snapshot`), the wall
-        time so far, the steps of the rows recorded so far, ``extra`` arrays and JSON-able ``meta`` (given
+        time so far, the steps of the rows recorded so far and the SHA-256 of each, whether the variant's
+        arrays file exists (it is then read back on resume), ``extra`` arrays and JSON-able ``meta`` (given
         back as ``self.meta`` on resume). ``before_eval``: the positions the evaluation streams had before
         the evaluation of ``step`` (a snapshot), so that a lost row of that step can be evaluated again;
         ``evaluated=False`` for a checkpoint whose step has no row."""
@@ -153,7 +155,8 @@ class Loop:
         }
         self.store.save_checkpoint(self.variant, arrays, dict(
             positions, step=int(step), seconds=self.seconds(), loop=meta, before_eval=before_eval or {},
-            evaluated=evaluated, row_steps=[r["step"] for r in self.rows]))
+            evaluated=evaluated, row_steps=[r["step"] for r in self.rows],
+            row_sha256=[rows_sha256([r]) for r in self.rows], arrays=self.store.arrays_path(self.variant).exists()))
 
     def update(self, adam, params, grads, state):
         """One Adam step, in place on the loop's own arrays (:func:`mi_ref.accel.adam_update`)."""

@@ -37,6 +37,7 @@ damaged variants from their start.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -59,6 +60,24 @@ from .stats import sample_sd
 atomic_write_text = files.write_text
 atomic_write_json = files.write_json
 atomic_savez = files.savez
+
+
+def rows_sha256(rows):
+    """SHA-256 of ``rows`` as metrics.jsonl holds them (one JSON line each, sorted keys): what progress.json
+    records of a finished variant, and a checkpoint of each row it covers, so that an edited row is found."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+def file_sha256(path):
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_to_array(obj):
@@ -283,7 +302,7 @@ class RunDir:
 
     def _progress(self):
         if not self.progress_path.exists():
-            return {"done": [], "rows": {}}
+            return {"done": [], "rows": {}, "sha256": {}, "arrays": {}}
         progress = read_json(self.progress_path, dict, "progress file")
         done, counts = progress.get("done", []), progress.get("rows", {})
         if not isinstance(done, list) or not all(isinstance(v, str) for v in done) or not isinstance(counts, dict):
@@ -295,10 +314,18 @@ class RunDir:
                                        f"integer >= 0, got {json.dumps(count)}")
         if len(set(done)) != len(done):
             raise DamagedFileError(f"progress file {self.progress_path} lists a finished variant twice: {done}")
-        return {"done": done, "rows": counts}
+        digests = {}
+        for key in ("sha256", "arrays"):             # absent in the progress files of older versions
+            digests[key] = progress.get(key, {})
+            if not isinstance(digests[key], dict) or not all(
+                    isinstance(d, str) and len(d) == 64 for d in digests[key].values()):
+                raise DamagedFileError(f"progress file {self.progress_path}: {key!r} must map variants to SHA-256 "
+                                       f"digests, got {json.dumps(digests[key])[:80]}")
+        return {"done": done, "rows": counts, **digests}
 
     def read_progress(self):
-        """progress.json as ``{"done": [variant, ...], "rows": {variant: count}}`` (empty if there is none);
+        """progress.json as ``{"done": [variant, ...], "rows": {variant: count}, "sha256": {variant: digest of
+        its rows}, "arrays": {variant: digest of its arrays file}}`` (empty if there is none);
         :class:`DamagedFileError` naming the file if it is not one."""
         return self._progress()
 
@@ -306,15 +333,16 @@ class RunDir:
         return self._progress()["done"]
 
     def mark_done(self, variant, order=None):
-        """Record ``variant`` as finished, with its number of rows (the audit's check), and drop its
-        checkpoint. ``order`` (a list of variant names, default :attr:`units`) keeps the done list and the
-        rows in that order whatever order the variants finish in, as a serial run writes them (sweeps merge
-        in completion order; --repair recomputes a variant after those that follow it)."""
+        """Record ``variant`` as finished, with its number of rows, the SHA-256 of its rows and of its arrays
+        file (the audit's checks), and drop its checkpoint. ``order`` (a list of variant names, default
+        :attr:`units`) keeps the done list and the rows in that order whatever order the variants finish in,
+        as a serial run writes them (sweeps merge in completion order; --repair recomputes a variant after
+        those that follow it)."""
         order = self.units if order is None else order
         progress = self._progress()
         if variant not in progress["done"]:
             rows = self.read_metrics()
-            count = sum(r["variant"] == variant for r in rows)
+            own = [r for r in rows if r["variant"] == variant]
             if order is not None:
                 serial = serial_order(rows, order)
                 if serial != rows:
@@ -323,8 +351,12 @@ class RunDir:
             if order is not None:
                 rank = {v: i for i, v in enumerate(order)}
                 done = sorted(done, key=lambda v: rank.get(v, len(rank)))      # stable for unknown names
-            atomic_write_json(self.progress_path, {"done": done,
-                                                   "rows": dict(progress["rows"], **{variant: count})})
+            arrays = {v: d for v, d in progress["arrays"].items() if v != variant}
+            if self.arrays_path(variant).exists():
+                arrays[variant] = file_sha256(self.arrays_path(variant))
+            atomic_write_json(self.progress_path, {"done": done, "rows": dict(progress["rows"], **{variant: len(own)}),
+                                                   "sha256": dict(progress["sha256"], **{variant: rows_sha256(own)}),
+                                                   "arrays": arrays})
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():
             ckpt.unlink()
@@ -334,9 +366,8 @@ class RunDir:
         self.truncate_variant(variant, None)
         progress = self._progress()
         if variant in progress["done"]:
-            progress["rows"].pop(variant, None)
-            atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant],
-                                                   "rows": progress["rows"]})
+            atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant]} | {
+                key: {v: x for v, x in progress[key].items() if v != variant} for key in ("rows", "sha256", "arrays")})
         for path in (self.checkpoint_path(variant), self.arrays_path(variant)):
             if path.exists():
                 path.unlink()
@@ -400,10 +431,9 @@ class RunDir:
         for variant in progress["done"]:
             if variant in damaged:
                 continue
-            expected, found = progress["rows"].get(variant), len(by_variant.get(variant, []))
-            if expected is not None and found != expected:
-                damaged[variant] = (f"metrics.jsonl holds {_rows(found)} of the finished variant {variant}, "
-                                    f"progress.json recorded {expected}")
+            why = self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])], progress)
+            if why:
+                damaged[variant] = why
             elif self.checkpoint_path(variant).exists():
                 self.checkpoint_path(variant).unlink()
                 notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
@@ -436,8 +466,7 @@ class RunDir:
                                     "those files was deleted")
             else:
                 notes.append(f"{variant}: its first row, written before its first checkpoint, is evaluated again")
-        problems = [f"metrics.jsonl, line {n}, is a row of the variant {v!r}, which this run does not have (its "
-                    f"variants: {self.units})" for n, v in unknown] + [f"{v}: {why}" for v, why in damaged.items()]
+        problems = self._unknown_text(unknown) + [f"{v}: {why}" for v, why in damaged.items()]
         if problems and not repair:
             what = (f"recompute {sorted(damaged)} from their start" if damaged else "") + \
                 (" and " if damaged and unknown else "") + ("remove the rows of unknown variants" if unknown else "")
@@ -474,9 +503,46 @@ class RunDir:
             earlier.append((number, row))
         return by_variant, unknown, damaged
 
+    def _finished_problem(self, variant, rows, progress):
+        """Why the files of the finished ``variant`` differ from what progress.json recorded when it finished
+        (its ``rows``: their count and SHA-256; its arrays file: its SHA-256), or None. Progress files of
+        older versions hold counts only: their arrays files need only be readable."""
+        expected = progress["rows"].get(variant)
+        if expected is not None and len(rows) != expected:
+            return f"metrics.jsonl holds {_rows(len(rows))} of the finished variant {variant}, progress.json recorded {expected}"
+        digest = progress["sha256"].get(variant)
+        if digest is not None and rows_sha256(rows) != digest:
+            return ("its rows in metrics.jsonl differ from those it finished with (progress.json recorded their "
+                    "SHA-256): a value was edited")
+        path = self.arrays_path(variant)
+        recorded = progress["arrays"].get(variant)
+        if recorded is not None:
+            if not path.exists():
+                return f"arrays/{path.name} is missing (it was written when {variant} finished)"
+            if file_sha256(path) != recorded:
+                return f"arrays/{path.name} differs from the file {variant} finished with (progress.json recorded its SHA-256)"
+        elif path.exists():
+            try:
+                load_npz(path, f"arrays of {variant}")
+            except DamagedFileError as err:
+                return str(err)
+        return None
+
+    def _unknown_text(self, unknown):
+        """The problem (a list of zero or one sentence) of the rows ``[(line, variant)]`` of unknown variants."""
+        if not unknown:
+            return []
+        if len(unknown) == 1:
+            (n, v), = unknown
+            return [f"metrics.jsonl, line {n}, is a row of the variant {v!r}, which this run does not have (its "
+                    f"variants: {self.units})"]
+        names = sorted({v for _, v in unknown})
+        return [f"metrics.jsonl, lines {', '.join(str(n) for n, _ in unknown)}, are rows of the variants {names}, "
+                f"which this run does not have (its variants: {self.units})"]
+
     def _checkpoint_problem(self, variant, meta, rows):
-        """``(why, note)``: why the rows of ``variant`` disagree with its checkpoint (None if they agree), and
-        what resuming will redo (None if nothing)."""
+        """``(why, note)``: why the rows or the arrays file of ``variant`` disagree with its checkpoint (None if
+        they agree), and what resuming will redo (None if nothing)."""
         s = meta["step"]
         have = [r["step"] for r in rows if r["step"] <= s]
         recorded = meta.get("row_steps")
@@ -490,12 +556,48 @@ class RunDir:
             if extra:
                 return (f"metrics.jsonl holds rows of {variant} at steps {extra}, which its checkpoint (step {s}) did "
                         "not record"), None
+            pinned = dict(zip(recorded, meta.get("row_sha256") or []))
+            for r in rows:
+                if r["step"] in pinned and rows_sha256([r]) != pinned[r["step"]]:
+                    return (f"its row of step {r['step']} in metrics.jsonl differs from the one its checkpoint (step "
+                            f"{s}) recorded: a value was edited"), None
             if s in recorded and s not in have:
                 note = f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the checkpoint"
+        path = self.arrays_path(variant)
+        if path.exists():
+            try:
+                load_npz(path, f"arrays of {variant}")
+            except DamagedFileError as err:
+                return str(err), None
+        elif meta.get("arrays"):
+            return f"arrays/{path.name} is missing (it was there when its checkpoint was written)", None
         later = [r["step"] for r in rows if r["step"] > s]
         if later:
             note = f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed"
         return None, note
+
+    def verify(self):
+        """Check this run before its rows are read for figures and findings, changing nothing: a
+        :class:`RunDirError` naming the file and the rows if metrics.jsonl repeats a step of a variant or
+        holds it out of order, if the rows or arrays of a finished variant differ from what progress.json
+        recorded, and, once every unit is finished, if it holds rows of a variant the run does not have or a
+        torn last line. (A partial run is read as it is: its torn last line is an interrupted append, and
+        rows written by other tools are theirs to explain.)"""
+        rows, torn = self._metric_lines()
+        progress = self._progress()
+        by_variant, unknown, damaged = self._row_problems(rows)
+        for variant in progress["done"]:
+            why = damaged.get(variant) or self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])],
+                                                                 progress)
+            if why:
+                damaged[variant] = why
+        finished = self.units is not None and set(self.units) <= set(progress["done"])
+        problems = self._unknown_text(unknown if finished else []) + [f"{v}: {why}" for v, why in damaged.items()]
+        if torn is not None and finished:
+            problems.append(f"metrics.jsonl is complete, yet its last line is torn: {torn[:60]!r}")
+        if problems:
+            raise RunDirError(f"{self.path} is damaged: {'; '.join(problems)}. Nothing was read. To recompute what is "
+                              f"damaged, {REPAIR}; or restore the files")
 
     def _start_over(self, why):
         """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
@@ -558,10 +660,24 @@ def expand_run_dirs(paths):
     return out
 
 
-def load_run(path):
-    """``{"path", "config", "metrics", "arrays": {variant: {...}}}`` of a finished or partial run."""
+def checked_run(path):
+    """``(run, config)``: the :class:`RunDir` at ``path``, with the units of its experiment, and its config,
+    once :meth:`RunDir.verify` found nothing wrong: what every reader of saved runs starts with."""
+    from .experiments import units_of_run
     run = RunDir(path)
     config = run.read_config()
+    try:
+        run.units = units_of_run(config)
+    except ValueError as err:
+        raise RunDirError(f"run config {run.config_path}: {err}") from None
+    run.verify()
+    return run, config
+
+
+def load_run(path):
+    """``{"path", "config", "metrics", "arrays": {variant: {...}}}`` of a finished or partial run, checked
+    first (:func:`checked_run`)."""
+    run, config = checked_run(path)
     arrays = {}
     if (run.path / "arrays").is_dir():
         for f in sorted((run.path / "arrays").glob("*.npz")):
@@ -653,8 +769,7 @@ def load_records(run_dirs):
     """
     records = []
     for d in run_dirs:
-        run = RunDir(d)
-        cfg = run.read_config()
+        run, cfg = checked_run(d)
         fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
         fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
         records += [dict(fixed, **row) for row in run.read_metrics()]

@@ -266,6 +266,139 @@ def test_repair_writes_the_rows_in_the_serial_order(tmp_path, reference):
     assert RunDir(path).done_variants() == ["baseline", "infonce", "nwj"]
 
 
+def edit_value(path, line, key, value):
+    """Change one number of one row by hand, leaving valid JSON."""
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[line - 1])
+    row[key] = value
+    lines[line - 1] = json.dumps(row, sort_keys=True) + "\n"
+    path.write_text("".join(lines))
+
+
+def test_a_hand_edited_value_of_a_finished_variant_is_detected(tmp_path, reference, capsys):
+    """Was: a metric value edited by hand went unnoticed by --resume, plot and findings. Now progress.json
+    holds the SHA-256 of every finished variant's rows: resume, plot and findings name the variant."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    edit_value(run_dir.metrics_path, 3, "accuracy", 0.99)
+    before = run_dir.metrics_path.read_bytes()
+    with pytest.raises(ValueError, match=r"infonce: its rows in metrics.jsonl differ from those it finished with"):
+        run(out, resume=True)
+    for argv in (["plot", str(run_dir.path), "--out", str(tmp_path / "fig")],
+                 ["findings", str(run_dir.path), "--out", str(tmp_path / "f.json")]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and "infonce: its rows in metrics.jsonl differ" in err and "Traceback" not in err
+    assert run_dir.metrics_path.read_bytes() == before and not (tmp_path / "f.json").exists()
+    path, _ = resume_noting(out, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def test_a_hand_edited_row_before_the_checkpoint_is_detected(tmp_path, reference):
+    """The rows a checkpoint covers are pinned by it: an edit there is an error, not a row kept."""
+    run_dir = partial(tmp_path)
+    edit_value(run_dir.metrics_path, 6, "bound", 123.0)                    # nwj's row of step 0
+    with pytest.raises(ValueError, match=r"nwj: its row of step 0 in metrics.jsonl differs from the one its "
+                                         r"checkpoint \(step 4\) recorded"):
+        run(tmp_path, resume=True)
+    path, _ = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def torn(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def duplicated_with_another_value(path):
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[2])
+    row["accuracy"] = 0.5
+    path.write_text("".join(lines[:3] + [json.dumps(row, sort_keys=True) + "\n"] + lines[3:]))
+
+
+def unknown_variant(path):
+    with open(path, "a") as f:
+        f.write(json.dumps({"variant": "mystery", "step": 0, "accuracy": 1.0}) + "\n")
+
+
+@pytest.mark.parametrize("damage_rows,message", [
+    (torn, "its last line is torn"),
+    (duplicated_with_another_value, "infonce: metrics.jsonl holds its row of step 4 twice (lines 3 and 4)"),
+    (unknown_variant, "line 10, is a row of the variant 'mystery', which this run does not have")])
+@pytest.mark.parametrize("command", ["plot", "findings"])
+def test_plot_and_findings_refuse_a_damaged_finished_run(tmp_path, reference, capsys, damage_rows, message, command):
+    """Was: plot and findings read a finished run with a torn last row, a duplicated row with another value
+    or a row of an unknown variant without a word. Now: exit 2, naming the file and the rows."""
+    run_dir, _ = finished_copy(tmp_path, reference)
+    damage_rows(run_dir.metrics_path)
+    code, _, err = run_cli([command, str(run_dir.path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err and "metrics.jsonl" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_findings_on_an_unknown_experiment_is_an_error(tmp_path, reference, capsys):
+    """Was: `mi-ref findings` on runs whose config names an unknown experiment printed "0 of 0 findings"
+    and exited 0."""
+    run_dir, _ = finished_copy(tmp_path, reference)
+    config = json.loads(run_dir.config_path.read_text())
+    run_dir.config_path.write_text(json.dumps(dict(config, experiment="nope")))
+    code, out, err = run_cli(["findings", str(run_dir.path), "--out", str(tmp_path / "f.json")], capsys)
+    assert code == 2 and "unknown experiment 'nope'" in err and str(run_dir.config_path) in err
+    assert not (tmp_path / "f.json").exists()
+
+
+SAMPLING = dict(n_iters=100, record_every=50)
+
+
+@pytest.fixture(scope="module")
+def sampling_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampling")
+    path = experiments.run_experiment("sampling", "quick", 0, out, progress=False, **SAMPLING)
+    return path, rows_without_time(path), RunDir(path).load_arrays("iid-infonce")["trace"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_the_arrays_of_finished_variants_are_audited(tmp_path, sampling_reference, capsys, how):
+    """Was: `truncate -s 100 arrays/iid-infonce.npz` (or deleting it) on a finished sampling run: --resume and
+    --resume --repair exited 0 and left the file as it was; plot and findings failed later or never noticed.
+    Now progress.json holds the SHA-256 of each finished variant's arrays file: resume and plot name the
+    file, and --repair recomputes the variant."""
+    out = tmp_path / "r"
+    shutil.copytree(Path(sampling_reference[0]).parent.parent, out)
+    run_dir = RunDir(Path(out) / Path(sampling_reference[0]).relative_to(Path(sampling_reference[0]).parents[1]))
+    arrays = run_dir.arrays_path("iid-infonce")
+    if how == "truncated":
+        arrays.write_bytes(arrays.read_bytes()[:100])
+    else:
+        arrays.unlink()
+    with pytest.raises(ValueError, match=r"iid-infonce: arrays/iid-infonce.npz (is missing|differs from)"):
+        experiments.run_experiment("sampling", "quick", 0, out, resume=True, progress=False, **SAMPLING)
+    code, _, err = run_cli(["plot", str(run_dir.path), "--out", str(tmp_path / "fig")], capsys)
+    assert code == 2 and "arrays/iid-infonce.npz" in err
+    notes = []
+    path = experiments.run_experiment("sampling", "quick", 0, out, resume=True, repair=True, progress=False,
+                                      report=notes.append, **SAMPLING)
+    assert any("iid-infonce is recomputed from its start" in n for n in notes), notes
+    assert rows_without_time(path) == sampling_reference[1]
+    np.testing.assert_array_equal(RunDir(path).load_arrays("iid-infonce")["trace"], sampling_reference[2])
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_the_arrays_of_the_variant_in_progress_are_audited(tmp_path, reference, how):
+    """The singular values of the variant in progress are read back on resume: a damaged or deleted file is
+    an error before anything runs, and --repair recomputes the variant (it was a dead end: the run failed
+    after the audit, asking for --repair, which did not help)."""
+    run_dir = partial(tmp_path)
+    arrays = run_dir.arrays_path("nwj")
+    if how == "truncated":
+        arrays.write_bytes(arrays.read_bytes()[:100])
+    else:
+        arrays.unlink()
+    with pytest.raises(ValueError, match=r"nwj: (arrays of nwj .*arrays/nwj.npz is damaged|arrays/nwj.npz is missing)"):
+        run(tmp_path, resume=True)
+    path, _ = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+    np.testing.assert_array_equal(RunDir(path).load_arrays("nwj")["singular_values"], reference[2])
+
+
 # ------------------------------------------------------------------------------ damaged npz files
 
 def damage(path, how):

@@ -182,6 +182,21 @@ def run_name(name, preset, config=None):
     return f"{name}-{preset}-{text}"
 
 
+def units_of_run(config):
+    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
+    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+    exp = get(config["experiment"])
+    if config["preset"] not in exp.presets:
+        raise ValueError(f"unknown preset {config['preset']!r} for {exp.name}; expected one of {sorted(exp.presets)}")
+    base = exp.presets[config["preset"]]
+    fields = {f.name for f in dataclasses.fields(base)}
+
+    def frozen(value):             # JSON lists back to the tuples of the config
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+    values = {k: frozen(v) for k, v in config["config"].items() if k in fields}
+    return exp.units(dataclasses.replace(base, **values))
+
+
 def describe_overrides(name, preset, config):
     """``n_iters=2000, eval_final=true`` (empty if the config is the preset's)."""
     return ", ".join(f"{k}={_short(v)}" for k, v in overrides_of(name, preset, config))
