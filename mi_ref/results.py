@@ -144,11 +144,14 @@ TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed
 class RunDir:
     """One run directory (see the module docstring for its layout and invariant). ``units``: the names of
     what the run writes, in the experiment's order (:attr:`mi_ref.experiments.Experiment.units`), if known:
-    the files are then kept in that order, and the audit refuses rows of any other variant."""
+    the files are then kept in that order, and the audit refuses rows of any other variant. ``last_step``:
+    the largest step a checkpoint of the run may hold (its config's ``n_iters``), if known."""
 
-    def __init__(self, path, units=None):
+    def __init__(self, path, units=None, last_step=None):
         self.path = Path(path)
         self.units = list(units) if units is not None else None
+        self.last_step = last_step
+        self.repair, self.report = False, None      # set by audit(repair) and by the runner (a notes callable)
         self._lock_fd = None
 
     config_path = property(lambda self: self.path / "config.json")
@@ -388,9 +391,24 @@ class RunDir:
         except (KeyError, ValueError) as err:
             raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: no readable metadata ({err})") \
                 from None
-        if not isinstance(meta, dict) or "step" not in meta:
-            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: its metadata is not a checkpoint's")
+        problem = _meta_problem(meta, self.last_step)
+        if problem:
+            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: {problem}")
         return arrays, meta
+
+    def unusable_checkpoint(self, variant, err):
+        """A checkpoint whose metadata passed the audit but whose contents cannot be restored into the run
+        (:meth:`mi_ref.loop.Loop.resume` found it): a :class:`RunDirError` naming it, nothing changed; when
+        the run is being repaired, the variant is forgotten instead (and reported), so that it starts
+        afresh."""
+        path = self.checkpoint_path(variant)
+        why = f"its checkpoint {path} cannot be restored ({err})"
+        if not self.repair:
+            raise RunDirError(f"{self.path} cannot be resumed as it is: {variant}: {why}. Nothing was changed. To "
+                              f"recompute {variant} from its start, {REPAIR}; or restore the file")
+        self._forget(variant)
+        if self.report is not None:
+            self.report(f"{self.path}: {variant} is recomputed from its start ({why})")
 
     def save_arrays(self, variant, arrays):
         _fault("arrays")
@@ -412,6 +430,7 @@ class RunDir:
         removed, and that is reported too. ``merging``: units whose merge into this directory (a sweep's
         seed directory) was interrupted; their rows are left to the merge, which writes them again.
         """
+        self.repair = repair
         notes = []
         for tmp in self.path.rglob(".*.tmp"):
             tmp.unlink()
@@ -606,6 +625,47 @@ class RunDir:
             if path.exists():
                 path.unlink()
         return [f"every variant is recomputed from its start ({why})"]
+
+
+# the keys of a checkpoint's metadata (mi_ref.loop.Loop.checkpoint): the JSON types each must have, and
+# whether it is required (the optional ones are absent from the checkpoints of older versions)
+CHECKPOINT_META = {"step": (int, True), "seconds": ((int, float), True), "iterators": (dict, True),
+                   "streams": (dict, True), "before_eval": (dict, False), "loop": (dict, False),
+                   "evaluated": (bool, False), "row_steps": (list, False), "row_sha256": (list, False),
+                   "arrays": (bool, False)}
+_KIND = {int: "an integer", (int, float): "a number >= 0", dict: "a JSON object", bool: "true or false",
+         list: "a JSON array"}
+
+
+def _meta_problem(meta, last_step=None):
+    """What is wrong with a checkpoint's metadata (its keys, their types, the step against ``last_step`` and
+    against the rows it recorded), or None."""
+    if not isinstance(meta, dict):
+        return "its metadata is not a JSON object"
+    for key, (kind, required) in CHECKPOINT_META.items():
+        if key not in meta:
+            if required:
+                return f"its metadata lacks the key {key!r}"
+            continue
+        value = meta[key]
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind) or \
+                (kind == (int, float) and not (np.isfinite(value) and value >= 0)):
+            return f"its metadata's {key!r} must be {_KIND[kind]}, got {json.dumps(value)[:40]}"
+    step, steps, digests = meta["step"], meta.get("row_steps"), meta.get("row_sha256")
+    if step < 0:
+        return f"its step {step} is negative"
+    if last_step is not None and step > last_step:
+        return f"its step {step} is beyond the run's last step, {last_step}"
+    if steps is not None:
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in steps) or steps != sorted(set(steps)):
+            return f"its metadata's 'row_steps' must be increasing integers, got {json.dumps(steps)[:60]}"
+        if steps and steps[-1] > step:
+            return f"it recorded a row of step {steps[-1]}, after its own step {step}"
+        if meta.get("evaluated", True) and step not in steps:
+            return f"its step {step} is not among the steps of the rows it recorded {steps}"
+        if digests is not None and (len(digests) != len(steps) or not all(isinstance(d, str) for d in digests)):
+            return "its metadata's 'row_sha256' must hold one SHA-256 per recorded row"
+    return None
 
 
 REPAIR = ("resume with --repair (`mi-ref run ... --resume --repair`, or the same `mi-ref sweep` command with "

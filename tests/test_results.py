@@ -61,10 +61,11 @@ def test_metrics_torn_line_and_truncation(tmp_path):
 def test_checkpoint_round_trip_and_done(tmp_path):
     run = results.RunDir(tmp_path)
     assert run.load_checkpoint("v") is None
-    run.save_checkpoint("v", {"params/W": np.eye(2)}, {"step": 3, "rng": {"state": 2 ** 100}})
+    saved = {"step": 3, "seconds": 1.5, "iterators": {}, "streams": {"rng": {"state": 2 ** 100}}}
+    run.save_checkpoint("v", {"params/W": np.eye(2)}, saved)
     arrays, meta = run.load_checkpoint("v")
     np.testing.assert_array_equal(arrays["params/W"], np.eye(2))
-    assert meta == {"step": 3, "rng": {"state": 2 ** 100}}
+    assert meta == saved
     run.mark_done("v")
     assert run.done_variants() == ["v"] and run.load_checkpoint("v") is None
     run.checkpoint_path("w").write_bytes(b"garbage")

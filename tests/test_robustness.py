@@ -4,6 +4,7 @@ stops with one clear error (exit code 2 from the CLI) that names the file and ch
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -433,6 +434,43 @@ def test_a_damaged_checkpoint_is_one_clear_error_then_repairable(tmp_path, refer
     assert "nwj" in message and "--repair" in message and "pickle" not in message
     assert ckpt.read_bytes() == before
     path = run(tmp_path, resume=True, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def edit_checkpoint_meta(path, change):
+    """Rewrite a checkpoint with ``change(meta)`` applied to its JSON metadata (a valid npz, no pickle)."""
+    from mi_ref.results import array_to_json, json_to_array
+    arrays = dict(np.load(path, allow_pickle=False))
+    meta = array_to_json(arrays["__meta__"])
+    change(meta)
+    arrays["__meta__"] = json_to_array(meta)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.pop("iterators"), r"its metadata lacks the key 'iterators'"),
+    (lambda m: m.update(step="abc"), r"its metadata's 'step' must be an integer, got \"abc\""),
+    (lambda m: m.update(step=1000000), r"its step 1000000 is beyond the run's last step, 12"),
+    (lambda m: m.update(step=6), r"its step 6 is not among the steps of the rows it recorded \[0, 4\]"),
+    (lambda m: m.update(seconds=-1), r"its metadata's 'seconds' must be a number >= 0, got -1"),
+    (lambda m: m["iterators"].update(data={"kind": "nonsense"}),
+     r"cannot be restored \(ValueError: the saved batch stream"),
+    (lambda m: m["streams"].update(init={"bit_generator": "PCG64", "state": 3}), r"cannot be restored"),
+])
+def test_checkpoint_metadata_is_checked_before_it_is_used(tmp_path, reference, capsys, change, message):
+    """Was: a checkpoint without its 'iterators' gave a KeyError traceback, a step "abc" exit 2 with no file
+    name, a step of 1000000 exit 0 and a row labelled step 12 that held the model of step 4. Now each is an
+    error naming the checkpoint, nothing changed, and --repair recomputes the variant."""
+    run_dir = partial(tmp_path)
+    ckpt = run_dir.checkpoint_path("nwj")
+    edit_checkpoint_meta(ckpt, change)
+    before = (ckpt.read_bytes(), run_dir.metrics_path.read_bytes())
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path), "--resume", "--quiet"] + tiny_flags(), capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert re.search(message, err) and str(ckpt) in err and "--repair" in err, err
+    assert (ckpt.read_bytes(), run_dir.metrics_path.read_bytes()) == before
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert any("nwj is recomputed from its start" in n for n in notes), notes
     assert rows_without_time(path) == reference[1]
 
 

@@ -237,7 +237,8 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
             raise ValueError(f"{name} has no variant {unknown}; its variants are {exp.units(config)}")
     report = report or (lambda line: print(line, file=sys.stderr))
     store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config),
-                   units=exp.units(config))
+                   units=exp.units(config), last_step=getattr(config, "n_iters", None))
+    store.report = report
     header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
     try:
         if not store.prepare(header, resume):
