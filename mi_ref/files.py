@@ -16,6 +16,7 @@ never suggest to (numpy's own message for a non-npz file does).
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -30,6 +31,18 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# the name mkstemp gives the temporary file of write_bytes: "." + the target's name + "." + 8 random characters
+# of tempfile's alphabet + ".tmp"
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temporary_target(name):
+    """The name of the file that a temporary file named ``name`` of :func:`write_bytes` was to become, or None
+    if ``name`` is not named as one."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["target"] if match else None
 
 
 def write_bytes(path, data):

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import faults, files
 from .faults import point as _fault
-from .files import DamagedFileError, load_npz, read_json
+from .files import DamagedFileError, load_npz, read_json, temporary_target
 from .stats import sample_sd
 
 # ----------------------------------------------------------------------------------------------------
@@ -138,6 +138,7 @@ class RunDirError(ValueError):
     can cause; the message says which file and what to do."""
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "progress.json", "summary.json")    # written atomically, at the top
 TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed-S/UNIT (see mi_ref.sweep)
 
 
@@ -432,7 +433,7 @@ class RunDir:
         """
         self.repair = repair
         notes = []
-        for tmp in self.path.rglob(".*.tmp"):
+        for tmp in self._leftover_temporaries():
             tmp.unlink()
             notes.append(f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write")
         try:
@@ -499,6 +500,22 @@ class RunDir:
             self._forget(variant)
             notes.append(f"{variant} is recomputed from its start ({why})")
         return notes
+
+    def _leftover_temporaries(self):
+        """The temporary files that interrupted atomic writes of this directory's own files left (and nothing
+        else): regular files named as :func:`mi_ref.files.write_bytes` names the temporary file of a file
+        mi-ref writes, in the folder it writes that file to."""
+        places = [(self.path, lambda target: target in RUN_FILES),
+                  (self.path / "checkpoints", lambda target: target.endswith(".npz")),
+                  (self.path / "arrays", lambda target: target.endswith(".npz"))]
+        found = []
+        for folder, ours in places:
+            if folder.is_dir() and not folder.is_symlink():
+                for entry in sorted(folder.iterdir()):
+                    target = temporary_target(entry.name)
+                    if target is not None and ours(target) and entry.is_file() and not entry.is_symlink():
+                        found.append(entry)
+        return found
 
     def _row_problems(self, rows):
         """``(by_variant, unknown, damaged)`` of the rows of metrics.jsonl: ``{variant: [(line, row), ...]}``

@@ -635,11 +635,31 @@ def test_stale_temporary_files_are_removed_on_resume(tmp_path, reference):
     run_dir, out = finished_copy(tmp_path, reference)
     stale = run_dir.path / "checkpoints"
     stale.mkdir(exist_ok=True)
-    (stale / ".nwj.npz.abc123.tmp").write_bytes(b"half a checkpoint")
+    (stale / ".nwj.npz.abc12_x9.tmp").write_bytes(b"half a checkpoint")      # named as mkstemp names it
     notes = []
     experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False,
                                report=notes.append, **TINY)
     assert not list(run_dir.path.rglob(".*.tmp")) and any("temporary file" in n for n in notes)
+
+
+def test_the_audit_removes_only_its_own_temporary_files(tmp_path, reference):
+    """Was: the audit deleted every file matching .*.tmp anywhere under the run directory, and a directory of
+    that name stopped the resume. Now it removes only the temporary files of its own writes: named as
+    mkstemp names them, after a file mi-ref writes, in the folder mi-ref writes it to."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    own = [run_dir.path / ".metrics.jsonl.k2j4_x0a.tmp", run_dir.path / "arrays" / ".nwj.npz.00000000.tmp"]
+    theirs = [run_dir.path / ".notes.tmp", run_dir.path / ".metrics.jsonl.tmp", run_dir.path / "arrays" / ".mine.tmp",
+              run_dir.path / "mine" / ".nwj.npz.k2j4_x0a.tmp", run_dir.path / ".config.json.ABCDEFGH.tmp"]
+    for path in own + theirs:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    (run_dir.path / ".x.tmp").mkdir()
+    (run_dir.path / "checkpoints").mkdir(exist_ok=True)
+    (run_dir.path / "checkpoints" / ".nwj.npz.abcdefgh.tmp").mkdir()       # a directory, not a write of mi-ref
+    path, notes = resume_noting(out)
+    assert [p for p in own if p.exists()] == [] and all(p.exists() for p in theirs)
+    assert (run_dir.path / ".x.tmp").is_dir() and (run_dir.path / "checkpoints" / ".nwj.npz.abcdefgh.tmp").is_dir()
+    assert sum("temporary file" in n for n in notes) == 2, notes
 
 
 def test_files_respect_the_umask(tmp_path):
