@@ -45,8 +45,9 @@ def temporary_target(name):
     return match["target"] if match else None
 
 
-def write_bytes(path, data):
-    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path."""
+def write_bytes(path, data, check=None):
+    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path.
+    ``check()``, if given, runs just before the rename: an exception there leaves the old file in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -57,6 +58,8 @@ def write_bytes(path, data):
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         faults.point("replace")
+        if check is not None:
+            check()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -67,26 +70,26 @@ def write_bytes(path, data):
     return path
 
 
-def write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path, text, check=None):
+    """Write ``text`` (UTF-8) to ``path`` atomically (``check``: see :func:`write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"), check)
 
 
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON (sorted keys) to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json(path, obj, check=None):
+    """Write ``obj`` as indented JSON (sorted keys) to ``path`` atomically (``check``: see :func:`write_bytes`)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", check)
 
 
-def savez(path, arrays):
+def savez(path, arrays, check=None):
     """Save a dict of arrays to ``path`` (.npz) atomically; every value must be a non-object array (so that
-    reading it back never needs pickle)."""
+    reading it back never needs pickle). ``check``: see :func:`write_bytes`."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype.hasobject:
             raise ValueError(f"array {k!r} has dtype object, which would need pickle; store numbers or text")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return write_bytes(path, buffer.getvalue())
+    return write_bytes(path, buffer.getvalue(), check)
 
 
 class DamagedFileError(ValueError):

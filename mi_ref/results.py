@@ -36,12 +36,14 @@ defect, and nothing is changed, unless the run is resumed with ``repair=True``, 
 damaged variants from their start.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -180,24 +182,73 @@ class RunDir:
         """Take the directory's advisory lock (``flock`` on ``.lock``) for as long as this process runs
         (or until :meth:`unlock`). The OS drops it when the process ends, however it ends, so a killed run
         never blocks a later one. A second writer gets :class:`RunLockedError` naming the holder, or with
-        ``wait=True`` waits until the holder lets go."""
+        ``wait=True`` waits until the holder lets go.
+
+        ``.lock`` is opened without following a symbolic link (a link there is an error: the holder's line
+        would be written to its target). Once locked, ``.lock`` must still be the file that was locked (its
+        device and inode): another process may have deleted and recreated it in between, and the lock is
+        then taken again on the new file. And the holder checks that identity before each of its writes
+        (:meth:`_check_lock`), so that deleting ``.lock`` while a run writes stops that run before its next
+        write instead of letting a second writer in beside it."""
         if self._lock_fd is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        while True:
+            fd = self._open_lock()
             try:
-                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise RunLockedError(f"{self.path} is being written by another mi-ref process ({holder}); wait for "
-                                 "it to finish, or stop it, before running this again") from None
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                try:
+                    holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+                finally:
+                    os.close(fd)
+                raise RunLockedError(f"{self.path} is being written by another mi-ref process ({holder}); wait for "
+                                     "it to finish, or stop it, before running this again") from None
+            if self._is_lock_file(fd):
+                break
+            os.close(fd)                 # .lock was replaced between the open and the lock: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()}, since "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n").encode("utf-8"))
         self._lock_fd = fd
+
+    def _open_lock(self):
+        """A descriptor of ``.lock`` (created if missing), opened without following a link; a link or anything
+        but a regular file there is a :class:`RunDirError`."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunDirError(f"{self.lock_path} is a symbolic link; mi-ref keeps its lock in a file of its own "
+                                  "and never writes through a link: remove the link, then run this again") from None
+            if err.errno == errno.EISDIR:
+                raise RunDirError(f"{self.lock_path} is a directory, not mi-ref's lock file: remove it, then run this "
+                                  "again") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"{self.lock_path} is not a regular file, so it is not mi-ref's lock file: remove it, "
+                              "then run this again")
+        return fd
+
+    def _is_lock_file(self, fd):
+        """True if ``.lock`` is (still) the file open as ``fd``."""
+        try:
+            now = os.lstat(self.lock_path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+    def _check_lock(self):
+        """Before a write: a process that holds the lock raises :class:`RunLockedError` if ``.lock`` is no
+        longer the file it locked (deleted or replaced by hand), since another process may now hold a lock
+        on the new file and write too."""
+        if self._lock_fd is not None and not self._is_lock_file(self._lock_fd):
+            raise RunLockedError(f"{self.lock_path} was deleted or replaced while this process was writing "
+                                 f"{self.path}; another mi-ref process may be writing it now, so this one stops "
+                                 "before writing more (everything up to its last evaluation is saved). Let the "
+                                 "other process finish, or continue with --resume once none runs")
 
     def unlock(self):
         if self._lock_fd is not None:
@@ -232,7 +283,7 @@ class RunDir:
                 raise RunExistsError(f"{self.path} already holds this run; pass --resume to continue it, or "
                                      "choose another --out directory (nothing was overwritten)")
             return False
-        atomic_write_json(self.config_path, dict(header, environment=environment()))
+        atomic_write_json(self.config_path, dict(header, environment=environment()), self._check_lock)
         return True
 
     def read_config(self):
@@ -278,7 +329,16 @@ class RunDir:
     def append_metrics(self, row):
         """Append one row (a JSON object on one line, written with a single write and fsynced)."""
         line = json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        self._check_lock()
+        try:
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunDirError(f"{self.metrics_path} is a symbolic link; mi-ref appends its rows to a file of its "
+                                  "own and never through a link: replace the link by the file, then resume") from None
+            raise
+        with open(fd, "a", encoding="utf-8") as f:
             _fault("metrics")
             if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
                 f.write(line[:len(line) // 2])
@@ -290,7 +350,8 @@ class RunDir:
             os.fsync(f.fileno())
 
     def rewrite_metrics(self, rows):
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
+                          self._check_lock)
 
     def truncate_variant(self, variant, last_step):
         """Drop rows of ``variant`` after ``last_step`` (all of them if None): they are the work of an
@@ -343,6 +404,7 @@ class RunDir:
         as a serial run writes them (sweeps merge in completion order; --repair recomputes a variant after
         those that follow it)."""
         order = self.units if order is None else order
+        self._check_lock()
         progress = self._progress()
         if variant not in progress["done"]:
             rows = self.read_metrics()
@@ -360,25 +422,27 @@ class RunDir:
                 arrays[variant] = file_sha256(self.arrays_path(variant))
             atomic_write_json(self.progress_path, {"done": done, "rows": dict(progress["rows"], **{variant: len(own)}),
                                                    "sha256": dict(progress["sha256"], **{variant: rows_sha256(own)}),
-                                                   "arrays": arrays})
+                                                   "arrays": arrays}, self._check_lock)
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():
             ckpt.unlink()
 
     def _forget(self, variant):
         """Remove every trace of ``variant`` (rows, done mark, checkpoint, arrays): it will be run again."""
+        self._check_lock()
         self.truncate_variant(variant, None)
         progress = self._progress()
         if variant in progress["done"]:
             atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant]} | {
-                key: {v: x for v, x in progress[key].items() if v != variant} for key in ("rows", "sha256", "arrays")})
+                key: {v: x for v, x in progress[key].items() if v != variant} for key in ("rows", "sha256", "arrays")},
+                self._check_lock)
         for path in (self.checkpoint_path(variant), self.arrays_path(variant)):
             if path.exists():
                 path.unlink()
 
     def save_checkpoint(self, variant, arrays, meta):
         _fault("checkpoint")
-        atomic_savez(self.checkpoint_path(variant), dict(arrays, __meta__=json_to_array(meta)))
+        atomic_savez(self.checkpoint_path(variant), dict(arrays, __meta__=json_to_array(meta)), self._check_lock)
 
     def load_checkpoint(self, variant):
         """``(arrays, meta)`` of the variant's checkpoint, or None if it has none (a damaged one raises
@@ -413,7 +477,7 @@ class RunDir:
 
     def save_arrays(self, variant, arrays):
         _fault("arrays")
-        atomic_savez(self.arrays_path(variant), arrays)
+        atomic_savez(self.arrays_path(variant), arrays, self._check_lock)
 
     def load_arrays(self, variant):
         path = self.arrays_path(variant)
@@ -432,6 +496,7 @@ class RunDir:
         seed directory) was interrupted; their rows are left to the merge, which writes them again.
         """
         self.repair = repair
+        self._check_lock()
         notes = []
         for tmp in self._leftover_temporaries():
             tmp.unlink()
@@ -637,6 +702,7 @@ class RunDir:
 
     def _start_over(self, why):
         """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
+        self._check_lock()
         for path in [self.metrics_path, self.progress_path] + list(self.path.glob("checkpoints/*.npz")) + \
                 list(self.path.glob("arrays/*.npz")):
             if path.exists():

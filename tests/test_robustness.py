@@ -585,6 +585,83 @@ def test_two_fresh_runs_racing_write_no_duplicate_rows(tmp_path, reference):
     assert rows_without_time(run_path(tmp_path)) == reference[1]
 
 
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl"])
+def test_no_file_of_the_run_is_written_through_a_symbolic_link(tmp_path, reference, capsys, name):
+    """Was: `ln -s OUTSIDE .lock` then --resume overwrote the outside file with the lock holder's line (and an
+    append went through a linked metrics.jsonl). Now a link there is an error naming it; the outside file is
+    untouched."""
+    run_dir = partial(tmp_path / "out")
+    outside = tmp_path / "outside.txt"
+    outside.write_text(run_dir.metrics_path.read_text() if name == "metrics.jsonl" else "precious\n")
+    link = run_dir.path / name
+    if link.exists():
+        link.unlink()
+    link.symlink_to(outside)
+    before = outside.read_bytes()
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path / "out"), "--resume", "--quiet"]
+                           + tiny_flags(), capsys)
+    assert code == 2 and f"{link} is a symbolic link" in err and "Traceback" not in err, err
+    assert outside.read_bytes() == before and link.is_symlink()
+
+
+WAITING_WRITER = textwrap.dedent("""
+    import os, sys, time
+    from mi_ref import experiments, faults
+    out, release = sys.argv[1], sys.argv[2]
+    def hook(name):
+        if name == "update" and not os.path.exists(release):
+            print("waiting", flush=True)
+            while not os.path.exists(release):
+                time.sleep(0.05)
+    faults.HOOK = hook
+    experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False, **{TINY})
+""")
+
+
+def test_deleting_the_lock_never_gives_two_writers(tmp_path, reference):
+    """Was: deleting .lock while a run wrote, then resuming, gave two writers and rows written twice. Now the
+    second process takes a new lock and finishes the run; the first, before its next write, finds that .lock
+    is no longer the file it locked and stops without writing. The rows are those of one run."""
+    partial(tmp_path)
+    release = tmp_path / "release"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.Popen([sys.executable, "-c", WAITING_WRITER.replace("{TINY}", repr(TINY)), str(tmp_path),
+                              str(release)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "waiting"         # it holds the lock, between two steps
+        (run_path(tmp_path) / ".lock").unlink()
+        path = run(tmp_path, resume=True)                            # a second process on the same directory
+        release.touch()
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode != 0 and "was deleted or replaced while this process was writing" in err, err
+    assert rows_without_time(path) == reference[1]
+
+
+def test_the_lock_is_taken_on_the_file_that_is_there_after_locking(tmp_path, monkeypatch):
+    """Another process may delete and recreate .lock between this one's open and its flock: the lock then
+    checks the file's identity (device and inode) and locks the new file instead of the deleted one."""
+    from mi_ref import results
+    run_dir = RunDir(tmp_path / "r")
+    real_flock, calls = results.fcntl.flock, []
+
+    def racing_flock(fd, flags):
+        if not calls:                                   # the other process's delete and recreate
+            run_dir.lock_path.unlink()
+            run_dir.lock_path.write_text("")
+        calls.append(fd)
+        return real_flock(fd, flags)
+    (tmp_path / "r").mkdir()
+    monkeypatch.setattr(results.fcntl, "flock", racing_flock)
+    run_dir.lock()
+    assert len(calls) == 2
+    assert os.fstat(run_dir._lock_fd).st_ino == os.stat(run_dir.lock_path).st_ino
+    run_dir.unlock()
+
+
 # ------------------------------------------------------------------------------ arguments and paths
 
 
