@@ -100,8 +100,9 @@ def _warn(message):
 
 def _overrides(exp, args):
     """The preset's settings changed on the command line: ``--set key=value`` (any field of the experiment's
-    config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals). Every adjustment mi-ref
-    makes on its own is said on stderr, never silent:
+    config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals); a shortcut and a --set of
+    the same setting are an error. Every adjustment mi-ref makes on its own is said on stderr, never silent,
+    once every value is known to be valid:
 
     * --evals above the number of steps: one evaluation per step (n_evals = n_iters);
     * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
@@ -113,6 +114,10 @@ def _overrides(exp, args):
     base = exp.presets[args.preset]
     fields = {f.name for f in dataclasses.fields(base)}
     overrides = experiments.parse_sets(exp, args.preset, args.set or [])
+    for flag, value, key in (("--dataset", args.dataset, "dataset"), ("--evals", args.evals, "n_evals"),
+                             ("--steps", args.steps, "n_iters")):
+        if value is not None and key in overrides:
+            raise CLIError(f"{flag} {value} and --set {key}={overrides[key]} both set {key}; give one of them")
     if args.dataset is not None:
         overrides["dataset"] = args.dataset
     if args.evals is not None:
@@ -121,17 +126,21 @@ def _overrides(exp, args):
         overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
+    notes = []
     steps = overrides.get("n_iters", getattr(base, "n_iters", None))
-    if "n_evals" in fields and overrides.get("n_evals", base.n_evals) > steps:
-        _warn(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at every "
-              f"step instead (n_evals = {steps})")
+    if "n_evals" in fields and isinstance(steps, int) and overrides.get("n_evals", base.n_evals) > steps > 0:
+        notes.append(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at "
+                     f"every step instead (n_evals = {steps})")
         overrides["n_evals"] = steps
     schedule_changed = any(overrides.get(k, getattr(base, k, None)) != getattr(base, k, None)
                            for k in ("n_iters", "n_evals"))
     if "eval_final" in fields and not base.eval_final and schedule_changed and "eval_final" not in overrides:
-        _warn("the paper's schedule ends one evaluation interval before the last step; this shortened run also "
-              "evaluates after its last step (--set eval_final=false to skip that)")
+        notes.append("the paper's schedule ends one evaluation interval before the last step; this shortened run "
+                     "also evaluates after its last step (--set eval_final=false to skip that)")
         overrides["eval_final"] = True
+    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
+    for note in notes:
+        _warn(note)
     return overrides
 
 

@@ -477,14 +477,17 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         raise ValueError("no seeds given")
     threads = positive_int(threads, "threads")
     retries = positive_int(retries, "retries", minimum=0)
+    dataset = None
     if hasattr(config, "dataset"):
         if config.dataset == "mnist":
             data_dir = data_dir or os.environ.get(DATA_ENV)
             if data_dir is not None:
                 data_dir = str(Path(data_dir).resolve())
-        load(config.dataset, data_dir)                       # fails before anything runs
+        dataset = load(config.dataset, data_dir)             # fails before anything runs
     elif data_dir is not None:
         raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
+    if exp.check_data is not None:
+        exp.check_data(config, dataset)                      # so do sizes that do not fit the data
     all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir)
     units = exp.units(config)
     # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error);

@@ -316,3 +316,17 @@ def test_permutations_are_shared_across_seeds_and_weights_are_not():
     assert not np.array_equal(w0, w1)
     with pytest.raises(ValueError, match="permutations"):
         experiments.get("invertible").config("quick", permutations="sometimes")
+
+
+def test_a_config_whose_models_cannot_be_built_is_refused_with_the_variant_named():
+    """check_on_data builds every variant's models before anything is written; a failure names the variant."""
+    from mi_ref.data import load
+    from mi_ref.experiments.common import Variant, check_on_data
+
+    def build(rng):
+        raise ValueError("every MLP layer width must be a positive integer, got -3")
+    config = experiments.get("critics").config("quick", dataset="digits")
+    with pytest.raises(ValueError, match=r"the settings cannot build the models of odd: every MLP layer width"):
+        check_on_data(config, load("digits"), [Variant("odd", build, "infonce")])
+    with pytest.raises(ValueError, match="convnet_channels must be the channels of the ConvNet's two convolutions"):
+        experiments.get("encoders").config("quick", convnet_channels=(4,))

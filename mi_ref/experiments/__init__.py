@@ -7,7 +7,8 @@ every variant of the experiment (e.g. one per estimator) into one run directory 
 None for synthetic experiments, whose configs have no ``dataset`` field; ``only``: a subset of the units to
 run) and ``units(config)``: the names of what ``run`` writes, in order (the variants, and "baseline" for the
 pixel-baseline row). A unit depends on nothing but (config, seed): :mod:`mi_ref.sweep` runs each one as a
-task of its own.
+task of its own. ``check_data(config, dataset)`` finds, before anything is written, the settings that cannot
+run on the data: a batch larger than the data, sizes from which no model can be built.
 """
 
 import dataclasses
@@ -31,6 +32,8 @@ class Experiment:
     run: object                 # run(config, store, seed, dataset, progress, only=None) -> None
     units: object               # units(config) -> the names run() writes, in order (variants, "baseline")
     order: int = 100            # position in the paper (listings and `reproduce` follow it)
+    check_data: object = None   # check_data(config, dataset) raises ValueError for settings that cannot run on
+                                # that data (dataset None: synthetic): sizes, and the models the variants build
 
     def config(self, preset, **overrides):
         """The preset's config with overrides (None values are ignored); unknown names are an error."""
@@ -231,6 +234,8 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
         raise ValueError(f"{name} uses synthetic data and reads no --data-dir (drop it)")
     else:
         dataset = None
+    if exp.check_data is not None:
+        exp.check_data(config, dataset)                           # so do sizes that do not fit the data
     if only is not None:
         unknown = sorted(set(only) - set(exp.units(config)))
         if unknown:
