@@ -160,19 +160,38 @@ def overrides_of(name, preset, config):
         [(k, v) for k, v in given.items() if k not in base]
 
 
+def _reads_back(name, preset, diffs):
+    """True if every ``key=short value`` of ``diffs`` reads back (:func:`parse_value`, as ``--set`` reads
+    it) as exactly that value: then the short form of a run's name names one config only."""
+    import json
+    base = get(name).presets[preset]
+    for key, value in diffs:
+        text = _short(value)
+        if not hasattr(base, key) or "=" in text:
+            return False
+        try:
+            back = parse_value(text, getattr(base, key), key)
+        except ValueError:
+            return False
+        if json.dumps(back) != json.dumps(value):
+            return False
+    return True
+
+
 def run_name(name, preset, config=None):
     """The name of a run's folder: EXPERIMENT-PRESET, then the overrides of the preset, e.g.
-    ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters become a short
-    hash of the whole config and the names of the overridden settings, e.g.
-    ``critics-quick-3f2a91c0-critics+lr``. (config.json records every setting either way.) ``config``: a
-    config object or its dict."""
+    ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters, or whose short
+    form does not read back as exactly their values (``lr=0.00030000001`` would be shown as ``lr=0.0003``, a
+    nested tuple flattened), become a short hash of the whole config and the names of the overridden
+    settings, e.g. ``critics-quick-3f2a91c0-critics+lr``; so two configs never share a name. (config.json
+    records every setting either way.) ``config``: a config object or its dict."""
     import hashlib
     import json
     diffs = [] if config is None else overrides_of(name, preset, config)
     if not diffs:
         return f"{name}-{preset}"
     text = "-".join(f"{k}={_short(v)}" for k, v in diffs)
-    if len(text) > 60 or any(c in text for c in "/\\ ()[]'\""):
+    if len(text) > 60 or any(c in text for c in "/\\ ()[]'\"") or not _reads_back(name, preset, diffs):
         as_dict = config if isinstance(config, dict) else dataclasses.asdict(config)
         digest = hashlib.sha256(json.dumps(as_dict, sort_keys=True).encode()).hexdigest()[:8]
         keys = ""
