@@ -1,5 +1,5 @@
-"""Files, written once: every file mi-ref writes goes through :func:`write_bytes`, and every ``.npz`` and JSON
-file it reads through :func:`load_npz` and :func:`read_json`.
+"""Files, written once: every file mi-ref writes goes through :func:`replacing` (:func:`write_bytes` for bytes in
+memory), and every ``.npz`` and JSON file it reads through :func:`load_npz` and :func:`read_json`.
 
 Writes.
 
@@ -13,6 +13,7 @@ readers raise one :class:`DamagedFileError` naming the file and the defect, neve
 never suggest to (numpy's own message for a non-npz file does).
 """
 
+import contextlib
 import io
 import json
 import os
@@ -45,15 +46,18 @@ def temporary_target(name):
     return match["target"] if match else None
 
 
-def write_bytes(path, data, check=None):
-    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path.
+@contextlib.contextmanager
+def replacing(path, check=None):
+    """A binary file, open for writing, whose contents replace ``path`` atomically when the ``with`` block
+    ends without an error (creating the parent directory); on any error the temporary file is removed and
+    ``path`` is left as it was. For data streamed to disk; :func:`write_bytes` writes bytes in one go.
     ``check()``, if given, runs just before the rename: an exception there leaves the old file in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
@@ -67,7 +71,14 @@ def write_bytes(path, data, check=None):
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def write_bytes(path, data, check=None):
+    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path.
+    ``check()``, if given, runs just before the rename: an exception there leaves the old file in place."""
+    with replacing(path, check) as f:
+        f.write(data)
+    return Path(path)
 
 
 def write_text(path, text, check=None):
