@@ -185,7 +185,7 @@ def _cmd_sweep(args):
     """``mi-ref sweep EXPERIMENT --seeds 0-19 [--jobs N | --scheduler ADDRESS]``: many seeds, each (seed,
     variant) a task of its own (:mod:`mi_ref.sweep`)."""
     from . import experiments
-    from .sweep import format_sweep, parse_seeds, sweep
+    from .sweep import Terminated, format_sweep, parse_seeds, sweep
     exp = experiments.get(args.experiment)
     if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
         raise CLIError(f"{args.experiment} uses synthetic data and takes no --dataset")
@@ -195,15 +195,22 @@ def _cmd_sweep(args):
     overrides = _overrides(exp, args)
     try:
         result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
-                       args.threads, args.scheduler, args.retries, progress=not args.quiet)
+                       args.threads, args.scheduler, args.retries, progress=not args.quiet, repair=args.repair)
+    except Terminated:
+        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
+              "checkpoint; continue with the same command", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted: every task keeps its last checkpoint; continue with the same command",
               file=sys.stderr)
         raise
     print(format_sweep(result))
     if result["failed"]:
-        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them", file=sys.stderr)
-        return 1
+        damaged = len(result["damaged"])
+        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them"
+              + (f" ({damaged} with a damaged directory: add --repair to recompute them from their start)"
+                 if damaged else ""), file=sys.stderr)
+        return 2
     top = result["run_dirs"][0].parent
     print(f"plot with: mi-ref plot {top} --out figures; judge with: mi-ref findings {top}")
     return 0
@@ -310,6 +317,9 @@ def _add_run_options(p, sweep=False):
                             "files)")
         p.add_argument("--repair", action="store_true",
                        help="with --resume: recompute from their start the variants whose files were damaged")
+    else:
+        p.add_argument("--repair", action="store_true",
+                       help="recompute from their start the units whose seed or task directories were damaged")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change any setting of the experiment's config (repeatable), e.g. --set lr=1e-3 "
                         "--set estimators=infonce,nwj; `mi-ref list --settings` shows them")
