@@ -163,8 +163,12 @@ def _run_seeds(name, args):
                                                     args.data_dir, not args.quiet, repair=args.repair,
                                                     **overrides))
         except KeyboardInterrupt:
-            print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
-                  "same command and --resume", file=sys.stderr)
+            if (path / "config.json").exists():
+                print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
+                      "same command and --resume", file=sys.stderr)
+            else:
+                print(f"interrupted before anything was written for {name} seed {seed}: run the same command to "
+                      "start it", file=sys.stderr)
             raise
         print(f"{name} seed {seed}: results in {path}")
     from .results import format_summary, write_summary
@@ -254,8 +258,13 @@ def _cmd_reproduce(args):
 
 def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
+    from pathlib import Path
+
     from .findings import format_markdown, format_table, judge, write_json
     from .results import expand_run_dirs
+    if Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out} is a directory; give the file to write, e.g. --out "
+                       f"{Path(args.out) / 'findings.json'}")
     verdicts = judge(expand_run_dirs(args.run_dirs))
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
     path = write_json(verdicts, args.out)
@@ -467,6 +476,18 @@ def build_parser():
     return parser
 
 
+def _os_error_text(err):
+    """One line for an ``OSError``: the path it concerns and what to do about it."""
+    import errno
+    where = f" {err.filename}" if getattr(err, "filename", None) else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write{where}: {err.strerror}; free some space (or raise the quota), then run the same "
+                "command again (with --resume for a run: nothing saved so far is lost)")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        return f"cannot use{where}: {err.strerror}; choose another path or fix its permissions"
+    return f"cannot use{where}: {err.strerror or err}"
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -479,10 +500,8 @@ def main(argv=None):
     except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"mi-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission
-        where = f" {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"mi-ref {args.command}: error: cannot use{where}: {err.strerror or err}; choose another path or "
-              "fix its permissions", file=sys.stderr)
+    except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission, full
+        print(f"mi-ref {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mi-ref {args.command}: interrupted", file=sys.stderr)

@@ -65,12 +65,21 @@ def replacing(path, check=None):
         if check is not None:
             check()
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except OSError as err:               # name the file being written, not the temporary one (or none: a full disk)
+        _remove(tmp)
+        if err.filename is None or err.filename == tmp:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def write_bytes(path, data, check=None):
@@ -111,13 +120,20 @@ def load_npz(path, what="array file"):
     """Read an .npz into a dict of arrays, never unpickling. A damaged file (empty, truncated, a CRC error,
     not a zip, a member that is no plain array) raises :class:`DamagedFileError` naming the file."""
     path = Path(path)
+    member = None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {}
+            for member in f.files:
+                arrays[member] = f[member]
+            return arrays
     except FileNotFoundError:
         raise
     except ValueError as err:
-        if "pickle" in str(err):            # numpy's own text would invite unpickling an untrusted file
+        if "pickle" in str(err) and member is not None:   # numpy's own text would invite unpickling it
+            raise DamagedFileError(f"{what} {path} holds {member!r}, an array of Python objects that only pickle can "
+                                   "read; mi-ref never unpickles a file: save plain numeric or text arrays") from None
+        if "pickle" in str(err):
             reason = "it is not an .npz archive (it does not start like one): another kind of file, or damaged"
         else:
             reason = str(err)

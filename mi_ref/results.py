@@ -338,16 +338,21 @@ class RunDir:
                 raise RunDirError(f"{self.metrics_path} is a symbolic link; mi-ref appends its rows to a file of its "
                                   "own and never through a link: replace the link by the file, then resume") from None
             raise
-        with open(fd, "a", encoding="utf-8") as f:
-            _fault("metrics")
-            if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
-                f.write(line[:len(line) // 2])
+        try:
+            with open(fd, "a", encoding="utf-8") as f:
+                _fault("metrics")
+                if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
+                    f.write(line[:len(line) // 2])
+                    f.flush()
+                    _fault("metrics-torn")
+                    line = line[len(line) // 2:]
+                f.write(line)
                 f.flush()
-                _fault("metrics-torn")
-                line = line[len(line) // 2:]
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+                os.fsync(f.fileno())
+        except OSError as err:                       # a full disk: name the file
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(self.metrics_path)) from None
+            raise
 
     def rewrite_metrics(self, rows):
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),

@@ -46,6 +46,7 @@ from .results import (TASKS_DIR, RunDir, RunDirError, RunLockedError, atomic_wri
                       serial_order, summarize, write_summary)
 
 MAX_SEEDS = 10_000      # the most seeds one sweep takes (more: another sweep into the same --out)
+CONNECT_TIMEOUT = "30s"  # how long a sweep tries to reach its Dask scheduler
 
 
 class Terminated(BaseException):
@@ -449,7 +450,11 @@ def _run_dask(tasks, scheduler, threads, retries, report):
         from dask.distributed import Client
     except ImportError:
         raise ValueError('--scheduler needs Dask\'s distributed scheduler: pip install "mi-ref[dask]"') from None
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout="30s")
+    try:
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {err}; check the address, that `dask "
+                         "scheduler` runs there and that this machine can connect to it") from None
     token = os.urandom(4).hex()
     futures = {client.submit(run_task, t, threads, False, key=f"mi-ref-{t.key}-{token}", pure=False,
                              retries=retries): t for t in tasks}

@@ -72,3 +72,16 @@ def test_checkpoint_round_trip_and_done(tmp_path):
     with pytest.raises(ValueError, match="is damaged: it is not an .npz archive") as err:
         run.load_checkpoint("w")
     assert "pickle" not in str(err.value)
+
+
+def test_a_pickled_array_is_named_as_such(tmp_path):
+    """Was: an .npz holding a pickled object array was reported as "not an .npz archive"."""
+    path = tmp_path / "objects.npz"
+    np.savez(path, fine=np.arange(3), objects=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"holds 'objects', an array of Python objects that only pickle can read"):
+        results.load_npz(path, "results file")
+    import pickle
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not an .npz archive") as err:
+        results.load_npz(tmp_path / "plain.pkl", "results file")
+    assert "pickle" not in str(err.value).split("is damaged")[1]        # nothing that invites unpickling it

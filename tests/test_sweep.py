@@ -349,6 +349,22 @@ def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
 
 
+def test_an_unreachable_scheduler_is_named(tmp_path, capsys, monkeypatch):
+    """Was: the Dask connection timeout ended with "choose another path or fix its permissions" and named
+    no path. Now the message names the scheduler's address and what to check."""
+    pytest.importorskip("distributed")
+    import socket
+    with socket.socket() as s:                     # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", "2s")
+    argv = ["sweep", "critics", "--seeds", "0", "--scheduler", address, "--out", str(tmp_path), "--quiet", "--dataset",
+            "digits", "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Dask scheduler at {address}" in err and "permissions" not in err, err
+
+
 def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
     import builtins
     real_import = builtins.__import__
