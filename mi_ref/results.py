@@ -5,35 +5,43 @@ One directory per (experiment, preset, seed)::
     RUN_DIR/
       config.json          the experiment, preset, seed, the complete config, package versions, git revision
       metrics.jsonl        one JSON object per evaluation (and one "baseline" row), appended in order
-      progress.json        the variants finished so far, with the number of rows each wrote
+      progress.json        the variants finished so far, with the number of rows each wrote, the SHA-256 of
+                           those rows and of its arrays file
       arrays/VARIANT.npz   per-evaluation arrays (e.g. singular values), rewritten at every evaluation
       checkpoints/VARIANT.npz   the state of the variant in progress (params, optimizer state, stream and
-                                data-iterator positions, the steps of its rows so far); deleted once the
-                                variant is finished
+                                data-iterator positions, the steps of its rows so far and their SHA-256);
+                                deleted once the variant is finished
       .lock                held (an OS advisory lock) by the one process writing the directory
 
 Writes. Every file but metrics.jsonl is written to a temporary file in the same directory and moved into
 place with ``os.replace`` (:mod:`mi_ref.files`): an interruption leaves the old or the new version. A
-metrics row is one ``write`` of one line, fsynced, before anything that depends on it (the checkpoint of
-that evaluation) is written; an interruption can leave a torn last line and nothing else. Arrays are saved
-with ``numpy.savez`` and read with ``allow_pickle=False``; structured metadata travels as JSON text.
+metrics row is one ``write`` of one line with its newline, fsynced, before anything that depends on it (the
+checkpoint of that evaluation) is written; an interruption can leave a torn last line (without its
+newline) and nothing else. No file is written through a symbolic link. The writer holds the lock and checks
+before every write that ``.lock`` is still the file it locked. Arrays are saved with ``numpy.savez`` and read
+with ``allow_pickle=False``; structured metadata travels as JSON text.
 
 The invariant, per variant V, that a resumable directory keeps:
 
-* V is in progress.json: metrics.jsonl holds exactly the number of rows of V that progress.json recorded,
-  and V has no checkpoint;
-* V has a checkpoint at step s: its rows with step <= s are exactly the steps the checkpoint recorded
-  (the row of step s among them); rows with step > s are the work of an interrupted session and are
-  recomputed on resume, identically;
-* V has neither: any rows of V are the work of a session interrupted before V's first checkpoint and are
-  recomputed from V's start.
+* every row is a row of one of the run's variants (:attr:`RunDir.units`), and each variant's rows have
+  increasing steps, each step once (marking a variant finished also lays the rows out in the experiment's
+  order of variants, as a serial run writes them);
+* V is in progress.json: metrics.jsonl holds exactly the rows of V that progress.json recorded (their
+  number and SHA-256), its arrays file is the one it recorded, and V has no checkpoint;
+* V has a checkpoint at step s (at most the run's last step): its rows with step <= s are exactly those the
+  checkpoint recorded (steps and SHA-256; the row of step s among them); rows with step > s are the work of
+  an interrupted session and are recomputed on resume, identically;
+* V has neither: V has at most one row, written by a session interrupted between V's first evaluation and
+  its first checkpoint; it is recomputed.
 
 :meth:`RunDir.audit` checks it before a run is resumed. What an interruption can leave (a torn last line,
-rows after the last checkpoint, a leftover temporary file, a checkpoint of a finished variant, the row of
-a checkpoint's own step) is repaired and reported; what only outside damage can cause (a row missing in
-the middle, a damaged file, the rows of a finished variant gone) is an error naming the file and the
-defect, and nothing is changed, unless the run is resumed with ``repair=True``, which recomputes the
-damaged variants from their start.
+rows after the last checkpoint, a leftover temporary file of mi-ref's own writes, a checkpoint of a
+finished variant, the row of a checkpoint's own step, the first row before the first checkpoint) is
+repaired and reported; what only outside damage can cause (a row missing, repeated, edited or of an
+unknown variant, a damaged or deleted file) is an error naming the file and the defect, and nothing is
+changed, unless the run is resumed with ``repair=True``, which recomputes the damaged variants from their
+start. :meth:`RunDir.verify` makes the same checks, changing nothing, before figures and findings read a
+run.
 """
 
 import errno
