@@ -610,7 +610,8 @@ class RunDir:
             if variant not in damaged:
                 same = [n for n, r in earlier if r["step"] == step]
                 if same:
-                    damaged[variant] = f"metrics.jsonl holds its row of step {step} twice (lines {same[0]} and {number})"
+                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} twice (lines {same[0]} and "
+                                        f"{number})")
                 elif earlier and earlier[-1][1]["step"] > step:
                     damaged[variant] = (f"metrics.jsonl holds its row of step {step} (line {number}) after that of "
                                         f"step {earlier[-1][1]['step']} (line {earlier[-1][0]}): rows out of order")
@@ -623,7 +624,8 @@ class RunDir:
         older versions hold counts only: their arrays files need only be readable."""
         expected = progress["rows"].get(variant)
         if expected is not None and len(rows) != expected:
-            return f"metrics.jsonl holds {_rows(len(rows))} of the finished variant {variant}, progress.json recorded {expected}"
+            return (f"metrics.jsonl holds {_rows(len(rows))} of the finished variant {variant}, progress.json "
+                    f"recorded {expected}")
         digest = progress["sha256"].get(variant)
         if digest is not None and rows_sha256(rows) != digest:
             return ("its rows in metrics.jsonl differ from those it finished with (progress.json recorded their "
@@ -634,7 +636,8 @@ class RunDir:
             if not path.exists():
                 return f"arrays/{path.name} is missing (it was written when {variant} finished)"
             if file_sha256(path) != recorded:
-                return f"arrays/{path.name} differs from the file {variant} finished with (progress.json recorded its SHA-256)"
+                return (f"arrays/{path.name} differs from the file {variant} finished with (progress.json recorded "
+                        "its SHA-256)")
         elif path.exists():
             try:
                 load_npz(path, f"arrays of {variant}")
@@ -664,8 +667,8 @@ class RunDir:
         if recorded is not None:
             missing = sorted(set(recorded) - {s} - set(have))
             if missing:
-                return (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its checkpoint (step {s}) "
-                        "recorded"), None
+                return (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its checkpoint "
+                        f"(step {s}) recorded"), None
             extra = sorted(set(have) - set(recorded))
             if extra:
                 return (f"metrics.jsonl holds rows of {variant} at steps {extra}, which its checkpoint (step {s}) did "
@@ -676,7 +679,8 @@ class RunDir:
                     return (f"its row of step {r['step']} in metrics.jsonl differs from the one its checkpoint (step "
                             f"{s}) recorded: a value was edited"), None
             if s in recorded and s not in have:
-                note = f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the checkpoint"
+                note = (f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the "
+                        "checkpoint")
         path = self.arrays_path(variant)
         if path.exists():
             try:

@@ -465,7 +465,8 @@ def test_checkpoint_metadata_is_checked_before_it_is_used(tmp_path, reference, c
     ckpt = run_dir.checkpoint_path("nwj")
     edit_checkpoint_meta(ckpt, change)
     before = (ckpt.read_bytes(), run_dir.metrics_path.read_bytes())
-    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path), "--resume", "--quiet"] + tiny_flags(), capsys)
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path), "--resume", "--quiet"] + tiny_flags(),
+                           capsys)
     assert code == 2 and "Traceback" not in err, err
     assert re.search(message, err) and str(ckpt) in err and "--repair" in err, err
     assert (ckpt.read_bytes(), run_dir.metrics_path.read_bytes()) == before

@@ -28,8 +28,8 @@ class Config(MIConfig):
         super().check()
         nonempty(self.encoders, "encoders")
         if len(sizes(self.convnet_channels, "convnet_channels")) != 2:
-            raise ValueError(f"convnet_channels must be the channels of the ConvNet's two convolutions, e.g. (64, 128), "
-                             f"got {self.convnet_channels!r}")
+            raise ValueError(f"convnet_channels must be the channels of the ConvNet's two convolutions, e.g. "
+                             f"(64, 128), got {self.convnet_channels!r}")
         sizes(self.mlp_dims, "mlp_dims")
         positive_int(self.code_dim, "code_dim")
         nonempty(self.targets, "targets", "number")

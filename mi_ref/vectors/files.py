@@ -113,8 +113,8 @@ def load_component(vectors_dir, name, manifest=None):
     if held != listed:
         wrong = [f"{k} {tuple(s)} {d}" for k, s, d in held if (k, s, d) not in listed][:3] or \
             [f"{k} missing" for k, _, _ in listed if k not in arrays][:3]
-        raise DamagedFileError(f"golden file {path} does not hold the arrays {MANIFEST} lists for it ({', '.join(wrong)}); "
-                               "regenerate the directory with `mi-ref vectors`")
+        raise DamagedFileError(f"golden file {path} does not hold the arrays {MANIFEST} lists for it "
+                               f"({', '.join(wrong)}); regenerate the directory with `mi-ref vectors`")
     return arrays
 
 
