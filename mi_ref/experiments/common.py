@@ -85,8 +85,11 @@ def check_batch(batch_size, dataset, test=True):
     ``test`` (the held-out bound is measured in batches of that size), than its test images."""
     n_train, n_test = len(dataset.x_train), len(dataset.x_test)
     if batch_size > n_train:
+        fits = (f"use batch_size <= {min(n_train, n_test)}" + (" (a batch must fit the test images too)"
+                                                                  if test and n_test < n_train else "")
+                if test else f"use batch_size <= {n_train}")
         raise ValueError(f"batch_size {batch_size} is larger than the {n_train} training images of {dataset.name}; "
-                         f"use batch_size <= {min(n_train, n_test) if test else n_train}")
+                         f"{fits}")
     if test and batch_size > n_test:
         raise ValueError(f"batch_size {batch_size} is larger than the {n_test} test images of {dataset.name} (the "
                          f"held-out bound is measured in batches of batch_size); use batch_size <= {n_test}")
