@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import load_run
+from .runs import load_run
 from .stats import sample_sd
 
 

@@ -1,4 +1,5 @@
-"""Run directories: what a run writes, written atomically, checked before it is resumed, read back for plots.
+"""Run directories: what a run writes, written atomically, checked before it is resumed or read back (by
+:mod:`mi_ref.runs`, for figures, findings and analysis).
 
 One directory per (experiment, preset, seed)::
 
@@ -820,31 +821,6 @@ def expand_run_dirs(paths):
     return out
 
 
-def checked_run(path):
-    """``(run, config)``: the :class:`RunDir` at ``path``, with the units of its experiment, and its config,
-    once :meth:`RunDir.verify` found nothing wrong: what every reader of saved runs starts with."""
-    from .experiments import units_of_run
-    run = RunDir(path)
-    config = run.read_config()
-    try:
-        run.units = units_of_run(config)
-    except ValueError as err:
-        raise RunDirError(f"run config {run.config_path}: {err}") from None
-    run.verify()
-    return run, config
-
-
-def load_run(path):
-    """``{"path", "config", "metrics", "arrays": {variant: {...}}}`` of a finished or partial run, checked
-    first (:func:`checked_run`)."""
-    run, config = checked_run(path)
-    arrays = {}
-    if (run.path / "arrays").is_dir():
-        for f in sorted((run.path / "arrays").glob("*.npz")):
-            arrays[f.stem] = load_npz(f, "arrays")
-    return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}
-
-
 # ----------------------------------------------------------------------------------------------------
 # the summary of a run
 
@@ -912,25 +888,3 @@ def format_summary(summaries):
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
     return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------------------------------
-# records for analysis
-
-
-def load_records(run_dirs):
-    """Every metric row of the runs as flat records, ready for ``pandas.DataFrame(records)`` (pandas is not
-    needed): the row's fields (README, "Metrics"), plus ``run`` (the directory), ``experiment``,
-    ``preset``, ``seed`` and every setting of the run's config as ``config.NAME`` (tuples as lists).
-
-        import pandas as pd
-        df = pd.DataFrame(mi_ref.results.load_records(glob.glob("runs/critics-*/seed-*")))
-        df[df.step == df.step.max()].groupby(["config.lr", "variant"]).accuracy.agg(["mean", "std"])
-    """
-    records = []
-    for d in run_dirs:
-        run, cfg = checked_run(d)
-        fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
-        fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
-        records += [dict(fixed, **row) for row in run.read_metrics()]
-    return records
