@@ -504,28 +504,23 @@ class RunDir:
 
         Repairs what an interruption leaves and returns the list of what it did (one sentence each). Raises
         :class:`RunDirError` for damage only outside hands cause, naming file and defect and changing
-        nothing, unless ``repair``: then the damaged variants are forgotten (rows, checkpoint, arrays, done
-        mark) so that the run recomputes them from their start, rows of variants the run does not have are
-        removed, and that is reported too. ``merging``: units whose merge into this directory (a sweep's
-        seed directory) was interrupted; their rows are left to the merge, which writes them again.
+        nothing (the repairs included), unless ``repair``: then the damaged variants are forgotten (rows,
+        checkpoint, arrays, done mark) so that the run recomputes them from their start, rows of variants
+        the run does not have are removed, and that is reported too. ``merging``: units whose merge into this
+        directory (a sweep's seed directory) was interrupted; their rows are left to the merge, which writes
+        them again.
         """
         self.repair = repair
         self._check_lock()
-        notes = []
-        for tmp in self._leftover_temporaries():
-            tmp.unlink()
-            notes.append(f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write")
+        temporaries = self._leftover_temporaries()
         try:
             rows, torn = self._metric_lines()
             progress = self._progress()
         except DamagedFileError as err:
             if not repair:
                 raise RunDirError(f"{err}. Nothing was changed. To recompute every variant, {REPAIR}") from None
-            return notes + self._start_over(f"{err}")
-        if torn is not None:
-            self.rewrite_metrics(rows)
-            notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
-                         "is recomputed")
+            return self._remove(temporaries) + self._start_over(f"{err}")
+        notes, leftovers = [], []
         by_variant, unknown, damaged = self._row_problems(rows)
         for variant in progress["done"]:
             if variant in damaged:
@@ -534,7 +529,7 @@ class RunDir:
             if why:
                 damaged[variant] = why
             elif self.checkpoint_path(variant).exists():
-                self.checkpoint_path(variant).unlink()
+                leftovers.append(self.checkpoint_path(variant))
                 notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
         checkpointed = set()
         for path in sorted((self.path / "checkpoints").glob("*.npz")) if (self.path / "checkpoints").is_dir() else []:
@@ -571,14 +566,28 @@ class RunDir:
                 (" and " if damaged and unknown else "") + ("remove the rows of unknown variants" if unknown else "")
             raise RunDirError(f"{self.path} cannot be resumed as it is: {'; '.join(problems)}. Nothing was changed. "
                               f"To {what}, {REPAIR}; or restore the files")
-        if unknown:
+        # nothing is wrong that an interruption cannot leave (or the run is being repaired): now change things
+        done_notes = self._remove(temporaries)
+        if torn is not None or unknown:
             drop = {n for n, _ in unknown}
-            self.rewrite_metrics([r for n, r in enumerate(self.read_metrics(), start=1) if n not in drop])
-            notes += [f"removed the row of the unknown variant {v!r} (line {n})" for n, v in unknown]
+            self.rewrite_metrics([r for n, r in enumerate(rows, start=1) if n not in drop])
+        if torn is not None:
+            done_notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
+                              "is recomputed")
+        done_notes += [f"removed the row of the unknown variant {v!r} (line {n})" for n, v in unknown]
+        for path in leftovers:
+            path.unlink()
         for variant, why in damaged.items():
             self._forget(variant)
             notes.append(f"{variant} is recomputed from its start ({why})")
-        return notes
+        return done_notes + notes
+
+    def _remove(self, temporaries):
+        """Remove the leftover ``temporaries`` (:meth:`_leftover_temporaries`); one note each."""
+        for tmp in temporaries:
+            tmp.unlink()
+        return [f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write"
+                for tmp in temporaries]
 
     def _leftover_temporaries(self):
         """The temporary files that interrupted atomic writes of this directory's own files left (and nothing

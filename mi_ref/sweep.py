@@ -392,9 +392,12 @@ class _LocalWorker:
                     self.conn.send(None)
                 except OSError:
                     pass
-            self.proc.join(timeout=5 if not busy else 60)
+            self.proc.join(timeout=60 if busy else 5)
             if self.proc.is_alive():
-                self.proc.terminate() if not busy else self.proc.kill()
+                if busy:
+                    self.proc.kill()
+                else:
+                    self.proc.terminate()
                 self.proc.join()
         self.conn.close()
 

@@ -198,11 +198,13 @@ def test_a_duplicated_row_is_damage_not_a_row(tmp_path, reference):
     run_dir = partial(tmp_path)
     lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
     assert '"variant": "nwj"' in lines[5] and '"step": 0,' in lines[5]
-    damaged = "".join(lines[:6] + lines[5:])
+    damaged = "".join(lines[:6] + lines[5:]) + '{"variant": "nwj", "st'         # and a torn last line
     run_dir.metrics_path.write_text(damaged)
+    stale = run_dir.path / "checkpoints" / ".nwj.npz.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
     with pytest.raises(ValueError, match=r"nwj: metrics.jsonl holds its row of step 0 twice \(lines 6 and 7\)"):
         run(tmp_path, resume=True)
-    assert run_dir.metrics_path.read_text() == damaged
+    assert run_dir.metrics_path.read_text() == damaged and stale.exists()       # nothing changed, not even those
     path, notes = resume_noting(tmp_path, repair=True)
     assert rows_without_time(path) == reference[1]
     assert RunDir(path).read_progress()["rows"] == {"baseline": 1, "infonce": 4, "nwj": 4}
