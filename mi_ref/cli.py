@@ -503,6 +503,10 @@ def main(argv=None):
     except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission, full
         print(f"mi-ref {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"mi-ref {args.command}: error: out of memory; free memory or raise the limit (ulimit -v), or choose "
+              "smaller settings, then run the same command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mi-ref {args.command}: interrupted", file=sys.stderr)
         return 130

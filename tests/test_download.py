@@ -345,6 +345,16 @@ def test_cli_download(tmp_path, server, tiny, monkeypatch, capsys):
     assert capsys.readouterr().out.count("skipped") == 4
 
 
+def test_cli_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """Was: under `ulimit -v` a download ended in a MemoryError traceback."""
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(dl, "download_mnist", no_memory)
+    assert main(["download", "mnist", "--to", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mi-ref download: error: out of memory") and err.count("\n") == 1
+
+
 def test_cli_download_mismatch_exits_2(tmp_path, server, tiny, capsys):
     contents, _ = tiny  # the real pins: the tiny files cannot match them
     mirror = serve(server, "/m1", contents)
