@@ -14,6 +14,24 @@ def positive_int(value, name, minimum=1):
     return int(value)
 
 
+def sizes(value, name, allow_empty=False):
+    """``value`` as a tuple if it is a tuple of positive integers (layer widths, channels), non-empty unless
+    ``allow_empty``, else ``ValueError``."""
+    if not isinstance(value, (tuple, list)) or any(
+            isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)) or v < 1 for v in value):
+        raise ValueError(f"{name} must be a tuple of positive integers, got {value!r}")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must list at least one width, got ()")
+    return tuple(int(v) for v in value)
+
+
+def nonempty(value, name, what="name"):
+    """``value`` as a tuple if it is a non-empty tuple (of names of variants, targets, ...), else ``ValueError``."""
+    if not isinstance(value, (tuple, list)) or not value:
+        raise ValueError(f"{name} must list at least one {what}, got {value!r}")
+    return tuple(value)
+
+
 def positive_number(value, name):
     """``value`` as a float if it is a finite number > 0, else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (np.isfinite(value) and value > 0):

@@ -100,8 +100,9 @@ def _warn(message):
 
 def _overrides(exp, args):
     """The preset's settings changed on the command line: ``--set key=value`` (any field of the experiment's
-    config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals). Every adjustment mi-ref
-    makes on its own is said on stderr, never silent:
+    config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals); a shortcut and a --set of
+    the same setting are an error. Every adjustment mi-ref makes on its own is said on stderr, never silent,
+    once every value is known to be valid:
 
     * --evals above the number of steps: one evaluation per step (n_evals = n_iters);
     * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
@@ -113,6 +114,10 @@ def _overrides(exp, args):
     base = exp.presets[args.preset]
     fields = {f.name for f in dataclasses.fields(base)}
     overrides = experiments.parse_sets(exp, args.preset, args.set or [])
+    for flag, value, key in (("--dataset", args.dataset, "dataset"), ("--evals", args.evals, "n_evals"),
+                             ("--steps", args.steps, "n_iters")):
+        if value is not None and key in overrides:
+            raise CLIError(f"{flag} {value} and --set {key}={overrides[key]} both set {key}; give one of them")
     if args.dataset is not None:
         overrides["dataset"] = args.dataset
     if args.evals is not None:
@@ -121,17 +126,21 @@ def _overrides(exp, args):
         overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
+    notes = []
     steps = overrides.get("n_iters", getattr(base, "n_iters", None))
-    if "n_evals" in fields and overrides.get("n_evals", base.n_evals) > steps:
-        _warn(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at every "
-              f"step instead (n_evals = {steps})")
+    if "n_evals" in fields and isinstance(steps, int) and overrides.get("n_evals", base.n_evals) > steps > 0:
+        notes.append(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at "
+                     f"every step instead (n_evals = {steps})")
         overrides["n_evals"] = steps
     schedule_changed = any(overrides.get(k, getattr(base, k, None)) != getattr(base, k, None)
                            for k in ("n_iters", "n_evals"))
     if "eval_final" in fields and not base.eval_final and schedule_changed and "eval_final" not in overrides:
-        _warn("the paper's schedule ends one evaluation interval before the last step; this shortened run also "
-              "evaluates after its last step (--set eval_final=false to skip that)")
+        notes.append("the paper's schedule ends one evaluation interval before the last step; this shortened run "
+                     "also evaluates after its last step (--set eval_final=false to skip that)")
         overrides["eval_final"] = True
+    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
+    for note in notes:
+        _warn(note)
     return overrides
 
 
@@ -167,8 +176,12 @@ def _run_seeds(name, args):
                                                         args.data_dir, not args.quiet, repair=args.repair,
                                                         **overrides))
         except KeyboardInterrupt:
-            print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
-                  "same command and --resume", file=sys.stderr)
+            if (path / "config.json").exists():
+                print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
+                      "same command and --resume", file=sys.stderr)
+            else:
+                print(f"interrupted before anything was written for {name} seed {seed}: run the same command to "
+                      "start it", file=sys.stderr)
             raise
         print(f"{name} seed {seed}: results in {path}")
     from .results import format_summary, write_summary
@@ -189,7 +202,7 @@ def _cmd_sweep(args):
     """``mi-ref sweep EXPERIMENT --seeds 0-19 [--jobs N | --scheduler ADDRESS]``: many seeds, each (seed,
     variant) a task of its own (:mod:`mi_ref.sweep`)."""
     from . import experiments
-    from .sweep import format_sweep, parse_seeds, sweep
+    from .sweep import Terminated, format_sweep, parse_seeds, sweep
     exp = experiments.get(args.experiment)
     if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
         raise CLIError(f"{args.experiment} uses synthetic data and takes no --dataset")
@@ -199,15 +212,22 @@ def _cmd_sweep(args):
     overrides = _overrides(exp, args)
     try:
         result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
-                       args.threads, args.scheduler, args.retries, progress=not args.quiet)
+                       args.threads, args.scheduler, args.retries, progress=not args.quiet, repair=args.repair)
+    except Terminated:
+        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
+              "checkpoint; continue with the same command", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted: every task keeps its last checkpoint; continue with the same command",
               file=sys.stderr)
         raise
     print(format_sweep(result))
     if result["failed"]:
-        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them", file=sys.stderr)
-        return 1
+        damaged = len(result["damaged"])
+        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them"
+              + (f" ({damaged} with a damaged directory: add --repair to recompute them from their start)"
+                 if damaged else ""), file=sys.stderr)
+        return 2
     top = result["run_dirs"][0].parent
     print(f"plot with: mi-ref plot {top} --out figures; judge with: mi-ref findings {top}")
     return 0
@@ -298,8 +318,13 @@ def _for_experiment(args, name):
 
 def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
+    from pathlib import Path
+
     from .findings import format_markdown, format_table, judge, write_json
     from .results import expand_run_dirs
+    if Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out} is a directory; give the file to write, e.g. --out "
+                       f"{Path(args.out) / 'findings.json'}")
     verdicts = judge(expand_run_dirs(args.run_dirs), partial=args.partial)
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
     path = write_json(verdicts, args.out)
@@ -361,6 +386,9 @@ def _add_run_options(p, sweep=False):
                             "files)")
         p.add_argument("--repair", action="store_true",
                        help="with --resume: recompute from their start the variants whose files were damaged")
+    else:
+        p.add_argument("--repair", action="store_true",
+                       help="recompute from their start the units whose seed or task directories were damaged")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change any setting of the experiment's config (repeatable), e.g. --set lr=1e-3 "
                         "--set estimators=infonce,nwj; `mi-ref list --settings` shows them")
@@ -528,6 +556,18 @@ def build_parser():
     return parser
 
 
+def _os_error_text(err):
+    """One line for an ``OSError``: the path it concerns and what to do about it."""
+    import errno
+    where = f" {err.filename}" if getattr(err, "filename", None) else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write{where}: {err.strerror}; free some space (or raise the quota), then run the same "
+                "command again (with --resume for a run: nothing saved so far is lost)")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        return f"cannot use{where}: {err.strerror}; choose another path or fix its permissions"
+    return f"cannot use{where}: {err.strerror or err}"
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -540,10 +580,12 @@ def main(argv=None):
     except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"mi-ref {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission
-        where = f" {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"mi-ref {args.command}: error: cannot use{where}: {err.strerror or err}; choose another path or "
-              "fix its permissions", file=sys.stderr)
+    except OSError as err:          # a path that cannot be read or written: read-only, a file, no permission, full
+        print(f"mi-ref {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"mi-ref {args.command}: error: out of memory; free memory or raise the limit (ulimit -v), or choose "
+              "smaller settings, then run the same command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mi-ref {args.command}: interrupted", file=sys.stderr)

@@ -7,11 +7,18 @@ the complete body (checked against Content-Length), a valid gzip stream and cont
 equals the pin; that payload is written atomically (temporary file in ``DIR`` + ``os.replace``). A
 file that fails on every mirror raises :class:`DownloadError` and leaves nothing behind; a file
 that was valid is never deleted or rewritten. Only the standard library (``urllib``) is used.
+
+Memory stays small whatever a server sends: the body is streamed to an anonymous temporary file, never
+held in memory, and stops past the most a gzipped file of the expected size can be (:data:`MNIST_SIZES`
+plus :func:`max_compressed`'s margin); it is then decompressed in chunks, to hash it, stopping as soon as
+the content exceeds the expected size (a gzip bomb fails within that size).
 """
 
 import gzip
 import hashlib
 import http.client
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -20,7 +27,7 @@ import zlib
 from pathlib import Path
 
 from . import __version__
-from .files import write_bytes
+from .files import replacing
 from .data import MNIST_FILES, find_idx_file, read_file_bytes
 
 # SHA-256 of the UNCOMPRESSED contents (gzip wrappers differ between mirrors; the IDX bytes do not).
@@ -32,6 +39,16 @@ MNIST_SHA256 = {
 }
 assert set(MNIST_SHA256) == set(MNIST_FILES.values())
 
+# Sizes of the UNCOMPRESSED files in bytes: the IDX header (8 bytes + 4 per dimension beyond the first) and
+# one uint8 per label or pixel. No download may decompress to more.
+MNIST_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+assert set(MNIST_SIZES) == set(MNIST_SHA256)
+
 # Public mirrors of the original files (``BASE + NAME + ".gz"``), tried in order.
 DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -42,6 +59,13 @@ DEFAULT_DEADLINE = 900.0     # for a whole file, however the server trickles
 DEFAULT_MIN_RATE = 10_000    # bytes per second, averaged, checked after the first MIN_RATE_GRACE seconds
 MIN_RATE_GRACE = 30.0
 _CHUNK = 1 << 16
+
+
+def max_compressed(size):
+    """The most bytes a gzip file of content of ``size`` bytes can take: deflate's stored blocks add 5 bytes
+    per 64 KiB of incompressible data and gzip a header and trailer of a few dozen, so 1% plus 64 KiB is
+    far above any real file and still bounds what a server can make mi-ref receive."""
+    return size + size // 100 + (1 << 16)
 
 
 class DownloadError(ValueError):
@@ -79,19 +103,26 @@ def file_url(mirror, name):
     return mirror.rstrip("/") + "/" + name + ".gz"
 
 
-def fetch(url, timeout=DEFAULT_TIMEOUT, deadline=DEFAULT_DEADLINE, min_rate=DEFAULT_MIN_RATE, clock=time.monotonic):
-    """The complete body of ``url``; a body shorter or longer than its Content-Length raises ``OSError``.
+def fetch(url, timeout=DEFAULT_TIMEOUT, deadline=DEFAULT_DEADLINE, min_rate=DEFAULT_MIN_RATE, clock=time.monotonic,
+          out=None, max_bytes=None):
+    """The complete body of ``url``, written to the binary file ``out`` (then the number of bytes is
+    returned) or, without ``out``, returned as bytes; a body shorter or longer than its Content-Length
+    raises ``OSError``.
 
-    Three limits, each an ``OSError``: ``timeout`` seconds for any single network operation, ``deadline``
-    seconds for the whole transfer, and an average rate of at least ``min_rate`` bytes per second once
-    :data:`MIN_RATE_GRACE` seconds have passed (a server that trickles a byte at a time never trips the
-    per-operation timeout, but trips these). Reads return after each chunk the socket delivers, so the
-    limits are checked as the bytes arrive.
+    Four limits, each an ``OSError``: ``max_bytes`` for the body (a Content-Length above it fails before the
+    body is read, and a body without one stops past it), ``timeout`` seconds for any single network
+    operation, ``deadline`` seconds for the whole transfer, and an average rate of at least ``min_rate``
+    bytes per second once :data:`MIN_RATE_GRACE` seconds have passed (a server that trickles a byte at a
+    time never trips the per-operation timeout, but trips these). Reads return after each chunk the socket
+    delivers, so the limits are checked as the bytes arrive.
     """
     start = clock()
     request = urllib.request.Request(url, headers={"User-Agent": f"mi-ref/{__version__}"})
     with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response:
         declared = response.headers.get("Content-Length")
+        if declared is not None and max_bytes is not None and int(declared) > max_bytes:
+            raise OSError(f"the server announces {int(declared)} bytes, more than the {max_bytes} a gzipped file of "
+                          "the expected size can be")
         chunks = []
         received = 0
         while True:
@@ -105,17 +136,49 @@ def fetch(url, timeout=DEFAULT_TIMEOUT, deadline=DEFAULT_DEADLINE, min_rate=DEFA
                               f"after {elapsed:.0f} s, below the minimum of {min_rate:g} bytes/s")
             if not chunk:
                 break
-            chunks.append(chunk)
             received += len(chunk)
+            if max_bytes is not None and received > max_bytes:
+                raise OSError(f"the server sent more than {max_bytes} bytes, more than a gzipped file of the expected "
+                              "size can be; stopped there")
+            if out is None:
+                chunks.append(chunk)
+            else:
+                out.write(chunk)
     if declared is not None and received != int(declared):
         raise OSError(f"transfer interrupted: received {received} of {int(declared)} bytes")
-    return b"".join(chunks)
+    return b"".join(chunks) if out is None else received
 
 
-def _existing_status(path, pin):
-    """(is_valid, reason) for a file already in the target directory."""
+def _gunzipped(compressed, max_size):
+    """``(sha256 hex, size)`` of the content of the gzip file ``compressed`` (a binary file, read from its
+    start in chunks); ``ValueError`` if it is no valid gzip file or its content exceeds ``max_size`` bytes
+    (decompression stops there)."""
+    compressed.seek(0)
+    digest, size = hashlib.sha256(), 0
     try:
-        digest = content_sha256(path)
+        with gzip.GzipFile(fileobj=compressed, mode="rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                size += len(block)
+                if size > max_size:
+                    raise ValueError(f"it decompresses to more than {max_size} bytes, the size of the file; not the "
+                                     "expected file")
+                digest.update(block)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"not a valid gzip file ({err})") from None
+    return digest.hexdigest(), size
+
+
+def _existing_status(path, pin, size):
+    """(is_valid, reason) for a file already in the target directory, read in chunks (its content may
+    have at most ``size`` bytes)."""
+    try:
+        with open(path, "rb") as f:
+            if path.suffix == ".gz":
+                digest, _ = _gunzipped(f, size)
+            elif path.stat().st_size > size:
+                raise ValueError(f"it has {path.stat().st_size} bytes, more than the {size} of the file")
+            else:
+                digest = hashlib.sha256(f.read()).hexdigest()
     except (OSError, ValueError) as err:
         return False, f"unreadable: {err}"
     if digest != pin:
@@ -123,13 +186,16 @@ def _existing_status(path, pin):
     return True, "ok"
 
 
-def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFAULT_TIMEOUT,
+def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, sizes=None, timeout=DEFAULT_TIMEOUT,
                    deadline=DEFAULT_DEADLINE, min_rate=DEFAULT_MIN_RATE, log=None):
     """Make ``dest_dir`` hold verified MNIST IDX files; returns ``{name: path}`` of the files in place.
 
     ``mirrors``: base URLs tried in order for each file (``BASE + NAME + ".gz"``). ``pins``:
     ``{name: sha256 of the uncompressed content}``, by default :data:`MNIST_SHA256` (tests pass pins of
-    their own small files). ``timeout``, ``deadline``, ``min_rate``: the limits of :func:`fetch`.
+    their own small files). ``sizes``: ``{name: the most bytes its content may have}``, by default
+    :data:`MNIST_SIZES` (every pinned name needs one); the download of a file stops past
+    :func:`max_compressed` of it, its decompression past it. ``timeout``, ``deadline``, ``min_rate``: the
+    limits of :func:`fetch`.
     ``log``: optional callable receiving one line per file. See the module
     docstring for the rules (skip valid files, atomic writes, nothing left behind on failure).
 
@@ -139,6 +205,11 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
     """
     mirrors = _check_mirrors(mirrors)
     pins = _check_pins(MNIST_SHA256 if pins is None else pins)
+    sizes = dict(MNIST_SIZES if sizes is None else sizes)
+    for name in pins:
+        if isinstance(sizes.get(name), bool) or not isinstance(sizes.get(name), int) or sizes[name] < 1:
+            raise ValueError(f"no expected size for {name!r} (the most bytes its content may have): pass sizes="
+                             f"{{{name!r}: BYTES}}; got {sizes.get(name)!r}")
     for value, what in ((timeout, "timeout (seconds)"), (deadline, "deadline (seconds)"),
                         (min_rate, "min_rate (bytes per second)")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -153,7 +224,7 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
     for name, pin in pins.items():
         existing = find_idx_file(dest, name)
         if existing is not None:
-            valid, reason = _existing_status(existing, pin)
+            valid, reason = _existing_status(existing, pin, sizes[name])
             if valid:
                 log(f"{existing.name}: present, SHA-256 ok, skipped")
                 result[name] = existing
@@ -163,23 +234,30 @@ def download_mnist(dest_dir, mirrors=DEFAULT_MIRRORS, *, pins=None, timeout=DEFA
         failures = []
         for mirror in mirrors:
             url = file_url(mirror, name)
-            try:
-                payload = fetch(url, timeout, deadline, min_rate)
-            except (OSError, http.client.HTTPException, ValueError) as err:
-                failures.append(f"{url}: {err}")
-                continue
-            try:
-                content = gzip.decompress(payload)
-            except (OSError, EOFError, zlib.error) as err:
-                failures.append(f"{url}: not a valid gzip file ({err})")
-                continue
-            digest = hashlib.sha256(content).hexdigest()
-            if digest != pin:
-                failures.append(f"{url}: checksum mismatch, SHA-256 of the uncompressed content is {digest}, "
-                                f"expected {pin}")
-                continue
-            write_bytes(target, payload if target.suffix == ".gz" else content)
-            log(f"{target.name}: downloaded from {url} ({len(payload)} bytes), SHA-256 ok")
+            with tempfile.TemporaryFile(dir=dest) as payload:     # anonymous: nothing is left behind
+                try:
+                    received = fetch(url, timeout, deadline, min_rate, out=payload,
+                                     max_bytes=max_compressed(sizes[name]))
+                except (OSError, http.client.HTTPException, ValueError) as err:
+                    failures.append(f"{url}: {err}")
+                    continue
+                try:
+                    digest, _ = _gunzipped(payload, sizes[name])
+                except ValueError as err:
+                    failures.append(f"{url}: {err}")
+                    continue
+                if digest != pin:
+                    failures.append(f"{url}: checksum mismatch, SHA-256 of the uncompressed content is {digest}, "
+                                    f"expected {pin}")
+                    continue
+                payload.seek(0)
+                with replacing(target) as out:
+                    if target.suffix == ".gz":
+                        shutil.copyfileobj(payload, out, _CHUNK)
+                    else:
+                        with gzip.GzipFile(fileobj=payload, mode="rb") as content:
+                            shutil.copyfileobj(content, out, _CHUNK)
+            log(f"{target.name}: downloaded from {url} ({received} bytes), SHA-256 ok")
             result[name] = target
             break
         else:

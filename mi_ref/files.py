@@ -1,5 +1,5 @@
-"""Files, written once: every file mi-ref writes goes through :func:`write_bytes`, and every ``.npz`` and JSON
-file it reads through :func:`load_npz` and :func:`read_json`.
+"""Files, written once: every file mi-ref writes goes through :func:`replacing` (:func:`write_bytes` for bytes in
+memory), and every ``.npz`` and JSON file it reads through :func:`load_npz` and :func:`read_json`.
 
 Writes.
 
@@ -13,9 +13,11 @@ readers raise one :class:`DamagedFileError` naming the file and the defect, neve
 never suggest to (numpy's own message for a non-npz file does).
 """
 
+import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -32,48 +34,82 @@ def _umask():
     return mask
 
 
-def write_bytes(path, data):
-    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path."""
+# the name mkstemp gives the temporary file of write_bytes: "." + the target's name + "." + 8 random characters
+# of tempfile's alphabet + ".tmp"
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temporary_target(name):
+    """The name of the file that a temporary file named ``name`` of :func:`write_bytes` was to become, or None
+    if ``name`` is not named as one."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["target"] if match else None
+
+
+@contextlib.contextmanager
+def replacing(path, check=None):
+    """A binary file, open for writing, whose contents replace ``path`` atomically when the ``with`` block
+    ends without an error (creating the parent directory); on any error the temporary file is removed and
+    ``path`` is left as it was. For data streamed to disk; :func:`write_bytes` writes bytes in one go.
+    ``check()``, if given, runs just before the rename: an exception there leaves the old file in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         faults.point("replace")
+        if check is not None:
+            check()
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except OSError as err:               # name the file being written, not the temporary one (or none: a full disk)
+        _remove(tmp)
+        if err.filename is None or err.filename == tmp:
+            raise OSError(err.errno, err.strerror, str(path)) from None
         raise
-    return path
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
-def write_text(path, text):
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON (sorted keys) to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_bytes(path, data, check=None):
+    """Write ``data`` (bytes) to ``path`` atomically (creating the parent directory). Returns the path.
+    ``check()``, if given, runs just before the rename: an exception there leaves the old file in place."""
+    with replacing(path, check) as f:
+        f.write(data)
+    return Path(path)
 
 
-def savez(path, arrays):
+def write_text(path, text, check=None):
+    """Write ``text`` (UTF-8) to ``path`` atomically (``check``: see :func:`write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"), check)
+
+
+def write_json(path, obj, check=None):
+    """Write ``obj`` as indented JSON (sorted keys) to ``path`` atomically (``check``: see :func:`write_bytes`)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", check)
+
+
+def savez(path, arrays, check=None):
     """Save a dict of arrays to ``path`` (.npz) atomically; every value must be a non-object array (so that
-    reading it back never needs pickle)."""
+    reading it back never needs pickle). ``check``: see :func:`write_bytes`."""
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if v.dtype.hasobject:
             raise ValueError(f"array {k!r} has dtype object, which would need pickle; store numbers or text")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return write_bytes(path, buffer.getvalue())
+    return write_bytes(path, buffer.getvalue(), check)
 
 
 class DamagedFileError(ValueError):
@@ -84,13 +120,20 @@ def load_npz(path, what="array file"):
     """Read an .npz into a dict of arrays, never unpickling. A damaged file (empty, truncated, a CRC error,
     not a zip, a member that is no plain array) raises :class:`DamagedFileError` naming the file."""
     path = Path(path)
+    member = None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            arrays = {}
+            for member in f.files:
+                arrays[member] = f[member]
+            return arrays
     except FileNotFoundError:
         raise
     except ValueError as err:
-        if "pickle" in str(err):            # numpy's own text would invite unpickling an untrusted file
+        if "pickle" in str(err) and member is not None:   # numpy's own text would invite unpickling it
+            raise DamagedFileError(f"{what} {path} holds {member!r}, an array of Python objects that only pickle can "
+                                   "read; mi-ref never unpickles a file: save plain numeric or text arrays") from None
+        if "pickle" in str(err):
             reason = "it is not an .npz archive (it does not start like one): another kind of file, or damaged"
         else:
             reason = str(err)

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import RunDir, load_run
+from .results import RunDir
+from .runs import load_run
 from .stats import order_statistics, sample_sd
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,28 +64,11 @@ TEST_SIZES = {"mnist-subset": 2000, "mnist": 10000, "digits": 450}
 PROBE_REFIT_SD = {"mnist-subset": 0.0031, "mnist": 0.0008, "digits": 0.0084}
 
 
-def config_object(run_config):
-    """The experiment's config object of a run's config.json (lists back to tuples; settings the file lacks
-    take the preset's value)."""
-    import dataclasses
-
-    from . import experiments
-    exp = experiments.get(run_config["experiment"])
-    base = exp.presets[run_config["preset"]]
-    fields = {f.name for f in dataclasses.fields(base)}
-
-    def tup(v):
-        return tuple(tup(x) for x in v) if isinstance(v, list) else v
-    return dataclasses.replace(base, **{k: tup(v) for k, v in run_config["config"].items() if k in fields})
-
-
 def unfinished_units(run):
     """The units of the run's experiment (for its config) that its progress.json does not list as done."""
-    from . import experiments
-    cfg = run["config"]
-    units = experiments.get(cfg["experiment"]).units(config_object(cfg))
+    from .experiments import units_of_run
     done = set(RunDir(run["path"]).done_variants())
-    return [u for u in units if u not in done]
+    return [u for u in units_of_run(run["config"]) if u not in done]
 
 
 def _seed(run):

@@ -23,6 +23,7 @@ from . import faults
 from .accel import adam_update, owned
 from .data import SHUFFLE_BUFFER, batch_stream
 from .optim import state_from_arrays, state_to_arrays
+from .results import rows_sha256
 from .tree import tree_from_dict, tree_to_dict
 
 STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")
@@ -92,15 +93,21 @@ class Loop:
         :meth:`mi_ref.results.RunDir.audit` first: it checks the directory's files agree.)
         """
         ckpt = self.store.load_checkpoint(self.variant) if self.store is not None else None
+        if ckpt is not None:
+            fresh = {name: self._position(name) for name in list(self.iterators) + list(self.rng)}
+            try:
+                restored = self._restored(trees, states, *ckpt)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+                for name, position in fresh.items():     # every stream where a fresh start has it
+                    self._restore(name, position)
+                self.store.unusable_checkpoint(self.variant, f"{type(err).__name__}: {err}")   # raises unless repairing
+                ckpt = None
         if ckpt is None:
             if self.store is not None:
                 self.store.truncate_variant(self.variant, None)
         else:
             arrays, meta = ckpt
-            trees = {name: tree_from_dict(tree, arrays, f"params/{name}/") for name, tree in trees.items()}
-            states = {name: state_from_arrays(trees[name], arrays, f"adam/{name}/") for name in states}
-            for name, position in list(meta["iterators"].items()) + list(meta["streams"].items()):
-                self._restore(name, position)
+            trees, states = restored
             self.start, self._seconds = int(meta["step"]), float(meta["seconds"])
             self.extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
             self.meta = meta.get("loop", {})
@@ -121,6 +128,30 @@ class Loop:
                 owned_trees[name] = owned(tree, {"step": 0, "m": {}, "v": {}})[0]
         return owned_trees, owned_states
 
+    def _restored(self, trees, states, arrays, meta):
+        """``(trees, states)`` from a checkpoint's arrays, with every stream and iterator set to the positions
+        it saved; an error if they do not fit this loop's (it then leaves the positions half set)."""
+        trees = {name: tree_from_dict(tree, arrays, f"params/{name}/") for name, tree in trees.items()}
+        states = {name: state_from_arrays(trees[name], arrays, f"adam/{name}/") for name in states}
+        unknown = sorted(set(meta["iterators"]) - set(self.iterators) | set(meta["streams"]) - set(self.rng))
+        if unknown:
+            raise ValueError(f"it holds the positions of streams this loop does not have: {unknown}")
+        for name, position in list(meta["iterators"].items()) + list(meta["streams"].items()):
+            self._restore(name, position)
+        for name, position in meta.get("before_eval", {}).items():
+            self._check_position(name, position)
+        return trees, states
+
+    def _check_position(self, name, position):
+        """Raise if ``position`` could not be restored into stream ``name`` (the stream is left as it is)."""
+        if name not in self.iterators and name not in self.rng:
+            raise ValueError(f"it holds the position of a stream this loop does not have: {name!r}")
+        now = self._position(name)
+        try:
+            self._restore(name, position)
+        finally:
+            self._restore(name, now)
+
     def record(self, row):
         """Append a metric row of this variant (to the store, and to :attr:`rows`)."""
         self.rows.append(row)
@@ -131,7 +162,8 @@ class Loop:
                    **meta):
         """Save everything needed to continue at ``step``: ``trees`` and their Adam ``states``, the
         positions of every stream and iterator (``snapshot`` overrides some, see :meth:`snapshot`), the wall
-        time so far, the steps of the rows recorded so far, ``extra`` arrays and JSON-able ``meta`` (given
+        time so far, the steps of the rows recorded so far and the SHA-256 of each, whether the variant's
+        arrays file exists (it is then read back on resume), ``extra`` arrays and JSON-able ``meta`` (given
         back as ``self.meta`` on resume). ``before_eval``: the positions the evaluation streams had before
         the evaluation of ``step`` (a snapshot), so that a lost row of that step can be evaluated again;
         ``evaluated=False`` for a checkpoint whose step has no row."""
@@ -153,7 +185,8 @@ class Loop:
         }
         self.store.save_checkpoint(self.variant, arrays, dict(
             positions, step=int(step), seconds=self.seconds(), loop=meta, before_eval=before_eval or {},
-            evaluated=evaluated, row_steps=[r["step"] for r in self.rows]))
+            evaluated=evaluated, row_steps=[r["step"] for r in self.rows],
+            row_sha256=[rows_sha256([r]) for r in self.rows], arrays=self.store.arrays_path(self.variant).exists()))
 
     def update(self, adam, params, grads, state):
         """One Adam step, in place on the loop's own arrays (:func:`mi_ref.accel.adam_update`)."""

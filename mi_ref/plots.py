@@ -14,7 +14,7 @@ import numpy as np
 from .bounds import ESTIMATORS
 from .critics import CRITICS
 from .metric_learning import LOSSES
-from .results import load_run
+from .runs import load_run
 from .stats import pooled_order_statistics, sample_sd
 
 

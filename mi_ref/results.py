@@ -1,46 +1,58 @@
-"""Run directories: what a run writes, written atomically, checked before it is resumed, read back for plots.
+"""Run directories: what a run writes, written atomically, checked before it is resumed or read back (by
+:mod:`mi_ref.runs`, for figures, findings and analysis).
 
 One directory per (experiment, preset, seed)::
 
     RUN_DIR/
       config.json          the experiment, preset, seed, the complete config, package versions, git revision
       metrics.jsonl        one JSON object per evaluation (and one "baseline" row), appended in order
-      progress.json        the variants finished so far, with the number of rows each wrote
+      progress.json        the variants finished so far, with the number of rows each wrote, the SHA-256 of
+                           those rows and of its arrays file
       arrays/VARIANT.npz   per-evaluation arrays (e.g. singular values), rewritten at every evaluation
       checkpoints/VARIANT.npz   the state of the variant in progress (params, optimizer state, stream and
-                                data-iterator positions, the steps of its rows so far); deleted once the
-                                variant is finished
+                                data-iterator positions, the steps of its rows so far and their SHA-256);
+                                deleted once the variant is finished
       .lock                held (an OS advisory lock) by the one process writing the directory
 
 Writes. Every file but metrics.jsonl is written to a temporary file in the same directory and moved into
 place with ``os.replace`` (:mod:`mi_ref.files`): an interruption leaves the old or the new version. A
-metrics row is one ``write`` of one line, fsynced, before anything that depends on it (the checkpoint of
-that evaluation) is written; an interruption can leave a torn last line and nothing else. Arrays are saved
-with ``numpy.savez`` and read with ``allow_pickle=False``; structured metadata travels as JSON text.
+metrics row is one ``write`` of one line with its newline, fsynced, before anything that depends on it (the
+checkpoint of that evaluation) is written; an interruption can leave a torn last line (without its
+newline) and nothing else. No file is written through a symbolic link. The writer holds the lock and checks
+before every write that ``.lock`` is still the file it locked. Arrays are saved with ``numpy.savez`` and read
+with ``allow_pickle=False``; structured metadata travels as JSON text.
 
 The invariant, per variant V, that a resumable directory keeps:
 
-* V is in progress.json: metrics.jsonl holds exactly the number of rows of V that progress.json recorded,
-  and V has no checkpoint;
-* V has a checkpoint at step s: its rows with step <= s are exactly the steps the checkpoint recorded
-  (the row of step s among them); rows with step > s are the work of an interrupted session and are
-  recomputed on resume, identically;
-* V has neither: any rows of V are the work of a session interrupted before V's first checkpoint and are
-  recomputed from V's start.
+* every row is a row of one of the run's variants (:attr:`RunDir.units`), and each variant's rows have
+  increasing steps, each step once (marking a variant finished also lays the rows out in the experiment's
+  order of variants, as a serial run writes them);
+* V is in progress.json: metrics.jsonl holds exactly the rows of V that progress.json recorded (their
+  number and SHA-256), its arrays file is the one it recorded, and V has no checkpoint;
+* V has a checkpoint at step s (at most the run's last step): its rows with step <= s are exactly those the
+  checkpoint recorded (steps and SHA-256; the row of step s among them); rows with step > s are the work of
+  an interrupted session and are recomputed on resume, identically;
+* V has neither: V has at most one row, written by a session interrupted between V's first evaluation and
+  its first checkpoint; it is recomputed.
 
 :meth:`RunDir.audit` checks it before a run is resumed. What an interruption can leave (a torn last line,
-rows after the last checkpoint, a leftover temporary file, a checkpoint of a finished variant, the row of
-a checkpoint's own step) is repaired and reported; what only outside damage can cause (a row missing in
-the middle, a damaged file, the rows of a finished variant gone) is an error naming the file and the
-defect, and nothing is changed, unless the run is resumed with ``repair=True``, which recomputes the
-damaged variants from their start.
+rows after the last checkpoint, a leftover temporary file of mi-ref's own writes, a checkpoint of a
+finished variant, the row of a checkpoint's own step, the first row before the first checkpoint) is
+repaired and reported; what only outside damage can cause (a row missing, repeated, edited or of an
+unknown variant, a damaged or deleted file) is an error naming the file and the defect, and nothing is
+changed, unless the run is resumed with ``repair=True``, which recomputes the damaged variants from their
+start. :meth:`RunDir.verify` makes the same checks, changing nothing, before figures and findings read a
+run.
 """
 
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -50,7 +62,7 @@ import numpy as np
 
 from . import faults, files
 from .faults import point as _fault
-from .files import DamagedFileError, load_npz, read_json
+from .files import DamagedFileError, load_npz, read_json, temporary_target
 from .stats import sample_sd
 
 # ----------------------------------------------------------------------------------------------------
@@ -59,6 +71,24 @@ from .stats import sample_sd
 atomic_write_text = files.write_text
 atomic_write_json = files.write_json
 atomic_savez = files.savez
+
+
+def rows_sha256(rows):
+    """SHA-256 of ``rows`` as metrics.jsonl holds them (one JSON line each, sorted keys): what progress.json
+    records of a finished variant, and a checkpoint of each row it covers, so that an edited row is found."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
+    return digest.hexdigest()
+
+
+def file_sha256(path):
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_to_array(obj):
@@ -119,14 +149,21 @@ class RunDirError(ValueError):
     can cause; the message says which file and what to do."""
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "progress.json", "summary.json")    # written atomically, at the top
 TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed-S/UNIT (see mi_ref.sweep)
 
 
 class RunDir:
-    """One run directory (see the module docstring for its layout and invariant)."""
+    """One run directory (see the module docstring for its layout and invariant). ``units``: the names of
+    what the run writes, in the experiment's order (:attr:`mi_ref.experiments.Experiment.units`), if known:
+    the files are then kept in that order, and the audit refuses rows of any other variant. ``last_step``:
+    the largest step a checkpoint of the run may hold (its config's ``n_iters``), if known."""
 
-    def __init__(self, path):
+    def __init__(self, path, units=None, last_step=None):
         self.path = Path(path)
+        self.units = list(units) if units is not None else None
+        self.last_step = last_step
+        self.repair, self.report = False, None      # set by audit(repair) and by the runner (a notes callable)
         self._lock_fd = None
 
     config_path = property(lambda self: self.path / "config.json")
@@ -154,24 +191,73 @@ class RunDir:
         """Take the directory's advisory lock (``flock`` on ``.lock``) for as long as this process runs
         (or until :meth:`unlock`). The OS drops it when the process ends, however it ends, so a killed run
         never blocks a later one. A second writer gets :class:`RunLockedError` naming the holder, or with
-        ``wait=True`` waits until the holder lets go."""
+        ``wait=True`` waits until the holder lets go.
+
+        ``.lock`` is opened without following a symbolic link (a link there is an error: the holder's line
+        would be written to its target). Once locked, ``.lock`` must still be the file that was locked (its
+        device and inode): another process may have deleted and recreated it in between, and the lock is
+        then taken again on the new file. And the holder checks that identity before each of its writes
+        (:meth:`_check_lock`), so that deleting ``.lock`` while a run writes stops that run before its next
+        write instead of letting a second writer in beside it."""
         if self._lock_fd is not None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        while True:
+            fd = self._open_lock()
             try:
-                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise RunLockedError(f"{self.path} is being written by another mi-ref process ({holder}); wait for "
-                                 "it to finish, or stop it, before running this again") from None
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                try:
+                    holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+                finally:
+                    os.close(fd)
+                raise RunLockedError(f"{self.path} is being written by another mi-ref process ({holder}); wait for "
+                                     "it to finish, or stop it, before running this again") from None
+            if self._is_lock_file(fd):
+                break
+            os.close(fd)                 # .lock was replaced between the open and the lock: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()}, since "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n").encode("utf-8"))
         self._lock_fd = fd
+
+    def _open_lock(self):
+        """A descriptor of ``.lock`` (created if missing), opened without following a link; a link or anything
+        but a regular file there is a :class:`RunDirError`."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunDirError(f"{self.lock_path} is a symbolic link; mi-ref keeps its lock in a file of its own "
+                                  "and never writes through a link: remove the link, then run this again") from None
+            if err.errno == errno.EISDIR:
+                raise RunDirError(f"{self.lock_path} is a directory, not mi-ref's lock file: remove it, then run this "
+                                  "again") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"{self.lock_path} is not a regular file, so it is not mi-ref's lock file: remove it, "
+                              "then run this again")
+        return fd
+
+    def _is_lock_file(self, fd):
+        """True if ``.lock`` is (still) the file open as ``fd``."""
+        try:
+            now = os.lstat(self.lock_path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+    def _check_lock(self):
+        """Before a write: a process that holds the lock raises :class:`RunLockedError` if ``.lock`` is no
+        longer the file it locked (deleted or replaced by hand), since another process may now hold a lock
+        on the new file and write too."""
+        if self._lock_fd is not None and not self._is_lock_file(self._lock_fd):
+            raise RunLockedError(f"{self.lock_path} was deleted or replaced while this process was writing "
+                                 f"{self.path}; another mi-ref process may be writing it now, so this one stops "
+                                 "before writing more (everything up to its last evaluation is saved). Let the "
+                                 "other process finish, or continue with --resume once none runs")
 
     def unlock(self):
         if self._lock_fd is not None:
@@ -206,7 +292,7 @@ class RunDir:
                 raise RunExistsError(f"{self.path} already holds this run; pass --resume to continue it, or "
                                      "choose another --out directory (nothing was overwritten)")
             return False
-        atomic_write_json(self.config_path, dict(header, environment=environment()))
+        atomic_write_json(self.config_path, dict(header, environment=environment()), self._check_lock)
         return True
 
     def read_config(self):
@@ -222,23 +308,18 @@ class RunDir:
 
     def _metric_lines(self):
         """``(rows, torn)``: every row of metrics.jsonl, and the torn last line (a crash mid-append) if any.
-        Any other damage raises :class:`DamagedFileError` naming the line."""
+        Every row is written with its newline in one write, so a last line without its newline is torn even
+        when it parses: appending to it would glue the next row onto it. Any other damage raises
+        :class:`DamagedFileError` naming the line."""
         if not self.metrics_path.exists():
             return [], None
         text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
-        lines = text.split("\n")
-        ends_with_newline = lines[-1] == ""
-        if ends_with_newline:
-            lines = lines[:-1]
-        rows, torn = [], None
+        *lines, last = text.split("\n")          # last: "" after a final newline, else the torn line
+        rows, torn = [], (last or None)
         for number, line in enumerate(lines, start=1):
-            last = number == len(lines)
             try:
                 row = json.loads(line)
             except ValueError as err:
-                if last and not ends_with_newline:
-                    torn = line
-                    break
                 raise DamagedFileError(f"metrics file {self.metrics_path}, line {number}, is not valid JSON "
                                        f"({err}); the file was damaged or edited. Nothing was changed: fix or "
                                        "delete that line, then resume") from None
@@ -257,19 +338,34 @@ class RunDir:
     def append_metrics(self, row):
         """Append one row (a JSON object on one line, written with a single write and fsynced)."""
         line = json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            _fault("metrics")
-            if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
-                f.write(line[:len(line) // 2])
+        self._check_lock()
+        try:
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunDirError(f"{self.metrics_path} is a symbolic link; mi-ref appends its rows to a file of its "
+                                  "own and never through a link: replace the link by the file, then resume") from None
+            raise
+        try:
+            with open(fd, "a", encoding="utf-8") as f:
+                _fault("metrics")
+                if faults.HOOK is not None:          # fault injection: a crash can tear the line in two
+                    f.write(line[:len(line) // 2])
+                    f.flush()
+                    _fault("metrics-torn")
+                    line = line[len(line) // 2:]
+                f.write(line)
                 f.flush()
-                _fault("metrics-torn")
-                line = line[len(line) // 2:]
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+                os.fsync(f.fileno())
+        except OSError as err:                       # a full disk: name the file
+            if err.filename is None:
+                raise OSError(err.errno, err.strerror, str(self.metrics_path)) from None
+            raise
 
     def rewrite_metrics(self, rows):
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows),
+                          self._check_lock)
 
     def truncate_variant(self, variant, last_step):
         """Drop rows of ``variant`` after ``last_step`` (all of them if None): they are the work of an
@@ -285,49 +381,82 @@ class RunDir:
 
     def _progress(self):
         if not self.progress_path.exists():
-            return {"done": [], "rows": {}}
+            return {"done": [], "rows": {}, "sha256": {}, "arrays": {}}
         progress = read_json(self.progress_path, dict, "progress file")
         done, counts = progress.get("done", []), progress.get("rows", {})
         if not isinstance(done, list) or not all(isinstance(v, str) for v in done) or not isinstance(counts, dict):
             raise DamagedFileError(f"progress file {self.progress_path} must be {{\"done\": [variant names], "
                                    f"\"rows\": {{variant: number}}}}, got {json.dumps(progress)[:80]}")
-        return {"done": done, "rows": counts}
+        for variant, count in counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise DamagedFileError(f"progress file {self.progress_path}: the row count of {variant} must be an "
+                                       f"integer >= 0, got {json.dumps(count)}")
+        if len(set(done)) != len(done):
+            raise DamagedFileError(f"progress file {self.progress_path} lists a finished variant twice: {done}")
+        digests = {}
+        for key in ("sha256", "arrays"):             # absent in the progress files of older versions
+            digests[key] = progress.get(key, {})
+            if not isinstance(digests[key], dict) or not all(
+                    isinstance(d, str) and len(d) == 64 for d in digests[key].values()):
+                raise DamagedFileError(f"progress file {self.progress_path}: {key!r} must map variants to SHA-256 "
+                                       f"digests, got {json.dumps(digests[key])[:80]}")
+        return {"done": done, "rows": counts, **digests}
+
+    def read_progress(self):
+        """progress.json as ``{"done": [variant, ...], "rows": {variant: count}, "sha256": {variant: digest of
+        its rows}, "arrays": {variant: digest of its arrays file}}`` (empty if there is none);
+        :class:`DamagedFileError` naming the file if it is not one."""
+        return self._progress()
 
     def done_variants(self):
         return self._progress()["done"]
 
     def mark_done(self, variant, order=None):
-        """Record ``variant`` as finished, with its number of rows (the audit's check), and drop its
-        checkpoint. ``order`` (a list of variant names) keeps the done list in that order whatever order
-        the variants finish in, as a serial run lists them (sweeps merge in completion order)."""
+        """Record ``variant`` as finished, with its number of rows, the SHA-256 of its rows and of its arrays
+        file (the audit's checks), and drop its checkpoint. ``order`` (a list of variant names, default
+        :attr:`units`) keeps the done list and the rows in that order whatever order the variants finish in,
+        as a serial run writes them (sweeps merge in completion order; --repair recomputes a variant after
+        those that follow it)."""
+        order = self.units if order is None else order
+        self._check_lock()
         progress = self._progress()
         if variant not in progress["done"]:
-            count = sum(r["variant"] == variant for r in self.read_metrics())
+            rows = self.read_metrics()
+            own = [r for r in rows if r["variant"] == variant]
+            if order is not None:
+                serial = serial_order(rows, order)
+                if serial != rows:
+                    self.rewrite_metrics(serial)
             done = progress["done"] + [variant]
             if order is not None:
                 rank = {v: i for i, v in enumerate(order)}
                 done = sorted(done, key=lambda v: rank.get(v, len(rank)))      # stable for unknown names
-            atomic_write_json(self.progress_path, {"done": done,
-                                                   "rows": dict(progress["rows"], **{variant: count})})
+            arrays = {v: d for v, d in progress["arrays"].items() if v != variant}
+            if self.arrays_path(variant).exists():
+                arrays[variant] = file_sha256(self.arrays_path(variant))
+            atomic_write_json(self.progress_path, {"done": done, "rows": dict(progress["rows"], **{variant: len(own)}),
+                                                   "sha256": dict(progress["sha256"], **{variant: rows_sha256(own)}),
+                                                   "arrays": arrays}, self._check_lock)
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():
             ckpt.unlink()
 
     def _forget(self, variant):
         """Remove every trace of ``variant`` (rows, done mark, checkpoint, arrays): it will be run again."""
+        self._check_lock()
         self.truncate_variant(variant, None)
         progress = self._progress()
         if variant in progress["done"]:
-            progress["rows"].pop(variant, None)
-            atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant],
-                                                   "rows": progress["rows"]})
+            atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant]} | {
+                key: {v: x for v, x in progress[key].items() if v != variant} for key in ("rows", "sha256", "arrays")},
+                self._check_lock)
         for path in (self.checkpoint_path(variant), self.arrays_path(variant)):
             if path.exists():
                 path.unlink()
 
     def save_checkpoint(self, variant, arrays, meta):
         _fault("checkpoint")
-        atomic_savez(self.checkpoint_path(variant), dict(arrays, __meta__=json_to_array(meta)))
+        atomic_savez(self.checkpoint_path(variant), dict(arrays, __meta__=json_to_array(meta)), self._check_lock)
 
     def load_checkpoint(self, variant):
         """``(arrays, meta)`` of the variant's checkpoint, or None if it has none (a damaged one raises
@@ -341,13 +470,28 @@ class RunDir:
         except (KeyError, ValueError) as err:
             raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: no readable metadata ({err})") \
                 from None
-        if not isinstance(meta, dict) or "step" not in meta:
-            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: its metadata is not a checkpoint's")
+        problem = _meta_problem(meta, self.last_step)
+        if problem:
+            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: {problem}")
         return arrays, meta
+
+    def unusable_checkpoint(self, variant, err):
+        """A checkpoint whose metadata passed the audit but whose contents cannot be restored into the run
+        (:meth:`mi_ref.loop.Loop.resume` found it): a :class:`RunDirError` naming it, nothing changed; when
+        the run is being repaired, the variant is forgotten instead (and reported), so that it starts
+        afresh."""
+        path = self.checkpoint_path(variant)
+        why = f"its checkpoint {path} cannot be restored ({err})"
+        if not self.repair:
+            raise RunDirError(f"{self.path} cannot be resumed as it is: {variant}: {why}. Nothing was changed. To "
+                              f"recompute {variant} from its start, {REPAIR}; or restore the file")
+        self._forget(variant)
+        if self.report is not None:
+            self.report(f"{self.path}: {variant} is recomputed from its start ({why})")
 
     def save_arrays(self, variant, arrays):
         _fault("arrays")
-        atomic_savez(self.arrays_path(variant), arrays)
+        atomic_savez(self.arrays_path(variant), arrays, self._check_lock)
 
     def load_arrays(self, variant):
         path = self.arrays_path(variant)
@@ -355,80 +499,298 @@ class RunDir:
 
     # --- the audit before a resumption
 
-    def audit(self, repair=False):
+    def audit(self, repair=False, merging=()):
         """Check the invariant of the module docstring before this run is resumed.
 
         Repairs what an interruption leaves and returns the list of what it did (one sentence each). Raises
         :class:`RunDirError` for damage only outside hands cause, naming file and defect and changing
-        nothing, unless ``repair``: then the damaged variants are forgotten (rows, checkpoint, arrays, done
-        mark) so that the run recomputes them from their start, and that is reported too.
+        nothing (the repairs included), unless ``repair``: then the damaged variants are forgotten (rows,
+        checkpoint, arrays, done mark) so that the run recomputes them from their start, rows of variants
+        the run does not have are removed, and that is reported too. ``merging``: units whose merge into this
+        directory (a sweep's seed directory) was interrupted; their rows are left to the merge, which writes
+        them again.
         """
-        notes, damaged = [], {}
-        for tmp in self.path.rglob(".*.tmp"):
-            tmp.unlink()
-            notes.append(f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write")
+        self.repair = repair
+        self._check_lock()
+        temporaries = self._leftover_temporaries()
         try:
             rows, torn = self._metric_lines()
             progress = self._progress()
         except DamagedFileError as err:
             if not repair:
-                raise RunDirError(f"{err}; or resume with --repair to recompute every variant") from None
-            return notes + self._start_over(f"{err}")
-        if torn is not None:
-            self.rewrite_metrics(rows)
-            notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
-                         "is recomputed")
-        steps = {}
-        for r in rows:
-            steps.setdefault(r["variant"], []).append(r["step"])
+                raise RunDirError(f"{err}. Nothing was changed. To recompute every variant, {REPAIR}") from None
+            return self._remove(temporaries) + self._start_over(f"{err}")
+        notes, leftovers = [], []
+        by_variant, unknown, damaged = self._row_problems(rows)
         for variant in progress["done"]:
-            expected, found = progress["rows"].get(variant), len(steps.get(variant, []))
-            if expected is not None and found != expected:
-                damaged[variant] = (f"metrics.jsonl holds {found} rows of the finished variant {variant}, "
-                                    f"progress.json recorded {expected}")
+            if variant in damaged:
+                continue
+            why = self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])], progress)
+            if why:
+                damaged[variant] = why
             elif self.checkpoint_path(variant).exists():
-                self.checkpoint_path(variant).unlink()
+                leftovers.append(self.checkpoint_path(variant))
                 notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
+        checkpointed = set()
         for path in sorted((self.path / "checkpoints").glob("*.npz")) if (self.path / "checkpoints").is_dir() else []:
             variant = path.stem
             if variant in progress["done"]:
+                continue
+            checkpointed.add(variant)
+            if variant in damaged:
                 continue
             try:
                 _, meta = self.load_checkpoint(variant)
             except DamagedFileError as err:
                 damaged[variant] = str(err)
                 continue
-            s = int(meta["step"])
-            have = sorted(t for t in steps.get(variant, []) if t <= s)
-            recorded = meta.get("row_steps")
-            if recorded is not None:
-                missing = sorted(set(recorded) - {s} - set(have))
-                if missing:
-                    damaged[variant] = (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its "
-                                        f"checkpoint (step {s}) recorded")
-                    continue
-                if s in recorded and s not in have:
-                    notes.append(f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated "
-                                 "again from the checkpoint")
-            later = [t for t in steps.get(variant, []) if t > s]
-            if later:
-                notes.append(f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed")
-        if damaged and not repair:
-            details = "; ".join(f"{v}: {why}" for v, why in damaged.items())
-            raise RunDirError(f"{self.path} cannot be resumed as it is: {details}. Nothing was changed. Resume with "
-                              f"--repair to recompute {sorted(damaged)} from their start, or restore the files")
+            why, note = self._checkpoint_problem(variant, meta, [r for _, r in by_variant.get(variant, [])])
+            if why:
+                damaged[variant] = why
+            elif note:
+                notes.append(note)
+        for variant, lines in by_variant.items():
+            if variant in progress["done"] or variant in checkpointed or variant in damaged:
+                continue
+            if variant in merging:
+                notes.append(f"{variant}: its merge was interrupted; it is merged again")
+            elif len(lines) > 1:
+                damaged[variant] = (f"metrics.jsonl holds {_rows(len(lines))} of {variant}, which is neither finished "
+                                    f"(progress.json) nor has a checkpoint (checkpoints/{variant}.npz): one of "
+                                    "those files was deleted")
+            else:
+                notes.append(f"{variant}: its first row, written before its first checkpoint, is evaluated again")
+        problems = self._unknown_text(unknown) + [f"{v}: {why}" for v, why in damaged.items()]
+        if problems and not repair:
+            what = (f"recompute {sorted(damaged)} from their start" if damaged else "") + \
+                (" and " if damaged and unknown else "") + ("remove the rows of unknown variants" if unknown else "")
+            raise RunDirError(f"{self.path} cannot be resumed as it is: {'; '.join(problems)}. Nothing was changed. "
+                              f"To {what}, {REPAIR}; or restore the files")
+        # nothing is wrong that an interruption cannot leave (or the run is being repaired): now change things
+        done_notes = self._remove(temporaries)
+        if torn is not None or unknown:
+            drop = {n for n, _ in unknown}
+            self.rewrite_metrics([r for n, r in enumerate(rows, start=1) if n not in drop])
+        if torn is not None:
+            done_notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
+                              "is recomputed")
+        done_notes += [f"removed the row of the unknown variant {v!r} (line {n})" for n, v in unknown]
+        for path in leftovers:
+            path.unlink()
         for variant, why in damaged.items():
             self._forget(variant)
             notes.append(f"{variant} is recomputed from its start ({why})")
-        return notes
+        return done_notes + notes
+
+    def _remove(self, temporaries):
+        """Remove the leftover ``temporaries`` (:meth:`_leftover_temporaries`); one note each."""
+        for tmp in temporaries:
+            tmp.unlink()
+        return [f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write"
+                for tmp in temporaries]
+
+    def _leftover_temporaries(self):
+        """The temporary files that interrupted atomic writes of this directory's own files left (and nothing
+        else): regular files named as :func:`mi_ref.files.write_bytes` names the temporary file of a file
+        mi-ref writes, in the folder it writes that file to."""
+        places = [(self.path, lambda target: target in RUN_FILES),
+                  (self.path / "checkpoints", lambda target: target.endswith(".npz")),
+                  (self.path / "arrays", lambda target: target.endswith(".npz"))]
+        found = []
+        for folder, ours in places:
+            if folder.is_dir() and not folder.is_symlink():
+                for entry in sorted(folder.iterdir()):
+                    target = temporary_target(entry.name)
+                    if target is not None and ours(target) and entry.is_file() and not entry.is_symlink():
+                        found.append(entry)
+        return found
+
+    def _row_problems(self, rows):
+        """``(by_variant, unknown, damaged)`` of the rows of metrics.jsonl: ``{variant: [(line, row), ...]}``
+        for the variants of the run, ``[(line, variant)]`` of the rows of variants it does not have (when
+        :attr:`units` is known), and ``{variant: why}`` for variants whose rows repeat a step or are out of
+        step order (a serial run writes each variant's rows once, in increasing steps)."""
+        by_variant, unknown, damaged = {}, [], {}
+        for number, row in enumerate(rows, start=1):
+            variant, step = row["variant"], row["step"]
+            if self.units is not None and variant not in self.units:
+                unknown.append((number, variant))
+                continue
+            earlier = by_variant.setdefault(variant, [])
+            if variant not in damaged:
+                same = [n for n, r in earlier if r["step"] == step]
+                if same:
+                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} twice (lines {same[0]} and "
+                                        f"{number})")
+                elif earlier and earlier[-1][1]["step"] > step:
+                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} (line {number}) after that of "
+                                        f"step {earlier[-1][1]['step']} (line {earlier[-1][0]}): rows out of order")
+            earlier.append((number, row))
+        return by_variant, unknown, damaged
+
+    def _finished_problem(self, variant, rows, progress):
+        """Why the files of the finished ``variant`` differ from what progress.json recorded when it finished
+        (its ``rows``: their count and SHA-256; its arrays file: its SHA-256), or None. Progress files of
+        older versions hold counts only: their arrays files need only be readable."""
+        expected = progress["rows"].get(variant)
+        if expected is not None and len(rows) != expected:
+            return (f"metrics.jsonl holds {_rows(len(rows))} of the finished variant {variant}, progress.json "
+                    f"recorded {expected}")
+        digest = progress["sha256"].get(variant)
+        if digest is not None and rows_sha256(rows) != digest:
+            return ("its rows in metrics.jsonl differ from those it finished with (progress.json recorded their "
+                    "SHA-256): a value was edited")
+        path = self.arrays_path(variant)
+        recorded = progress["arrays"].get(variant)
+        if recorded is not None:
+            if not path.exists():
+                return f"arrays/{path.name} is missing (it was written when {variant} finished)"
+            if file_sha256(path) != recorded:
+                return (f"arrays/{path.name} differs from the file {variant} finished with (progress.json recorded "
+                        "its SHA-256)")
+        elif path.exists():
+            try:
+                load_npz(path, f"arrays of {variant}")
+            except DamagedFileError as err:
+                return str(err)
+        return None
+
+    def _unknown_text(self, unknown):
+        """The problem (a list of zero or one sentence) of the rows ``[(line, variant)]`` of unknown variants."""
+        if not unknown:
+            return []
+        if len(unknown) == 1:
+            (n, v), = unknown
+            return [f"metrics.jsonl, line {n}, is a row of the variant {v!r}, which this run does not have (its "
+                    f"variants: {self.units})"]
+        names = sorted({v for _, v in unknown})
+        return [f"metrics.jsonl, lines {', '.join(str(n) for n, _ in unknown)}, are rows of the variants {names}, "
+                f"which this run does not have (its variants: {self.units})"]
+
+    def _checkpoint_problem(self, variant, meta, rows):
+        """``(why, note)``: why the rows or the arrays file of ``variant`` disagree with its checkpoint (None if
+        they agree), and what resuming will redo (None if nothing)."""
+        s = meta["step"]
+        have = [r["step"] for r in rows if r["step"] <= s]
+        recorded = meta.get("row_steps")
+        note = None
+        if recorded is not None:
+            missing = sorted(set(recorded) - {s} - set(have))
+            if missing:
+                return (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its checkpoint "
+                        f"(step {s}) recorded"), None
+            extra = sorted(set(have) - set(recorded))
+            if extra:
+                return (f"metrics.jsonl holds rows of {variant} at steps {extra}, which its checkpoint (step {s}) did "
+                        "not record"), None
+            pinned = dict(zip(recorded, meta.get("row_sha256") or []))
+            for r in rows:
+                if r["step"] in pinned and rows_sha256([r]) != pinned[r["step"]]:
+                    return (f"its row of step {r['step']} in metrics.jsonl differs from the one its checkpoint (step "
+                            f"{s}) recorded: a value was edited"), None
+            if s in recorded and s not in have:
+                note = (f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the "
+                        "checkpoint")
+        path = self.arrays_path(variant)
+        if path.exists():
+            try:
+                load_npz(path, f"arrays of {variant}")
+            except DamagedFileError as err:
+                return str(err), None
+        elif meta.get("arrays"):
+            return f"arrays/{path.name} is missing (it was there when its checkpoint was written)", None
+        later = [r["step"] for r in rows if r["step"] > s]
+        if later:
+            note = f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed"
+        return None, note
+
+    def verify(self):
+        """Check this run before its rows are read for figures and findings, changing nothing: a
+        :class:`RunDirError` naming the file and the rows if metrics.jsonl repeats a step of a variant or
+        holds it out of order, if the rows or arrays of a finished variant differ from what progress.json
+        recorded, and, once every unit is finished, if it holds rows of a variant the run does not have or a
+        torn last line. (A partial run is read as it is: its torn last line is an interrupted append, and
+        rows written by other tools are theirs to explain.)"""
+        rows, torn = self._metric_lines()
+        progress = self._progress()
+        by_variant, unknown, damaged = self._row_problems(rows)
+        for variant in progress["done"]:
+            why = damaged.get(variant) or self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])],
+                                                                 progress)
+            if why:
+                damaged[variant] = why
+        finished = self.units is not None and set(self.units) <= set(progress["done"])
+        problems = self._unknown_text(unknown if finished else []) + [f"{v}: {why}" for v, why in damaged.items()]
+        if torn is not None and finished:
+            problems.append(f"metrics.jsonl is complete, yet its last line is torn: {torn[:60]!r}")
+        if problems:
+            raise RunDirError(f"{self.path} is damaged: {'; '.join(problems)}. Nothing was read. To recompute what is "
+                              f"damaged, {REPAIR}; or restore the files")
 
     def _start_over(self, why):
         """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
+        self._check_lock()
         for path in [self.metrics_path, self.progress_path] + list(self.path.glob("checkpoints/*.npz")) + \
                 list(self.path.glob("arrays/*.npz")):
             if path.exists():
                 path.unlink()
         return [f"every variant is recomputed from its start ({why})"]
+
+
+# the keys of a checkpoint's metadata (mi_ref.loop.Loop.checkpoint): the JSON types each must have, and
+# whether it is required (the optional ones are absent from the checkpoints of older versions)
+CHECKPOINT_META = {"step": (int, True), "seconds": ((int, float), True), "iterators": (dict, True),
+                   "streams": (dict, True), "before_eval": (dict, False), "loop": (dict, False),
+                   "evaluated": (bool, False), "row_steps": (list, False), "row_sha256": (list, False),
+                   "arrays": (bool, False)}
+_KIND = {int: "an integer", (int, float): "a number >= 0", dict: "a JSON object", bool: "true or false",
+         list: "a JSON array"}
+
+
+def _meta_problem(meta, last_step=None):
+    """What is wrong with a checkpoint's metadata (its keys, their types, the step against ``last_step`` and
+    against the rows it recorded), or None."""
+    if not isinstance(meta, dict):
+        return "its metadata is not a JSON object"
+    for key, (kind, required) in CHECKPOINT_META.items():
+        if key not in meta:
+            if required:
+                return f"its metadata lacks the key {key!r}"
+            continue
+        value = meta[key]
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind) or \
+                (kind == (int, float) and not (np.isfinite(value) and value >= 0)):
+            return f"its metadata's {key!r} must be {_KIND[kind]}, got {json.dumps(value)[:40]}"
+    step, steps, digests = meta["step"], meta.get("row_steps"), meta.get("row_sha256")
+    if step < 0:
+        return f"its step {step} is negative"
+    if last_step is not None and step > last_step:
+        return f"its step {step} is beyond the run's last step, {last_step}"
+    if steps is not None:
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in steps) or steps != sorted(set(steps)):
+            return f"its metadata's 'row_steps' must be increasing integers, got {json.dumps(steps)[:60]}"
+        if steps and steps[-1] > step:
+            return f"it recorded a row of step {steps[-1]}, after its own step {step}"
+        if meta.get("evaluated", True) and step not in steps:
+            return f"its step {step} is not among the steps of the rows it recorded {steps}"
+        if digests is not None and (len(digests) != len(steps) or not all(isinstance(d, str) for d in digests)):
+            return "its metadata's 'row_sha256' must hold one SHA-256 per recorded row"
+    return None
+
+
+REPAIR = ("resume with --repair (`mi-ref run ... --resume --repair`, or the same `mi-ref sweep` command with "
+          "--repair)")
+
+
+def _rows(n):
+    return f"{n} row" + ("" if n == 1 else "s")
+
+
+def serial_order(rows, order):
+    """``rows`` grouped by variant in the order of the names ``order`` (unknown names last), each variant's
+    rows in their own order."""
+    rank = {v: i for i, v in enumerate(order)}
+    return sorted(rows, key=lambda r: rank.get(r["variant"], len(rank)))          # stable
 
 
 def _differences(old, new, prefix=""):
@@ -466,17 +828,6 @@ def expand_run_dirs(paths):
                                     "*/seed-*/ below it)")
         out += sorted(found, key=seed_of)
     return out
-
-
-def load_run(path):
-    """``{"path", "config", "metrics", "arrays": {variant: {...}}}`` of a finished or partial run."""
-    run = RunDir(path)
-    config = run.read_config()
-    arrays = {}
-    if (run.path / "arrays").is_dir():
-        for f in sorted((run.path / "arrays").glob("*.npz")):
-            arrays[f.stem] = load_npz(f, "arrays")
-    return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -546,26 +897,3 @@ def format_summary(summaries):
     out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in lines]
     return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------------------------------
-# records for analysis
-
-
-def load_records(run_dirs):
-    """Every metric row of the runs as flat records, ready for ``pandas.DataFrame(records)`` (pandas is not
-    needed): the row's fields (README, "Metrics"), plus ``run`` (the directory), ``experiment``,
-    ``preset``, ``seed`` and every setting of the run's config as ``config.NAME`` (tuples as lists).
-
-        import pandas as pd
-        df = pd.DataFrame(mi_ref.results.load_records(glob.glob("runs/critics-*/seed-*")))
-        df[df.step == df.step.max()].groupby(["config.lr", "variant"]).accuracy.agg(["mean", "std"])
-    """
-    records = []
-    for d in run_dirs:
-        run = RunDir(d)
-        cfg = run.read_config()
-        fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
-        fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
-        records += [dict(fixed, **row) for row in run.read_metrics()]
-    return records

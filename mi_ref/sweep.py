@@ -27,24 +27,54 @@ whose workers share the output directory's filesystem and have mi-ref installed.
 then (``pip install "mi-ref[dask]"``).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import DamagedFileError
 from .progress import duration
-from .results import TASKS_DIR, RunDir, RunLockedError, atomic_write_json, format_summary, summarize, write_summary
+from .results import (TASKS_DIR, RunDir, RunDirError, RunLockedError, atomic_write_json, format_summary,
+                      serial_order, summarize, write_summary)
 
+MAX_SEEDS = 10_000      # the most seeds one sweep takes (more: another sweep into the same --out)
+CONNECT_TIMEOUT = "30s"  # how long a sweep tries to reach its Dask scheduler
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the sweep's driver or one of its local workers: raised where the process is, so that
+    the driver stops its workers and a worker leaves its task (which resumes from its last checkpoint)."""
+
+
+@contextlib.contextmanager
+def _terminated_by_sigterm():
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (elsewhere the block runs
+    as it is: only the main thread receives signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_seeds(text):
-    """Seeds from ``0-19``, ``3`` or ``0,2,5-7`` (each >= 0, in the order given, duplicates dropped);
-    ``ValueError`` saying what is expected otherwise."""
-    seeds = []
+    """Seeds from ``0-19``, ``3`` or ``0,2,5-7`` (each >= 0, in the order given, duplicates dropped), at most
+    :data:`MAX_SEEDS` of them; ``ValueError`` saying what is expected otherwise."""
+    seeds, seen = [], set()
     for part in str(text).split(","):
         part = part.strip()
         try:
@@ -59,10 +89,15 @@ def parse_seeds(text):
         except ValueError:
             raise ValueError(f"--seeds {text!r}: expected seeds >= 0 as a list and ranges, e.g. 0-19 or "
                              "0,2,5-7") from None
+        if len(values) > MAX_SEEDS or len(seen) + len(values) > MAX_SEEDS and len(seen | set(values)) > MAX_SEEDS:
+            total = len(values) if len(values) > MAX_SEEDS else len(seen | set(values))
+            raise ValueError(f"--seeds {text!r} asks for {total} seeds; a sweep takes at most {MAX_SEEDS} (run "
+                             "the others in another sweep into the same --out)")
         for s in values:
             if s < 0:
                 raise ValueError(f"--seeds {text!r}: seeds are >= 0")
-            if s not in seeds:
+            if s not in seen:
+                seen.add(s)
                 seeds.append(s)
     return seeds
 
@@ -86,6 +121,7 @@ class Task:
     overrides: tuple            # ((setting, value), ...): the config's changes to the preset
     out: str
     data_dir: str = None
+    repair: bool = False        # recompute the unit from its start if its task directory is damaged
 
     def config(self):
         from . import experiments
@@ -119,13 +155,13 @@ class Task:
                 "config": dataclasses.asdict(self.config())}
 
 
-def plan(experiment, preset, seeds, overrides, out, data_dir=None):
+def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False):
     """Every task of the sweep, seed by seed in the experiment's order of units."""
     from . import experiments
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
     frozen = tuple((k, v) for k, v in overrides.items() if v is not None)
-    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir)
+    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair)
             for seed in seeds for unit in exp.units(config)]
 
 
@@ -178,8 +214,8 @@ def run_task(task, threads=1, progress=False):
         while True:
             try:
                 run_experiment(task.experiment, task.preset, task.seed, task.out, resume=True,
-                               data_dir=task.data_dir, progress=progress, only=[task.unit], run_dir=task.dir,
-                               **dict(task.overrides))
+                               data_dir=task.data_dir, progress=progress, repair=task.repair, only=[task.unit],
+                               run_dir=task.dir, **dict(task.overrides))
                 break
             except RunLockedError:
                 if not waited:
@@ -193,7 +229,7 @@ def merge(task, units):
     """Move the finished unit of ``task`` into its seed's run directory (see the module docstring); ``units``
     is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
     directory (try again later)."""
-    seed_store, task_store = RunDir(task.run_dir), RunDir(task.dir)
+    seed_store, task_store = RunDir(task.run_dir, units=units), RunDir(task.dir)
     try:
         seed_store.prepare(task.header(), resume=True)
     except RunLockedError:
@@ -206,10 +242,8 @@ def merge(task, units):
                 seed_store.arrays_path(task.unit).parent.mkdir(exist_ok=True)
                 from .files import write_bytes
                 write_bytes(seed_store.arrays_path(task.unit), arrays.read_bytes())
-            order = {u: i for i, u in enumerate(units)}
             kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
-            rows = sorted(kept + rows, key=lambda r: order.get(r["variant"], len(order)))   # stable
-            seed_store.rewrite_metrics(rows)
+            seed_store.rewrite_metrics(serial_order(kept + rows, units))
             seed_store.mark_done(task.unit, order=units)
         shutil.rmtree(task.dir, ignore_errors=True)
         if task.log.exists():
@@ -275,7 +309,10 @@ def _run_local(tasks, jobs, threads, retries, report):
     """Run ``tasks`` on ``jobs`` local worker processes (``spawn``ed, kept for many tasks, so imports and
     compiled kernels are paid once per worker). The driver hands each worker one task at a time over a
     pipe and so knows which task a dead worker was running: that task is run again (resuming from its
-    checkpoint) on a new worker, up to ``retries`` times; a task that raises is retried the same way."""
+    checkpoint) on a new worker, up to ``retries`` times; a task that raises is retried the same way, unless
+    its directory is damaged (running it again would fail the same way). However the driver stops (an
+    error, Ctrl-C, SIGTERM: :class:`Terminated`), its workers stop with it: a busy one at once, by SIGTERM,
+    its task resuming from its last checkpoint when it runs again."""
     import multiprocessing
     from collections import deque
     from multiprocessing.connection import wait
@@ -314,6 +351,9 @@ def _run_local(tasks, jobs, threads, retries, report):
                     elif status == "error":
                         idle.append(worker)
                         settle(task, attempt, f"it failed ({detail}); see {task.log}")
+                    elif status == "damaged":
+                        idle.append(worker)
+                        report.failed(task, f"its directory is damaged ({detail})", damaged=True)
                     else:
                         worker.proc.join()
                         code = worker.proc.exitcode
@@ -322,8 +362,10 @@ def _run_local(tasks, jobs, threads, retries, report):
                         settle(task, attempt, why)
             report.tick()
     finally:
-        for worker in idle + list(busy):
+        for worker in idle:
             worker.stop()
+        for worker in busy:
+            worker.stop(busy=True)
 
 
 class _LocalWorker:
@@ -339,25 +381,46 @@ class _LocalWorker:
     def send(self, task):
         self.conn.send(task)
 
-    def stop(self):
+    def stop(self, busy=False):
+        """End the worker: an idle one is told to (None), a ``busy`` one gets SIGTERM, which stops its task
+        at once (it resumes from its last checkpoint); SIGKILL if it has not ended a minute later."""
         if self.proc.is_alive():
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-            self.proc.join(timeout=5)
-            if self.proc.is_alive():
+            if busy:
                 self.proc.terminate()
+            else:
+                try:
+                    self.conn.send(None)
+                except OSError:
+                    pass
+            self.proc.join(timeout=60 if busy else 5)
+            if self.proc.is_alive():
+                if busy:
+                    self.proc.kill()
+                else:
+                    self.proc.terminate()
                 self.proc.join()
         self.conn.close()
 
 
 def _local_worker_main(conn, threads):
-    """A local worker: receive a task, run it with its output in the task's log, answer ("done", seconds) or
-    ("error", message); None ends the worker."""
-    import signal
+    """A local worker: receive a task, run it with its output in the task's log, answer ("done", seconds),
+    ("damaged", message) for a damaged task directory or ("error", message); None ends the worker, and so
+    does SIGTERM (its task stops where it is, exit code 143)."""
     import traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the driver, which then stops the workers
+
+    def stop(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _serve(conn, threads, traceback)
+    except Terminated:
+        print("stopped by SIGTERM (the sweep was stopped); the task resumes from its last checkpoint when it runs "
+              "again", file=sys.stderr, flush=True)
+        sys.exit(143)
+
+
+def _serve(conn, threads, traceback):
     while True:
         task = conn.recv()
         if task is None:
@@ -373,6 +436,9 @@ def _local_worker_main(conn, threads):
             info = run_task(task, threads, progress=True)
             sys.stderr.flush()
             conn.send(("done", info["seconds"]))
+        except (RunDirError, DamagedFileError) as err:
+            print(f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            conn.send(("damaged", str(err)))
         except Exception as err:
             traceback.print_exc()
             sys.stderr.flush()
@@ -387,7 +453,11 @@ def _run_dask(tasks, scheduler, threads, retries, report):
         from dask.distributed import Client
     except ImportError:
         raise ValueError('--scheduler needs Dask\'s distributed scheduler: pip install "mi-ref[dask]"') from None
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout="30s")
+    try:
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {err}; check the address, that `dask "
+                         "scheduler` runs there and that this machine can connect to it") from None
     token = os.urandom(4).hex()
     futures = {client.submit(run_task, t, threads, False, key=f"mi-ref-{t.key}-{token}", pure=False,
                              retries=retries): t for t in tasks}
@@ -403,12 +473,14 @@ def _run_dask(tasks, scheduler, threads, retries, report):
                 if future.status == "finished":
                     report.finished(task)
                 elif future.status in ("error", "cancelled", "lost"):
+                    damaged = False
                     try:
                         err = future.exception()
                         why = f"{type(err).__name__}: {err}"
+                        damaged = isinstance(err, (RunDirError, DamagedFileError))
                     except Exception as exc:          # cancelled futures raise instead
                         why = f"{type(exc).__name__}: {exc}"
-                    report.failed(task, why)
+                    report.failed(task, f"its directory is damaged ({why})" if damaged else why, damaged=damaged)
                 else:
                     continue
                 del futures[future]
@@ -429,7 +501,7 @@ class _Report:
         experiments, as ``mi-ref reproduce`` runs them)."""
         self.progress = progress
         self.units_of = units if callable(units) else (lambda task: units)
-        self.unmerged, self.failures, self.started_at, self.ended_at = [], {}, {}, {}
+        self.unmerged, self.failures, self.started_at, self.ended_at, self.damaged = [], {}, {}, {}, set()
 
     def started(self, task):
         self.progress.running.add(task)
@@ -450,10 +522,12 @@ class _Report:
         self.progress.say(f"seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
                           f"{attempts})")
 
-    def failed(self, task, why):
+    def failed(self, task, why, damaged=False):
         self.progress.running.discard(task)
         self.progress.failed.append(task)
         self.failures[task] = why
+        if damaged:
+            self.damaged.add(task.key)
         self.progress.say(f"seed {task.seed} {task.unit} FAILED: {why}")
 
     def tick(self):
@@ -464,13 +538,19 @@ class _Report:
 
 
 def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, jobs=None, threads=1,
-          scheduler=None, retries=2, progress=True, stream=None, interval=30.0):
+          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False):
     """Run ``seeds`` of ``experiment`` (see the module docstring): every (seed, unit) not finished yet is a
     task, run by ``jobs`` local processes with ``threads`` BLAS threads each (default: as many as the cores
     allow, at most one per task), or on the Dask cluster ``scheduler``. Returns ``{"run_dirs", "failed",
-    "summaries"}``: the seeds' run directories, ``{task key: why}`` of the tasks that failed for good, and the
-    summaries (:func:`mi_ref.results.summarize`) of the seeds that are complete. Writes
-    ``OUT/RUN_NAME/sweep.json`` (the sweep's seeds, tasks and the summary over seeds)."""
+    "damaged", "summaries"}``: the seeds' run directories, ``{task key: why}`` of the tasks that failed for
+    good, the keys of those whose directory is damaged, and the summaries (:func:`mi_ref.results.summarize`)
+    of the seeds that are complete. Writes ``OUT/RUN_NAME/sweep.json`` (the sweep's seeds, tasks and the
+    summary over seeds).
+
+    Every setting and ``OUT`` itself (a file is written there and removed) are checked before any task runs.
+    The seed directories are audited as a resumed run's; with ``repair`` the damaged units of seed and task
+    directories are recomputed from their start (:meth:`mi_ref.results.RunDir.audit`). SIGTERM stops the
+    sweep and its workers (:class:`Terminated`); the same command continues it."""
     from . import experiments
     from .checks import positive_int
     from .data import DATA_ENV, load
@@ -482,23 +562,34 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         raise ValueError("no seeds given")
     threads = positive_int(threads, "threads")
     retries = positive_int(retries, "retries", minimum=0)
+    dataset = None
     if hasattr(config, "dataset"):
         if config.dataset == "mnist":
             data_dir = data_dir or os.environ.get(DATA_ENV)
             if data_dir is not None:
                 data_dir = str(Path(data_dir).resolve())
-        load(config.dataset, data_dir)                       # fails before anything runs
+        dataset = load(config.dataset, data_dir)             # fails before anything runs
     elif data_dir is not None:
         raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
-    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir)
+    if exp.check_data is not None:
+        exp.check_data(config, dataset)                      # so do sizes that do not fit the data
+    if scheduler is None:              # the local workers' threads fit the cores (the default jobs: see below)
+        least = 1 if jobs is None else positive_int(jobs, "jobs")
+        if least * threads > available_cores():
+            raise ValueError(f"--jobs {least} x --threads {threads} = {least * threads} threads exceed the "
+                             f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
+    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir, repair)
     units = exp.units(config)
-    # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error)
+    _check_writable(all_tasks[0].run_dir.parent)
+    # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error);
+    # the rows of a unit whose merge was interrupted are the merge's to write again
     for seed in seeds:
-        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}")
+        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}", units=units)
         if store.config_path.exists():
             store.prepare(all_tasks[0].header() | {"seed": seed}, resume=True)
+            merging = [t.unit for t in all_tasks if t.seed == seed and finished(t)]
             try:
-                for note in store.audit():
+                for note in store.audit(repair, merging=merging):
                     print(f"{store.path}: {note}", file=sys.stderr)
             finally:
                 store.unlock()
@@ -522,10 +613,6 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
     if scheduler is None:
         if jobs is None:
             jobs = max(1, min(len(todo), available_cores() // threads))
-        jobs = positive_int(jobs, "jobs")
-        if jobs * threads > available_cores():
-            raise ValueError(f"--jobs {jobs} x --threads {threads} = {jobs * threads} threads exceed the "
-                             f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
         where = f"{jobs} local worker process{'es' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
     else:
         where = f"the Dask cluster {scheduler if isinstance(scheduler, str) else 'of the given client'}"
@@ -533,10 +620,11 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
             f"{len(todo)} to run on {where}; output in {all_tasks[0].run_dir.parent}")
     if todo:
         bar.tick(force=True)
-        if scheduler is None:
-            _run_local(todo, jobs, threads, retries, report)
-        else:
-            _run_dask(todo, scheduler, threads, retries, report)
+        with _terminated_by_sigterm():
+            if scheduler is None:
+                _run_local(todo, jobs, threads, retries, report)
+            else:
+                _run_dask(todo, scheduler, threads, retries, report)
     for task in list(report.unmerged):            # a seed directory held by another process: wait for it
         bar.say(f"waiting for {task.run_dir} (held by another process) to merge {task.unit}")
         RunDir(task.run_dir).lock(wait=True)
@@ -559,7 +647,15 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
               "units": units, "complete_seeds": [int(d.name.split("-")[1]) for d in complete],
               "failed": failed, "summary": summary_over_seeds(summaries)}
     atomic_write_json(run_dirs[0].parent / "sweep.json", json.loads(json.dumps(record, default=list)))
-    return {"run_dirs": run_dirs, "failed": failed, "summaries": summaries}
+    return {"run_dirs": run_dirs, "failed": failed, "damaged": sorted(report.damaged), "summaries": summaries}
+
+
+def _check_writable(folder):
+    """Create ``folder`` (OUT/RUN_NAME) and write and remove a file in it, so that an --out that cannot be
+    written fails here, with an ``OSError`` naming the path, before any worker starts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def summary_over_seeds(summaries):

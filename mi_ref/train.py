@@ -243,7 +243,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     sv_history = list(store.load_arrays(variant).get("singular_values", []))[:len(rows)] if loop.resumed else []
     if jacobian and len(sv_history) != len(rows):
         raise ValueError(f"{store.arrays_path(variant)} holds the singular values of {len(sv_history)} "
-                         f"evaluations, metrics.jsonl {len(rows)} rows of {variant}; resume with --repair")
+                         f"evaluations, metrics.jsonl {len(rows)} rows of {variant}: the file was replaced. Restore "
+                         f"it, or delete {store.checkpoint_path(variant)} and resume with --repair to recompute "
+                         f"{variant}")
     grad_fn = value_and_grad_by_key(objective)      # autograd's numbers, no zero tree for the dict
     every = config.eval_every
     progress = progress or Silent([config.n_iters])

@@ -188,3 +188,81 @@ def test_the_summary_is_the_last_rows_of_the_metrics(tmp_path, capsys):
             assert (rec["bound"], rec["bound_test"], rec["accuracy"]) == (last["bound"], last["bound_test"],
                                                                          last["accuracy"])
             assert rec["vs_pixels"] == last["accuracy"] - pixels and summary["pixels"] == pixels
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("sets,message", [
+    (["batch_size=100000"], "batch_size 100000 is larger than the 1347 training images of digits"),
+    (["batch_size=500"], "batch_size 500 is larger than the 450 test images of digits"),
+    (["encoder_dims=-3"], "encoder_dims must be a tuple of positive integers, got (-3,)"),
+    (["encoder_dims="], "encoder_dims must list at least one width, got ()"),
+    (["critics="], "critics must list at least one name, got ()"),
+    (["concat_hidden=0"], "concat_hidden must be a tuple of positive integers, got (0,)"),
+])
+def test_every_setting_is_checked_against_the_data_before_anything_is_written(tmp_path, capsys, command, sets,
+                                                                              message):
+    """Was: --set batch_size=100000 or encoder_dims=-3 failed only after the run directory and its baseline row
+    were written (the same command then said "already holds this run"), and encoder_dims= crashed with an
+    IndexError traceback."""
+    argv = [command, "critics", "--out", str(tmp_path / "o"), "--quiet", "--dataset", "digits", "--steps", "4"]
+    argv += ["--seeds", "0", "--jobs", "1"] if command == "sweep" else []
+    for item in sets:
+        argv += ["--set", item]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags,setting", [(["--steps", "40", "--set", "n_iters=50"], "n_iters"),
+                                           (["--evals", "2", "--set", "n_evals=3"], "n_evals"),
+                                           (["--dataset", "digits", "--set", "dataset=mnist-subset"], "dataset")])
+def test_a_shortcut_and_a_set_of_the_same_setting_is_an_error(tmp_path, capsys, flags, setting):
+    """Was: --set n_iters=50 --steps 40 ran 40 steps without a word (likewise --evals and --dataset)."""
+    code, _, err = run(["run", "critics", "--out", str(tmp_path / "o"), "--quiet"] + flags, capsys)
+    assert code == 2 and f"both set {setting}" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_note_comes_before_the_error_of_a_bad_value(tmp_path, capsys):
+    """Was: --set n_iters=0 printed its note ("4 evaluations asked for 0 steps ...") and then its error."""
+    code, _, err = run(["run", "conditioning", "--out", str(tmp_path / "o"), "--set", "n_iters=0"], capsys)
+    assert code == 2 and "n_iters must be a positive integer, got 0" in err and "note" not in err, err
+
+
+def test_an_interruption_before_the_run_directory_exists_says_so(tmp_path, capsys, monkeypatch):
+    """Was: Ctrl-C before the run directory existed said that everything was saved, in a path that did not
+    exist."""
+    from mi_ref import data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "load", interrupted)
+    code, _, err = run(["run", "critics", "--out", str(tmp_path / "o")] + TINY, capsys)
+    assert code == 130 and "before anything was written" in err and "is saved" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("point", ["metrics", "replace"])
+def test_a_full_disk_names_the_file_and_says_what_to_do(tmp_path, capsys, monkeypatch, point):
+    """Was: a full disk ended with "cannot use: No space left on device; choose another path or fix its
+    permissions", naming no path."""
+    import errno
+
+    from mi_ref import faults
+
+    def full(name):
+        if name == point:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(faults, "HOOK", full)
+    code, _, err = run(["run", "critics", "--out", str(tmp_path / "o")] + TINY, capsys)
+    assert code == 2 and "No space left on device" in err and str(tmp_path / "o") in err, err
+    assert "free some space" in err and "permissions" not in err and "Traceback" not in err
+
+
+def test_findings_to_a_directory_names_the_directory(tmp_path, capsys):
+    """Was: `mi-ref findings RUNS --out DIR` printed the table, then failed naming a temporary file."""
+    assert run(["run", "critics", "--out", str(tmp_path / "r"), "--set", "critics=bilinear"] + TINY, capsys)[0] == 0
+    (tmp_path / "dir").mkdir()
+    code, out, err = run(["findings", str(tmp_path / "r"), "--out", str(tmp_path / "dir")], capsys)
+    assert code == 2 and f"--out {tmp_path / 'dir'} is a directory" in err and ".tmp" not in err, err
+    assert out == "" and list((tmp_path / "dir").iterdir()) == []

@@ -28,7 +28,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     Modes: "ok"; "truncate" (announces the full Content-Length, sends half, closes the connection);
     "nolength" (no Content-Length, the body ends when the connection closes); "trickle" (one byte every
-    0.2 s: each read succeeds well within any per-operation timeout). Unknown paths get 404.
+    0.2 s: each read succeeds well within any per-operation timeout); "endless" (no Content-Length, the body
+    repeated without end, until the client goes away). Unknown paths get 404.
     """
 
     def do_GET(self):
@@ -40,9 +41,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         mode, body = route
         self.send_response(200)
         self.send_header("Content-Type", "application/gzip")
-        if mode != "nolength":
+        if mode not in ("nolength", "endless"):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if mode == "endless":
+            try:
+                while True:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):      # the client stopped reading, as it should
+                pass
+            self.close_connection = True
+            return
         if mode == "trickle":
             try:
                 for i in range(len(body)):
@@ -236,6 +245,66 @@ def test_truncated_body_without_length_is_caught_by_gzip(tmp_path, server, tiny)
     assert os.listdir(tmp_path) == []
 
 
+def _peak_memory(call):
+    """(the exception ``call()`` raised, the peak of Python's allocations meanwhile, in bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        call()
+    except Exception as err:                  # noqa: BLE001 (the test looks at it)
+        raised = err
+    else:
+        raised = None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return raised, peak
+
+
+def test_an_endless_download_stops_at_the_size_cap_and_streams_to_disk(tmp_path, server, tiny):
+    """Was: a server sending without end was buffered in memory (4.2 GB in 5 s). Now the body goes to disk
+    and stops at the most a gzipped file of the expected size can be; memory stays far below that."""
+    contents, pins = tiny
+    name = NAMES[0]
+    server.routes[f"/m1/{name}.gz"] = ("endless", os.urandom(1 << 16))
+    sizes = {name: 8_000_000}
+    err, peak = _peak_memory(lambda: download_mnist(tmp_path, [f"{server.url}/m1"], pins={name: pins[name]},
+                                                    sizes=sizes, deadline=60))
+    assert isinstance(err, DownloadError) and "sent more than" in str(err), err
+    assert peak < 2_000_000, peak                                   # streamed, not held: 8 MB passed through
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_gzip_bomb_stops_at_the_expected_size(tmp_path, server, tiny):
+    """Was: a 2 MB gzip file decompressing to gigabytes reached 4.2 GB of memory. Now decompression streams
+    and stops past the expected size of the file, which the error names."""
+    contents, pins = tiny
+    name = NAMES[1]
+    bomb = gzip.compress(bytes(50_000_000), compresslevel=9)          # 50 MB of zeros in ~50 KB
+    server.routes[f"/m1/{name}.gz"] = ("ok", bomb)
+    err, peak = _peak_memory(lambda: download_mnist(tmp_path, [f"{server.url}/m1"], pins={name: pins[name]},
+                                                    sizes={name: 1_000_000}))
+    assert isinstance(err, DownloadError) and "decompresses to more than 1000000 bytes" in str(err), err
+    assert peak < 5_000_000, peak
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_declared_length_beyond_the_cap_is_refused_before_the_body(tmp_path, server, tiny):
+    contents, pins = tiny
+    name = NAMES[2]
+    server.routes[f"/m1/{name}.gz"] = ("ok", bytes(300_000))
+    with pytest.raises(DownloadError, match=r"announces 300000 bytes, more than the \d+ a gzipped"):
+        download_mnist(tmp_path, [f"{server.url}/m1"], pins={name: pins[name]}, sizes={name: 1000})
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_expected_sizes_are_mnists():
+    """The caps come from the sizes of MNIST's files: an IDX header and the uint8 data."""
+    assert dl.MNIST_SIZES == {"train-images-idx3-ubyte": 16 + 60000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60000,
+                              "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10000}
+    with pytest.raises(ValueError, match="expected size"):
+        download_mnist("unused", ["http://127.0.0.1:9/"], pins={"other": "0" * 64})
+
+
 def test_invalid_present_file_is_replaced_in_its_own_form(tmp_path, server, tiny):
     contents, pins = tiny
     mirror = serve(server, "/m1", contents)
@@ -276,6 +345,16 @@ def test_cli_download(tmp_path, server, tiny, monkeypatch, capsys):
     assert capsys.readouterr().out.count("skipped") == 4
 
 
+def test_cli_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """Was: under `ulimit -v` a download ended in a MemoryError traceback."""
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(dl, "download_mnist", no_memory)
+    assert main(["download", "mnist", "--to", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mi-ref download: error: out of memory") and err.count("\n") == 1
+
+
 def test_cli_download_mismatch_exits_2(tmp_path, server, tiny, capsys):
     contents, _ = tiny  # the real pins: the tiny files cannot match them
     mirror = serve(server, "/m1", contents)
@@ -287,7 +366,9 @@ def test_cli_download_mismatch_exits_2(tmp_path, server, tiny, capsys):
 
 @pytest.mark.mnist
 def test_pins_match_the_shared_mnist_files(mnist_dir):
+    from mi_ref.data import read_file_bytes
     assert MNIST_SHA256 == {name: content_sha256(next(mnist_dir.glob(name + "*"))) for name in NAMES}
+    assert dl.MNIST_SIZES == {name: len(read_file_bytes(next(mnist_dir.glob(name + "*")))) for name in NAMES}
 
 
 @pytest.mark.mnist

@@ -316,3 +316,43 @@ def test_permutations_are_shared_across_seeds_and_weights_are_not():
     assert not np.array_equal(w0, w1)
     with pytest.raises(ValueError, match="permutations"):
         experiments.get("invertible").config("quick", permutations="sometimes")
+
+
+def test_a_config_whose_models_cannot_be_built_is_refused_with_the_variant_named():
+    """check_on_data builds every variant's models before anything is written; a failure names the variant."""
+    from mi_ref.data import load
+    from mi_ref.experiments.common import Variant, check_on_data
+
+    def build(rng):
+        raise ValueError("every MLP layer width must be a positive integer, got -3")
+    config = experiments.get("critics").config("quick", dataset="digits")
+    with pytest.raises(ValueError, match=r"the settings cannot build the models of odd: every MLP layer width"):
+        check_on_data(config, load("digits"), [Variant("odd", build, "infonce")])
+    with pytest.raises(ValueError, match="convnet_channels must be the channels of the ConvNet's two convolutions"):
+        experiments.get("encoders").config("quick", convnet_channels=(4,))
+
+
+def test_run_names_are_injective():
+    """Was: lr=0.0003 and lr=0.00030000001 both gave the folder critics-quick-lr=0.0003 (the second run was
+    refused as a different config, or with another seed two configs shared one RUN_NAME). A short name is
+    used only when it reads back as exactly the config's values; otherwise the name is the config's hash."""
+    critics = experiments.get("critics")
+    plain = experiments.run_name("critics", "quick", critics.config("quick", lr=3e-4))
+    close = experiments.run_name("critics", "quick", critics.config("quick", lr=0.00030000001))
+    assert plain == "critics-quick-lr=0.0003" and close != plain and close.startswith("critics-quick-")
+    assert close.endswith("-lr") and len(close.split("-")[2]) == 8                  # the hash form
+    sampling = experiments.get("sampling")
+    nested = experiments.run_name("sampling", "quick", sampling.config("quick", sigma_z=((1.0, 0.2), (0.2, 1.0))))
+    assert "sigma_z=1,0.2,0.2,1" not in nested            # flattened, the nesting could not be read back
+    text = experiments.run_name("metric", "quick", experiments.get("metric").config("quick", critic="separable"))
+    assert text == "metric-quick-critic=separable"
+
+
+def test_the_committed_runs_keep_their_names():
+    """Existing run folders keep their names (a run is resumed where its name says it is)."""
+    from pathlib import Path
+
+    from mi_ref.results import expand_run_dirs
+    for run in expand_run_dirs([Path(__file__).resolve().parents[1] / "figures" / "runs"]):
+        config = json.loads((run / "config.json").read_text())
+        assert experiments.run_name(config["experiment"], config["preset"], config["config"]) == run.parent.name

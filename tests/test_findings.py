@@ -13,17 +13,25 @@ from mi_ref import cli, experiments, findings
 from mi_ref.results import RunDir
 
 
-def make_run(path, experiment, rows, seed=0, preset="quick", config=None, done=True, baseline=0.80):
-    """A run directory with the preset's config (plus ``config``), a pixel-baseline row and ``rows``; with
+def make_run(path, experiment, rows, seed=0, preset="quick", config=None, done=True, baseline=0.80, raw=None,
+             arrays=None):
+    """A run directory with the preset's config (plus ``config``; ``raw``: settings written as given, unchecked),
+    a pixel-baseline row (image experiments) and ``rows`` (and ``arrays``: {variant: {name: array}}); with
     ``done`` every unit that has rows (and the baseline) is marked finished."""
     cfg = dataclasses.asdict(experiments.get(experiment).config(preset, **(config or {})))
+    cfg.update(raw or {})
     run = RunDir(path)
     run.prepare({"experiment": experiment, "preset": preset, "seed": seed, "config": cfg}, resume=False)
-    run.append_metrics({"variant": "baseline", "step": 0, "accuracy": baseline})
+    units = list(dict.fromkeys(r["variant"] for r in rows))
+    if "dataset" in cfg:
+        run.append_metrics({"variant": "baseline", "step": 0, "accuracy": baseline})
+        units = ["baseline"] + units
     for row in rows:
         run.append_metrics(row)
+    for variant, values in (arrays or {}).items():
+        run.save_arrays(variant, values)
     if done:
-        for unit in ["baseline"] + list(dict.fromkeys(r["variant"] for r in rows)):
+        for unit in units:
             run.mark_done(unit)
     run.unlock()
     return path
@@ -127,9 +135,12 @@ def test_invertible_needs_the_bound_to_rise_too(tmp_path):
     assert verdict_of(tmp_path, "invertible", rows, "invertible.rise").holds is False
 
 
-def test_a_run_without_variants_is_not_judged(tmp_path):
-    """`--set estimators=` trains nothing: that is no verdict, never HOLDS."""
-    v = verdict_of(tmp_path, "invertible", [], "invertible.rise", config={"estimators": ()})
+def test_a_run_without_variants_is_not_judged(tmp_path, capsys):
+    """`--set estimators=` is refused before anything is written; a run directory whose config lists no
+    estimator (made by hand, or by an older mi-ref) gives no verdict, never HOLDS."""
+    assert cli.main(["run", "invertible", "--set", "estimators=", "--out", str(tmp_path / "r")]) == 2
+    assert "estimators" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    v = verdict_of(tmp_path, "invertible", [], "invertible.rise", raw={"estimators": []})
     assert v.holds is None and v.verdict == "not judged" and "no trained variant" in v.reason
     assert "not judged" in findings.format_table([v])
 
@@ -251,12 +262,9 @@ def _sampling_run(tmp_path, name, iid, non_iid, seed=0, trace_sd=0.01):
         for sampling, end in (("iid", iid), ("non-iid", non_iid)):
             rows.append({"variant": f"{sampling}-{est}", "step": 100, "bound": end, "bound_smoothed": end,
                          "true_mi": 0.0204, "sampling": sampling, "estimator": est})
-    path = make_run(tmp_path / name, "sampling", rows, seed=seed)
-    run = RunDir(path)
     rng = np.random.default_rng(seed)
-    for r in rows:
-        run.save_arrays(r["variant"], {"trace": r["bound"] + trace_sd * rng.standard_normal(2000)})
-    return path
+    arrays = {r["variant"]: {"trace": r["bound"] + trace_sd * rng.standard_normal(2000)} for r in rows}
+    return make_run(tmp_path / name, "sampling", rows, seed=seed, arrays=arrays)
 
 
 @pytest.mark.parametrize("iid,non_iid,holds", [(0.019, 0.20, True), (0.04, 0.20, False), (0.015, 0.05, False)])
@@ -267,7 +275,7 @@ def test_sampling(tmp_path, iid, non_iid, holds):
 
 
 def test_sampling_of_an_empty_run_is_not_judged(tmp_path):
-    path = make_run(tmp_path / "r", "sampling", [], config={"estimators": ()})
+    path = make_run(tmp_path / "r", "sampling", [], raw={"estimators": []})
     v = verdicts_of([path])["sampling.non_iid_exceeds"]
     assert v.holds is None and "no trained variant" in v.reason
 

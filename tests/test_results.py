@@ -61,13 +61,27 @@ def test_metrics_torn_line_and_truncation(tmp_path):
 def test_checkpoint_round_trip_and_done(tmp_path):
     run = results.RunDir(tmp_path)
     assert run.load_checkpoint("v") is None
-    run.save_checkpoint("v", {"params/W": np.eye(2)}, {"step": 3, "rng": {"state": 2 ** 100}})
+    saved = {"step": 3, "seconds": 1.5, "iterators": {}, "streams": {"rng": {"state": 2 ** 100}}}
+    run.save_checkpoint("v", {"params/W": np.eye(2)}, saved)
     arrays, meta = run.load_checkpoint("v")
     np.testing.assert_array_equal(arrays["params/W"], np.eye(2))
-    assert meta == {"step": 3, "rng": {"state": 2 ** 100}}
+    assert meta == saved
     run.mark_done("v")
     assert run.done_variants() == ["v"] and run.load_checkpoint("v") is None
     run.checkpoint_path("w").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="is damaged: it is not an .npz archive") as err:
         run.load_checkpoint("w")
     assert "pickle" not in str(err.value)
+
+
+def test_a_pickled_array_is_named_as_such(tmp_path):
+    """Was: an .npz holding a pickled object array was reported as "not an .npz archive"."""
+    path = tmp_path / "objects.npz"
+    np.savez(path, fine=np.arange(3), objects=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"holds 'objects', an array of Python objects that only pickle can read"):
+        results.load_npz(path, "results file")
+    import pickle
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="not an .npz archive") as err:
+        results.load_npz(tmp_path / "plain.pkl", "results file")
+    assert "pickle" not in str(err.value).split("is damaged")[1]        # nothing that invites unpickling it

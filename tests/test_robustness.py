@@ -4,6 +4,7 @@ stops with one clear error (exit code 2 from the CLI) that names the file and ch
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,6 +106,50 @@ def test_garbage_in_the_middle_of_metrics_is_an_error_and_nothing_is_lost(tmp_pa
     assert run_dir.metrics_path.read_text() == damaged
 
 
+def partial(out, at=19):
+    """A run stopped by Ctrl-C before its ``at``-th optimizer step (in this process, so it is fast). With
+    TINY and ``at=19``: baseline and infonce finished, nwj with its rows of steps 0 and 4 and its checkpoint
+    at step 4."""
+    from mi_ref import faults
+    seen = [0]
+
+    def hook(name):
+        if name == "update":
+            seen[0] += 1
+            if seen[0] == at:
+                raise KeyboardInterrupt
+    faults.HOOK = hook
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(out)
+    finally:
+        faults.HOOK = None
+    return RunDir(run_path(out))
+
+
+def resume_noting(out, repair=False):
+    """Resume the tiny run; returns (its path, the notes of the audit)."""
+    notes = []
+    path = experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False, repair=repair,
+                                      report=notes.append, **TINY)
+    return path, notes
+
+
+def test_a_last_row_without_its_newline_is_a_torn_line(tmp_path, reference):
+    """Was: `truncate -s -1 metrics.jsonl` left a complete-looking last row that was accepted; the next
+    append was glued onto it and the run died ("line 8, is not valid JSON"). Now that row is a torn line:
+    dropped, reported and evaluated again."""
+    run_dir = partial(tmp_path)
+    data = run_dir.metrics_path.read_bytes()
+    assert data.endswith(b"}\n")
+    run_dir.metrics_path.write_bytes(data[:-1])
+    assert len(run_dir.read_metrics()) == 6                  # the row without its newline is not complete
+    path, notes = resume_noting(tmp_path)
+    assert rows_without_time(path) == reference[1]
+    assert any("torn last line" in n for n in notes), notes
+    assert RunDir(path).metrics_path.read_bytes().endswith(b"}\n")
+
+
 def tiny_flags():
     """The command-line flags that give TINY's config."""
     return ["--dataset", "digits", "--steps", "12", "--evals", "3", "--set", "n_layers=2", "--set", "eval_final=true",
@@ -146,6 +191,217 @@ def test_a_lost_row_of_a_checkpoint_step_is_evaluated_again(tmp_path, reference)
     assert rows_without_time(path) == reference[1]
 
 
+def test_a_duplicated_row_is_damage_not_a_row(tmp_path, reference):
+    """Was: `sed -i 6p metrics.jsonl` (the row of nwj's step 0 twice) resumed with exit 0 and no note, and
+    the finished run held one row too many, which progress.json then recorded. Now it is an error naming
+    the row, nothing changed; --repair recomputes the variant."""
+    run_dir = partial(tmp_path)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    assert '"variant": "nwj"' in lines[5] and '"step": 0,' in lines[5]
+    damaged = "".join(lines[:6] + lines[5:]) + '{"variant": "nwj", "st'         # and a torn last line
+    run_dir.metrics_path.write_text(damaged)
+    stale = run_dir.path / "checkpoints" / ".nwj.npz.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with pytest.raises(ValueError, match=r"nwj: metrics.jsonl holds its row of step 0 twice \(lines 6 and 7\)"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_text() == damaged and stale.exists()       # nothing changed, not even those
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+    assert RunDir(path).read_progress()["rows"] == {"baseline": 1, "infonce": 4, "nwj": 4}
+
+
+def test_rows_out_of_step_order_are_damage(tmp_path, reference):
+    run_dir, out = finished_copy(tmp_path, reference)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    lines[1], lines[2] = lines[2], lines[1]                  # infonce's rows of steps 0 and 4 swapped
+    run_dir.metrics_path.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"infonce: metrics.jsonl holds its row of step 0 \(line 3\) after that "
+                                         r"of step 4 \(line 2\)"):
+        run(out, resume=True)
+
+
+def test_a_row_of_an_unknown_variant_is_damage(tmp_path, reference):
+    """Was: a row of a variant the run does not have was kept by --resume, and plot and findings read it."""
+    run_dir = partial(tmp_path)
+    with open(run_dir.metrics_path, "a") as f:
+        f.write(json.dumps({"variant": "mystery", "step": 0, "accuracy": 1.0}) + "\n")
+    damaged = run_dir.metrics_path.read_text()
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 8, is a row of the variant 'mystery', which this run "
+                                         r"does not have \(its variants: \['baseline', 'infonce', 'nwj'\]\)"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_text() == damaged
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert any("removed the row of the unknown variant 'mystery' (line 8)" in n for n in notes), notes
+    assert rows_without_time(path) == reference[1]
+
+
+@pytest.mark.parametrize("deleted", ["progress.json", "checkpoints"])
+def test_rows_are_never_dropped_because_a_file_was_deleted(tmp_path, reference, deleted):
+    """Was: `rm progress.json` (or `rm checkpoints/*.npz`) then --resume exited 0 with no note, dropping the
+    rows of the finished variants (of the variant in progress) and recomputing them. Now it is an error that
+    says which file is missing, nothing changed; --repair recomputes those variants, identically."""
+    run_dir = partial(tmp_path)
+    if deleted == "progress.json":
+        run_dir.progress_path.unlink()
+        message = r"infonce: metrics.jsonl holds 4 rows of infonce, which is neither finished"
+    else:
+        shutil.rmtree(run_dir.path / "checkpoints")
+        message = r"nwj: metrics.jsonl holds 2 rows of nwj, which is neither finished"
+    before = run_dir.metrics_path.read_bytes()
+    with pytest.raises(ValueError, match=message + r" \(progress.json\) nor has a checkpoint"):
+        run(tmp_path, resume=True)
+    assert run_dir.metrics_path.read_bytes() == before
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def test_repair_writes_the_rows_in_the_serial_order(tmp_path, reference):
+    """Was: --repair appended the recomputed rows of a variant after those of the variants that follow it.
+    Now the file is laid out as a serial run's: the variants in the experiment's order."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    lines = run_dir.metrics_path.read_text().splitlines(keepends=True)
+    run_dir.metrics_path.write_text("".join(line for line in lines if '"variant": "infonce"' not in line))
+    with pytest.raises(ValueError, match="holds 0 rows of the finished variant infonce"):
+        run(out, resume=True)
+    path, notes = resume_noting(out, repair=True)
+    assert any("infonce is recomputed from its start" in n for n in notes), notes
+    assert rows_without_time(path) == reference[1]
+    assert RunDir(path).done_variants() == ["baseline", "infonce", "nwj"]
+
+
+def edit_value(path, line, key, value):
+    """Change one number of one row by hand, leaving valid JSON."""
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[line - 1])
+    row[key] = value
+    lines[line - 1] = json.dumps(row, sort_keys=True) + "\n"
+    path.write_text("".join(lines))
+
+
+def test_a_hand_edited_value_of_a_finished_variant_is_detected(tmp_path, reference, capsys):
+    """Was: a metric value edited by hand went unnoticed by --resume, plot and findings. Now progress.json
+    holds the SHA-256 of every finished variant's rows: resume, plot and findings name the variant."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    edit_value(run_dir.metrics_path, 3, "accuracy", 0.99)
+    before = run_dir.metrics_path.read_bytes()
+    with pytest.raises(ValueError, match=r"infonce: its rows in metrics.jsonl differ from those it finished with"):
+        run(out, resume=True)
+    for argv in (["plot", str(run_dir.path), "--out", str(tmp_path / "fig")],
+                 ["findings", str(run_dir.path), "--out", str(tmp_path / "f.json")]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and "infonce: its rows in metrics.jsonl differ" in err and "Traceback" not in err
+    assert run_dir.metrics_path.read_bytes() == before and not (tmp_path / "f.json").exists()
+    path, _ = resume_noting(out, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def test_a_hand_edited_row_before_the_checkpoint_is_detected(tmp_path, reference):
+    """The rows a checkpoint covers are pinned by it: an edit there is an error, not a row kept."""
+    run_dir = partial(tmp_path)
+    edit_value(run_dir.metrics_path, 6, "bound", 123.0)                    # nwj's row of step 0
+    with pytest.raises(ValueError, match=r"nwj: its row of step 0 in metrics.jsonl differs from the one its "
+                                         r"checkpoint \(step 4\) recorded"):
+        run(tmp_path, resume=True)
+    path, _ = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def torn(path):
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def duplicated_with_another_value(path):
+    lines = path.read_text().splitlines(keepends=True)
+    row = json.loads(lines[2])
+    row["accuracy"] = 0.5
+    path.write_text("".join(lines[:3] + [json.dumps(row, sort_keys=True) + "\n"] + lines[3:]))
+
+
+def unknown_variant(path):
+    with open(path, "a") as f:
+        f.write(json.dumps({"variant": "mystery", "step": 0, "accuracy": 1.0}) + "\n")
+
+
+@pytest.mark.parametrize("damage_rows,message", [
+    (torn, "its last line is torn"),
+    (duplicated_with_another_value, "infonce: metrics.jsonl holds its row of step 4 twice (lines 3 and 4)"),
+    (unknown_variant, "line 10, is a row of the variant 'mystery', which this run does not have")])
+@pytest.mark.parametrize("command", ["plot", "findings"])
+def test_plot_and_findings_refuse_a_damaged_finished_run(tmp_path, reference, capsys, damage_rows, message, command):
+    """Was: plot and findings read a finished run with a torn last row, a duplicated row with another value
+    or a row of an unknown variant without a word. Now: exit 2, naming the file and the rows."""
+    run_dir, _ = finished_copy(tmp_path, reference)
+    damage_rows(run_dir.metrics_path)
+    code, _, err = run_cli([command, str(run_dir.path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in err and "metrics.jsonl" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_findings_on_an_unknown_experiment_is_an_error(tmp_path, reference, capsys):
+    """Was: `mi-ref findings` on runs whose config names an unknown experiment printed "0 of 0 findings"
+    and exited 0."""
+    run_dir, _ = finished_copy(tmp_path, reference)
+    config = json.loads(run_dir.config_path.read_text())
+    run_dir.config_path.write_text(json.dumps(dict(config, experiment="nope")))
+    code, out, err = run_cli(["findings", str(run_dir.path), "--out", str(tmp_path / "f.json")], capsys)
+    assert code == 2 and "unknown experiment 'nope'" in err and str(run_dir.config_path) in err
+    assert not (tmp_path / "f.json").exists()
+
+
+SAMPLING = dict(n_iters=100, record_every=50)
+
+
+@pytest.fixture(scope="module")
+def sampling_reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampling")
+    path = experiments.run_experiment("sampling", "quick", 0, out, progress=False, **SAMPLING)
+    return path, rows_without_time(path), RunDir(path).load_arrays("iid-infonce")["trace"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_the_arrays_of_finished_variants_are_audited(tmp_path, sampling_reference, capsys, how):
+    """Was: `truncate -s 100 arrays/iid-infonce.npz` (or deleting it) on a finished sampling run: --resume and
+    --resume --repair exited 0 and left the file as it was; plot and findings failed later or never noticed.
+    Now progress.json holds the SHA-256 of each finished variant's arrays file: resume and plot name the
+    file, and --repair recomputes the variant."""
+    out = tmp_path / "r"
+    shutil.copytree(Path(sampling_reference[0]).parent.parent, out)
+    run_dir = RunDir(Path(out) / Path(sampling_reference[0]).relative_to(Path(sampling_reference[0]).parents[1]))
+    arrays = run_dir.arrays_path("iid-infonce")
+    if how == "truncated":
+        arrays.write_bytes(arrays.read_bytes()[:100])
+    else:
+        arrays.unlink()
+    with pytest.raises(ValueError, match=r"iid-infonce: arrays/iid-infonce.npz (is missing|differs from)"):
+        experiments.run_experiment("sampling", "quick", 0, out, resume=True, progress=False, **SAMPLING)
+    code, _, err = run_cli(["plot", str(run_dir.path), "--out", str(tmp_path / "fig")], capsys)
+    assert code == 2 and "arrays/iid-infonce.npz" in err
+    notes = []
+    path = experiments.run_experiment("sampling", "quick", 0, out, resume=True, repair=True, progress=False,
+                                      report=notes.append, **SAMPLING)
+    assert any("iid-infonce is recomputed from its start" in n for n in notes), notes
+    assert rows_without_time(path) == sampling_reference[1]
+    np.testing.assert_array_equal(RunDir(path).load_arrays("iid-infonce")["trace"], sampling_reference[2])
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_the_arrays_of_the_variant_in_progress_are_audited(tmp_path, reference, how):
+    """The singular values of the variant in progress are read back on resume: a damaged or deleted file is
+    an error before anything runs, and --repair recomputes the variant (it was a dead end: the run failed
+    after the audit, asking for --repair, which did not help)."""
+    run_dir = partial(tmp_path)
+    arrays = run_dir.arrays_path("nwj")
+    if how == "truncated":
+        arrays.write_bytes(arrays.read_bytes()[:100])
+    else:
+        arrays.unlink()
+    with pytest.raises(ValueError, match=r"nwj: (arrays of nwj .*arrays/nwj.npz is damaged|arrays/nwj.npz is missing)"):
+        run(tmp_path, resume=True)
+    path, _ = resume_noting(tmp_path, repair=True)
+    assert rows_without_time(path) == reference[1]
+    np.testing.assert_array_equal(RunDir(path).load_arrays("nwj")["singular_values"], reference[2])
+
+
 # ------------------------------------------------------------------------------ damaged npz files
 
 def damage(path, how):
@@ -180,6 +436,44 @@ def test_a_damaged_checkpoint_is_one_clear_error_then_repairable(tmp_path, refer
     assert "nwj" in message and "--repair" in message and "pickle" not in message
     assert ckpt.read_bytes() == before
     path = run(tmp_path, resume=True, repair=True)
+    assert rows_without_time(path) == reference[1]
+
+
+def edit_checkpoint_meta(path, change):
+    """Rewrite a checkpoint with ``change(meta)`` applied to its JSON metadata (a valid npz, no pickle)."""
+    from mi_ref.results import array_to_json, json_to_array
+    arrays = dict(np.load(path, allow_pickle=False))
+    meta = array_to_json(arrays["__meta__"])
+    change(meta)
+    arrays["__meta__"] = json_to_array(meta)
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.pop("iterators"), r"its metadata lacks the key 'iterators'"),
+    (lambda m: m.update(step="abc"), r"its metadata's 'step' must be an integer, got \"abc\""),
+    (lambda m: m.update(step=1000000), r"its step 1000000 is beyond the run's last step, 12"),
+    (lambda m: m.update(step=6), r"its step 6 is not among the steps of the rows it recorded \[0, 4\]"),
+    (lambda m: m.update(seconds=-1), r"its metadata's 'seconds' must be a number >= 0, got -1"),
+    (lambda m: m["iterators"].update(data={"kind": "nonsense"}),
+     r"cannot be restored \(ValueError: the saved batch stream"),
+    (lambda m: m["streams"].update(init={"bit_generator": "PCG64", "state": 3}), r"cannot be restored"),
+])
+def test_checkpoint_metadata_is_checked_before_it_is_used(tmp_path, reference, capsys, change, message):
+    """Was: a checkpoint without its 'iterators' gave a KeyError traceback, a step "abc" exit 2 with no file
+    name, a step of 1000000 exit 0 and a row labelled step 12 that held the model of step 4. Now each is an
+    error naming the checkpoint, nothing changed, and --repair recomputes the variant."""
+    run_dir = partial(tmp_path)
+    ckpt = run_dir.checkpoint_path("nwj")
+    edit_checkpoint_meta(ckpt, change)
+    before = (ckpt.read_bytes(), run_dir.metrics_path.read_bytes())
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path), "--resume", "--quiet"] + tiny_flags(),
+                           capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert re.search(message, err) and str(ckpt) in err and "--repair" in err, err
+    assert (ckpt.read_bytes(), run_dir.metrics_path.read_bytes()) == before
+    path, notes = resume_noting(tmp_path, repair=True)
+    assert any("nwj is recomputed from its start" in n for n in notes), notes
     assert rows_without_time(path) == reference[1]
 
 
@@ -226,7 +520,9 @@ def test_a_tampered_golden_file_fails_its_checksum(tmp_path, capsys):
 
 @pytest.mark.parametrize("content,message", [("[1, 2]", "holds a JSON list, expected a JSON object"),
                                              ("{not json", "is not valid JSON"),
-                                             ('{"done": 3}', "must be {\"done\": [variant names]")])
+                                             ('{"done": 3}', "must be {\"done\": [variant names]"),
+                                             ('{"done": ["baseline"], "rows": {"baseline": "1"}}',
+                                              'the row count of baseline must be an integer >= 0, got "1"')])
 def test_a_damaged_progress_file_names_itself(tmp_path, reference, content, message):
     run_dir, out = finished_copy(tmp_path, reference)
     run_dir.progress_path.write_text(content)
@@ -292,6 +588,83 @@ def test_two_fresh_runs_racing_write_no_duplicate_rows(tmp_path, reference):
     assert rows_without_time(run_path(tmp_path)) == reference[1]
 
 
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl"])
+def test_no_file_of_the_run_is_written_through_a_symbolic_link(tmp_path, reference, capsys, name):
+    """Was: `ln -s OUTSIDE .lock` then --resume overwrote the outside file with the lock holder's line (and an
+    append went through a linked metrics.jsonl). Now a link there is an error naming it; the outside file is
+    untouched."""
+    run_dir = partial(tmp_path / "out")
+    outside = tmp_path / "outside.txt"
+    outside.write_text(run_dir.metrics_path.read_text() if name == "metrics.jsonl" else "precious\n")
+    link = run_dir.path / name
+    if link.exists():
+        link.unlink()
+    link.symlink_to(outside)
+    before = outside.read_bytes()
+    code, _, err = run_cli(["run", "conditioning", "--out", str(tmp_path / "out"), "--resume", "--quiet"]
+                           + tiny_flags(), capsys)
+    assert code == 2 and f"{link} is a symbolic link" in err and "Traceback" not in err, err
+    assert outside.read_bytes() == before and link.is_symlink()
+
+
+WAITING_WRITER = textwrap.dedent("""
+    import os, sys, time
+    from mi_ref import experiments, faults
+    out, release = sys.argv[1], sys.argv[2]
+    def hook(name):
+        if name == "update" and not os.path.exists(release):
+            print("waiting", flush=True)
+            while not os.path.exists(release):
+                time.sleep(0.05)
+    faults.HOOK = hook
+    experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False, **{TINY})
+""")
+
+
+def test_deleting_the_lock_never_gives_two_writers(tmp_path, reference):
+    """Was: deleting .lock while a run wrote, then resuming, gave two writers and rows written twice. Now the
+    second process takes a new lock and finishes the run; the first, before its next write, finds that .lock
+    is no longer the file it locked and stops without writing. The rows are those of one run."""
+    partial(tmp_path)
+    release = tmp_path / "release"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.Popen([sys.executable, "-c", WAITING_WRITER.replace("{TINY}", repr(TINY)), str(tmp_path),
+                              str(release)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "waiting"         # it holds the lock, between two steps
+        (run_path(tmp_path) / ".lock").unlink()
+        path = run(tmp_path, resume=True)                            # a second process on the same directory
+        release.touch()
+        _, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode != 0 and "was deleted or replaced while this process was writing" in err, err
+    assert rows_without_time(path) == reference[1]
+
+
+def test_the_lock_is_taken_on_the_file_that_is_there_after_locking(tmp_path, monkeypatch):
+    """Another process may delete and recreate .lock between this one's open and its flock: the lock then
+    checks the file's identity (device and inode) and locks the new file instead of the deleted one."""
+    from mi_ref import results
+    run_dir = RunDir(tmp_path / "r")
+    real_flock, calls = results.fcntl.flock, []
+
+    def racing_flock(fd, flags):
+        if not calls:                                   # the other process's delete and recreate
+            run_dir.lock_path.unlink()
+            run_dir.lock_path.write_text("")
+        calls.append(fd)
+        return real_flock(fd, flags)
+    (tmp_path / "r").mkdir()
+    monkeypatch.setattr(results.fcntl, "flock", racing_flock)
+    run_dir.lock()
+    assert len(calls) == 2
+    assert os.fstat(run_dir._lock_fd).st_ino == os.stat(run_dir.lock_path).st_ino
+    run_dir.unlock()
+
+
 # ------------------------------------------------------------------------------ arguments and paths
 
 
@@ -342,11 +715,31 @@ def test_stale_temporary_files_are_removed_on_resume(tmp_path, reference):
     run_dir, out = finished_copy(tmp_path, reference)
     stale = run_dir.path / "checkpoints"
     stale.mkdir(exist_ok=True)
-    (stale / ".nwj.npz.abc123.tmp").write_bytes(b"half a checkpoint")
+    (stale / ".nwj.npz.abc12_x9.tmp").write_bytes(b"half a checkpoint")      # named as mkstemp names it
     notes = []
     experiments.run_experiment("conditioning", "quick", 0, out, resume=True, progress=False,
                                report=notes.append, **TINY)
     assert not list(run_dir.path.rglob(".*.tmp")) and any("temporary file" in n for n in notes)
+
+
+def test_the_audit_removes_only_its_own_temporary_files(tmp_path, reference):
+    """Was: the audit deleted every file matching .*.tmp anywhere under the run directory, and a directory of
+    that name stopped the resume. Now it removes only the temporary files of its own writes: named as
+    mkstemp names them, after a file mi-ref writes, in the folder mi-ref writes it to."""
+    run_dir, out = finished_copy(tmp_path, reference)
+    own = [run_dir.path / ".metrics.jsonl.k2j4_x0a.tmp", run_dir.path / "arrays" / ".nwj.npz.00000000.tmp"]
+    theirs = [run_dir.path / ".notes.tmp", run_dir.path / ".metrics.jsonl.tmp", run_dir.path / "arrays" / ".mine.tmp",
+              run_dir.path / "mine" / ".nwj.npz.k2j4_x0a.tmp", run_dir.path / ".config.json.ABCDEFGH.tmp"]
+    for path in own + theirs:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    (run_dir.path / ".x.tmp").mkdir()
+    (run_dir.path / "checkpoints").mkdir(exist_ok=True)
+    (run_dir.path / "checkpoints" / ".nwj.npz.abcdefgh.tmp").mkdir()       # a directory, not a write of mi-ref
+    path, notes = resume_noting(out)
+    assert [p for p in own if p.exists()] == [] and all(p.exists() for p in theirs)
+    assert (run_dir.path / ".x.tmp").is_dir() and (run_dir.path / "checkpoints" / ".nwj.npz.abcdefgh.tmp").is_dir()
+    assert sum("temporary file" in n for n in notes) == 2, notes
 
 
 def test_files_respect_the_umask(tmp_path):

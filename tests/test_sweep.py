@@ -78,6 +78,20 @@ def test_parse_seeds():
             sweep.parse_seeds(bad)
 
 
+def test_a_range_of_seeds_is_bounded(tmp_path):
+    """Was: `mi-ref sweep critics --seeds 0-99999999999` hung expanding the range. Now a sweep takes at most
+    MAX_SEEDS seeds, and the error comes at once (run in a process of its own, so that the old hang fails
+    the test instead of stopping the suite)."""
+    done = subprocess.run([sys.executable, "-m", "mi_ref.cli", "sweep", "critics", "--seeds", "0-99999999999", "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"asks for 100000000000 seeds; a sweep takes at most {sweep.MAX_SEEDS}" in done.stderr
+    assert not (tmp_path / "o").exists()
+    assert len(sweep.parse_seeds(f"0-{sweep.MAX_SEEDS - 1}")) == sweep.MAX_SEEDS
+    with pytest.raises(ValueError, match="a sweep takes at most"):
+        sweep.parse_seeds(f"0-{sweep.MAX_SEEDS - 1},{sweep.MAX_SEEDS}")
+
+
 def test_plan_has_one_task_per_seed_and_unit(tmp_path):
     tasks = sweep.plan("critics", "quick", [0, 1], TINY, tmp_path)
     assert [(t.seed, t.unit) for t in tasks] == [(s, u) for s in (0, 1)
@@ -150,6 +164,23 @@ def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, 
     assert rows_without_time(seed_dir(out, 0)) == serial[0]
 
 
+def test_a_merge_interrupted_between_the_rows_and_the_done_mark_is_merged_again(tmp_path, serial):
+    """A driver killed after a merge wrote the unit's rows into the seed directory but before it marked the
+    unit done: those rows belong to no finished variant and have no checkpoint, which the audit takes for
+    damage in a run directory; in a sweep the merge writes them again."""
+    out = tmp_path / "sweep"
+    tasks = sweep.plan("critics", "quick", [0], TINY, out)
+    units = [t.unit for t in tasks]
+    sweep.run_task(tasks[0])
+    assert sweep.merge(tasks[0], units)
+    sweep.run_task(tasks[1])
+    seed_store, task_store = RunDir(tasks[1].run_dir), RunDir(tasks[1].dir)
+    seed_store.rewrite_metrics(seed_store.read_metrics() + task_store.read_metrics())      # the killed merge
+    result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, progress=False)
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0)) == serial[0]
+
+
 def test_merge_is_idempotent_and_keeps_the_order_of_units(tmp_path, serial):
     out = tmp_path / "sweep"
     tasks = sweep.plan("critics", "quick", [0], TINY, out)
@@ -192,6 +223,13 @@ KILL_DRIVER = textwrap.dedent("""
 
 def _kill_task_process(task, proc, timeout=120):
     """Wait until ``task`` has a checkpoint after step 0, then kill -9 the process holding its directory."""
+    pid = _task_process(task, proc, timeout)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _task_process(task, proc, timeout=120):
+    """The pid of the process running ``task``, once the task has a checkpoint after step 0."""
     ckpt = RunDir(task.dir).checkpoint_path(task.unit)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,9 +243,7 @@ def _kill_task_process(task, proc, timeout=120):
                 step = 0
             if step > 0:
                 holder = (task.dir / ".lock").read_text().split()
-                pid = int(holder[1])
-                os.kill(pid, signal.SIGKILL)
-                return pid
+                return int(holder[1])
         time.sleep(0.02)
     raise AssertionError(f"{task.key} never reached a checkpoint after step 0")
 
@@ -313,6 +349,22 @@ def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
 
 
+def test_an_unreachable_scheduler_is_named(tmp_path, capsys, monkeypatch):
+    """Was: the Dask connection timeout ended with "choose another path or fix its permissions" and named
+    no path. Now the message names the scheduler's address and what to check."""
+    pytest.importorskip("distributed")
+    import socket
+    with socket.socket() as s:                     # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", "2s")
+    argv = ["sweep", "critics", "--seeds", "0", "--scheduler", address, "--out", str(tmp_path), "--quiet", "--dataset",
+            "digits", "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Dask scheduler at {address}" in err and "permissions" not in err, err
+
+
 def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
     import builtins
     real_import = builtins.__import__
@@ -332,3 +384,97 @@ def test_a_task_reports_progress_under_its_run_name_and_counts_only_its_own_vari
     err = capsys.readouterr().err
     assert f"[{task.run_name} seed 0] variant 1/1 bilinear-nwj" in err, err
     assert "variant 2/" not in err and "[seed-0 seed 0]" not in err
+
+
+def test_a_damaged_sweep_is_repaired_with_repair(tmp_path, serial, capsys):
+    """Was: a damaged seed or task directory ended the sweep with "Resume with --repair", which `mi-ref sweep`
+    rejected; the same command failed the same way, with exit code 1 (verify's). Now the sweep takes
+    --repair, a failure is exit 2, and a damaged task is not retried in vain."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "critics", "--seeds", "0", "--jobs", "1", "--out", str(out), "--quiet", "--dataset", "digits",
+            "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    store = RunDir(seed_dir(out, 0))
+    lines = store.metrics_path.read_text().splitlines(keepends=True)
+    store.metrics_path.write_text("".join(lines[:2] + lines[3:]))        # a row of bilinear-infonce lost
+    for _ in range(2):                                                    # the same command fails the same way
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "bilinear-infonce" in err and "mi-ref sweep` command with --repair" in err, err
+    assert cli.main(argv + ["--repair"]) == 0
+    assert rows_without_time(seed_dir(out, 0)) == serial[0]
+    # a task directory damaged: one clear failure (not retried), exit 2, and --repair recomputes the unit
+    task = [t for t in sweep.plan("critics", "quick", [1], TINY, out) if t.unit == "bilinear-nwj"][0]
+    from mi_ref import faults
+
+    def stop(point):
+        if point == "update":
+            raise KeyboardInterrupt
+    faults.HOOK = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_task(task)
+    finally:
+        faults.HOOK = None
+    RunDir(task.dir).checkpoint_path(task.unit).write_bytes(b"garbage")
+    argv1 = [a if a != "0" else "1" for a in argv]
+    assert cli.main(argv1) == 2
+    printed = capsys.readouterr()
+    assert "its directory is damaged" in printed.out and "add --repair" in printed.err, printed
+    assert "attempt 2" not in printed.err
+    assert cli.main(argv1 + ["--repair"]) == 0
+    assert rows_without_time(seed_dir(out, 1)) == serial[1]
+
+
+@pytest.mark.parametrize("kind", ["file", "below-a-file"])
+def test_an_unwritable_out_is_refused_before_any_worker_starts(tmp_path, capsys, kind):
+    """Was: a sweep to an --out it could not write started its workers, which printed 63 tracebacks before
+    the sweep exited 2. Now --out is tried first: one line, exit 2, no worker."""
+    (tmp_path / "file").write_text("a file")
+    out = tmp_path / "file" if kind == "file" else tmp_path / "file" / "sub"
+    argv = ["sweep", "critics", "--seeds", "0-1", "--jobs", "2", "--out", str(out), "--dataset", "digits",
+            "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mi-ref sweep: error: cannot use") and str(tmp_path / "file") in err
+
+
+TERM_DRIVER = textwrap.dedent("""
+    import sys
+    from mi_ref import cli
+    sys.exit(cli.main(["sweep", "critics", "--seeds", "0", "--jobs", "1", "--out", sys.argv[1], "--dataset", "digits",
+                       "--set", "n_iters=1500", "--set", "n_evals=5", "--set", "critics=bilinear",
+                       "--set", "estimators=infonce"]))
+""")
+
+
+def test_sigterm_to_the_driver_stops_its_workers(tmp_path, serial_longer):
+    """Was: SIGTERM to the sweep's driver left its workers running; they finished their task and logged a
+    BrokenPipeError. Now the driver forwards the signal: the worker stops at once (its task resumes from
+    its last checkpoint), the driver exits 143, and the same command completes the sweep identically."""
+    out = tmp_path / "sweep"
+    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    driver = subprocess.Popen([sys.executable, "-c", TERM_DRIVER, str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    worker = _task_process(task, driver)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 143 and "workers were stopped" in err, err
+    deadline = time.monotonic() + 120                  # a liveness bound, not a speed check
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+    log = task.log.read_text()
+    assert "BrokenPipeError" not in log and "stopped by SIGTERM" in log, log
+    result = sweep.sweep("critics", "quick", [0], LONGER, out, jobs=1, progress=False)
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"

@@ -764,3 +764,43 @@ def test_the_readmes_verify_sessions_are_what_verify_prints(vdir, tmp_path, monk
         assert (captured.out + captured.err).rstrip("\n") == shown, command
         checked += 1
     assert checked >= 3
+
+
+def _edit_manifest(folder, change):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(components={"dense": m["components"]["dense"]}), "its list of components"),
+    (lambda m: m["components"]["dense"]["arrays"][0].update(shape=[9, 9]), "the shapes"),
+    (lambda m: m.pop("integrity"), "has no integrity pin"),
+])
+def test_an_edited_manifest_is_bad_input(tmp_path, capsys, change, message):
+    """Was: a manifest trimmed to one component made `--require-all` pass "1 of 1", and edited shapes went
+    unnoticed. The manifest pins its component list, files and every array's name, shape and dtype with a
+    SHA-256: an edit is exit 2 (bad input), never a pass."""
+    folder = tmp_path / "v"
+    vectors.generate(folder, names=["dense", "layer_norm"])
+    results = tmp_path / "mine.npz"
+    onp.savez(results, **{f"dense/{k}": v for k, v in golden_results(load(folder, "dense")).items()})
+    _edit_manifest(folder, change)
+    code = cli.main(["verify", str(folder), str(results), "--require-all"])
+    err = capsys.readouterr().err
+    assert code == 2 and "manifest.json" in err and message in err and "regenerate" in err, err
+
+
+def test_a_component_file_must_hold_the_arrays_its_manifest_lists(tmp_path):
+    folder = tmp_path / "v"
+    manifest = vectors.generate(folder, names=["dense"])
+    arrays = load(folder, "dense")
+    arrays["output/y"] = arrays["output/y"][:2]                  # another shape, a valid file, its pin updated
+    data = vectors.npz_bytes(arrays)
+    (folder / "dense.npz").write_bytes(data)
+    import hashlib
+    _edit_manifest(folder, lambda m: m["components"]["dense"].update(sha256=hashlib.sha256(data).hexdigest()))
+    with pytest.raises(ValueError, match="manifest.json"):
+        verify.compare(folder, "dense", {})
+    assert manifest["integrity"]["sha256"]

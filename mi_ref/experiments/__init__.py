@@ -7,7 +7,8 @@ every variant of the experiment (e.g. one per estimator) into one run directory 
 None for synthetic experiments, whose configs have no ``dataset`` field; ``only``: a subset of the units to
 run) and ``units(config)``: the names of what ``run`` writes, in order (the variants, and "baseline" for the
 pixel-baseline row). A unit depends on nothing but (config, seed): :mod:`mi_ref.sweep` runs each one as a
-task of its own.
+task of its own. ``check_data(config, dataset)`` finds, before anything is written, the settings that cannot
+run on the data: a batch larger than the data, sizes from which no model can be built.
 """
 
 import dataclasses
@@ -31,6 +32,8 @@ class Experiment:
     run: object                 # run(config, store, seed, dataset, progress, only=None) -> None
     units: object               # units(config) -> the names run() writes, in order (variants, "baseline")
     order: int = 100            # position in the paper (listings and `reproduce` follow it)
+    check_data: object = None   # check_data(config, dataset) raises ValueError for settings that cannot run on
+                                # that data (dataset None: synthetic): sizes, and the models the variants build
     cost: object = None         # cost(config, unit) -> estimated core-seconds of one unit (orders tasks only)
 
     def estimated_cost(self, config, unit):
@@ -165,19 +168,38 @@ def overrides_of(name, preset, config):
         [(k, v) for k, v in given.items() if k not in base]
 
 
+def _reads_back(name, preset, diffs):
+    """True if every ``key=short value`` of ``diffs`` reads back (:func:`parse_value`, as ``--set`` reads
+    it) as exactly that value: then the short form of a run's name names one config only."""
+    import json
+    base = get(name).presets[preset]
+    for key, value in diffs:
+        text = _short(value)
+        if not hasattr(base, key) or "=" in text:
+            return False
+        try:
+            back = parse_value(text, getattr(base, key), key)
+        except ValueError:
+            return False
+        if json.dumps(back) != json.dumps(value):
+            return False
+    return True
+
+
 def run_name(name, preset, config=None):
     """The name of a run's folder: EXPERIMENT-PRESET, then the overrides of the preset, e.g.
-    ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters become a short
-    hash of the whole config and the names of the overridden settings, e.g.
-    ``critics-quick-3f2a91c0-critics+lr``. (config.json records every setting either way.) ``config``: a
-    config object or its dict."""
+    ``conditioning-paper-n_iters=2000-eval_final=true``. Overrides longer than 60 characters, or whose short
+    form does not read back as exactly their values (``lr=0.00030000001`` would be shown as ``lr=0.0003``, a
+    nested tuple flattened), become a short hash of the whole config and the names of the overridden
+    settings, e.g. ``critics-quick-3f2a91c0-critics+lr``; so two configs never share a name. (config.json
+    records every setting either way.) ``config``: a config object or its dict."""
     import hashlib
     import json
     diffs = [] if config is None else overrides_of(name, preset, config)
     if not diffs:
         return f"{name}-{preset}"
     text = "-".join(f"{k}={_short(v)}" for k, v in diffs)
-    if len(text) > 60 or any(c in text for c in "/\\ ()[]'\""):
+    if len(text) > 60 or any(c in text for c in "/\\ ()[]'\"") or not _reads_back(name, preset, diffs):
         as_dict = config if isinstance(config, dict) else dataclasses.asdict(config)
         digest = hashlib.sha256(json.dumps(as_dict, sort_keys=True).encode()).hexdigest()[:8]
         keys = ""
@@ -188,6 +210,21 @@ def run_name(name, preset, config=None):
             keys += ("+" if keys else "") + k
         text = f"{digest}-{keys}"
     return f"{name}-{preset}-{text}"
+
+
+def units_of_run(config):
+    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
+    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+    exp = get(config["experiment"])
+    if config["preset"] not in exp.presets:
+        raise ValueError(f"unknown preset {config['preset']!r} for {exp.name}; expected one of {sorted(exp.presets)}")
+    base = exp.presets[config["preset"]]
+    fields = {f.name for f in dataclasses.fields(base)}
+
+    def frozen(value):             # JSON lists back to the tuples of the config
+        return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+    values = {k: frozen(v) for k, v in config["config"].items() if k in fields}
+    return exp.units(dataclasses.replace(base, **values))
 
 
 def describe_overrides(name, preset, config):
@@ -224,12 +261,16 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
         raise ValueError(f"{name} uses synthetic data and reads no --data-dir (drop it)")
     else:
         dataset = None
+    if exp.check_data is not None:
+        exp.check_data(config, dataset)                           # so do sizes that do not fit the data
     if only is not None:
         unknown = sorted(set(only) - set(exp.units(config)))
         if unknown:
             raise ValueError(f"{name} has no variant {unknown}; its variants are {exp.units(config)}")
     report = report or (lambda line: print(line, file=sys.stderr))
-    store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config))
+    store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config),
+                   units=exp.units(config), last_step=getattr(config, "n_iters", None))
+    store.report = report
     header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
     try:
         if not store.prepare(header, resume):

@@ -21,14 +21,14 @@ from autograd.scipy.special import logsumexp
 
 from .. import flows, nn
 from ..accel import twin
-from ..checks import one_of, positive_int, positive_number
+from ..checks import one_of, positive_int, positive_number, sizes
 from ..data import BATCHINGS, DATASETS, SHUFFLE_BUFFER
 from ..loop import Loop
 from ..optim import FORMS, Adam
 from ..progress import Progress
 from ..train import make_views, probe_accuracy
 from . import Experiment, register
-from .common import PERMUTATIONS, record_pixel_baseline, structure_rng
+from .common import PERMUTATIONS, check_batch, record_pixel_baseline, structure_rng
 
 VARIANT = "adversarial"
 
@@ -63,6 +63,7 @@ class Config:
         positive_int(self.probe_every, "probe_every")
         positive_int(self.batch_size, "batch_size", minimum=2)
         positive_int(self.n_couplings, "n_couplings")
+        sizes(self.hidden, "hidden")
         positive_number(self.classifier_lr, "classifier_lr")
         positive_number(self.encoder_lr, "encoder_lr")
         positive_number(self.init_std, "init_std")
@@ -163,4 +164,5 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", warmup_steps=200, n_iters=401, probe_every=100,
                              n_couplings=4, hidden=(128, 128), encoder_lr=1e-4)},
-    run=run, units=lambda config: ["baseline", VARIANT]))
+    run=run, units=lambda config: ["baseline", VARIANT],
+    check_data=lambda config, dataset: check_batch(config.batch_size, dataset, test=False)))

@@ -11,8 +11,8 @@ from ..objectives import mi_loss
 from ..progress import Progress
 from ..train import MIConfig, make_views, train_mi
 
-__all__ = ["MIConfig", "PERMUTATIONS", "Variant", "make_objective", "record_pixel_baseline", "run_variants",
-           "structure_rng", "units_of", "view_dim"]
+__all__ = ["MIConfig", "PERMUTATIONS", "Variant", "check_batch", "check_on_data", "make_objective",
+           "record_pixel_baseline", "run_variants", "structure_rng", "units_of", "view_dim"]
 
 # the seed-sequence entries that separate the baseline's noise and the shared fixed structure from every
 # variant's streams
@@ -79,6 +79,33 @@ def build_variant(variant, seed, index, permutations="shared"):
     variant's own structure stream (RealNVP permutations, :func:`structure_rng`)."""
     models = variant.build(structure_rng(permutations, seed, index))
     return tuple(twin(m) for m in models)
+
+
+def check_batch(batch_size, dataset, test=True):
+    """``ValueError`` if a batch of ``batch_size`` is larger than the training images of ``dataset`` or, with
+    ``test`` (the held-out bound is measured in batches of that size), than its test images."""
+    n_train, n_test = len(dataset.x_train), len(dataset.x_test)
+    if batch_size > n_train:
+        fits = (f"use batch_size <= {min(n_train, n_test)}" + (" (a batch must fit the test images too)"
+                                                                  if test and n_test < n_train else "")
+                if test else f"use batch_size <= {n_train}")
+        raise ValueError(f"batch_size {batch_size} is larger than the {n_train} training images of {dataset.name}; "
+                         f"{fits}")
+    if test and batch_size > n_test:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n_test} test images of {dataset.name} (the "
+                         f"held-out bound is measured in batches of batch_size); use batch_size <= {n_test}")
+
+
+def check_on_data(config, dataset, variants):
+    """The ``check_data`` of an MI experiment: ``ValueError`` if a batch does not fit ``dataset``
+    (:func:`check_batch`) or the config cannot build the models of one of ``variants`` (built here, without
+    their parameters, as the run would build them)."""
+    check_batch(config.batch_size, dataset)
+    for index, v in enumerate(variants):
+        try:
+            v.build(structure_rng(getattr(config, "permutations", "shared"), 0, index))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"the settings cannot build the models of {v.name}: {err}") from None
 
 
 def units_of(variants):

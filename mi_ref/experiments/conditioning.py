@@ -10,8 +10,9 @@ training batch; 21000 steps, 21 evaluations. Plotted: percentiles of log(sigma_m
 from dataclasses import dataclass
 
 from .. import critics, nn
+from ..checks import nonempty, positive_int, positive_number
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, units_of, view_dim
+from .common import MIConfig, Variant, check_on_data, run_variants, units_of, view_dim
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class Config(MIConfig):
     n_layers: int = 5
     init_std: float = 1e-4
     estimators: tuple = ("infonce", "nwj")
+
+    def check(self):
+        super().check()
+        positive_int(self.n_layers, "n_layers")
+        positive_number(self.init_std, "init_std")
+        nonempty(self.estimators, "estimators")
 
 
 def variants(config, dim):
@@ -42,4 +49,5 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1000, n_evals=4, eval_final=True, n_layers=3,
                              lr=3e-4, estimators=("infonce",))},
-    run=run, units=units_of(variants)))
+    run=run, units=units_of(variants),
+    check_data=lambda config, dataset: check_on_data(config, dataset, variants(config, view_dim(dataset)))))

@@ -10,8 +10,9 @@ batch 128, 21000 steps, 21 evaluations.
 from dataclasses import dataclass
 
 from .. import critics, nn
+from ..checks import nonempty, positive_int, sizes
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, units_of, view_dim
+from .common import MIConfig, Variant, check_on_data, run_variants, units_of, view_dim
 
 CRITIC_NAMES = ("bilinear", "separable", "concat")       # the paper's three (any of critics.CRITICS may run)
 
@@ -27,7 +28,12 @@ class Config(MIConfig):
 
     def check(self):
         super().check()
-        critics.CRITICS.check(self.critics)
+        sizes(self.encoder_dims, "encoder_dims")
+        sizes(self.separable_hidden, "separable_hidden", allow_empty=True)
+        positive_int(self.separable_out, "separable_out")
+        sizes(self.concat_hidden, "concat_hidden", allow_empty=True)
+        critics.CRITICS.check(nonempty(self.critics, "critics"))
+        nonempty(self.estimators, "estimators")
 
 
 def critic_options(config):
@@ -64,4 +70,5 @@ EXPERIMENT = register(Experiment(
     summary="simpler critics with looser bounds give better representations: the concat (MLP) critic is worst",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True, lr=1e-3)},
-    run=run, units=units_of(variants)))
+    run=run, units=units_of(variants),
+    check_data=lambda config, dataset: check_on_data(config, dataset, variants(config, view_dim(dataset)))))

@@ -8,8 +8,9 @@ to the same bound value; Adam lr 1e-4, batch 128, 21000 steps, 21 evaluations.
 from dataclasses import dataclass
 
 from .. import critics, nn
+from ..checks import nonempty, positive_int, sizes
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, units_of
+from .common import MIConfig, Variant, check_on_data, run_variants, units_of
 
 ENCODER_NAMES = ("convnet", "mlp")
 
@@ -25,6 +26,14 @@ class Config(MIConfig):
 
     def check(self):
         super().check()
+        nonempty(self.encoders, "encoders")
+        if len(sizes(self.convnet_channels, "convnet_channels")) != 2:
+            raise ValueError(f"convnet_channels must be the channels of the ConvNet's two convolutions, e.g. "
+                             f"(64, 128), got {self.convnet_channels!r}")
+        sizes(self.mlp_dims, "mlp_dims")
+        positive_int(self.code_dim, "code_dim")
+        nonempty(self.targets, "targets", "number")
+        nonempty(self.estimators, "estimators")
         unknown = sorted(set(self.encoders) - set(ENCODER_NAMES))
         if unknown:
             raise ValueError(f"unknown encoders {unknown}; expected a subset of {list(ENCODER_NAMES)}")
@@ -64,4 +73,6 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True,
                              convnet_channels=(32, 64), lr=1e-3, estimators=("infonce",))},
-    run=run, units=units_of(variants)))
+    run=run, units=units_of(variants),
+    check_data=lambda config, dataset: check_on_data(
+        config, dataset, variants(config, (dataset.image_shape[0] // 2, dataset.image_shape[1])))))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from .. import critics, flows, nn
 from . import Experiment, register
-from ..checks import one_of
-from .common import PERMUTATIONS, MIConfig, Variant, run_variants, units_of, view_dim
+from ..checks import nonempty, one_of, positive_int, positive_number, sizes
+from .common import PERMUTATIONS, MIConfig, Variant, check_on_data, run_variants, units_of, view_dim
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Config(MIConfig):
     def check(self):
         super().check()
         one_of(self.permutations, PERMUTATIONS, "permutations")
+        positive_int(self.n_couplings, "n_couplings")
+        sizes(self.hidden, "hidden")
+        positive_number(self.init_std, "init_std")
+        nonempty(self.estimators, "estimators")
 
 
 def variants(config, dim):
@@ -48,4 +52,5 @@ EXPERIMENT = register(Experiment(
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=1200, n_evals=4, eval_final=True, n_couplings=6,
                              hidden=(256, 256), lr=3e-4, estimators=("infonce",))},
-    run=run, units=units_of(variants)))
+    run=run, units=units_of(variants),
+    check_data=lambda config, dataset: check_on_data(config, dataset, variants(config, view_dim(dataset)))))

@@ -13,9 +13,10 @@ losses, which bound nothing.
 from dataclasses import dataclass
 
 from .. import bounds, critics, metric_learning, nn
+from ..checks import nonempty, sizes
 from ..objectives import mi_scores
 from . import Experiment, register
-from .common import MIConfig, Variant, run_variants, units_of, view_dim
+from .common import MIConfig, Variant, check_on_data, run_variants, units_of, view_dim
 
 OBJECTIVES = ("infonce", "nwj", "triplet", "triplet_hardest")
 SEPARABLE_CRITICS = ("inner_product", "separable")   # S = phi1(u) phi2(v)^T: then I_NCE is the K-pair loss
@@ -30,6 +31,8 @@ class Config(MIConfig):
 
     def check(self):
         super().check()
+        sizes(self.encoder_dims, "encoder_dims")
+        nonempty(self.objectives, "objectives")
         known = bounds.ESTIMATORS.names() + metric_learning.LOSSES.names()
         unknown = [o for o in self.objectives if o not in known]
         if unknown:
@@ -75,4 +78,5 @@ EXPERIMENT = register(Experiment(
     summary="I_NCE (the K-pair loss), I_NWJ and triplet losses give similar representations: metric learning",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=600, n_evals=2, eval_final=True, lr=1e-3)},
-    run=run, units=units_of(variants)))
+    run=run, units=units_of(variants),
+    check_data=lambda config, dataset: check_on_data(config, dataset, variants(config, view_dim(dataset)))))

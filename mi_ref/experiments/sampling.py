@@ -20,7 +20,7 @@ from autograd import value_and_grad
 
 from .. import bounds, critics
 from ..accel import twin
-from ..checks import one_of, positive_int, positive_number
+from ..checks import nonempty, one_of, positive_int, positive_number, sizes
 from ..loop import Loop
 from ..optim import FORMS, Adam
 from ..synthetic import SIGMA_EPS, SIGMA_Z, gaussian_mi, gaussian_pairs, smoothed
@@ -54,7 +54,9 @@ class Config:
         positive_number(self.smoothing_sigma, "smoothing_sigma (steps)")
         one_of(self.batches, BATCH_MODES, "batches")
         one_of(self.adam, FORMS, "Adam form (adam)")
-        for sampling in self.samplings:
+        sizes(self.hidden, "hidden", allow_empty=True)
+        nonempty(self.estimators, "estimators")
+        for sampling in nonempty(self.samplings, "samplings"):
             one_of(sampling, SAMPLINGS, "sampling")
         bounds.ESTIMATORS.check(self.estimators)
         gaussian_mi(np.add(self.sigma_z, self.sigma_eps))

@@ -81,7 +81,7 @@ from ..tree import tree_flatten, tree_map, tree_unflatten
 from .builders import BUILDERS, draw_params, f32, normal
 from .components import COMPONENTS, Component
 from .conventions import CONVENTIONS, FORMAT, FORMAT_VERSION, MANIFEST, SETTINGS
-from .files import TOLERANCES, ZIP_DATE_TIME, load_component, load_manifest, npz_bytes
+from .files import TOLERANCES, ZIP_DATE_TIME, load_component, load_manifest, manifest_integrity, npz_bytes
 
 CATEGORIES = ("input", "const", "param", "cotangent", "output", "aux", "grad")
 _BY_NAME = {c.name: c for c in COMPONENTS}
@@ -273,6 +273,9 @@ def generate(out_dir, seed=0, names=None):
         data = npz_bytes(arrays)
         write_bytes(out / entry["file"], data)
         manifest["components"][name] = dict(entry, sha256=hashlib.sha256(data).hexdigest())
+    manifest["integrity"] = {"sha256": manifest_integrity(manifest["components"]),
+                             "covers": "the names of the components in order and, for each, its file, the file's "
+                                       "SHA-256 and every array's name, shape and dtype"}
     # insertion order (not sorted keys): components in generation order, arrays in file order
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest

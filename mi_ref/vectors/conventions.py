@@ -5,7 +5,7 @@ README's "Conventions" section points here."""
 from dataclasses import dataclass
 
 FORMAT = "mi-ref golden vectors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the manifest pins its components with a SHA-256 ("integrity")
 MANIFEST = "manifest.json"
 
 

@@ -47,8 +47,19 @@ def npz_bytes(arrays):
     return buf.getvalue()
 
 
+def manifest_integrity(components):
+    """The SHA-256 that pins a manifest's ``components``: over their names in order and, for each, its file,
+    the file's SHA-256 and every array's name, shape and dtype. A manifest trimmed to fewer components (which
+    would let ``--require-all`` pass on them) or with an edited shape no longer matches it."""
+    pinned = [[name, entry.get("file"), entry.get("sha256"),
+               [[a.get("name"), a.get("shape"), a.get("dtype")] for a in entry.get("arrays", [])]]
+              for name, entry in components.items()]
+    return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def load_manifest(vectors_dir):
-    """The manifest of a golden-vector directory (``FileNotFoundError`` / ``ValueError`` if it is none)."""
+    """The manifest of a golden-vector directory (``FileNotFoundError`` / ``ValueError`` if it is none), its
+    components checked against the SHA-256 it was written with (:func:`manifest_integrity`)."""
     folder = Path(vectors_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"golden-vector directory {folder} does not exist; create it with "
@@ -67,6 +78,16 @@ def load_manifest(vectors_dir):
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format version {manifest.get('format_version')!r}; this mi-ref reads "
                          f"version {FORMAT_VERSION}: regenerate with `mi-ref vectors`")
+    pinned = (manifest.get("integrity") or {}).get("sha256") if isinstance(manifest.get("integrity"), dict) else None
+    if pinned is None:
+        raise DamagedFileError(f"{path} has no integrity pin (\"integrity\": {{\"sha256\": ...}}): it was edited; "
+                               "regenerate the directory with `mi-ref vectors`")
+    if not all(isinstance(e, dict) and isinstance(e.get("arrays", []), list) for e in manifest["components"].values()) \
+            or manifest_integrity(manifest["components"]) != pinned:
+        raise DamagedFileError(f"{path} was edited or damaged: its list of components, their files or the shapes of "
+                               f"their arrays differ from those it was written with (its integrity SHA-256 {pinned} "
+                               "no longer matches); regenerate the directory with `mi-ref vectors` (a check against "
+                               "it would not mean anything)")
     return manifest
 
 
@@ -86,6 +107,14 @@ def load_component(vectors_dir, name, manifest=None):
             raise DamagedFileError(f"golden file {path} was changed or damaged: its SHA-256 is {digest}, "
                                    f"{MANIFEST} recorded {pinned}; regenerate the directory with `mi-ref vectors` "
                                    "(the comparison would not mean anything)")
-    return load_npz(path, "golden file")
+    arrays = load_npz(path, "golden file")
+    listed = [(a["name"], list(a["shape"]), a["dtype"]) for a in comps[name]["arrays"]]
+    held = [(k, list(v.shape), str(v.dtype)) for k, v in arrays.items()]
+    if held != listed:
+        wrong = [f"{k} {tuple(s)} {d}" for k, s, d in held if (k, s, d) not in listed][:3] or \
+            [f"{k} missing" for k, _, _ in listed if k not in arrays][:3]
+        raise DamagedFileError(f"golden file {path} does not hold the arrays {MANIFEST} lists for it "
+                               f"({', '.join(wrong)}); regenerate the directory with `mi-ref vectors`")
+    return arrays
 
 

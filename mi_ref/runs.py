@@ -1,0 +1,53 @@
+"""Saved runs, read back: every reader of run directories (figures, findings, analysis) goes through
+:func:`load_run` or :func:`load_records`, which check a run (:meth:`mi_ref.results.RunDir.verify`, with the
+units its experiment writes) before anything of it is read, so that no figure or finding is made from a
+damaged or edited run directory. (This module sits above :mod:`mi_ref.results` and
+:mod:`mi_ref.experiments`, which need nothing of it.)"""
+
+from .experiments import units_of_run
+from .files import load_npz
+from .results import RunDir, RunDirError
+
+
+def checked_run(path):
+    """``(run, config)``: the :class:`~mi_ref.results.RunDir` at ``path``, with the units of its experiment, and
+    its config, once :meth:`~mi_ref.results.RunDir.verify` found nothing wrong. An experiment or preset this
+    mi-ref does not know is a :class:`~mi_ref.results.RunDirError` naming config.json."""
+    run = RunDir(path)
+    config = run.read_config()
+    try:
+        run.units = units_of_run(config)
+    except ValueError as err:
+        raise RunDirError(f"run config {run.config_path}: {err}") from None
+    run.verify()
+    return run, config
+
+
+def load_run(path):
+    """``{"path", "config", "metrics", "arrays": {variant: {...}}}`` of a finished or partial run, checked
+    first (:func:`checked_run`)."""
+    run, config = checked_run(path)
+    arrays = {}
+    if (run.path / "arrays").is_dir():
+        for f in sorted((run.path / "arrays").glob("*.npz")):
+            arrays[f.stem] = load_npz(f, "arrays")
+    return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}
+
+
+def load_records(run_dirs):
+    """Every metric row of the runs as flat records, ready for ``pandas.DataFrame(records)`` (pandas is not
+    needed): the row's fields (README, "Metrics"), plus ``run`` (the directory), ``experiment``,
+    ``preset``, ``seed`` and every setting of the run's config as ``config.NAME`` (tuples as lists). Each
+    run is checked first (:func:`checked_run`).
+
+        import pandas as pd
+        df = pd.DataFrame(mi_ref.runs.load_records(glob.glob("runs/critics-*/seed-*")))
+        df[df.step == df.step.max()].groupby(["config.lr", "variant"]).accuracy.agg(["mean", "std"])
+    """
+    records = []
+    for d in run_dirs:
+        run, cfg = checked_run(d)
+        fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
+        fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
+        records += [dict(fixed, **row) for row in run.read_metrics()]
+    return records
