@@ -20,7 +20,7 @@ between two variants) with its uncertainty. The effect is the mean over seeds of
 
 A directional rule holds when the effect is at least its *threshold* = max(minimum effect, 2 SE); every
 verdict prints effect, SE and threshold. The minimum effects are stated with each rule (0.01 accuracy is
-about one unpaired SE of the probe on 2000 test images).
+about twice the probe's paired SE of a difference on the subset's 5000 test images).
 
 **Verdicts only on complete data.** A seed whose run is unfinished (progress.json lacks one of the
 experiment's units for its config) is refused: :class:`IncompleteRunError`, naming the directory, unless
@@ -55,7 +55,7 @@ class MissingData(Exception):
     """The runs lack what a rule compares: the rule is not judged (the message says why)."""
 
 
-TEST_SIZES = {"mnist-subset": 2000, "mnist": 10000, "digits": 450}
+TEST_SIZES = {"mnist-subset": 5000, "mnist": 10000, "digits": 450}
 
 # The sd of one probe accuracy over refits with solver seeds 0-7 (saga's random order; the protocol's tol 0.1
 # stops it early), per dataset: `python scripts/finding_vs_scale.py refits` (pixels) and the refits of the
@@ -331,7 +331,7 @@ def finding(key, experiment, figure, claim, paper, source, criterion):
     return register
 
 
-MIN_ACC = 0.01       # the smallest accuracy difference a rule counts (about one unpaired probe SE at 2000 images)
+MIN_ACC = 0.01       # the smallest accuracy difference a rule counts
 METRIC_MARGIN = 0.03     # "about as good as": the largest accuracy gap the metric finding calls alike
 SE_RULE = ("SE: seed-to-seed (sample sd / sqrt(n)) with 3 or more seeds, else the probe's own (the paired SE "
            "over the test images and the solver's refit noise)")

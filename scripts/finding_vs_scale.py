@@ -44,6 +44,9 @@ STUDIES = {
         (f"quick flow 6 x [256, 256], subset, lr {lr:g}", "invertible", "quick",
          {"lr": lr, "n_iters": 3000, "n_evals": 10, "eval_final": True})
         for lr in (1e-4, 3e-4, 1e-3)],
+    "inv-quick-5k": [
+        ("quick flow 6 x [256, 256], subset of 5000 test images, lr 1e-3", "invertible", "quick",
+         {"lr": 1e-3, "n_iters": 1800, "n_evals": 6, "eval_final": True})],
     "inv-larger": [
         (f"flow 12 x [512, 512], subset, lr {lr:g}", "invertible", "quick",
          {"lr": lr, "n_couplings": 12, "hidden": (512, 512), "n_iters": 3000, "n_evals": 10, "eval_final": True})

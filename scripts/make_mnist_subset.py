@@ -2,7 +2,7 @@
 
 The rule (:func:`mi_ref.data.mnist_subset_indices`): from each file, the first N_c images of every class
 c in file order, kept in file order. The training part takes 1000 images per class (10000) from
-train-images-idx3-ubyte, the test part 200 per class (2000) from t10k-images-idx3-ubyte. The four files
+train-images-idx3-ubyte, the test part 500 per class (5000) from t10k-images-idx3-ubyte. The four files
 are written as gzip-compressed IDX files (level 9, no name, mtime 0) under the standard names.
 
 Usage::
