@@ -266,3 +266,10 @@ def test_findings_to_a_directory_names_the_directory(tmp_path, capsys):
     code, out, err = run(["findings", str(tmp_path / "r"), "--out", str(tmp_path / "dir")], capsys)
     assert code == 2 and f"--out {tmp_path / 'dir'} is a directory" in err and ".tmp" not in err, err
     assert out == "" and list((tmp_path / "dir").iterdir()) == []
+
+
+def test_a_repeated_set_is_exit_2_and_writes_nothing(tmp_path, capsys):
+    code, out, err = run(["run", "critics", "--out", str(tmp_path / "o"), "--set", "lr=1e-3", "--set", "lr=3e-4"]
+                         + TINY, capsys)
+    assert code == 2 and "--set lr is given twice" in err and "Traceback" not in err and out == ""
+    assert not (tmp_path / "o").exists()

@@ -356,3 +356,12 @@ def test_the_committed_runs_keep_their_names():
     for run in expand_run_dirs([Path(__file__).resolve().parents[1] / "figures" / "runs"]):
         config = json.loads((run / "config.json").read_text())
         assert experiments.run_name(config["experiment"], config["preset"], config["config"]) == run.parent.name
+
+
+def test_a_setting_given_twice_is_an_error_naming_both_values():
+    """Was: --set lr=1e-3 --set lr=3e-4 silently kept the last value."""
+    critics = experiments.get("critics")
+    with pytest.raises(ValueError, match=r"--set lr is given twice \('lr=1e-3' and 'lr=3e-4'\); give each setting "
+                                         r"once .*--grid lr=V1,V2"):
+        experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5", " lr = 3e-4"])
+    assert experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5"]) == {"lr": 1e-3, "n_iters": 5}

@@ -96,7 +96,8 @@ def parse_value(text, default, key):
 
 def parse_sets(experiment, preset, items):
     """``{field: value}`` from ``--set key=value`` items for ``experiment``'s ``preset`` config. An unknown
-    key is an error listing the valid ones; a value is parsed by :func:`parse_value`."""
+    key is an error listing the valid ones, and so is a key given twice (as Hydra refuses it: which of the two
+    values was meant is not for mi-ref to guess); a value is parsed by :func:`parse_value`."""
     base = experiment.presets[preset] if preset in experiment.presets else None
     if base is None:
         raise ValueError(f"unknown preset {preset!r} for {experiment.name}; expected one of {sorted(experiment.presets)}")
@@ -110,6 +111,11 @@ def parse_sets(experiment, preset, items):
         if key not in fields:
             raise ValueError(f"--set {key}: {experiment.name} has no setting {key!r}; its settings are "
                              f"{sorted(fields)}")
+        if key in out:
+            first = next(i for i in items if i.partition("=")[0].strip() == key).partition("=")[2].strip()
+            raise ValueError(f"--set {key} is given twice ('{key}={first}' and '{key}={text.strip()}'); give each setting "
+                             "once (to run several values, use `mi-ref sweep ... --grid "
+                             f"{key}=V1,V2`)")
         out[key] = parse_value(text, fields[key], key)
     return out
 
