@@ -291,10 +291,11 @@ def _cmd_reproduce(args):
     training = time.perf_counter() - start_all
     for path in plot_runs(all_paths, args.figures, args.format):
         print(f"wrote {path}")
-    from .findings import format_table, judge, write_json
+    from .findings import format_table, judge, output_path, write_json
     verdicts = judge(all_paths)
     print("\nThe paper's findings, judged on these runs:\n" + format_table(verdicts))
-    print(f"wrote {write_json(verdicts, Path(args.out) / 'findings.json')}")
+    path, note = output_path(all_paths, folder=Path(args.out))
+    print(f"wrote {write_json(verdicts, path, all_paths)}" + (f" ({note})" if note else ""))
     print(f"\n{'experiment':13s} {'wall s':>8s} {'core-s':>8s}")
     for name, t in timings.items():
         core = f"{t['core_seconds']:8.1f}" if "core_seconds" in t else f"{'':8s}"
@@ -317,18 +318,16 @@ def _for_experiment(args, name):
 
 
 def _cmd_findings(args):
-    """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
-    from pathlib import Path
-
-    from .findings import format_markdown, format_table, judge, write_json
+    """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write their JSON beside the runs
+    (or to --out), never over a file that is not an earlier judgement of the same runs without saying so."""
+    from .findings import format_markdown, format_table, judge, output_path, write_json
     from .results import expand_run_dirs
-    if Path(args.out).is_dir():
-        raise CLIError(f"--out {args.out} is a directory; give the file to write, e.g. --out "
-                       f"{Path(args.out) / 'findings.json'}")
-    verdicts = judge(expand_run_dirs(args.run_dirs), partial=args.partial)
+    run_dirs = expand_run_dirs(args.run_dirs)
+    path, note = output_path(run_dirs, args.out)          # a bad --out fails before anything is judged
+    verdicts = judge(run_dirs, partial=args.partial)
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
-    path = write_json(verdicts, args.out)
-    print(f"wrote {path}")
+    write_json(verdicts, path, run_dirs)
+    print(f"wrote {path}" + (f" ({note})" if note else ""))
     return 0
 
 
@@ -496,11 +495,15 @@ def build_parser():
                        description="For every experiment among the run directories (runs that differ only in "
                                    "their seed are pooled: mean +- sd), print each finding of the paper, the "
                                    "paper's numbers, the measured numbers and whether its criterion holds; "
-                                   "also write them to findings.json.")
+                                   "also write them as JSON beside the runs: findings.json in the common folder "
+                                   "of the run directories (or --out). An earlier findings.json there is "
+                                   "replaced only if it judged the same runs; otherwise it is kept and the "
+                                   "verdicts go to findings-2.json (-3, ...).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories, or directories holding them (a sweep's RUN_NAME folder, an --out dir)")
-    p.add_argument("--out", default="findings.json", metavar="FILE", help="where to write the JSON "
-                   "(default findings.json)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the JSON (default: findings.json beside the runs, see above); an existing "
+                        "FILE must be a findings file of mi-ref, and is replaced")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")
     p.add_argument("--partial", action="store_true",
                    help="judge only the finished seeds, leaving out (and naming) unfinished runs; without it an "
