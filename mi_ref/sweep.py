@@ -122,6 +122,7 @@ class Task:
     out: str
     data_dir: str = None
     repair: bool = False        # recompute the unit from its start if its task directory is damaged
+    keep_state: bool = None     # keep the unit's final state (None: the preset's default; run_experiment)
 
     def config(self):
         from . import experiments
@@ -155,13 +156,13 @@ class Task:
                 "config": dataclasses.asdict(self.config())}
 
 
-def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False):
+def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False, keep_state=None):
     """Every task of the sweep, seed by seed in the experiment's order of units."""
     from . import experiments
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
     frozen = tuple((k, v) for k, v in overrides.items() if v is not None)
-    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair)
+    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair, keep_state)
             for seed in seeds for unit in exp.units(config)]
 
 
@@ -215,7 +216,7 @@ def run_task(task, threads=1, progress=False):
             try:
                 run_experiment(task.experiment, task.preset, task.seed, task.out, resume=True,
                                data_dir=task.data_dir, progress=progress, repair=task.repair, only=[task.unit],
-                               run_dir=task.dir, **dict(task.overrides))
+                               run_dir=task.dir, keep_state=task.keep_state, **dict(task.overrides))
                 break
             except RunLockedError:
                 if not waited:
@@ -226,8 +227,8 @@ def run_task(task, threads=1, progress=False):
 
 
 def merge(task, units):
-    """Move the finished unit of ``task`` into its seed's run directory (see the module docstring); ``units``
-    is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
+    """Move the finished unit of ``task`` into its seed's run directory (see the module docstring): its rows,
+    its arrays and its final state if it kept one; ``units`` is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
     directory (try again later)."""
     seed_store, task_store = RunDir(task.run_dir, units=units), RunDir(task.dir)
     try:
@@ -242,6 +243,10 @@ def merge(task, units):
                 seed_store.arrays_path(task.unit).parent.mkdir(exist_ok=True)
                 from .files import write_bytes
                 write_bytes(seed_store.arrays_path(task.unit), arrays.read_bytes())
+            final = task_store.final_path(task.unit)
+            if final.exists():                      # before the done mark, which records its SHA-256
+                from .files import copy
+                copy(final, seed_store.final_path(task.unit), seed_store._check_lock)
             kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
             seed_store.rewrite_metrics(serial_order(kept + rows, units))
             seed_store.mark_done(task.unit, order=units)
@@ -538,7 +543,7 @@ class _Report:
 
 
 def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, jobs=None, threads=1,
-          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False):
+          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None):
     """Run ``seeds`` of ``experiment`` (see the module docstring): every (seed, unit) not finished yet is a
     task, run by ``jobs`` local processes with ``threads`` BLAS threads each (default: as many as the cores
     allow, at most one per task), or on the Dask cluster ``scheduler``. Returns ``{"run_dirs", "failed",
@@ -550,7 +555,9 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
     Every setting and ``OUT`` itself (a file is written there and removed) are checked before any task runs.
     The seed directories are audited as a resumed run's; with ``repair`` the damaged units of seed and task
     directories are recomputed from their start (:meth:`mi_ref.results.RunDir.audit`). SIGTERM stops the
-    sweep and its workers (:class:`Terminated`); the same command continues it."""
+    sweep and its workers (:class:`Terminated`); the same command continues it. ``keep_state``: whether each
+    unit keeps its final state (``final/UNIT.npz``, merged into the seed's directory with its rows; None: the
+    preset's default, :meth:`mi_ref.experiments.Experiment.keeps_state`)."""
     from . import experiments
     from .checks import positive_int
     from .data import DATA_ENV, load
@@ -578,7 +585,7 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         if least * threads > available_cores():
             raise ValueError(f"--jobs {least} x --threads {threads} = {least * threads} threads exceed the "
                              f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
-    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir, repair)
+    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir, repair, keep_state)
     units = exp.units(config)
     _check_writable(all_tasks[0].run_dir.parent)
     # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error);

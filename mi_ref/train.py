@@ -129,6 +129,7 @@ class MIConfig:
         return self.n_iters // self.n_evals
 
 
+
 def encode(apply, params, x, chunk=4096):
     """apply(params, x) in chunks of rows (bounded memory for 60000 MNIST images)."""
     return np.concatenate([np.asarray(apply(params, x[i:i + chunk])) for i in range(0, len(x), chunk)])
@@ -250,7 +251,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     every = config.eval_every
     progress = progress or Silent([config.n_iters])
     progress.variant(variant, variant_index, loop.start)
-    loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.reevaluate else (0.0, 0)
+    # the training loss since the last evaluation, as the checkpoint saved it (its evaluation resets it when
+    # it is due at the step resumed; a final state after a step without a row carries it on)
+    loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.resumed else (0.0, 0)
 
     def evaluate(step, x1, snapshot):
         """One evaluation of the current params (see the module docstring); stored with a checkpoint that
@@ -305,7 +308,10 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
         loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         params, state = loop.update(optimizer, params, grads, state)
         progress.step()
-    if config.eval_final:          # the trained model itself (the Jacobian on one more training batch)
-        evaluate(config.n_iters, batch()[0], None)
-    loop.done()
+    snapshot = loop.snapshot("data", "noise")         # where step n_iters of a longer run takes its batch
+    if config.eval_final:
+        evaluate(config.n_iters, batch()[0], None)    # the trained model itself (the Jacobian on that batch)
+        loss_sum, loss_count = 0.0, 0                 # the next row's training loss starts after this one
+    loop.finish(config.n_iters, {"model": params}, {"model": state}, snapshot,
+                evaluated=config.eval_final, train_loss=[loss_sum, loss_count])
     return rows

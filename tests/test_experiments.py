@@ -365,3 +365,23 @@ def test_a_setting_given_twice_is_an_error_naming_both_values():
                                          r"once .*--grid lr=V1,V2"):
         experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5", " lr = 3e-4"])
     assert experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5"]) == {"lr": 1e-3, "n_iters": 5}
+
+
+def test_finished_variants_keep_their_state_except_the_papers_flows(tmp_path, capsys):
+    """The final state is 24 bytes per parameter: kept by default, except by the paper presets of the 30-block
+    flows (invertible: 672 MB per variant; adversarial: 407 MB), where it is asked for with --keep-state;
+    the option's help states the sizes."""
+    keeps = {name: [experiments.get(name).keeps_state(p) for p in ("quick", "paper")] for name in experiments.names()}
+    assert keeps.pop("invertible") == keeps.pop("adversarial") == [True, False]
+    assert all(v == [True, True] for v in keeps.values())
+    path = experiments.run_experiment("invertible", "quick", 0, tmp_path, progress=False, **TINY["invertible"])
+    assert sorted(p.name for p in (path / "final").iterdir()) == ["infonce.npz", "nwj.npz"]
+    arrays, meta = RunDir(path, last_step=12).load_final("nwj")
+    assert meta["step"] == 12 and meta["evaluated"] is False and meta["row_steps"] == [0, 4, 8]
+    n = sum(v.size for k, v in arrays.items() if k.startswith("params/"))
+    assert sum(v.size for k, v in arrays.items() if k.startswith("adam/")) == 2 * n + 1     # m, v and the step
+    from mi_ref import cli
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "672 MB per variant" in text and "407 MB per seed" in text and "--no-keep-state" in text

@@ -116,6 +116,12 @@ def test_local_jobs_equal_serial_and_second_invocation_skips(tmp_path, tmp_path_
         assert RunDir(path).done_variants() == ["baseline", "bilinear-infonce", "bilinear-nwj"]
         assert (path / "summary.json").exists()
     assert not (out / seed_dir(out, 0).parent.name / sweep.TASKS_DIR).exists()   # task dirs merged away
+    # every unit's final state is merged with its rows (pinned in progress.json), the serial run's own
+    with threadpool_limits(limits=1):
+        alone = experiments.run_experiment("critics", "quick", 0, tmp_path / "alone", progress=False, **TINY)
+    for unit in ("bilinear-infonce", "bilinear-nwj"):
+        merged, want = RunDir(seed_dir(out, 0)).load_final(unit)[0], RunDir(alone).load_final(unit)[0]
+        assert merged.keys() == want.keys() and all((merged[k] == want[k]).all() for k in merged)
     record = json.loads((seed_dir(out, 0).parent / "sweep.json").read_text())
     assert record["complete_seeds"] == [0, 1]
     assert record["summary"]["bilinear-nwj"]["accuracy"]["n"] == 2

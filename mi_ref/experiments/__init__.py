@@ -35,6 +35,8 @@ class Experiment:
     check_data: object = None   # check_data(config, dataset) raises ValueError for settings that cannot run on
                                 # that data (dataset None: synthetic): sizes, and the models the variants build
     cost: object = None         # cost(config, unit) -> estimated core-seconds of one unit (orders tasks only)
+    keep_state: object = True   # whether a finished variant keeps its final state (final/VARIANT.npz) unless told:
+                                # a bool, or {preset: bool} (see keeps_state)
 
     def estimated_cost(self, config, unit):
         """The estimated core-seconds of ``unit`` (``cost``, or else its number of steps), used only to start
@@ -42,6 +44,14 @@ class Experiment:
         if self.cost is not None:
             return float(self.cost(config, unit))
         return 0.0 if unit == "baseline" else float(getattr(config, "n_iters", 1))
+
+    def keeps_state(self, preset):
+        """Whether a run of ``preset`` keeps each finished variant's final state (its parameters, Adam's
+        moments and stream positions: 24 bytes per parameter; :meth:`mi_ref.loop.Loop.finish`) when not told
+        otherwise (``mi-ref run --keep-state / --no-keep-state``)."""
+        if isinstance(self.keep_state, dict):
+            return bool(self.keep_state.get(preset, True))
+        return bool(self.keep_state)
 
     def config(self, preset, **overrides):
         """The preset's config with overrides (None values are ignored); unknown names are an error."""
@@ -244,7 +254,7 @@ def run_dir_for(out, name, preset, seed, config=None):
 
 
 def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_dir=None, progress=True,
-                   repair=False, report=None, only=None, run_dir=None, **overrides):
+                   repair=False, report=None, only=None, run_dir=None, keep_state=None, **overrides):
     """Run one seed of an experiment into its run directory and return that directory's path.
 
     Every argument is checked before anything is written. The directory is locked for the whole run
@@ -252,7 +262,9 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
     (:meth:`mi_ref.results.RunDir.audit`; ``repair=True`` recomputes damaged variants) and continues from its
     last evaluation; a finished run is left as it is. ``report(line)`` receives what the audit repaired
     (default: stderr). ``only``: run just these of the experiment's units (``Experiment.units``); ``run_dir``:
-    write there instead of ``OUT/RUN_NAME/seed-S`` (a sweep's task directory).
+    write there instead of ``OUT/RUN_NAME/seed-S`` (a sweep's task directory). ``keep_state``: whether each
+    variant that finishes keeps its final state (``final/VARIANT.npz``, from which a longer run continues:
+    :mod:`mi_ref.extend`); None: the preset's default (:meth:`Experiment.keeps_state`).
     """
     import sys
 
@@ -275,7 +287,8 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
             raise ValueError(f"{name} has no variant {unknown}; its variants are {exp.units(config)}")
     report = report or (lambda line: print(line, file=sys.stderr))
     store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config),
-                   units=exp.units(config), last_step=getattr(config, "n_iters", None))
+                   units=exp.units(config), last_step=getattr(config, "n_iters", None),
+                   keep_state=exp.keeps_state(preset) if keep_state is None else keep_state)
     store.report = report
     header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
     try:

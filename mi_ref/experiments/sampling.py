@@ -62,6 +62,7 @@ class Config:
         gaussian_mi(np.add(self.sigma_z, self.sigma_eps))
 
 
+
 def train_variant(config, store, seed, index, sampling, estimator, progress):
     """Train the critic on fresh batches (or one fixed batch, ``config.batches == "fixed"``).
 
@@ -101,7 +102,8 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         if store is not None:
             store.save_arrays(name, {"trace": np.array(trace)})
         loop.record(row)
-        loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
+        if step < config.n_iters:       # the last row's state is the final one (Loop.finish), not a checkpoint
+            loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
         bar.evaluation(step, estimate=row["bound"], true_mi=true_mi)
 
     if loop.reevaluate:                 # the row of the checkpoint's step was lost: it comes from the trace
@@ -116,7 +118,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         params, state = loop.update(adam, params, grads, state)
         bar.step()
     record(config.n_iters)
-    loop.done()
+    loop.finish(config.n_iters, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
     return np.array(trace)
 
 
