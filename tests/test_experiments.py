@@ -178,11 +178,13 @@ def test_tiny_run_section_4(tmp_path, name):
     assert figures[0].stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("at", [5, 15, 61])
-def test_sampling_resume_is_identical(tmp_path, monkeypatch, at):
+@pytest.mark.parametrize("point,at", [("update", 5), ("update", 15), ("update", 61), ("done", 1), ("done", 3)])
+def test_sampling_resume_is_identical(tmp_path, monkeypatch, point, at):
+    """Also stopped after a variant's last row, before it is recorded finished (was: its last row was
+    checkpointed, and the resumed run wrote that row a second time)."""
     ref = experiments.run_experiment("sampling", "quick", 2, tmp_path / "ref", progress=False, **TINY["sampling"])
     with monkeypatch.context() as m:
-        Interrupt(m, at)
+        Interrupt(m, at, point)
         with pytest.raises(KeyboardInterrupt):
             experiments.run_experiment("sampling", "quick", 2, tmp_path / "cut", progress=False,
                                        **TINY["sampling"])
