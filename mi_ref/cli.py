@@ -156,7 +156,10 @@ def _threads(args):
     return _pinned(threads)
 
 
-def _run_seeds(name, args):
+def _run_seeds(name, args, continuing=False):
+    """Run the seeds of ``args`` of experiment ``name``; with ``continuing`` (``mi-ref run``), ``--resume``
+    also continues a finished shorter run to a larger ``--steps`` (:mod:`mi_ref.extend`), and is an error
+    where there is no run to continue."""
     from . import experiments
     from .accel import configure_malloc
     configure_malloc()   # a training process: keep freed heap memory resident (see its docstring)
@@ -169,9 +172,27 @@ def _run_seeds(name, args):
     paths = []
     config = exp.config(args.preset, **overrides)            # fails here, before anything is written
     seeds = list(range(args.seed, args.seed + args.runs))
+    sources = {}
+    if continuing and args.resume:
+        from . import extend
+        given = {item.partition("=")[0].strip() for item in args.set or []}
+        given |= {key for key, flag in (("n_evals", args.evals), ("n_iters", args.steps)) if flag is not None}
+        overrides, plans = extend.plan(name, args.preset, seeds, args.out, overrides, given)
+        config = exp.config(args.preset, **overrides)
+        for p in plans:                                      # every shorter run is checked before anything runs
+            if p.source is not None:
+                extend.check(p.source, name, args.preset, overrides)
+                sources[p.seed] = p.source
+        for p in plans:
+            for note in p.notes:
+                _warn(note)
     for seed in seeds:
         path = experiments.run_dir_for(args.out, name, args.preset, seed, config)
         try:
+            if seed in sources:
+                from .extend import extend as continue_run
+                for note in continue_run(sources[seed], path, name, args.preset, seed, overrides):
+                    _warn(note)
             with _threads(args):
                 paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
                                                         args.data_dir, not args.quiet, repair=args.repair,
@@ -194,7 +215,7 @@ def _cmd_run(args):
     """``mi-ref run EXPERIMENT``: train every variant of one experiment for --runs seeds."""
     from . import experiments
     experiments.get(args.experiment)        # unknown names fail before anything runs
-    paths = _run_seeds(args.experiment, args)
+    paths = _run_seeds(args.experiment, args, continuing=True)
     print(f"plot with: mi-ref plot {' '.join(str(p) for p in paths)} --out figures")
     return 0
 
@@ -384,7 +405,10 @@ def _add_run_options(p, sweep=False, run=False):
     if not sweep:
         p.add_argument("--resume", action="store_true",
                        help="continue runs already in --out from their last evaluation (after checking their "
-                            "files)")
+                            "files)" + ("; with a larger --steps, continue a finished shorter run of the same "
+                                        "settings (it is kept; the longer run is a folder of its own, its rows "
+                                        "those of a fresh run where the evaluation schedules coincide). No run to "
+                                        "continue is an error" if run else ""))
         p.add_argument("--repair", action="store_true",
                        help="with --resume: recompute from their start the variants whose files were damaged")
     else:

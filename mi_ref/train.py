@@ -128,6 +128,28 @@ class MIConfig:
     def eval_every(self):
         return self.n_iters // self.n_evals
 
+    # the settings of a run's length and evaluation schedule: a longer run may change them and continue from
+    # a shorter one's final state (mi_ref.extend)
+    LENGTH = ("n_iters", "n_evals", "eval_final")
+
+    def row_steps(self):
+        """The steps of a variant's rows, in order: ``k * (n_iters // n_evals)`` for k < n_evals (before that
+        step's update), and ``n_iters`` with ``eval_final``."""
+        return [k * self.eval_every for k in range(self.n_evals)] + ([self.n_iters] if self.eval_final else [])
+
+    def keeping_interval(self, shorter):
+        """The settings that give this (longer) config the evaluation interval of the config ``shorter``:
+        ``{"n_evals": k}`` with ``n_iters // k`` equal to ``shorter``'s interval, or ``{}`` if this config has
+        that interval already or none gives it (``n_iters // n_evals`` takes only some values)."""
+        every = shorter.eval_every
+        k = self.n_iters // every
+        if k < 1 or self.n_iters // k != every or k == self.n_evals:
+            return {}
+        return {"n_evals": k}
+
+    def continued_row(self, row):
+        """The row of a shorter run at ``row["step"]`` as a run of this config holds it (the same here)."""
+        return row
 
 
 def encode(apply, params, x, chunk=4096):

@@ -228,9 +228,10 @@ def run_name(name, preset, config=None):
     return f"{name}-{preset}-{text}"
 
 
-def units_of_run(config):
-    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
-    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+def config_of_run(config):
+    """The config object of a run, from its config.json (a dict with "experiment", "preset" and "config"; JSON
+    lists become the config's tuples, settings this mi-ref does not have are left out); ``ValueError`` for an
+    experiment or preset this mi-ref does not know."""
     exp = get(config["experiment"])
     if config["preset"] not in exp.presets:
         raise ValueError(f"unknown preset {config['preset']!r} for {exp.name}; expected one of {sorted(exp.presets)}")
@@ -239,8 +240,13 @@ def units_of_run(config):
 
     def frozen(value):             # JSON lists back to the tuples of the config
         return tuple(frozen(v) for v in value) if isinstance(value, list) else value
-    values = {k: frozen(v) for k, v in config["config"].items() if k in fields}
-    return exp.units(dataclasses.replace(base, **values))
+    return dataclasses.replace(base, **{k: frozen(v) for k, v in config["config"].items() if k in fields})
+
+
+def units_of_run(config):
+    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
+    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+    return get(config["experiment"]).units(config_of_run(config))
 
 
 def describe_overrides(name, preset, config):

@@ -71,6 +71,19 @@ class Config:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
         one_of(self.adam, FORMS, "Adam form (adam)")
 
+    # the settings of a run's length and schedule (see mi_ref.train.MIConfig.LENGTH)
+    LENGTH = ("n_iters", "probe_every")
+
+    def row_steps(self):
+        """The iterations of the adversarial variant's rows: every multiple of ``probe_every`` before
+        ``n_iters``."""
+        return list(range(0, self.n_iters, self.probe_every))
+
+    def keeping_interval(self, shorter):
+        return {}                       # probe_every is the interval itself
+
+    def continued_row(self, row):
+        return row
 
 
 def log_softmax(logits):

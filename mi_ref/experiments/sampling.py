@@ -61,6 +61,23 @@ class Config:
         bounds.ESTIMATORS.check(self.estimators)
         gaussian_mi(np.add(self.sigma_z, self.sigma_eps))
 
+    # the settings of a run's length and schedule (see mi_ref.train.MIConfig.LENGTH)
+    LENGTH = ("n_iters", "record_every")
+
+    def row_steps(self):
+        """The steps of a variant's rows: every multiple of ``record_every`` after 0 and before ``n_iters``,
+        then ``n_iters``."""
+        return list(range(self.record_every, self.n_iters, self.record_every)) + [self.n_iters]
+
+    def keeping_interval(self, shorter):
+        return {}                       # record_every is the interval itself
+
+    def continued_row(self, row):
+        """A shorter run's row as this run holds it: the smoothed end (``bound_smoothed``) belongs to the
+        last row only."""
+        if row["step"] < self.n_iters and "bound_smoothed" in row:
+            row = {k: v for k, v in row.items() if k != "bound_smoothed"}
+        return row
 
 
 def train_variant(config, store, seed, index, sampling, estimator, progress):
