@@ -101,18 +101,21 @@ def _warn(message):
 def _overrides(exp, args):
     """The preset's settings changed on the command line: ``--set key=value`` (any field of the experiment's
     config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals); a shortcut and a --set of
-    the same setting are an error. Every adjustment mi-ref makes on its own is said on stderr, never silent,
-    once every value is known to be valid:
+    the same setting are an error. Every adjustment mi-ref makes on its own (:func:`_adjusted`) is said on
+    stderr, never silent, once every value is known to be valid."""
+    overrides, notes = _adjusted(exp, args.preset, _given(exp, args))
+    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
+    for note in notes:
+        _warn(note)
+    return overrides
 
-    * --evals above the number of steps: one evaluation per step (n_evals = n_iters);
-    * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
-      (eval_final), so that the last point of its curves is the trained model, unless --set eval_final=false.
-    """
+
+def _given(exp, args):
+    """The settings given on the command line, as they are (``--set`` and the shortcuts)."""
     import dataclasses
 
     from . import experiments
-    base = exp.presets[args.preset]
-    fields = {f.name for f in dataclasses.fields(base)}
+    fields = {f.name for f in dataclasses.fields(exp.presets[args.preset])}
     overrides = experiments.parse_sets(exp, args.preset, args.set or [])
     for flag, value, key in (("--dataset", args.dataset, "dataset"), ("--evals", args.evals, "n_evals"),
                              ("--steps", args.steps, "n_iters")):
@@ -126,9 +129,24 @@ def _overrides(exp, args):
         overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
-    notes = []
+    return overrides
+
+
+def _adjusted(exp, preset, overrides):
+    """``(overrides, notes)``: the settings ``overrides`` with the adjustments mi-ref makes on its own, and a
+    note for each:
+
+    * more evaluations than steps: one evaluation per step (n_evals = n_iters);
+    * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
+      (eval_final), so that the last point of its curves is the trained model, unless --set eval_final=false.
+    """
+    import dataclasses
+    base = exp.presets[preset]
+    fields = {f.name for f in dataclasses.fields(base)}
+    overrides, notes = dict(overrides), []
     steps = overrides.get("n_iters", getattr(base, "n_iters", None))
-    if "n_evals" in fields and isinstance(steps, int) and overrides.get("n_evals", base.n_evals) > steps > 0:
+    if "n_evals" in fields and isinstance(steps, int) and isinstance(overrides.get("n_evals", base.n_evals), int) \
+            and overrides.get("n_evals", base.n_evals) > steps > 0:
         notes.append(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at "
                      f"every step instead (n_evals = {steps})")
         overrides["n_evals"] = steps
@@ -138,10 +156,7 @@ def _overrides(exp, args):
         notes.append("the paper's schedule ends one evaluation interval before the last step; this shortened run "
                      "also evaluates after its last step (--set eval_final=false to skip that)")
         overrides["eval_final"] = True
-    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
-    for note in notes:
-        _warn(note)
-    return overrides
+    return overrides, notes
 
 
 def _threads(args):
@@ -231,6 +246,8 @@ def _cmd_sweep(args):
     if args.jobs is not None and args.scheduler is not None:
         raise CLIError("--jobs runs local workers and --scheduler a Dask cluster's: give one of them")
     seeds = parse_seeds(args.seeds)
+    if args.grid:
+        return _sweep_grid(exp, args, seeds)
     overrides = _overrides(exp, args)
     try:
         result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
@@ -253,6 +270,56 @@ def _cmd_sweep(args):
         return 2
     top = result["run_dirs"][0].parent
     print(f"plot with: mi-ref plot {top} --out figures; judge with: mi-ref findings {top}")
+    return 0
+
+
+def _sweep_grid(exp, args, seeds):
+    """``mi-ref sweep EXPERIMENT --grid KEY=V1,V2 ...``: the product of the grid's values, each config a sweep
+    of its own RUN_NAME over the seeds, all in one pool of workers, then a table comparing the configs."""
+    from . import experiments
+    from .sweep import Terminated, format_grid, sweep_grid
+    grid = experiments.parse_grid(exp, args.preset, args.grid)
+    given = _given(exp, args)
+    for key, _ in grid:
+        flag = {"n_iters": "--steps", "n_evals": "--evals", "dataset": "--dataset"}.get(key)
+        if key in given:
+            source = f"--set {key}=..." if any(i.partition("=")[0].strip() == key for i in args.set or []) else flag
+            raise CLIError(f"{source} and --grid {key}=... both set {key}; give one of them")
+    configs, notes = [], []
+    for combination in experiments.grid_configs(given, grid):
+        adjusted, more = _adjusted(exp, args.preset, combination)
+        try:
+            exp.config(args.preset, **adjusted)
+        except ValueError as err:
+            label = ", ".join(f"{k}={experiments.describe_value(combination[k])}" for k, _ in grid)
+            raise CLIError(f"the grid's config {label}: {err}") from None
+        configs.append(adjusted)
+        notes += [n for n in more if n not in notes]
+    for note in notes:
+        _warn(note)
+    try:
+        result = sweep_grid(args.experiment, args.preset, seeds, configs, args.out, args.data_dir, args.jobs,
+                            args.threads, args.scheduler, args.retries, progress=not args.quiet,
+                            repair=args.repair, keep_state=args.keep_state)
+    except Terminated:
+        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
+              "checkpoint; continue with the same command", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted: every task keeps its last checkpoint; continue with the same command",
+              file=sys.stderr)
+        raise
+    print(format_grid(result, [k for k, _ in grid]))
+    if result["failed"]:
+        for key, why in result["failed"].items():
+            print(f"FAILED {key}: {why}", file=sys.stderr)
+        damaged = len(result["damaged"])
+        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them"
+              + (f" ({damaged} with a damaged directory: add --repair to recompute them from their start)"
+                 if damaged else ""), file=sys.stderr)
+        return 2
+    folders = " ".join(str(c["run_dirs"][0].parent) for c in result["configs"])
+    print(f"compare with: mi-ref plot {folders} --separate --out figures; judge with: mi-ref findings {folders}")
     return 0
 
 
@@ -496,6 +563,14 @@ def build_parser():
                                    "task's metrics equal the serial run's at the same number of BLAS threads.")
     p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
     p.add_argument("--seeds", required=True, metavar="SEEDS", help="seeds as ranges and lists, e.g. 0-19 or 0,2,5-7")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="run every combination of these values (repeatable: the product of all --grid options, "
+                        "as Hydra's multirun), each config a RUN_NAME of its own, and end with a table comparing "
+                        "the configs (mean +- sd over the seeds). Values are read as --set reads them; a "
+                        "tuple-valued setting takes each value in brackets, e.g. --grid "
+                        "critics=[bilinear,concat],[separable] (a plain critics=bilinear,concat is two configs of "
+                        "one critic each). --set and the shortcuts apply to every config; a setting may not be "
+                        "given both ways")
     _add_run_options(p, sweep=True)
     p.add_argument("--jobs", type=_positive, default=None, metavar="N",
                    help="local worker processes (default: the cores here divided by --threads, at most one per "

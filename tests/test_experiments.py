@@ -387,3 +387,24 @@ def test_finished_variants_keep_their_state_except_the_papers_flows(tmp_path, ca
         cli.main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "672 MB per variant" in text and "407 MB per seed" in text and "--no-keep-state" in text
+
+
+def test_grid_values_split_at_commas_outside_brackets_and_combine_with_the_common_settings():
+    critics = experiments.get("critics")
+    grid = experiments.parse_grid(critics, "quick", ["lr=1e-3, 3e-4", "critics=[bilinear,concat],[concat]",
+                                                     "concat_hidden=16,[8,8]"])
+    assert grid == [("lr", [1e-3, 3e-4]), ("critics", [("bilinear", "concat"), ("concat",)]),
+                    ("concat_hidden", [(16,), (8, 8)])]
+    assert experiments.parse_grid(critics, "quick", ["critics=bilinear,concat"]) == \
+        [("critics", [("bilinear",), ("concat",)])]                       # plain values: one item each
+    nested = experiments.parse_grid(experiments.get("sampling"), "quick", ["sigma_z=[[1,0.5],[0.5,1]],[[1,0],[0,1]]"])
+    assert nested == [("sigma_z", [((1, 0.5), (0.5, 1)), ((1, 0), (0, 1))])]
+    configs = experiments.grid_configs({"n_iters": 5}, grid[:2])
+    assert configs == [{"n_iters": 5, "lr": lr, "critics": c} for lr in (1e-3, 3e-4)
+                       for c in (("bilinear", "concat"), ("concat",))]
+    with pytest.raises(ValueError, match="lr is set for every config and by --grid lr"):
+        experiments.grid_configs({"lr": 1e-2}, grid)
+    for bad, message in ((["lr="], "expects KEY=V1,V2"), (["lr=1e-3,,2e-3"], "an empty value"),
+                         (["critics=[bilinear"], "unbalanced brackets"), (["lr=1,1.0"], "gives the value 1 twice")):
+        with pytest.raises(ValueError, match=message):
+            experiments.parse_grid(critics, "quick", bad)

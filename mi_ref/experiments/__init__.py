@@ -130,6 +130,82 @@ def parse_sets(experiment, preset, items):
     return out
 
 
+def split_values(text, flag="--grid", key=""):
+    """The values of ``--grid key=text``: ``text`` cut at its commas, except inside brackets, which group the
+    items of one tuple-valued value (``[bilinear,concat],[concat]`` is two values, as Hydra's multirun reads
+    ``key=[a,b],[c]``). ``ValueError`` for unbalanced brackets or an empty value."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth < 0:
+                break
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if depth != 0:
+        raise ValueError(f"{flag} {key}={text}: unbalanced brackets; a tuple-valued value is written in brackets, "
+                         f"e.g. {flag} {key}=[a,b],[c]")
+    if any(not v for v in values):
+        raise ValueError(f"{flag} {key}={text}: an empty value; separate the values with single commas, e.g. "
+                         f"{flag} {key}=V1,V2")
+    return values
+
+
+def parse_grid(experiment, preset, items):
+    """``[(key, [value, ...])]`` from ``--grid key=V1,V2`` items for ``experiment``'s ``preset``, in the order
+    given: the configs of a grid sweep are the product of these values (:func:`grid_configs`). A value is
+    parsed as ``--set`` parses it (:func:`parse_value`); for a tuple-valued setting, a value in brackets is
+    one tuple (``--grid critics=[bilinear,concat],[concat]``; ``[[1,0.5],[0.5,1]]`` for nested tuples) and a
+    plain one a tuple of one item (``--grid critics=bilinear,concat`` is two configs, ``("bilinear",)`` and
+    ``("concat",)``). An unknown key, a key given twice, a value given twice and a key without values are
+    errors."""
+    base = experiment.presets[preset] if preset in experiment.presets else None
+    if base is None:
+        raise ValueError(f"unknown preset {preset!r} for {experiment.name}; expected one of {sorted(experiment.presets)}")
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ValueError(f"--grid expects KEY=V1,V2, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--grid {key}: {experiment.name} has no setting {key!r}; its settings are "
+                             f"{sorted(fields)}")
+        if key in [k for k, _ in out]:
+            raise ValueError(f"--grid {key} is given twice; list all of its values in one --grid {key}=V1,V2")
+        values = []
+        for raw in split_values(text.strip(), "--grid", key):
+            if isinstance(fields[key], tuple) and raw.startswith("[") and raw.endswith("]") and \
+                    not any(c in raw[1:-1] for c in "[("):
+                raw = raw[1:-1]
+            value = parse_value(raw, fields[key], key)
+            if value in values:
+                raise ValueError(f"--grid {key}={text.strip()} gives the value {_short(value)} twice; give each value "
+                                 "once")
+            values.append(value)
+        out.append((key, values))
+    return out
+
+
+def grid_configs(common, grid):
+    """The overrides of every config of a grid sweep: ``common`` (the ``--set`` and shortcut settings, the
+    same for every config) with each combination of the ``grid`` values (:func:`parse_grid`), the first key
+    varying slowest. A key both in ``common`` and in the grid is an error."""
+    import itertools
+    both = sorted(set(common) & {k for k, _ in grid})
+    if both:
+        raise ValueError(f"{both[0]} is set for every config and by --grid {both[0]}=...; give it in one of them")
+    keys = [k for k, _ in grid]
+    return [dict(common, **dict(zip(keys, values))) for values in itertools.product(*[v for _, v in grid])]
+
+
 REGISTRY = Registry("experiment")
 
 
@@ -247,6 +323,12 @@ def units_of_run(config):
     """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
     "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
     return get(config["experiment"]).units(config_of_run(config))
+
+
+def describe_value(value):
+    """A setting's value as run names, figure titles and tables write it: ``0.001``, ``true``,
+    ``bilinear,concat``."""
+    return _short(value)
 
 
 def describe_overrides(name, preset, config):
