@@ -170,7 +170,8 @@ def test_plot_refuses_to_average_different_configs_unless_separate(tmp_path, cap
     code, _, err = run(["plot", *dirs, "--out", str(tmp_path / "f")], capsys)
     assert code == 2 and "2 different configs (they differ in ['lr'])" in err and "--separate" in err
     code, out, _ = run(["plot", *dirs, "--out", str(tmp_path / "f"), "--separate", "--format", "svg"], capsys)
-    assert code == 0 and (tmp_path / "f" / "conditioning-comparison.svg").stat().st_size > 10_000
+    (figure,) = (tmp_path / "f").glob("conditioning-quick-compared-lr-*.svg")
+    assert code == 0 and out == f"wrote {figure}\n" and figure.stat().st_size > 10_000
 
 
 def test_the_summary_is_the_last_rows_of_the_metrics(tmp_path, capsys):
