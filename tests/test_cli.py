@@ -105,7 +105,8 @@ def test_parallel_reproduce_equals_the_serial_single_threaded_one(tmp_path, caps
         assert RunDir(a).done_variants() == RunDir(b).done_variants()
     code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par")], capsys)
     assert code == 2 and "already holds a run" in err
-    code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par"), "--resume"], capsys)
+    code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par"), "--resume", "--figures",
+                                 str(tmp_path / "f3")], capsys)
     assert code == 0
 
 
