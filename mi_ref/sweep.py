@@ -501,11 +501,13 @@ def _run_dask(tasks, scheduler, threads, retries, report):
 class _Report:
     """The driver's bookkeeping: progress lines, merges of finished tasks, failures."""
 
-    def __init__(self, progress, units):
+    def __init__(self, progress, units, tag=None):
         """``units``: the experiment's order of units, or a function task -> that order (tasks of several
-        experiments, as ``mi-ref reproduce`` runs them)."""
+        experiments, as ``mi-ref reproduce`` runs them); ``tag(task)``: what names the task's config in the
+        progress lines (a grid's values), if anything."""
         self.progress = progress
         self.units_of = units if callable(units) else (lambda task: units)
+        self.tag = tag or (lambda task: "")
         self.unmerged, self.failures, self.started_at, self.ended_at, self.damaged = [], {}, {}, {}, set()
 
     def started(self, task):
@@ -517,14 +519,14 @@ class _Report:
         self.progress.done.append(task)
         self.ended_at[task] = time.monotonic()
         took = self.ended_at[task] - self.started_at.get(task, self.ended_at[task])
-        self.progress.say(f"seed {task.seed} {task.unit} done ({duration(took)})")
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit} done ({duration(took)})")
         if not merge(task, self.units_of(task)):
             self.unmerged.append(task)
 
     def retry(self, task, why, attempt, attempts):
         self.progress.running.discard(task)
         self.progress.retried += 1
-        self.progress.say(f"seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
                           f"{attempts})")
 
     def failed(self, task, why, damaged=False):
@@ -533,7 +535,7 @@ class _Report:
         self.failures[task] = why
         if damaged:
             self.damaged.add(task.key)
-        self.progress.say(f"seed {task.seed} {task.unit} FAILED: {why}")
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit} FAILED: {why}")
 
     def tick(self):
         for task in list(self.unmerged):
@@ -642,7 +644,9 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
     steps_of = lambda t: 0 if t.unit == "baseline" else steps_of_config[name_of[t]]  # noqa: E731
     label = f"sweep {names[0]}" if len(names) == 1 else f"sweep {experiment}-{preset}, {len(names)} configs"
     bar = SweepProgress(label, all_tasks, steps_of, enabled=progress, stream=stream, interval=interval)
-    report = _Report(bar, lambda task: units_of[name_of[task]])
+    tags = {name: ", ".join(f"{k}={experiments.describe_value(c.get(k, getattr(b, k, None)))}" for k in varying) + ": "
+            for name, c, b in zip(names, configs, built)} if len(names) > 1 else {}
+    report = _Report(bar, lambda task: units_of[name_of[task]], lambda task: tags.get(name_of[task], ""))
     todo = []
     for task in all_tasks:
         if merged(task):

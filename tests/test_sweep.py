@@ -312,11 +312,13 @@ def test_a_grid_sweep_runs_the_product_each_config_its_own_run_and_compares_them
 
     from mi_ref.stats import sample_sd
     out = tmp_path / "runs"
-    argv = ["sweep", "critics", "--seeds", "0-1", "--jobs", "2", "--out", str(out), "--quiet", "--dataset", "digits",
+    argv = ["sweep", "critics", "--seeds", "0-1", "--jobs", "2", "--out", str(out), "--dataset", "digits",
             "--steps", "20", "--evals", "2", "--set", "critics=bilinear", "--grid", "lr=1e-3,3e-3",
             "--grid", "estimators=[infonce,nwj],[nwj]"]
     assert cli.main(argv) == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
+    assert "20 tasks (4 configs x 2 seed(s) x their units)" in err
+    assert "lr=0.003, estimators=nwj: seed 1 bilinear-nwj done" in err      # each progress line names its config
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(experiments.run_name("critics", "quick", experiments.get("critics").config(
         "quick", **dict(TINY, lr=lr, estimators=est))) for lr in (1e-3, 3e-3) for est in (("infonce", "nwj"), ("nwj",)))
