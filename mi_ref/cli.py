@@ -101,18 +101,21 @@ def _warn(message):
 def _overrides(exp, args):
     """The preset's settings changed on the command line: ``--set key=value`` (any field of the experiment's
     config), and the shortcuts --dataset, --steps (n_iters) and --evals (n_evals); a shortcut and a --set of
-    the same setting are an error. Every adjustment mi-ref makes on its own is said on stderr, never silent,
-    once every value is known to be valid:
+    the same setting are an error. Every adjustment mi-ref makes on its own (:func:`_adjusted`) is said on
+    stderr, never silent, once every value is known to be valid."""
+    overrides, notes = _adjusted(exp, args.preset, _given(exp, args))
+    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
+    for note in notes:
+        _warn(note)
+    return overrides
 
-    * --evals above the number of steps: one evaluation per step (n_evals = n_iters);
-    * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
-      (eval_final), so that the last point of its curves is the trained model, unless --set eval_final=false.
-    """
+
+def _given(exp, args):
+    """The settings given on the command line, as they are (``--set`` and the shortcuts)."""
     import dataclasses
 
     from . import experiments
-    base = exp.presets[args.preset]
-    fields = {f.name for f in dataclasses.fields(base)}
+    fields = {f.name for f in dataclasses.fields(exp.presets[args.preset])}
     overrides = experiments.parse_sets(exp, args.preset, args.set or [])
     for flag, value, key in (("--dataset", args.dataset, "dataset"), ("--evals", args.evals, "n_evals"),
                              ("--steps", args.steps, "n_iters")):
@@ -126,9 +129,24 @@ def _overrides(exp, args):
         overrides["n_evals"] = args.evals
     if args.steps is not None:
         overrides["n_iters"] = args.steps
-    notes = []
+    return overrides
+
+
+def _adjusted(exp, preset, overrides):
+    """``(overrides, notes)``: the settings ``overrides`` with the adjustments mi-ref makes on its own, and a
+    note for each:
+
+    * more evaluations than steps: one evaluation per step (n_evals = n_iters);
+    * a paper preset whose schedule is changed (steps or evaluations): it also evaluates after its last step
+      (eval_final), so that the last point of its curves is the trained model, unless --set eval_final=false.
+    """
+    import dataclasses
+    base = exp.presets[preset]
+    fields = {f.name for f in dataclasses.fields(base)}
+    overrides, notes = dict(overrides), []
     steps = overrides.get("n_iters", getattr(base, "n_iters", None))
-    if "n_evals" in fields and isinstance(steps, int) and overrides.get("n_evals", base.n_evals) > steps > 0:
+    if "n_evals" in fields and isinstance(steps, int) and isinstance(overrides.get("n_evals", base.n_evals), int) \
+            and overrides.get("n_evals", base.n_evals) > steps > 0:
         notes.append(f"{overrides.get('n_evals', base.n_evals)} evaluations asked for {steps} steps: evaluating at "
                      f"every step instead (n_evals = {steps})")
         overrides["n_evals"] = steps
@@ -138,10 +156,7 @@ def _overrides(exp, args):
         notes.append("the paper's schedule ends one evaluation interval before the last step; this shortened run "
                      "also evaluates after its last step (--set eval_final=false to skip that)")
         overrides["eval_final"] = True
-    exp.config(args.preset, **overrides)          # every value is valid before a note says what was adjusted
-    for note in notes:
-        _warn(note)
-    return overrides
+    return overrides, notes
 
 
 def _threads(args):
@@ -156,7 +171,10 @@ def _threads(args):
     return _pinned(threads)
 
 
-def _run_seeds(name, args):
+def _run_seeds(name, args, continuing=False):
+    """Run the seeds of ``args`` of experiment ``name``; with ``continuing`` (``mi-ref run``), ``--resume``
+    also continues a finished shorter run to a larger ``--steps`` (:mod:`mi_ref.extend`), and is an error
+    where there is no run to continue."""
     from . import experiments
     from .accel import configure_malloc
     configure_malloc()   # a training process: keep freed heap memory resident (see its docstring)
@@ -168,13 +186,32 @@ def _run_seeds(name, args):
     overrides = _overrides(exp, args)
     paths = []
     config = exp.config(args.preset, **overrides)            # fails here, before anything is written
-    for seed in range(args.seed, args.seed + args.runs):
+    seeds = list(range(args.seed, args.seed + args.runs))
+    sources = {}
+    if continuing and args.resume:
+        from . import extend
+        given = {item.partition("=")[0].strip() for item in args.set or []}
+        given |= {key for key, flag in (("n_evals", args.evals), ("n_iters", args.steps)) if flag is not None}
+        overrides, plans = extend.plan(name, args.preset, seeds, args.out, overrides, given)
+        config = exp.config(args.preset, **overrides)
+        for p in plans:                                      # every shorter run is checked before anything runs
+            if p.source is not None:
+                extend.check(p.source, name, args.preset, overrides)
+                sources[p.seed] = p.source
+        for p in plans:
+            for note in p.notes:
+                _warn(note)
+    for seed in seeds:
         path = experiments.run_dir_for(args.out, name, args.preset, seed, config)
         try:
+            if seed in sources:
+                from .extend import extend as continue_run
+                for note in continue_run(sources[seed], path, name, args.preset, seed, overrides):
+                    _warn(note)
             with _threads(args):
                 paths.append(experiments.run_experiment(name, args.preset, seed, args.out, args.resume,
                                                         args.data_dir, not args.quiet, repair=args.repair,
-                                                        **overrides))
+                                                        keep_state=args.keep_state, **overrides))
         except KeyboardInterrupt:
             if (path / "config.json").exists():
                 print(f"interrupted: everything up to the last evaluation is saved in {path}; continue with the "
@@ -193,7 +230,7 @@ def _cmd_run(args):
     """``mi-ref run EXPERIMENT``: train every variant of one experiment for --runs seeds."""
     from . import experiments
     experiments.get(args.experiment)        # unknown names fail before anything runs
-    paths = _run_seeds(args.experiment, args)
+    paths = _run_seeds(args.experiment, args, continuing=True)
     print(f"plot with: mi-ref plot {' '.join(str(p) for p in paths)} --out figures")
     return 0
 
@@ -209,10 +246,13 @@ def _cmd_sweep(args):
     if args.jobs is not None and args.scheduler is not None:
         raise CLIError("--jobs runs local workers and --scheduler a Dask cluster's: give one of them")
     seeds = parse_seeds(args.seeds)
+    if args.grid:
+        return _sweep_grid(exp, args, seeds)
     overrides = _overrides(exp, args)
     try:
         result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
-                       args.threads, args.scheduler, args.retries, progress=not args.quiet, repair=args.repair)
+                       args.threads, args.scheduler, args.retries, progress=not args.quiet, repair=args.repair,
+                       keep_state=args.keep_state)
     except Terminated:
         print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
               "checkpoint; continue with the same command", file=sys.stderr)
@@ -230,6 +270,56 @@ def _cmd_sweep(args):
         return 2
     top = result["run_dirs"][0].parent
     print(f"plot with: mi-ref plot {top} --out figures; judge with: mi-ref findings {top}")
+    return 0
+
+
+def _sweep_grid(exp, args, seeds):
+    """``mi-ref sweep EXPERIMENT --grid KEY=V1,V2 ...``: the product of the grid's values, each config a sweep
+    of its own RUN_NAME over the seeds, all in one pool of workers, then a table comparing the configs."""
+    from . import experiments
+    from .sweep import Terminated, format_grid, sweep_grid
+    grid = experiments.parse_grid(exp, args.preset, args.grid)
+    given = _given(exp, args)
+    for key, _ in grid:
+        flag = {"n_iters": "--steps", "n_evals": "--evals", "dataset": "--dataset"}.get(key)
+        if key in given:
+            source = f"--set {key}=..." if any(i.partition("=")[0].strip() == key for i in args.set or []) else flag
+            raise CLIError(f"{source} and --grid {key}=... both set {key}; give one of them")
+    configs, notes = [], []
+    for combination in experiments.grid_configs(given, grid):
+        adjusted, more = _adjusted(exp, args.preset, combination)
+        try:
+            exp.config(args.preset, **adjusted)
+        except ValueError as err:
+            label = ", ".join(f"{k}={experiments.describe_value(combination[k])}" for k, _ in grid)
+            raise CLIError(f"the grid's config {label}: {err}") from None
+        configs.append(adjusted)
+        notes += [n for n in more if n not in notes]
+    for note in notes:
+        _warn(note)
+    try:
+        result = sweep_grid(args.experiment, args.preset, seeds, configs, args.out, args.data_dir, args.jobs,
+                            args.threads, args.scheduler, args.retries, progress=not args.quiet,
+                            repair=args.repair, keep_state=args.keep_state)
+    except Terminated:
+        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
+              "checkpoint; continue with the same command", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted: every task keeps its last checkpoint; continue with the same command",
+              file=sys.stderr)
+        raise
+    print(format_grid(result, [k for k, _ in grid]))
+    if result["failed"]:
+        for key, why in result["failed"].items():
+            print(f"FAILED {key}: {why}", file=sys.stderr)
+        damaged = len(result["damaged"])
+        print(f"{len(result['failed'])} task(s) failed; run the same command again to retry them"
+              + (f" ({damaged} with a damaged directory: add --repair to recompute them from their start)"
+                 if damaged else ""), file=sys.stderr)
+        return 2
+    folders = " ".join(str(c["run_dirs"][0].parent) for c in result["configs"])
+    print(f"compare with: mi-ref plot {folders} --separate --out figures; judge with: mi-ref findings {folders}")
     return 0
 
 
@@ -277,7 +367,7 @@ def _cmd_reproduce(args):
         overrides = {name: _overrides(experiments.get(name), _for_experiment(args, name)) for name in names}
         result = run_parallel(names, args.preset, list(range(args.seed, args.seed + args.runs)), overrides.get,
                               args.out, args.data_dir, jobs, args.threads or 1, args.resume,
-                              progress=not args.quiet)
+                              progress=not args.quiet, keep_state=args.keep_state)
         if result["failed"]:
             for key, why in result["failed"].items():
                 print(f"FAILED {key}: {why}", file=sys.stderr)
@@ -291,10 +381,11 @@ def _cmd_reproduce(args):
     training = time.perf_counter() - start_all
     for path in plot_runs(all_paths, args.figures, args.format):
         print(f"wrote {path}")
-    from .findings import format_table, judge, write_json
+    from .findings import format_table, judge, output_path, write_json
     verdicts = judge(all_paths)
     print("\nThe paper's findings, judged on these runs:\n" + format_table(verdicts))
-    print(f"wrote {write_json(verdicts, Path(args.out) / 'findings.json')}")
+    path, note = output_path(all_paths, folder=Path(args.out))
+    print(f"wrote {write_json(verdicts, path, all_paths)}" + (f" ({note})" if note else ""))
     print(f"\n{'experiment':13s} {'wall s':>8s} {'core-s':>8s}")
     for name, t in timings.items():
         core = f"{t['core_seconds']:8.1f}" if "core_seconds" in t else f"{'':8s}"
@@ -317,18 +408,16 @@ def _for_experiment(args, name):
 
 
 def _cmd_findings(args):
-    """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write findings.json."""
-    from pathlib import Path
-
-    from .findings import format_markdown, format_table, judge, write_json
+    """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write their JSON beside the runs
+    (or to --out), never over a file that is not an earlier judgement of the same runs without saying so."""
+    from .findings import format_markdown, format_table, judge, output_path, write_json
     from .results import expand_run_dirs
-    if Path(args.out).is_dir():
-        raise CLIError(f"--out {args.out} is a directory; give the file to write, e.g. --out "
-                       f"{Path(args.out) / 'findings.json'}")
-    verdicts = judge(expand_run_dirs(args.run_dirs), partial=args.partial)
+    run_dirs = expand_run_dirs(args.run_dirs)
+    path, note = output_path(run_dirs, args.out)          # a bad --out fails before anything is judged
+    verdicts = judge(run_dirs, partial=args.partial)
     print(format_markdown(verdicts) if args.markdown else format_table(verdicts))
-    path = write_json(verdicts, args.out)
-    print(f"wrote {path}")
+    write_json(verdicts, path, run_dirs)
+    print(f"wrote {path}" + (f" ({note})" if note else ""))
     return 0
 
 
@@ -367,7 +456,7 @@ def _cmd_verify(args):
     return 0 if all_passed(reports, unchecked, args.require_all) else 1
 
 
-def _add_run_options(p, sweep=False):
+def _add_run_options(p, sweep=False, run=False):
     from .data import DATASETS
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
                    help="quick: laptop scale on the embedded MNIST subset (default); paper: the paper's settings "
@@ -383,7 +472,10 @@ def _add_run_options(p, sweep=False):
     if not sweep:
         p.add_argument("--resume", action="store_true",
                        help="continue runs already in --out from their last evaluation (after checking their "
-                            "files)")
+                            "files)" + ("; with a larger --steps, continue a finished shorter run of the same "
+                                        "settings (it is kept; the longer run is a folder of its own, its rows "
+                                        "those of a fresh run where the evaluation schedules coincide). No run to "
+                                        "continue is an error" if run else ""))
         p.add_argument("--repair", action="store_true",
                        help="with --resume: recompute from their start the variants whose files were damaged")
     else:
@@ -396,6 +488,13 @@ def _add_run_options(p, sweep=False):
                    help="override the number of training steps (iterations for adversarial)")
     p.add_argument("--evals", type=_positive, default=None, metavar="N",
                    help="override the number of evaluations (one every steps // N steps, from step 0)")
+    p.add_argument("--keep-state", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep each finished variant's trained state in final/VARIANT.npz (its parameters, Adam's "
+                        "moments and stream positions: 24 bytes per parameter), from which a longer run continues "
+                        "(`mi-ref run ... --steps N --resume`) and the parameters can be probed again. Default: "
+                        "kept, except by the paper presets of invertible (672 MB per variant, 1.3 GB per seed) "
+                        "and adversarial (407 MB per seed); every other preset's state is at most 52 MB per "
+                        "variant (quick invertible; critics: 73 MB per seed)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     if not sweep:
         p.add_argument("--threads", type=_positive, default=None, metavar="T",
@@ -452,7 +551,7 @@ def build_parser():
                                    "settings changed with --set, --steps, ...). Interrupt with Ctrl-C and continue with "
                                    "--resume: the finished metrics equal those of an uninterrupted run.")
     p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
-    _add_run_options(p)
+    _add_run_options(p, run=True)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="run many seeds of one experiment, locally or on a Dask cluster",
@@ -464,6 +563,14 @@ def build_parser():
                                    "task's metrics equal the serial run's at the same number of BLAS threads.")
     p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
     p.add_argument("--seeds", required=True, metavar="SEEDS", help="seeds as ranges and lists, e.g. 0-19 or 0,2,5-7")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="run every combination of these values (repeatable: the product of all --grid options, "
+                        "as Hydra's multirun), each config a RUN_NAME of its own, and end with a table comparing "
+                        "the configs (mean +- sd over the seeds). Values are read as --set reads them; a "
+                        "tuple-valued setting takes each value in brackets, e.g. --grid "
+                        "critics=[bilinear,concat],[separable] (a plain critics=bilinear,concat is two configs of "
+                        "one critic each). --set and the shortcuts apply to every config; a setting may not be "
+                        "given both ways")
     _add_run_options(p, sweep=True)
     p.add_argument("--jobs", type=_positive, default=None, metavar="N",
                    help="local worker processes (default: the cores here divided by --threads, at most one per "
@@ -496,11 +603,15 @@ def build_parser():
                        description="For every experiment among the run directories (runs that differ only in "
                                    "their seed are pooled: mean +- sd), print each finding of the paper, the "
                                    "paper's numbers, the measured numbers and whether its criterion holds; "
-                                   "also write them to findings.json.")
+                                   "also write them as JSON beside the runs: findings.json in the common folder "
+                                   "of the run directories (or --out). An earlier findings.json there is "
+                                   "replaced only if it judged the same runs; otherwise it is kept and the "
+                                   "verdicts go to findings-2.json (-3, ...).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run directories, or directories holding them (a sweep's RUN_NAME folder, an --out dir)")
-    p.add_argument("--out", default="findings.json", metavar="FILE", help="where to write the JSON "
-                   "(default findings.json)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the JSON (default: findings.json beside the runs, see above); an existing "
+                        "FILE must be a findings file of mi-ref, and is replaced")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")
     p.add_argument("--partial", action="store_true",
                    help="judge only the finished seeds, leaving out (and naming) unfinished runs; without it an "

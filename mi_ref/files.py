@@ -90,6 +90,35 @@ def write_bytes(path, data, check=None):
     return Path(path)
 
 
+def copy(source, path, check=None):
+    """Give ``path`` the contents of the file ``source`` atomically (as :func:`write_bytes` would): a hard link
+    of ``source`` where the filesystem allows one (mi-ref never changes a file of this kind in place, every
+    write of it replaces it, so the two names never diverge by a write), else a copy streamed to a temporary
+    file. Returns the path. ``check()``: see :func:`write_bytes`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        os.link(source, tmp)
+    except OSError:
+        _remove(tmp)
+        with replacing(path, check) as f, open(source, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                f.write(block)
+        return path
+    try:
+        faults.point("replace")
+        if check is not None:
+            check()
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
 def write_text(path, text, check=None):
     """Write ``text`` (UTF-8) to ``path`` atomically (``check``: see :func:`write_bytes`)."""
     return write_bytes(path, text.encode("utf-8"), check)

@@ -815,19 +815,93 @@ def _tests_markdown(v):
 
 
 def format_markdown(verdicts):
-    """The same as a Markdown table (README's findings tables are this output)."""
+    """The same as a Markdown table (README's findings tables are this output); a verdict on a config that
+    differs from its preset names the settings changed, as the plain table's header does."""
     lines = ["| finding | paper | measured | effect (SE, threshold) | verdict |", "|---|---|---|---|---|"]
     for v in verdicts:
-        where = f"{v.experiment}, {v.figure}; {v.dataset}, {v.steps} steps, {seeds_text(v.seeds)}"
+        where = f"{v.experiment}, {v.figure}; {v.dataset}, {v.steps} steps, {seeds_text(v.seeds)}" + \
+            (f"; preset {v.preset} with {v.overrides}" if v.overrides else "")
         lines.append(f"| **{where}.** {v.claim} | {v.paper} | {v.measured} | {_tests_markdown(v)} | {v.verdict} |")
     return "\n".join(lines)
 
 
-def write_json(verdicts, path):
-    """findings.json: every verdict with its numbers and tests (atomically)."""
+FINDINGS_FILE = "findings.json"
+
+
+def _judged_runs(path):
+    """The resolved run directories that the findings file ``path`` judged, or None if ``path`` is not a
+    findings file of mi-ref (not JSON, not ``{"findings": [...]}``); an empty set for a findings file of an
+    older version, which did not record its runs."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
+        return None
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, str) for r in runs):
+        return set()
+    return {(Path(path).parent / r).resolve() for r in runs}
+
+
+def output_path(run_dirs, out=None, folder=None):
+    """``(path, note)``: where ``mi-ref findings`` writes the JSON of its verdicts on ``run_dirs``, and what
+    to say about it (None, or a sentence on a file kept or replaced). Nothing silently overwrites a file:
+
+    * ``out`` given: that file. A file that exists there must be a findings file of mi-ref (it is then
+      replaced, and the note says so); anything else, or a directory, is a ``ValueError`` (nothing written).
+    * else ``FOLDER/findings.json``, ``FOLDER`` being ``folder`` or the common folder of the runs' folders
+      (beside the runs judged: a sweep's ``RUN_NAME`` folder, an ``--out`` folder). A findings.json there
+      that judged the same runs is replaced (a new judgement of the same runs); one that judged other runs,
+      or any other file of that name, is kept, and the verdicts go to ``findings-2.json`` (``-3``, ...): the
+      first name that is free or judged the same runs.
+    """
+    import os
+    runs = {Path(d).resolve() for d in run_dirs}
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a directory; give the file to write, e.g. --out {out / FINDINGS_FILE}")
+        if out.exists() or out.is_symlink():
+            judged = _judged_runs(out)
+            if judged is None:
+                raise ValueError(f"--out {out} exists and is not a findings file of mi-ref; choose another path "
+                                 "(nothing was written)")
+            same = "the same runs" if judged == runs else "other runs"
+            return out, f"replaced {out}, which held findings of {same}"
+        return out, None
+    if folder is None:
+        folder = Path(os.path.commonpath([str(Path(d).resolve().parent) for d in run_dirs]))
+        cwd = Path.cwd()
+        if folder == cwd or cwd in folder.parents:
+            folder = folder.relative_to(cwd)
+    folder = Path(folder)
+    kept = []
+    for n in range(1, 10_000):
+        path = folder / (FINDINGS_FILE if n == 1 else f"findings-{n}.json")
+        if not path.exists() and not path.is_symlink():
+            break
+        if path.is_file() and _judged_runs(path) == runs:
+            return path, f"replaced {path}, an earlier judgement of the same runs"
+        kept.append(path.name)
+    else:
+        raise ValueError(f"{folder} holds findings-2.json to findings-9999.json already; give --out")
+    note = (f"{', '.join(kept)} there judge{'s' if len(kept) == 1 else ''} other runs and "
+            f"{'is' if len(kept) == 1 else 'are'} kept") if kept else None
+    return path, note
+
+
+def write_json(verdicts, path, run_dirs=()):
+    """findings.json: every verdict with its numbers and tests, and the run directories judged (relative to
+    the file's folder), written atomically."""
+    import os
+
     from .results import atomic_write_json
-    atomic_write_json(Path(path), {"findings": [v.as_dict() for v in verdicts]})
-    return Path(path)
+    path = Path(path)
+    base = path.resolve().parent
+    runs = [Path(os.path.relpath(Path(d).resolve(), base)).as_posix() for d in run_dirs]
+    atomic_write_json(path, {"findings": [v.as_dict() for v in verdicts], "runs": runs})
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------

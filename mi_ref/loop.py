@@ -10,7 +10,11 @@ One :class:`Loop` per (run, variant). It owns
   ``params/NAME/PATH``, ``adam/NAME/...``, ``extra/NAME`` arrays and a JSON ``__meta__``);
 * resumption: :meth:`Loop.resume` restores all of it and brings ``metrics.jsonl`` in line with the
   checkpoint, or starts the variant afresh; the arrays it returns are owned copies, so the loop may update
-  them in place (:func:`mi_ref.accel.adam_update`).
+  them in place (:func:`mi_ref.accel.adam_update`);
+* the end: :meth:`Loop.finish` keeps the state after the last step (if the run keeps its trained state,
+  :attr:`mi_ref.results.RunDir.keep_state`) as ``final/VARIANT.npz``, in the checkpoints' format, with the
+  training streams where the next step would take them, so that a longer run resumed from it continues
+  exactly as a fresh run of that length (:mod:`mi_ref.extend`), and records the variant finished.
 
 A loop with ``store=None`` runs in memory: nothing is saved and nothing is resumed.
 """
@@ -87,8 +91,10 @@ class Loop:
         ``trees``: ``{name: params tree}`` freshly initialized (the templates of the checkpoint's arrays);
         ``states``: ``{name: Adam state}`` of the trees that have an optimizer. Returns owned copies
         ``(trees, states)``; sets ``resumed``, ``start`` (the step to continue at), ``reevaluate`` (True if
-        the row of step ``start`` must be evaluated again: it was lost; the evaluation streams are then at
-        their positions before that evaluation), ``rows`` (this variant's metric rows kept on disk),
+        the row of step ``start`` must be evaluated again: it was lost, the evaluation streams are then at
+        their positions before that evaluation; or, for a state saved after a step without a row, the final
+        state of a shorter run, it is to be evaluated if the schedule has one there), ``rows`` (this
+        variant's metric rows kept on disk),
         ``extra`` (the arrays saved with ``checkpoint(..., extra=...)``) and ``meta``. (Run
         :meth:`mi_ref.results.RunDir.audit` first: it checks the directory's files agree.)
         """
@@ -119,6 +125,8 @@ class Loop:
                 self.reevaluate = True
                 for name, position in meta.get("before_eval", {}).items():
                     self._restore(name, position)
+            elif not meta.get("evaluated", True):       # no row at this step: the loop evaluates it if it is due
+                self.reevaluate = True
         self._clock = time.perf_counter()
         owned_trees, owned_states = {}, {}
         for name, tree in trees.items():
@@ -169,6 +177,11 @@ class Loop:
         ``evaluated=False`` for a checkpoint whose step has no row."""
         if self.store is None:
             return
+        self.store.save_checkpoint(self.variant, *self._state(step, trees, states, snapshot, extra, before_eval,
+                                                              evaluated, meta))
+
+    def _state(self, step, trees, states, snapshot, extra, before_eval, evaluated, meta):
+        """``(arrays, metadata)`` of a checkpoint or a final state (see :meth:`checkpoint`)."""
         snapshot = snapshot or {}
         arrays = {}
         for name, tree in trees.items():
@@ -183,15 +196,27 @@ class Loop:
             "streams": {n: snapshot.get(n, g.bit_generator.state) for n, g in self.rng.items()
                         if g not in owned_by_iterators},
         }
-        self.store.save_checkpoint(self.variant, arrays, dict(
+        return arrays, dict(
             positions, step=int(step), seconds=self.seconds(), loop=meta, before_eval=before_eval or {},
             evaluated=evaluated, row_steps=[r["step"] for r in self.rows],
-            row_sha256=[rows_sha256([r]) for r in self.rows], arrays=self.store.arrays_path(self.variant).exists()))
+            row_sha256=[rows_sha256([r]) for r in self.rows], arrays=self.store.arrays_path(self.variant).exists())
 
     def update(self, adam, params, grads, state):
         """One Adam step, in place on the loop's own arrays (:func:`mi_ref.accel.adam_update`)."""
         faults.point("update")
         return adam_update(adam, params, grads, state, inplace=True)
+
+    def finish(self, step, trees, states, snapshot=None, extra=None, evaluated=True, **meta):
+        """The variant is finished after its last step ``step``: if the store keeps the trained state
+        (:attr:`mi_ref.results.RunDir.keep_state`), save it as ``final/VARIANT.npz`` first, in the format of
+        :meth:`checkpoint` (its arguments), then record the variant finished (:meth:`done`). ``snapshot``
+        must hold the training streams' positions before anything drawn after the last step (e.g. the batch
+        of an evaluation after it), so that a longer run continues with the batches a fresh run of that
+        length draws; ``evaluated``: whether ``step`` has a row."""
+        if self.store is not None and self.store.keep_state:
+            self.store.save_final(self.variant, *self._state(step, trees, states, snapshot, extra, None,
+                                                             evaluated, meta))
+        self.done()
 
     def done(self):
         """The variant is finished: record it (and drop its checkpoint)."""

@@ -15,7 +15,7 @@ import sys
 from .results import RunDir, RunExistsError
 
 
-def plan_all(names, preset, seeds, overrides_of, out, data_dir=None):
+def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=None):
     """The tasks of every experiment and seed, and ``{experiment: its order of units}``. Every config and
     dataset is checked here, before anything is written."""
     from . import experiments
@@ -32,7 +32,8 @@ def plan_all(names, preset, seeds, overrides_of, out, data_dir=None):
             load(dataset, data_dir if dataset == "mnist" else None)
             loaded.add(dataset)
         units[name] = exp.units(config)
-        tasks += plan(name, preset, seeds, overrides, out, data_dir if dataset == "mnist" else None)
+        tasks += plan(name, preset, seeds, overrides, out, data_dir if dataset == "mnist" else None,
+                      keep_state=keep_state)
     return tasks, units
 
 
@@ -43,19 +44,20 @@ def task_cost(task):
 
 
 def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=None, threads=1, resume=False,
-                 retries=2, progress=True, stream=None, interval=30.0):
+                 retries=2, progress=True, stream=None, interval=30.0, keep_state=None):
     """Run every unit of every experiment and seed on ``jobs`` local worker processes of ``threads`` threads
     (default: one single-threaded worker per core), the costliest tasks first. Returns
     ``{"run_dirs": [...], "timings": {experiment: {"span", "core_seconds", "tasks"}}, "failed": {...}}``.
 
     Without ``resume`` a seed directory that exists already is an error (as for ``mi-ref run``); with it,
-    finished units are kept and started ones continue from their checkpoints.
+    finished units are kept and started ones continue from their checkpoints. ``keep_state``: as for
+    :func:`mi_ref.sweep.sweep`.
     """
     from .checks import positive_int
     from .sweep import (SweepProgress, _Report, _run_local, available_cores, finished, merge, merged)
     stream = stream or sys.stderr
     threads = positive_int(threads, "threads")
-    tasks, units = plan_all(names, preset, seeds, overrides_of, out, data_dir)
+    tasks, units = plan_all(names, preset, seeds, overrides_of, out, data_dir, keep_state)
     for seed_dir in dict.fromkeys(t.run_dir for t in tasks):
         store = RunDir(seed_dir)
         if store.config_path.exists():

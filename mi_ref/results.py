@@ -12,6 +12,9 @@ One directory per (experiment, preset, seed)::
       checkpoints/VARIANT.npz   the state of the variant in progress (params, optimizer state, stream and
                                 data-iterator positions, the steps of its rows so far and their SHA-256);
                                 deleted once the variant is finished
+      final/VARIANT.npz    the state of a finished variant after its last step, in the checkpoints' format,
+                           kept if the run keeps its trained state (:attr:`RunDir.keep_state`): a longer run
+                           continues from it (:mod:`mi_ref.extend`), and its parameters can be probed again
       .lock                held (an OS advisory lock) by the one process writing the directory
 
 Writes. Every file but metrics.jsonl is written to a temporary file in the same directory and moved into
@@ -28,7 +31,9 @@ The invariant, per variant V, that a resumable directory keeps:
   increasing steps, each step once (marking a variant finished also lays the rows out in the experiment's
   order of variants, as a serial run writes them);
 * V is in progress.json: metrics.jsonl holds exactly the rows of V that progress.json recorded (their
-  number and SHA-256), its arrays file is the one it recorded, and V has no checkpoint;
+  number and SHA-256), its arrays file is the one it recorded, and V has no checkpoint; if V kept its final
+  state, progress.json recorded that file's SHA-256 too (the file may be deleted to free the space: the run
+  then can no longer be continued, and nothing else changes);
 * V has a checkpoint at step s (at most the run's last step): its rows with step <= s are exactly those the
   checkpoint recorded (steps and SHA-256; the row of step s among them); rows with step > s are the work of
   an interrupted session and are recomputed on resume, identically;
@@ -37,7 +42,8 @@ The invariant, per variant V, that a resumable directory keeps:
 
 :meth:`RunDir.audit` checks it before a run is resumed. What an interruption can leave (a torn last line,
 rows after the last checkpoint, a leftover temporary file of mi-ref's own writes, a checkpoint of a
-finished variant, the row of a checkpoint's own step, the first row before the first checkpoint) is
+finished variant, the final state of a variant not yet finished, the row of a checkpoint's own step, the
+first row before the first checkpoint) is
 repaired and reported; what only outside damage can cause (a row missing, repeated, edited or of an
 unknown variant, a damaged or deleted file) is an error naming the file and the defect, and nothing is
 changed, unless the run is resumed with ``repair=True``, which recomputes the damaged variants from their
@@ -157,12 +163,15 @@ class RunDir:
     """One run directory (see the module docstring for its layout and invariant). ``units``: the names of
     what the run writes, in the experiment's order (:attr:`mi_ref.experiments.Experiment.units`), if known:
     the files are then kept in that order, and the audit refuses rows of any other variant. ``last_step``:
-    the largest step a checkpoint of the run may hold (its config's ``n_iters``), if known."""
+    the largest step a checkpoint of the run may hold (its config's ``n_iters``), if known. ``keep_state``:
+    whether a variant that finishes keeps its final state in ``final/VARIANT.npz`` (written by
+    :meth:`mi_ref.loop.Loop.finish`); without it a finished variant keeps nothing but its rows and arrays."""
 
-    def __init__(self, path, units=None, last_step=None):
+    def __init__(self, path, units=None, last_step=None, keep_state=False):
         self.path = Path(path)
         self.units = list(units) if units is not None else None
         self.last_step = last_step
+        self.keep_state = bool(keep_state)
         self.repair, self.report = False, None      # set by audit(repair) and by the runner (a notes callable)
         self._lock_fd = None
 
@@ -184,6 +193,10 @@ class RunDir:
 
     def arrays_path(self, variant):
         return self.path / "arrays" / f"{variant}.npz"
+
+    def final_path(self, variant):
+        """Where the finished ``variant`` keeps its final state (if the run keeps it)."""
+        return self.path / "final" / f"{variant}.npz"
 
     # --- the lock
 
@@ -381,7 +394,7 @@ class RunDir:
 
     def _progress(self):
         if not self.progress_path.exists():
-            return {"done": [], "rows": {}, "sha256": {}, "arrays": {}}
+            return {"done": [], "rows": {}, "sha256": {}, "arrays": {}, "final": {}}
         progress = read_json(self.progress_path, dict, "progress file")
         done, counts = progress.get("done", []), progress.get("rows", {})
         if not isinstance(done, list) or not all(isinstance(v, str) for v in done) or not isinstance(counts, dict):
@@ -394,7 +407,7 @@ class RunDir:
         if len(set(done)) != len(done):
             raise DamagedFileError(f"progress file {self.progress_path} lists a finished variant twice: {done}")
         digests = {}
-        for key in ("sha256", "arrays"):             # absent in the progress files of older versions
+        for key in ("sha256", "arrays", "final"):    # absent in the progress files of older versions
             digests[key] = progress.get(key, {})
             if not isinstance(digests[key], dict) or not all(
                     isinstance(d, str) and len(d) == 64 for d in digests[key].values()):
@@ -404,7 +417,8 @@ class RunDir:
 
     def read_progress(self):
         """progress.json as ``{"done": [variant, ...], "rows": {variant: count}, "sha256": {variant: digest of
-        its rows}, "arrays": {variant: digest of its arrays file}}`` (empty if there is none);
+        its rows}, "arrays": {variant: digest of its arrays file}, "final": {variant: digest of its final state}}``
+        (empty if there is none);
         :class:`DamagedFileError` naming the file if it is not one."""
         return self._progress()
 
@@ -412,12 +426,14 @@ class RunDir:
         return self._progress()["done"]
 
     def mark_done(self, variant, order=None):
-        """Record ``variant`` as finished, with its number of rows, the SHA-256 of its rows and of its arrays
-        file (the audit's checks), and drop its checkpoint. ``order`` (a list of variant names, default
+        """Record ``variant`` as finished, with its number of rows, the SHA-256 of its rows, of its arrays
+        file (the audit's checks) and of its final state if it kept one (``final/VARIANT.npz``, written just
+        before), and drop its checkpoint. ``order`` (a list of variant names, default
         :attr:`units`) keeps the done list and the rows in that order whatever order the variants finish in,
         as a serial run writes them (sweeps merge in completion order; --repair recomputes a variant after
         those that follow it)."""
         order = self.units if order is None else order
+        _fault("done")
         self._check_lock()
         progress = self._progress()
         if variant not in progress["done"]:
@@ -434,9 +450,12 @@ class RunDir:
             arrays = {v: d for v, d in progress["arrays"].items() if v != variant}
             if self.arrays_path(variant).exists():
                 arrays[variant] = file_sha256(self.arrays_path(variant))
+            final = {v: d for v, d in progress["final"].items() if v != variant}
+            if self.final_path(variant).exists():
+                final[variant] = file_sha256(self.final_path(variant))
             atomic_write_json(self.progress_path, {"done": done, "rows": dict(progress["rows"], **{variant: len(own)}),
                                                    "sha256": dict(progress["sha256"], **{variant: rows_sha256(own)}),
-                                                   "arrays": arrays}, self._check_lock)
+                                                   "arrays": arrays, "final": final}, self._check_lock)
         ckpt = self.checkpoint_path(variant)
         if ckpt.exists():
             ckpt.unlink()
@@ -448,9 +467,9 @@ class RunDir:
         progress = self._progress()
         if variant in progress["done"]:
             atomic_write_json(self.progress_path, {"done": [v for v in progress["done"] if v != variant]} | {
-                key: {v: x for v, x in progress[key].items() if v != variant} for key in ("rows", "sha256", "arrays")},
-                self._check_lock)
-        for path in (self.checkpoint_path(variant), self.arrays_path(variant)):
+                key: {v: x for v, x in progress[key].items() if v != variant}
+                for key in ("rows", "sha256", "arrays", "final")}, self._check_lock)
+        for path in (self.checkpoint_path(variant), self.arrays_path(variant), self.final_path(variant)):
             if path.exists():
                 path.unlink()
 
@@ -461,18 +480,34 @@ class RunDir:
     def load_checkpoint(self, variant):
         """``(arrays, meta)`` of the variant's checkpoint, or None if it has none (a damaged one raises
         :class:`DamagedFileError`)."""
-        path = self.checkpoint_path(variant)
-        if not path.exists():
-            return None
-        arrays = load_npz(path, f"checkpoint of {variant}")
-        try:
-            meta = array_to_json(arrays.pop("__meta__"))
-        except (KeyError, ValueError) as err:
-            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: no readable metadata ({err})") \
-                from None
-        problem = _meta_problem(meta, self.last_step)
-        if problem:
-            raise DamagedFileError(f"checkpoint of {variant} {path} is damaged: {problem}")
+        return _load_state(self.checkpoint_path(variant), f"checkpoint of {variant}", self.last_step)
+
+    def save_final(self, variant, arrays, meta):
+        """Keep the final state of ``variant`` (in the checkpoints' format; :meth:`mi_ref.loop.Loop.finish`),
+        just before :meth:`mark_done` records its SHA-256."""
+        _fault("final")
+        atomic_savez(self.final_path(variant), dict(arrays, __meta__=json_to_array(meta)), self._check_lock)
+
+    def load_final(self, variant):
+        """``(arrays, meta)`` of the final state the finished ``variant`` kept, checked: it must be the file
+        whose SHA-256 progress.json recorded when the variant finished, its metadata complete, and its step
+        the run's last (:attr:`last_step`, if known). ``FileNotFoundError`` if the variant kept none (the run
+        kept no state, or its file was deleted); :class:`DamagedFileError` naming the file otherwise."""
+        path = self.final_path(variant)
+        progress = self._progress()
+        recorded = progress["final"].get(variant)
+        if variant not in progress["done"] or recorded is None or not path.exists():
+            why = ("it is not finished" if variant not in progress["done"] else
+                   "it kept no final state (the run did not keep its trained state)" if recorded is None else
+                   f"its final state {path} was deleted")
+            raise FileNotFoundError(f"{self.path}: {variant} has no final state to continue from: {why}")
+        if file_sha256(path) != recorded:
+            raise DamagedFileError(f"final state of {variant} {path} differs from the file {variant} finished with "
+                                   "(progress.json recorded its SHA-256)")
+        arrays, meta = _load_state(path, f"final state of {variant}", self.last_step)
+        if self.last_step is not None and meta["step"] != self.last_step:
+            raise DamagedFileError(f"final state of {variant} {path} is damaged: its step {meta['step']} is not the "
+                                   f"run's last step, {self.last_step}")
         return arrays, meta
 
     def unusable_checkpoint(self, variant, err):
@@ -549,6 +584,12 @@ class RunDir:
                 damaged[variant] = why
             elif note:
                 notes.append(note)
+        if (self.path / "final").is_dir():
+            for path in sorted((self.path / "final").glob("*.npz")):
+                if path.stem not in progress["done"] and path.is_file() and not path.is_symlink():
+                    leftovers.append(path)
+                    notes.append(f"removed the final state of {path.stem}, which is not finished (its last session "
+                                 "was interrupted before it was recorded)")
         for variant, lines in by_variant.items():
             if variant in progress["done"] or variant in checkpointed or variant in damaged:
                 continue
@@ -595,7 +636,8 @@ class RunDir:
         mi-ref writes, in the folder it writes that file to."""
         places = [(self.path, lambda target: target in RUN_FILES),
                   (self.path / "checkpoints", lambda target: target.endswith(".npz")),
-                  (self.path / "arrays", lambda target: target.endswith(".npz"))]
+                  (self.path / "arrays", lambda target: target.endswith(".npz")),
+                  (self.path / "final", lambda target: target.endswith(".npz"))]
         found = []
         for folder, ours in places:
             if folder.is_dir() and not folder.is_symlink():
@@ -735,6 +777,22 @@ class RunDir:
             if path.exists():
                 path.unlink()
         return [f"every variant is recomputed from its start ({why})"]
+
+
+def _load_state(path, what, last_step=None):
+    """``(arrays, meta)`` of a checkpoint or a final state (the same format: arrays and a JSON ``__meta__``),
+    or None if ``path`` does not exist; a damaged one raises :class:`DamagedFileError` naming it."""
+    if not path.exists():
+        return None
+    arrays = load_npz(path, what)
+    try:
+        meta = array_to_json(arrays.pop("__meta__"))
+    except (KeyError, ValueError) as err:
+        raise DamagedFileError(f"{what} {path} is damaged: no readable metadata ({err})") from None
+    problem = _meta_problem(meta, last_step)
+    if problem:
+        raise DamagedFileError(f"{what} {path} is damaged: {problem}")
+    return arrays, meta
 
 
 # the keys of a checkpoint's metadata (mi_ref.loop.Loop.checkpoint): the JSON types each must have, and

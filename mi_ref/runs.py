@@ -4,9 +4,11 @@ units its experiment writes) before anything of it is read, so that no figure or
 damaged or edited run directory. (This module sits above :mod:`mi_ref.results` and
 :mod:`mi_ref.experiments`, which need nothing of it.)"""
 
+import os
+
 from .experiments import units_of_run
 from .files import load_npz
-from .results import RunDir, RunDirError
+from .results import RunDir, RunDirError, expand_run_dirs
 
 
 def checked_run(path):
@@ -34,20 +36,40 @@ def load_run(path):
     return {"path": str(run.path), "config": config, "metrics": run.read_metrics(), "arrays": arrays}
 
 
-def load_records(run_dirs):
+def load_records(runs):
     """Every metric row of the runs as flat records, ready for ``pandas.DataFrame(records)`` (pandas is not
     needed): the row's fields (README, "Metrics"), plus ``run`` (the directory), ``experiment``,
     ``preset``, ``seed`` and every setting of the run's config as ``config.NAME`` (tuples as lists). Each
     run is checked first (:func:`checked_run`).
 
+    ``runs`` is what ``mi-ref plot`` takes: one path (a string or a ``pathlib.Path``) or a list of them,
+    each a run directory or a folder holding runs (a run's ``RUN_NAME`` folder of ``seed-S`` directories,
+    or an ``--out`` folder of such folders; :func:`mi_ref.results.expand_run_dirs`). Anything else is a
+    ``TypeError`` saying what is expected (a string is never read character by character).
+
         import pandas as pd
-        df = pd.DataFrame(mi_ref.runs.load_records(glob.glob("runs/critics-*/seed-*")))
+        df = pd.DataFrame(mi_ref.runs.load_records("runs"))
         df[df.step == df.step.max()].groupby(["config.lr", "variant"]).accuracy.agg(["mean", "std"])
     """
     records = []
-    for d in run_dirs:
+    for d in expand_run_dirs(run_paths(runs)):
         run, cfg = checked_run(d)
         fixed = {"run": str(run.path), "experiment": cfg["experiment"], "preset": cfg["preset"], "seed": cfg["seed"]}
         fixed.update({f"config.{k}": v for k, v in cfg["config"].items()})
         records += [dict(fixed, **row) for row in run.read_metrics()]
     return records
+
+
+def run_paths(runs):
+    """``runs`` as a list of paths: one path (``str`` or ``os.PathLike``) becomes a list of one; a list, tuple
+    or other iterable of paths is listed as it is. ``TypeError`` for anything else, or for an item that is
+    not a path."""
+    if isinstance(runs, (str, os.PathLike)):
+        return [runs]
+    if isinstance(runs, bytes) or not hasattr(runs, "__iter__"):
+        raise TypeError(f"expected a run directory, a folder holding runs, or a list of them, got {runs!r}")
+    paths = list(runs)
+    bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise TypeError(f"expected paths of run directories or of folders holding runs, got {bad[0]!r} among them")
+    return paths

@@ -122,6 +122,7 @@ class Task:
     out: str
     data_dir: str = None
     repair: bool = False        # recompute the unit from its start if its task directory is damaged
+    keep_state: bool = None     # keep the unit's final state (None: the preset's default; run_experiment)
 
     def config(self):
         from . import experiments
@@ -155,13 +156,13 @@ class Task:
                 "config": dataclasses.asdict(self.config())}
 
 
-def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False):
+def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False, keep_state=None):
     """Every task of the sweep, seed by seed in the experiment's order of units."""
     from . import experiments
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
     frozen = tuple((k, v) for k, v in overrides.items() if v is not None)
-    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair)
+    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair, keep_state)
             for seed in seeds for unit in exp.units(config)]
 
 
@@ -215,7 +216,7 @@ def run_task(task, threads=1, progress=False):
             try:
                 run_experiment(task.experiment, task.preset, task.seed, task.out, resume=True,
                                data_dir=task.data_dir, progress=progress, repair=task.repair, only=[task.unit],
-                               run_dir=task.dir, **dict(task.overrides))
+                               run_dir=task.dir, keep_state=task.keep_state, **dict(task.overrides))
                 break
             except RunLockedError:
                 if not waited:
@@ -226,8 +227,8 @@ def run_task(task, threads=1, progress=False):
 
 
 def merge(task, units):
-    """Move the finished unit of ``task`` into its seed's run directory (see the module docstring); ``units``
-    is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
+    """Move the finished unit of ``task`` into its seed's run directory (see the module docstring): its rows,
+    its arrays and its final state if it kept one; ``units`` is the experiment's order of units. Returns False, changing nothing, if another process holds the seed
     directory (try again later)."""
     seed_store, task_store = RunDir(task.run_dir, units=units), RunDir(task.dir)
     try:
@@ -242,6 +243,10 @@ def merge(task, units):
                 seed_store.arrays_path(task.unit).parent.mkdir(exist_ok=True)
                 from .files import write_bytes
                 write_bytes(seed_store.arrays_path(task.unit), arrays.read_bytes())
+            final = task_store.final_path(task.unit)
+            if final.exists():                      # before the done mark, which records its SHA-256
+                from .files import copy
+                copy(final, seed_store.final_path(task.unit), seed_store._check_lock)
             kept = [r for r in seed_store.read_metrics() if r["variant"] != task.unit]
             seed_store.rewrite_metrics(serial_order(kept + rows, units))
             seed_store.mark_done(task.unit, order=units)
@@ -496,11 +501,13 @@ def _run_dask(tasks, scheduler, threads, retries, report):
 class _Report:
     """The driver's bookkeeping: progress lines, merges of finished tasks, failures."""
 
-    def __init__(self, progress, units):
+    def __init__(self, progress, units, tag=None):
         """``units``: the experiment's order of units, or a function task -> that order (tasks of several
-        experiments, as ``mi-ref reproduce`` runs them)."""
+        experiments, as ``mi-ref reproduce`` runs them); ``tag(task)``: what names the task's config in the
+        progress lines (a grid's values), if anything."""
         self.progress = progress
         self.units_of = units if callable(units) else (lambda task: units)
+        self.tag = tag or (lambda task: "")
         self.unmerged, self.failures, self.started_at, self.ended_at, self.damaged = [], {}, {}, {}, set()
 
     def started(self, task):
@@ -512,14 +519,14 @@ class _Report:
         self.progress.done.append(task)
         self.ended_at[task] = time.monotonic()
         took = self.ended_at[task] - self.started_at.get(task, self.ended_at[task])
-        self.progress.say(f"seed {task.seed} {task.unit} done ({duration(took)})")
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit} done ({duration(took)})")
         if not merge(task, self.units_of(task)):
             self.unmerged.append(task)
 
     def retry(self, task, why, attempt, attempts):
         self.progress.running.discard(task)
         self.progress.retried += 1
-        self.progress.say(f"seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit}: {why}; running it again from its last checkpoint (attempt {attempt} of "
                           f"{attempts})")
 
     def failed(self, task, why, damaged=False):
@@ -528,7 +535,7 @@ class _Report:
         self.failures[task] = why
         if damaged:
             self.damaged.add(task.key)
-        self.progress.say(f"seed {task.seed} {task.unit} FAILED: {why}")
+        self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit} FAILED: {why}")
 
     def tick(self):
         for task in list(self.unmerged):
@@ -538,7 +545,7 @@ class _Report:
 
 
 def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, jobs=None, threads=1,
-          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False):
+          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None):
     """Run ``seeds`` of ``experiment`` (see the module docstring): every (seed, unit) not finished yet is a
     task, run by ``jobs`` local processes with ``threads`` BLAS threads each (default: as many as the cores
     allow, at most one per task), or on the Dask cluster ``scheduler``. Returns ``{"run_dirs", "failed",
@@ -550,54 +557,96 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
     Every setting and ``OUT`` itself (a file is written there and removed) are checked before any task runs.
     The seed directories are audited as a resumed run's; with ``repair`` the damaged units of seed and task
     directories are recomputed from their start (:meth:`mi_ref.results.RunDir.audit`). SIGTERM stops the
-    sweep and its workers (:class:`Terminated`); the same command continues it."""
+    sweep and its workers (:class:`Terminated`); the same command continues it. ``keep_state``: whether each
+    unit keeps its final state (``final/UNIT.npz``, merged into the seed's directory with its rows; None: the
+    preset's default, :meth:`mi_ref.experiments.Experiment.keeps_state`)."""
+    result = sweep_grid(experiment, preset, seeds, [dict(overrides or {})], out, data_dir, jobs, threads, scheduler,
+                        retries, progress, stream, interval, repair, keep_state)
+    (one,) = result["configs"]
+    return {"run_dirs": one["run_dirs"], "failed": result["failed"], "damaged": result["damaged"],
+            "summaries": one["summaries"]}
+
+
+def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jobs=None, threads=1,
+               scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None):
+    """:func:`sweep` over several configs at once: ``configs`` is a list of overrides of the preset (one per
+    config, e.g. the product of ``mi-ref sweep --grid`` values), each config its own ``RUN_NAME`` with its
+    own ``sweep.json``, and the tasks of all of them share one pool of workers. Every config is checked
+    before any task runs; two that are the same config are an error. Returns ``{"configs": [{"overrides",
+    "run_name", "run_dirs", "failed", "summaries"}, ...], "failed", "damaged"}`` (see :func:`sweep`)."""
     from . import experiments
     from .checks import positive_int
     from .data import DATA_ENV, load
-    overrides = dict(overrides or {})
     exp = experiments.get(experiment)
-    config = exp.config(preset, **overrides)                 # unknown settings fail here
+    configs = [dict(c or {}) for c in configs]
+    if not configs:
+        raise ValueError("no configs given")
+    built = [exp.config(preset, **c) for c in configs]        # unknown settings fail here
+    names = [experiments.run_name(experiment, preset, c) for c in built]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            j = names.index(name)
+            raise ValueError(f"the configs {configs[j]} and {configs[i]} are the same config ({name}); give each value "
+                             "once")
     seeds = [positive_int(s, "seed", minimum=0) for s in seeds]
     if not seeds:
         raise ValueError("no seeds given")
     threads = positive_int(threads, "threads")
     retries = positive_int(retries, "retries", minimum=0)
-    dataset = None
-    if hasattr(config, "dataset"):
-        if config.dataset == "mnist":
-            data_dir = data_dir or os.environ.get(DATA_ENV)
-            if data_dir is not None:
-                data_dir = str(Path(data_dir).resolve())
-        dataset = load(config.dataset, data_dir)             # fails before anything runs
-    elif data_dir is not None:
-        raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
-    if exp.check_data is not None:
-        exp.check_data(config, dataset)                      # so do sizes that do not fit the data
+    varying = [k for k in dict.fromkeys(k for c in configs for k in c)
+               if len({json.dumps(c.get(k), default=list) for c in configs}) > 1]
+    if any(getattr(c, "dataset", None) == "mnist" for c in built):
+        data_dir = data_dir or os.environ.get(DATA_ENV)
+        if data_dir is not None:
+            data_dir = str(Path(data_dir).resolve())
+    loaded = {}
+    for overrides, config in zip(configs, built):
+        dataset = None
+        if hasattr(config, "dataset"):
+            if config.dataset not in loaded:
+                loaded[config.dataset] = load(config.dataset, data_dir)      # fails before anything runs
+            dataset = loaded[config.dataset]
+        elif data_dir is not None:
+            raise ValueError(f"{experiment} uses synthetic data and reads no --data-dir (drop it)")
+        try:
+            if exp.check_data is not None:
+                exp.check_data(config, dataset)              # so do sizes that do not fit the data
+        except ValueError as err:
+            if len(configs) == 1:
+                raise
+            label = ", ".join(f"{k}={experiments.describe_value(overrides.get(k))}" for k in varying)
+            raise ValueError(f"the grid's config {label}: {err}") from None
     if scheduler is None:              # the local workers' threads fit the cores (the default jobs: see below)
         least = 1 if jobs is None else positive_int(jobs, "jobs")
         if least * threads > available_cores():
             raise ValueError(f"--jobs {least} x --threads {threads} = {least * threads} threads exceed the "
                              f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
-    all_tasks = plan(experiment, preset, seeds, overrides, out, data_dir, repair)
-    units = exp.units(config)
-    _check_writable(all_tasks[0].run_dir.parent)
+    plans = [plan(experiment, preset, seeds, c, out, data_dir, repair, keep_state) for c in configs]
+    units_of = {name: exp.units(config) for name, config in zip(names, built)}
+    steps_of_config = {name: getattr(config, "n_iters", 0) for name, config in zip(names, built)}
+    all_tasks = [t for tasks in plans for t in tasks]
+    for tasks in plans:
+        _check_writable(tasks[0].run_dir.parent)
     # the seed directories: audited like a resumed run (interruption leftovers repaired, damage an error);
     # the rows of a unit whose merge was interrupted are the merge's to write again
-    for seed in seeds:
-        store = RunDir(all_tasks[0].run_dir.parent / f"seed-{seed}", units=units)
-        if store.config_path.exists():
-            store.prepare(all_tasks[0].header() | {"seed": seed}, resume=True)
-            merging = [t.unit for t in all_tasks if t.seed == seed and finished(t)]
-            try:
-                for note in store.audit(repair, merging=merging):
-                    print(f"{store.path}: {note}", file=sys.stderr)
-            finally:
-                store.unlock()
-    steps = getattr(config, "n_iters", 0)
-    steps_of = lambda t: 0 if t.unit == "baseline" else steps  # noqa: E731
-    label = f"sweep {all_tasks[0].run_name}"
+    for name, tasks in zip(names, plans):
+        for seed in seeds:
+            store = RunDir(tasks[0].run_dir.parent / f"seed-{seed}", units=units_of[name])
+            if store.config_path.exists():
+                store.prepare(tasks[0].header() | {"seed": seed}, resume=True)
+                merging = [t.unit for t in tasks if t.seed == seed and finished(t)]
+                try:
+                    for note in store.audit(repair, merging=merging):
+                        print(f"{store.path}: {note}", file=sys.stderr)
+                finally:
+                    store.unlock()
+    name_of = {t: name for name, tasks in zip(names, plans) for t in tasks}
+    steps_of = lambda t: 0 if t.unit == "baseline" else steps_of_config[name_of[t]]  # noqa: E731
+    label = f"sweep {names[0]}" if len(names) == 1 else f"sweep {experiment}-{preset}, {len(names)} configs"
     bar = SweepProgress(label, all_tasks, steps_of, enabled=progress, stream=stream, interval=interval)
-    report = _Report(bar, units)
+    tags = {name: ", ".join(f"{k}={experiments.describe_value(c.get(k, getattr(b, k, None)))}" for k in varying) + ": "
+            for name, c, b in zip(names, configs, built)} if len(names) > 1 else {}
+    report = _Report(bar, lambda task: units_of[name_of[task]], lambda task: tags.get(name_of[task], ""))
     todo = []
     for task in all_tasks:
         if merged(task):
@@ -606,7 +655,7 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         elif finished(task):                     # finished by an interrupted sweep, not merged yet
             bar.done.append(task)
             bar.skipped += 1
-            if not merge(task, units):
+            if not merge(task, units_of[name_of[task]]):
                 report.unmerged.append(task)
         else:
             todo.append(task)
@@ -616,8 +665,11 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         where = f"{jobs} local worker process{'es' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
     else:
         where = f"the Dask cluster {scheduler if isinstance(scheduler, str) else 'of the given client'}"
-    bar.say(f"{len(all_tasks)} tasks ({len(seeds)} seed(s) x {len(units)} units): {bar.skipped} finished before, "
-            f"{len(todo)} to run on {where}; output in {all_tasks[0].run_dir.parent}")
+    shape = f"{len(seeds)} seed(s) x {len(units_of[names[0]])} units" if len(names) == 1 else \
+        f"{len(names)} configs x {len(seeds)} seed(s) x their units"
+    output = plans[0][0].run_dir.parent if len(names) == 1 else Path(out)
+    bar.say(f"{len(all_tasks)} tasks ({shape}): {bar.skipped} finished before, {len(todo)} to run on {where}; "
+            f"output in {output}")
     if todo:
         bar.tick(force=True)
         with _terminated_by_sigterm():
@@ -629,25 +681,30 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
         bar.say(f"waiting for {task.run_dir} (held by another process) to merge {task.unit}")
         RunDir(task.run_dir).lock(wait=True)
         RunDir(task.run_dir).unlock()
-        if merge(task, units):
+        if merge(task, units_of[name_of[task]]):
             report.unmerged.remove(task)
     if todo:
         bar.tick(force=True)
-    tasks_dir = all_tasks[0].run_dir.parent / TASKS_DIR
-    for empty in sorted(tasks_dir.glob("seed-*")) + [tasks_dir]:     # what merges emptied
-        try:
-            empty.rmdir()
-        except OSError:
-            pass
-    run_dirs = sorted({t.run_dir for t in all_tasks}, key=lambda p: int(p.name.split("-")[1]))
-    complete = [d for d in run_dirs if all(merged(t) for t in all_tasks if t.run_dir == d)]
-    summaries = [write_summary(d) for d in complete]
-    failed = {t.key: why for t, why in report.failures.items()}
-    record = {"experiment": experiment, "preset": preset, "seeds": seeds, "overrides": overrides,
-              "units": units, "complete_seeds": [int(d.name.split("-")[1]) for d in complete],
-              "failed": failed, "summary": summary_over_seeds(summaries)}
-    atomic_write_json(run_dirs[0].parent / "sweep.json", json.loads(json.dumps(record, default=list)))
-    return {"run_dirs": run_dirs, "failed": failed, "damaged": sorted(report.damaged), "summaries": summaries}
+    results = []
+    for name, overrides, tasks in zip(names, configs, plans):
+        tasks_dir = tasks[0].run_dir.parent / TASKS_DIR
+        for empty in sorted(tasks_dir.glob("seed-*")) + [tasks_dir]:     # what merges emptied
+            try:
+                empty.rmdir()
+            except OSError:
+                pass
+        run_dirs = sorted({t.run_dir for t in tasks}, key=lambda p: int(p.name.split("-")[1]))
+        complete = [d for d in run_dirs if all(merged(t) for t in tasks if t.run_dir == d)]
+        summaries = [write_summary(d) for d in complete]
+        failed = {t.key: why for t, why in report.failures.items() if name_of[t] == name}
+        record = {"experiment": experiment, "preset": preset, "seeds": seeds, "overrides": overrides,
+                  "units": units_of[name], "complete_seeds": [int(d.name.split("-")[1]) for d in complete],
+                  "failed": failed, "summary": summary_over_seeds(summaries)}
+        atomic_write_json(run_dirs[0].parent / "sweep.json", json.loads(json.dumps(record, default=list)))
+        results.append({"overrides": overrides, "run_name": name, "run_dirs": run_dirs, "failed": failed,
+                        "summaries": summaries})
+    return {"configs": results, "failed": {t.key: why for t, why in report.failures.items()},
+            "damaged": sorted(report.damaged)}
 
 
 def _check_writable(folder):
@@ -685,3 +742,70 @@ def format_sweep(result):
         lines.append(f"FAILED {key}: {why}")
     return "\n".join(lines)
 
+
+
+GRID_FIELDS = ("bound", "bound_test", "bound_smoothed", "true_mi", "accuracy", "vs_pixels")
+
+
+def compare_configs(result, keys):
+    """One record per (variant, config) of a grid sweep's result (:func:`sweep_grid`), variant by variant so
+    that a variant's configs are adjacent: ``{"variant", "config": {key: value} for the grid's ``keys``,
+    "run_name", "seeds": the complete seeds, FIELD: {"mean", "sd", "n"}}`` over the complete seeds of the
+    config (:func:`summary_over_seeds`; sd the sample sd, ddof = 1, :func:`mi_ref.stats.sample_sd`)."""
+    records = []
+    variants = []
+    for c in result["configs"]:
+        for v in summary_over_seeds(c["summaries"]):
+            if v not in variants:
+                variants.append(v)
+    for v in variants:
+        for c in result["configs"]:
+            stats = summary_over_seeds(c["summaries"]).get(v)
+            if stats is None:
+                continue
+            seeds = [int(Path(s["run"]).name.split("-")[1]) for s in c["summaries"]]
+            records.append({"variant": v, "config": {k: c["overrides"].get(k) for k in keys},
+                            "run_name": c["run_name"], "seeds": seeds,
+                            **{f: stats[f] for f in GRID_FIELDS if f in stats}})
+    return records
+
+
+def format_grid(result, keys):
+    """The table that ends a grid sweep: the last evaluation of every variant of every config, mean ± sd
+    over its complete seeds (the sample sd), one column per grid setting; then the configs without a
+    complete seed and the failures, if any."""
+    from .experiments import describe_value
+    records = compare_configs(result, keys)
+    fields = [f for f in GRID_FIELDS if any(f in r for r in records)]
+    header = ["variant"] + list(keys) + ["seeds"] + fields
+    lines = []
+    for r in records:
+        cells = [r["variant"]] + [describe_value(r["config"][k]) for k in keys] + [str(len(r["seeds"]))]
+        for f in fields:
+            if f not in r:
+                cells.append("-")
+            elif r[f]["n"] == 1:
+                cells.append(f"{r[f]['mean']:+.4f}" if f == "vs_pixels" else f"{r[f]['mean']:.4f}")
+            else:
+                cells.append(f"{r[f]['mean']:.4f} ± {r[f]['sd']:.4f}")
+        lines.append(cells)
+    seeds = sorted({s for r in records for s in r["seeds"]})
+    title = (f"{len(result['configs'])} configs compared: the last evaluation of each variant, mean ± sd over the "
+             f"complete seeds (sd: the sample sd, ddof = 1; seeds {', '.join(map(str, seeds))})")
+    if not records:
+        out = [title, "no config has a complete seed yet"]
+    else:
+        widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
+        out = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+        previous = None
+        for row in lines:
+            if previous is not None and row[0] != previous:
+                out.append("")
+            out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            previous = row[0]
+    for c in result["configs"]:
+        if not c["summaries"]:
+            out.append(f"{c['run_name']}: no complete seed yet")
+    for key, why in result["failed"].items():
+        out.append(f"FAILED {key}: {why}")
+    return "\n".join(out)

@@ -128,6 +128,29 @@ class MIConfig:
     def eval_every(self):
         return self.n_iters // self.n_evals
 
+    # the settings of a run's length and evaluation schedule: a longer run may change them and continue from
+    # a shorter one's final state (mi_ref.extend)
+    LENGTH = ("n_iters", "n_evals", "eval_final")
+
+    def row_steps(self):
+        """The steps of a variant's rows, in order: ``k * (n_iters // n_evals)`` for k < n_evals (before that
+        step's update), and ``n_iters`` with ``eval_final``."""
+        return [k * self.eval_every for k in range(self.n_evals)] + ([self.n_iters] if self.eval_final else [])
+
+    def keeping_interval(self, shorter):
+        """The settings that give this (longer) config the evaluation interval of the config ``shorter``:
+        ``{"n_evals": k}`` with ``n_iters // k`` equal to ``shorter``'s interval, or ``{}`` if this config has
+        that interval already or none gives it (``n_iters // n_evals`` takes only some values)."""
+        every = shorter.eval_every
+        k = self.n_iters // every
+        if k < 1 or self.n_iters // k != every or k == self.n_evals:
+            return {}
+        return {"n_evals": k}
+
+    def continued_row(self, row):
+        """The row of a shorter run at ``row["step"]`` as a run of this config holds it (the same here)."""
+        return row
+
 
 def encode(apply, params, x, chunk=4096):
     """apply(params, x) in chunks of rows (bounded memory for 60000 MNIST images)."""
@@ -250,7 +273,9 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
     every = config.eval_every
     progress = progress or Silent([config.n_iters])
     progress.variant(variant, variant_index, loop.start)
-    loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.reevaluate else (0.0, 0)
+    # the training loss since the last evaluation, as the checkpoint saved it (its evaluation resets it when
+    # it is due at the step resumed; a final state after a step without a row carries it on)
+    loss_sum, loss_count = loop.meta.get("train_loss", [0.0, 0]) if loop.resumed else (0.0, 0)
 
     def evaluate(step, x1, snapshot):
         """One evaluation of the current params (see the module docstring); stored with a checkpoint that
@@ -305,7 +330,10 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
         loss_sum, loss_count = loss_sum + float(loss), loss_count + 1
         params, state = loop.update(optimizer, params, grads, state)
         progress.step()
-    if config.eval_final:          # the trained model itself (the Jacobian on one more training batch)
-        evaluate(config.n_iters, batch()[0], None)
-    loop.done()
+    snapshot = loop.snapshot("data", "noise")         # where step n_iters of a longer run takes its batch
+    if config.eval_final:
+        evaluate(config.n_iters, batch()[0], None)    # the trained model itself (the Jacobian on that batch)
+        loss_sum, loss_count = 0.0, 0                 # the next row's training loss starts after this one
+    loop.finish(config.n_iters, {"model": params}, {"model": state}, snapshot,
+                evaluated=config.eval_final, train_loss=[loss_sum, loss_count])
     return rows

@@ -105,7 +105,8 @@ def test_parallel_reproduce_equals_the_serial_single_threaded_one(tmp_path, caps
         assert RunDir(a).done_variants() == RunDir(b).done_variants()
     code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par")], capsys)
     assert code == 2 and "already holds a run" in err
-    code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par"), "--resume"], capsys)
+    code, _, err = run(common + ["--jobs", "2", "--out", str(tmp_path / "par"), "--resume", "--figures",
+                                 str(tmp_path / "f3")], capsys)
     assert code == 0
 
 
@@ -170,7 +171,8 @@ def test_plot_refuses_to_average_different_configs_unless_separate(tmp_path, cap
     code, _, err = run(["plot", *dirs, "--out", str(tmp_path / "f")], capsys)
     assert code == 2 and "2 different configs (they differ in ['lr'])" in err and "--separate" in err
     code, out, _ = run(["plot", *dirs, "--out", str(tmp_path / "f"), "--separate", "--format", "svg"], capsys)
-    assert code == 0 and (tmp_path / "f" / "conditioning-comparison.svg").stat().st_size > 10_000
+    (figure,) = (tmp_path / "f").glob("conditioning-quick-compared-lr-*.svg")
+    assert code == 0 and out == f"wrote {figure}\n" and figure.stat().st_size > 10_000
 
 
 def test_the_summary_is_the_last_rows_of_the_metrics(tmp_path, capsys):
@@ -266,3 +268,10 @@ def test_findings_to_a_directory_names_the_directory(tmp_path, capsys):
     code, out, err = run(["findings", str(tmp_path / "r"), "--out", str(tmp_path / "dir")], capsys)
     assert code == 2 and f"--out {tmp_path / 'dir'} is a directory" in err and ".tmp" not in err, err
     assert out == "" and list((tmp_path / "dir").iterdir()) == []
+
+
+def test_a_repeated_set_is_exit_2_and_writes_nothing(tmp_path, capsys):
+    code, out, err = run(["run", "critics", "--out", str(tmp_path / "o"), "--set", "lr=1e-3", "--set", "lr=3e-4"]
+                         + TINY, capsys)
+    assert code == 2 and "--set lr is given twice" in err and "Traceback" not in err and out == ""
+    assert not (tmp_path / "o").exists()

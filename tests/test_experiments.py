@@ -178,11 +178,13 @@ def test_tiny_run_section_4(tmp_path, name):
     assert figures[0].stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("at", [5, 15, 61])
-def test_sampling_resume_is_identical(tmp_path, monkeypatch, at):
+@pytest.mark.parametrize("point,at", [("update", 5), ("update", 15), ("update", 61), ("done", 1), ("done", 3)])
+def test_sampling_resume_is_identical(tmp_path, monkeypatch, point, at):
+    """Also stopped after a variant's last row, before it is recorded finished (was: its last row was
+    checkpointed, and the resumed run wrote that row a second time)."""
     ref = experiments.run_experiment("sampling", "quick", 2, tmp_path / "ref", progress=False, **TINY["sampling"])
     with monkeypatch.context() as m:
-        Interrupt(m, at)
+        Interrupt(m, at, point)
         with pytest.raises(KeyboardInterrupt):
             experiments.run_experiment("sampling", "quick", 2, tmp_path / "cut", progress=False,
                                        **TINY["sampling"])
@@ -356,3 +358,53 @@ def test_the_committed_runs_keep_their_names():
     for run in expand_run_dirs([Path(__file__).resolve().parents[1] / "figures" / "runs"]):
         config = json.loads((run / "config.json").read_text())
         assert experiments.run_name(config["experiment"], config["preset"], config["config"]) == run.parent.name
+
+
+def test_a_setting_given_twice_is_an_error_naming_both_values():
+    """Was: --set lr=1e-3 --set lr=3e-4 silently kept the last value."""
+    critics = experiments.get("critics")
+    with pytest.raises(ValueError, match=r"--set lr is given twice \('lr=1e-3' and 'lr=3e-4'\); give each setting "
+                                         r"once .*--grid lr=V1,V2"):
+        experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5", " lr = 3e-4"])
+    assert experiments.parse_sets(critics, "quick", ["lr=1e-3", "n_iters=5"]) == {"lr": 1e-3, "n_iters": 5}
+
+
+def test_finished_variants_keep_their_state_except_the_papers_flows(tmp_path, capsys):
+    """The final state is 24 bytes per parameter: kept by default, except by the paper presets of the 30-block
+    flows (invertible: 672 MB per variant; adversarial: 407 MB), where it is asked for with --keep-state;
+    the option's help states the sizes."""
+    keeps = {name: [experiments.get(name).keeps_state(p) for p in ("quick", "paper")] for name in experiments.names()}
+    assert keeps.pop("invertible") == keeps.pop("adversarial") == [True, False]
+    assert all(v == [True, True] for v in keeps.values())
+    path = experiments.run_experiment("invertible", "quick", 0, tmp_path, progress=False, **TINY["invertible"])
+    assert sorted(p.name for p in (path / "final").iterdir()) == ["infonce.npz", "nwj.npz"]
+    arrays, meta = RunDir(path, last_step=12).load_final("nwj")
+    assert meta["step"] == 12 and meta["evaluated"] is False and meta["row_steps"] == [0, 4, 8]
+    n = sum(v.size for k, v in arrays.items() if k.startswith("params/"))
+    assert sum(v.size for k, v in arrays.items() if k.startswith("adam/")) == 2 * n + 1     # m, v and the step
+    from mi_ref import cli
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "672 MB per variant" in text and "407 MB per seed" in text and "--no-keep-state" in text
+
+
+def test_grid_values_split_at_commas_outside_brackets_and_combine_with_the_common_settings():
+    critics = experiments.get("critics")
+    grid = experiments.parse_grid(critics, "quick", ["lr=1e-3, 3e-4", "critics=[bilinear,concat],[concat]",
+                                                     "concat_hidden=16,[8,8]"])
+    assert grid == [("lr", [1e-3, 3e-4]), ("critics", [("bilinear", "concat"), ("concat",)]),
+                    ("concat_hidden", [(16,), (8, 8)])]
+    assert experiments.parse_grid(critics, "quick", ["critics=bilinear,concat"]) == \
+        [("critics", [("bilinear",), ("concat",)])]                       # plain values: one item each
+    nested = experiments.parse_grid(experiments.get("sampling"), "quick", ["sigma_z=[[1,0.5],[0.5,1]],[[1,0],[0,1]]"])
+    assert nested == [("sigma_z", [((1, 0.5), (0.5, 1)), ((1, 0), (0, 1))])]
+    configs = experiments.grid_configs({"n_iters": 5}, grid[:2])
+    assert configs == [{"n_iters": 5, "lr": lr, "critics": c} for lr in (1e-3, 3e-4)
+                       for c in (("bilinear", "concat"), ("concat",))]
+    with pytest.raises(ValueError, match="lr is set for every config and by --grid lr"):
+        experiments.grid_configs({"lr": 1e-2}, grid)
+    for bad, message in ((["lr="], "expects KEY=V1,V2"), (["lr=1e-3,,2e-3"], "an empty value"),
+                         (["critics=[bilinear"], "unbalanced brackets"), (["lr=1,1.0"], "gives the value 1 twice")):
+        with pytest.raises(ValueError, match=message):
+            experiments.parse_grid(critics, "quick", bad)

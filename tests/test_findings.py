@@ -363,3 +363,55 @@ def test_the_quick_scale_notes_name_real_findings_and_show_only_beside_a_quick_f
     for key, note in findings.QUICK_SCALE_NOTES.items():
         assert findings.quick_scale_note(key, "quick", "does not hold") == note
         assert findings.quick_scale_note(key, "quick", "holds") is None
+
+
+def test_findings_write_beside_the_runs_and_never_silently_over_another_judgement(tmp_path, capsys, monkeypatch):
+    """Was: `mi-ref findings` wrote ./findings.json wherever it was started, and overwrote an earlier one."""
+    monkeypatch.chdir(tmp_path)
+    rows = curve("adversarial", {"accuracy": 0.82, "mean_log_det": -1.0}, {"accuracy": 0.5, "mean_log_det": -2.0})
+    sweep = tmp_path / "runs" / "adversarial-quick"
+    a = [make_run(sweep / f"seed-{s}", "adversarial", rows, seed=s) for s in (0, 1)]
+    b = make_run(tmp_path / "runs" / "adversarial-quick-lr" / "seed-0", "adversarial", rows,
+                 config={"encoder_lr": 1e-3})
+    (tmp_path / "findings.json").write_text("mine\n")
+    assert cli.main(["findings", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    first = sweep / "findings.json"
+    assert f"wrote {first.relative_to(tmp_path)}\n" in out and (tmp_path / "findings.json").read_text() == "mine\n"
+    data = json.loads(first.read_text())
+    assert data["runs"] == ["seed-0", "seed-1"] and data["findings"][0]["seeds"] == [0, 1]
+    # the same runs again: the earlier judgement is replaced, and the line says so
+    assert cli.main(["findings", str(a[1]), str(a[0])]) == 0
+    assert "(replaced runs/adversarial-quick/findings.json, an earlier judgement of the same runs)" in \
+        capsys.readouterr().out
+    data = json.loads(first.read_text())
+    assert data["runs"] == ["seed-1", "seed-0"]
+    # other runs whose common folder is the same: the earlier file is kept
+    assert cli.main(["findings", str(a[0])]) == 0
+    assert "wrote runs/adversarial-quick/findings-2.json (findings.json there judges other runs and is kept)" in \
+        capsys.readouterr().out
+    assert json.loads(first.read_text()) == data
+    # two configs: beside both, in their common folder; each header names its changed settings
+    assert cli.main(["findings", str(sweep), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote runs/findings.json" in out and (tmp_path / "runs" / "findings.json").is_file()
+    headers = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(headers) == 2 and headers[0] != headers[1] and "with encoder_lr=0.001" in headers[1]
+    assert cli.main(["findings", str(sweep), str(b), "--markdown", "--out", "x.json"]) == 0
+    assert "with encoder_lr=0.001" in capsys.readouterr().out
+
+
+def test_an_explicit_out_replaces_only_a_findings_file(tmp_path, capsys):
+    rows = curve("adversarial", {"accuracy": 0.82, "mean_log_det": -1.0}, {"accuracy": 0.5, "mean_log_det": -2.0})
+    path = make_run(tmp_path / "adv", "adversarial", rows)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    assert cli.main(["findings", str(path), "--out", str(notes)]) == 2
+    out, err = capsys.readouterr()
+    assert f"--out {notes} exists and is not a findings file of mi-ref" in err and out == ""
+    assert notes.read_text() == '{"mine": 1}\n'
+    target = tmp_path / "f.json"
+    assert cli.main(["findings", str(path), "--out", str(target)]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote {target}\n")
+    assert cli.main(["findings", str(path), "--out", str(target)]) == 0
+    assert f"wrote {target} (replaced {target}, which held findings of the same runs)" in capsys.readouterr().out

@@ -85,3 +85,26 @@ def test_a_pickled_array_is_named_as_such(tmp_path):
     with pytest.raises(ValueError, match="not an .npz archive") as err:
         results.load_npz(tmp_path / "plain.pkl", "results file")
     assert "pickle" not in str(err.value).split("is damaged")[1]        # nothing that invites unpickling it
+
+
+def test_a_final_state_is_kept_only_when_asked_and_pinned_by_progress(tmp_path):
+    meta = {"step": 5, "seconds": 1.0, "iterators": {}, "streams": {}, "row_steps": [0, 5], "evaluated": True}
+    run = results.RunDir(tmp_path, last_step=5, keep_state=True)
+    run.save_final("v", {"params/W": np.eye(2)}, meta)
+    run.mark_done("v")
+    progress = run.read_progress()
+    assert progress["final"] == {"v": results.file_sha256(run.final_path("v"))}
+    arrays, back = run.load_final("v")
+    np.testing.assert_array_equal(arrays["params/W"], np.eye(2))
+    assert back == meta
+    results.atomic_savez(run.final_path("v"), {"params/W": np.eye(2) * 2, "__meta__": results.json_to_array(meta)})
+    with pytest.raises(ValueError, match="differs from the file v finished with"):
+        run.load_final("v")
+    run.final_path("v").unlink()                     # deleting it frees the space; the run stays readable
+    with pytest.raises(FileNotFoundError, match="its final state .* was deleted"):
+        run.load_final("v")
+    run.verify()
+    other = results.RunDir(tmp_path / "other")
+    other.mark_done("w")
+    with pytest.raises(FileNotFoundError, match="it kept no final state"):
+        other.load_final("w")

@@ -70,7 +70,8 @@ KILLER = textwrap.dedent("""
 # (fault point, occurrence): the middle of a metrics append (a torn line), just before one, a checkpoint
 # write and an arrays write killed between their temporary file and the rename, an optimizer step
 KILLS = [("metrics-torn", 1), ("metrics-torn", 3), ("metrics-torn", 5), ("metrics", 2), ("checkpoint", 1),
-         ("checkpoint", 4), ("replace", 2), ("replace", 7), ("arrays", 3), ("update", 5), ("update", 20)]
+         ("checkpoint", 4), ("replace", 2), ("replace", 7), ("arrays", 3), ("update", 5), ("update", 20),
+         ("final", 1), ("done", 2), ("done", 3)]
 
 
 @pytest.mark.parametrize("point,at", KILLS)
@@ -84,6 +85,34 @@ def test_a_kill_at_any_write_resumes_to_the_uninterrupted_metrics(tmp_path, refe
     assert rows_without_time(path) == reference[1]
     np.testing.assert_array_equal(RunDir(path).load_arrays("nwj")["singular_values"], reference[2])
     assert not list(Path(path).rglob(".*.tmp"))
+    for variant in ("infonce", "nwj"):          # the final states kept are those of the uninterrupted run
+        kept, want = RunDir(path).load_final(variant)[0], RunDir(reference[0]).load_final(variant)[0]
+        assert kept.keys() == want.keys() and all(np.array_equal(kept[k], want[k]) for k in kept)
+
+
+def test_the_final_state_of_an_unfinished_variant_is_a_leftover(tmp_path, reference, monkeypatch):
+    """A session stopped after a variant's final state was written but before the variant was recorded
+    finished leaves that file: resuming removes it, says so, and recomputes the variant's last part."""
+    from mi_ref import faults
+    seen = [0]
+
+    def hook(name):
+        if name == "done":
+            seen[0] += 1
+            if seen[0] == 3:                  # baseline, infonce, then nwj: its final state is on disk
+                raise KeyboardInterrupt
+    monkeypatch.setattr(faults, "HOOK", hook)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path)
+    monkeypatch.setattr(faults, "HOOK", None)
+    run_dir = RunDir(run_path(tmp_path))
+    assert run_dir.final_path("nwj").exists() and "nwj" not in run_dir.done_variants()
+    notes = []
+    experiments.run_experiment("conditioning", "quick", 0, tmp_path, resume=True, progress=False, report=notes.append,
+                               **TINY)
+    assert any("removed the final state of nwj, which is not finished" in n for n in notes), notes
+    assert rows_without_time(run_dir.path) == reference[1] and "nwj" in run_dir.done_variants()
+    assert run_dir.load_final("nwj")[1]["step"] == TINY["n_iters"]
 
 
 # ------------------------------------------------------------------------------ damaged metrics

@@ -116,6 +116,12 @@ def test_local_jobs_equal_serial_and_second_invocation_skips(tmp_path, tmp_path_
         assert RunDir(path).done_variants() == ["baseline", "bilinear-infonce", "bilinear-nwj"]
         assert (path / "summary.json").exists()
     assert not (out / seed_dir(out, 0).parent.name / sweep.TASKS_DIR).exists()   # task dirs merged away
+    # every unit's final state is merged with its rows (pinned in progress.json), the serial run's own
+    with threadpool_limits(limits=1):
+        alone = experiments.run_experiment("critics", "quick", 0, tmp_path / "alone", progress=False, **TINY)
+    for unit in ("bilinear-infonce", "bilinear-nwj"):
+        merged, want = RunDir(seed_dir(out, 0)).load_final(unit)[0], RunDir(alone).load_final(unit)[0]
+        assert merged.keys() == want.keys() and all((merged[k] == want[k]).all() for k in merged)
     record = json.loads((seed_dir(out, 0).parent / "sweep.json").read_text())
     assert record["complete_seeds"] == [0, 1]
     assert record["summary"]["bilinear-nwj"]["accuracy"]["n"] == 2
@@ -296,6 +302,63 @@ def test_cli_sweep_then_plot_and_findings_over_the_sweep_dir(tmp_path, capsys):
     assert verdicts["findings"] and all(v["seeds"] == [0, 1] for v in verdicts["findings"])
     with pytest.raises(FileNotFoundError, match="holds no run directory"):
         expand_run_dirs([tmp_path / "fig"])
+
+
+def test_a_grid_sweep_runs_the_product_each_config_its_own_run_and_compares_them(tmp_path, tmp_path_factory,
+                                                                                  serial, capsys):
+    """mi-ref sweep --grid: every combination of the values is a config with its own RUN_NAME, each seed of
+    each the serial run's rows; the closing table is mean ± the sample sd over the seeds of each config."""
+    import numpy as np
+
+    from mi_ref.stats import sample_sd
+    out = tmp_path / "runs"
+    argv = ["sweep", "critics", "--seeds", "0-1", "--jobs", "2", "--out", str(out), "--dataset", "digits",
+            "--steps", "20", "--evals", "2", "--set", "critics=bilinear", "--grid", "lr=1e-3,3e-3",
+            "--grid", "estimators=[infonce,nwj],[nwj]"]
+    assert cli.main(argv) == 0
+    text, err = capsys.readouterr()
+    assert "20 tasks (4 configs x 2 seed(s) x their units)" in err
+    assert "lr=0.003, estimators=nwj: seed 1 bilinear-nwj done" in err      # each progress line names its config
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(experiments.run_name("critics", "quick", experiments.get("critics").config(
+        "quick", **dict(TINY, lr=lr, estimators=est))) for lr in (1e-3, 3e-3) for est in (("infonce", "nwj"), ("nwj",)))
+    assert len(names) == 4 and all((out / n / "sweep.json").is_file() for n in names)
+    for seed in (0, 1):                           # the grid's (lr=1e-3, both estimators) is the serial run
+        assert rows_without_time(seed_dir(out, seed)) == serial[seed]
+    three = dict(TINY, lr=3e-3, estimators=("nwj",))
+    assert rows_without_time(seed_dir(out, 1, three)) == serial_rows(tmp_path_factory, three, 1)
+    assert "4 configs compared" in text and "sample sd, ddof = 1; seeds 0, 1" in text
+    lines = [line.split() for line in text.splitlines()]
+    header = next(line for line in lines if line[:1] == ["variant"])
+    assert header[:4] == ["variant", "lr", "estimators", "seeds"]
+    nwj = [line for line in lines if line[:1] == ["bilinear-nwj"]]
+    assert [(line[1], line[2]) for line in nwj] == [("0.001", "infonce,nwj"), ("0.001", "nwj"), ("0.003", "infonce,nwj"),
+                                                    ("0.003", "nwj")]
+    column = 4 + 3 * header[4:].index("accuracy")          # each field is "mean ± sd"
+    accuracies = [RunDir(seed_dir(out, s, three)).read_metrics()[-1]["accuracy"] for s in (0, 1)]
+    assert nwj[3][column:column + 3] == [f"{np.mean(accuracies):.4f}", "±", f"{sample_sd(accuracies):.4f}"]
+    # the same command again runs nothing
+    assert cli.main(argv) == 0
+    assert "4 configs compared" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--grid", "lr=1e-3,0.001"], "gives the value 0.001 twice"),
+    (["--grid", "lr=1e-3", "--grid", "lr=3e-3"], "--grid lr is given twice"),
+    (["--set", "lr=1e-3", "--grid", "lr=3e-3,1e-2"], "--set lr=... and --grid lr=... both set lr"),
+    (["--steps", "20", "--grid", "n_iters=10,20"], "--steps and --grid n_iters=... both set n_iters"),
+    (["--grid", "lr=fast,1e-3"], "--set lr=fast: expected a number"),
+    (["--grid", "learning_rate=1,2"], "critics has no setting 'learning_rate'"),
+    (["--grid", "critics=[bilinear,concat"], "unbalanced brackets"),
+    (["--grid", "batch_size=64,500"], "the grid's config batch_size=500: batch_size 500 is larger than the 450 test"),
+])
+def test_a_bad_grid_is_exit_2_before_anything_is_written(tmp_path, capsys, extra, message):
+    argv = ["sweep", "critics", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path / "o"), "--quiet", "--dataset",
+            "digits"] + extra
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------------------ Dask, on the loopback only

@@ -35,6 +35,8 @@ class Experiment:
     check_data: object = None   # check_data(config, dataset) raises ValueError for settings that cannot run on
                                 # that data (dataset None: synthetic): sizes, and the models the variants build
     cost: object = None         # cost(config, unit) -> estimated core-seconds of one unit (orders tasks only)
+    keep_state: object = True   # whether a finished variant keeps its final state (final/VARIANT.npz) unless told:
+                                # a bool, or {preset: bool} (see keeps_state)
 
     def estimated_cost(self, config, unit):
         """The estimated core-seconds of ``unit`` (``cost``, or else its number of steps), used only to start
@@ -42,6 +44,14 @@ class Experiment:
         if self.cost is not None:
             return float(self.cost(config, unit))
         return 0.0 if unit == "baseline" else float(getattr(config, "n_iters", 1))
+
+    def keeps_state(self, preset):
+        """Whether a run of ``preset`` keeps each finished variant's final state (its parameters, Adam's
+        moments and stream positions: 24 bytes per parameter; :meth:`mi_ref.loop.Loop.finish`) when not told
+        otherwise (``mi-ref run --keep-state / --no-keep-state``)."""
+        if isinstance(self.keep_state, dict):
+            return bool(self.keep_state.get(preset, True))
+        return bool(self.keep_state)
 
     def config(self, preset, **overrides):
         """The preset's config with overrides (None values are ignored); unknown names are an error."""
@@ -96,7 +106,8 @@ def parse_value(text, default, key):
 
 def parse_sets(experiment, preset, items):
     """``{field: value}`` from ``--set key=value`` items for ``experiment``'s ``preset`` config. An unknown
-    key is an error listing the valid ones; a value is parsed by :func:`parse_value`."""
+    key is an error listing the valid ones, and so is a key given twice (as Hydra refuses it: which of the two
+    values was meant is not for mi-ref to guess); a value is parsed by :func:`parse_value`."""
     base = experiment.presets[preset] if preset in experiment.presets else None
     if base is None:
         raise ValueError(f"unknown preset {preset!r} for {experiment.name}; expected one of {sorted(experiment.presets)}")
@@ -110,8 +121,89 @@ def parse_sets(experiment, preset, items):
         if key not in fields:
             raise ValueError(f"--set {key}: {experiment.name} has no setting {key!r}; its settings are "
                              f"{sorted(fields)}")
+        if key in out:
+            first = next(i for i in items if i.partition("=")[0].strip() == key).partition("=")[2].strip()
+            raise ValueError(f"--set {key} is given twice ('{key}={first}' and '{key}={text.strip()}'); give each setting "
+                             "once (to run several values, use `mi-ref sweep ... --grid "
+                             f"{key}=V1,V2`)")
         out[key] = parse_value(text, fields[key], key)
     return out
+
+
+def split_values(text, flag="--grid", key=""):
+    """The values of ``--grid key=text``: ``text`` cut at its commas, except inside brackets, which group the
+    items of one tuple-valued value (``[bilinear,concat],[concat]`` is two values, as Hydra's multirun reads
+    ``key=[a,b],[c]``). ``ValueError`` for unbalanced brackets or an empty value."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        if char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+            if depth < 0:
+                break
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if depth != 0:
+        raise ValueError(f"{flag} {key}={text}: unbalanced brackets; a tuple-valued value is written in brackets, "
+                         f"e.g. {flag} {key}=[a,b],[c]")
+    if any(not v for v in values):
+        raise ValueError(f"{flag} {key}={text}: an empty value; separate the values with single commas, e.g. "
+                         f"{flag} {key}=V1,V2")
+    return values
+
+
+def parse_grid(experiment, preset, items):
+    """``[(key, [value, ...])]`` from ``--grid key=V1,V2`` items for ``experiment``'s ``preset``, in the order
+    given: the configs of a grid sweep are the product of these values (:func:`grid_configs`). A value is
+    parsed as ``--set`` parses it (:func:`parse_value`); for a tuple-valued setting, a value in brackets is
+    one tuple (``--grid critics=[bilinear,concat],[concat]``; ``[[1,0.5],[0.5,1]]`` for nested tuples) and a
+    plain one a tuple of one item (``--grid critics=bilinear,concat`` is two configs, ``("bilinear",)`` and
+    ``("concat",)``). An unknown key, a key given twice, a value given twice and a key without values are
+    errors."""
+    base = experiment.presets[preset] if preset in experiment.presets else None
+    if base is None:
+        raise ValueError(f"unknown preset {preset!r} for {experiment.name}; expected one of {sorted(experiment.presets)}")
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ValueError(f"--grid expects KEY=V1,V2, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--grid {key}: {experiment.name} has no setting {key!r}; its settings are "
+                             f"{sorted(fields)}")
+        if key in [k for k, _ in out]:
+            raise ValueError(f"--grid {key} is given twice; list all of its values in one --grid {key}=V1,V2")
+        values = []
+        for raw in split_values(text.strip(), "--grid", key):
+            if isinstance(fields[key], tuple) and raw.startswith("[") and raw.endswith("]") and \
+                    not any(c in raw[1:-1] for c in "[("):
+                raw = raw[1:-1]
+            value = parse_value(raw, fields[key], key)
+            if value in values:
+                raise ValueError(f"--grid {key}={text.strip()} gives the value {_short(value)} twice; give each value "
+                                 "once")
+            values.append(value)
+        out.append((key, values))
+    return out
+
+
+def grid_configs(common, grid):
+    """The overrides of every config of a grid sweep: ``common`` (the ``--set`` and shortcut settings, the
+    same for every config) with each combination of the ``grid`` values (:func:`parse_grid`), the first key
+    varying slowest. A key both in ``common`` and in the grid is an error."""
+    import itertools
+    both = sorted(set(common) & {k for k, _ in grid})
+    if both:
+        raise ValueError(f"{both[0]} is set for every config and by --grid {both[0]}=...; give it in one of them")
+    keys = [k for k, _ in grid]
+    return [dict(common, **dict(zip(keys, values))) for values in itertools.product(*[v for _, v in grid])]
 
 
 REGISTRY = Registry("experiment")
@@ -212,9 +304,10 @@ def run_name(name, preset, config=None):
     return f"{name}-{preset}-{text}"
 
 
-def units_of_run(config):
-    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
-    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+def config_of_run(config):
+    """The config object of a run, from its config.json (a dict with "experiment", "preset" and "config"; JSON
+    lists become the config's tuples, settings this mi-ref does not have are left out); ``ValueError`` for an
+    experiment or preset this mi-ref does not know."""
     exp = get(config["experiment"])
     if config["preset"] not in exp.presets:
         raise ValueError(f"unknown preset {config['preset']!r} for {exp.name}; expected one of {sorted(exp.presets)}")
@@ -223,8 +316,19 @@ def units_of_run(config):
 
     def frozen(value):             # JSON lists back to the tuples of the config
         return tuple(frozen(v) for v in value) if isinstance(value, list) else value
-    values = {k: frozen(v) for k, v in config["config"].items() if k in fields}
-    return exp.units(dataclasses.replace(base, **values))
+    return dataclasses.replace(base, **{k: frozen(v) for k, v in config["config"].items() if k in fields})
+
+
+def units_of_run(config):
+    """The units (:attr:`Experiment.units`) of a run, from its config.json (a dict with "experiment",
+    "preset" and "config"); ``ValueError`` for an experiment or preset this mi-ref does not know."""
+    return get(config["experiment"]).units(config_of_run(config))
+
+
+def describe_value(value):
+    """A setting's value as run names, figure titles and tables write it: ``0.001``, ``true``,
+    ``bilinear,concat``."""
+    return _short(value)
 
 
 def describe_overrides(name, preset, config):
@@ -238,7 +342,7 @@ def run_dir_for(out, name, preset, seed, config=None):
 
 
 def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_dir=None, progress=True,
-                   repair=False, report=None, only=None, run_dir=None, **overrides):
+                   repair=False, report=None, only=None, run_dir=None, keep_state=None, **overrides):
     """Run one seed of an experiment into its run directory and return that directory's path.
 
     Every argument is checked before anything is written. The directory is locked for the whole run
@@ -246,7 +350,9 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
     (:meth:`mi_ref.results.RunDir.audit`; ``repair=True`` recomputes damaged variants) and continues from its
     last evaluation; a finished run is left as it is. ``report(line)`` receives what the audit repaired
     (default: stderr). ``only``: run just these of the experiment's units (``Experiment.units``); ``run_dir``:
-    write there instead of ``OUT/RUN_NAME/seed-S`` (a sweep's task directory).
+    write there instead of ``OUT/RUN_NAME/seed-S`` (a sweep's task directory). ``keep_state``: whether each
+    variant that finishes keeps its final state (``final/VARIANT.npz``, from which a longer run continues:
+    :mod:`mi_ref.extend`); None: the preset's default (:meth:`Experiment.keeps_state`).
     """
     import sys
 
@@ -269,7 +375,8 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
             raise ValueError(f"{name} has no variant {unknown}; its variants are {exp.units(config)}")
     report = report or (lambda line: print(line, file=sys.stderr))
     store = RunDir(run_dir if run_dir is not None else run_dir_for(out, name, preset, seed, config),
-                   units=exp.units(config), last_step=getattr(config, "n_iters", None))
+                   units=exp.units(config), last_step=getattr(config, "n_iters", None),
+                   keep_state=exp.keeps_state(preset) if keep_state is None else keep_state)
     store.report = report
     header = {"experiment": name, "preset": preset, "seed": seed, "config": dataclasses.asdict(config)}
     try:

@@ -61,6 +61,24 @@ class Config:
         bounds.ESTIMATORS.check(self.estimators)
         gaussian_mi(np.add(self.sigma_z, self.sigma_eps))
 
+    # the settings of a run's length and schedule (see mi_ref.train.MIConfig.LENGTH)
+    LENGTH = ("n_iters", "record_every")
+
+    def row_steps(self):
+        """The steps of a variant's rows: every multiple of ``record_every`` after 0 and before ``n_iters``,
+        then ``n_iters``."""
+        return list(range(self.record_every, self.n_iters, self.record_every)) + [self.n_iters]
+
+    def keeping_interval(self, shorter):
+        return {}                       # record_every is the interval itself
+
+    def continued_row(self, row):
+        """A shorter run's row as this run holds it: the smoothed end (``bound_smoothed``) belongs to the
+        last row only."""
+        if row["step"] < self.n_iters and "bound_smoothed" in row:
+            row = {k: v for k, v in row.items() if k != "bound_smoothed"}
+        return row
+
 
 def train_variant(config, store, seed, index, sampling, estimator, progress):
     """Train the critic on fresh batches (or one fixed batch, ``config.batches == "fixed"``).
@@ -101,7 +119,8 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         if store is not None:
             store.save_arrays(name, {"trace": np.array(trace)})
         loop.record(row)
-        loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
+        if step < config.n_iters:       # the last row's state is the final one (Loop.finish), not a checkpoint
+            loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
         bar.evaluation(step, estimate=row["bound"], true_mi=true_mi)
 
     if loop.reevaluate:                 # the row of the checkpoint's step was lost: it comes from the trace
@@ -116,7 +135,7 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
         params, state = loop.update(adam, params, grads, state)
         bar.step()
     record(config.n_iters)
-    loop.done()
+    loop.finish(config.n_iters, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
     return np.array(trace)
 
 
