@@ -65,6 +65,11 @@ STUDIES = {
         ("ConvNet (16, 32), subset, lr 1e-3", "encoders", "quick",
          {"lr": 1e-3, "convnet_channels": (16, 32), "encoders": ("convnet",), "estimators": ("infonce", "nwj"),
           "n_iters": 1200, "n_evals": 6, "eval_final": True})],
+    "enc-subset-lr": [
+        (f"quick encoders, ConvNet (16, 32), subset, lr {lr:g}", "encoders", "quick",
+         {"lr": lr, "convnet_channels": (16, 32), "estimators": ("infonce", "nwj"), "n_iters": 1200, "n_evals": 6,
+          "eval_final": True})
+        for lr in (3e-4,)],
     "enc-subset-paper-convnet": [
         ("paper ConvNet (64, 128), subset, lr 1e-3", "encoders", "quick",
          {"lr": 1e-3, "convnet_channels": (64, 128), "estimators": ("infonce", "nwj"), "n_iters": 1600,
