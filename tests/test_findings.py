@@ -280,11 +280,11 @@ def test_sampling_of_an_empty_run_is_not_judged(tmp_path):
     assert v.holds is None and "no trained variant" in v.reason
 
 
-@pytest.mark.parametrize("triplet,holds", [(0.838, True), (0.80, False), (0.825, False)])
+@pytest.mark.parametrize("triplet,holds", [(0.838, True), (0.80, False), (0.82, False), (0.827, True)])
 def test_metric(tmp_path, triplet, holds):
-    """The triplet loss must be within 0.03 - 2 SE of the better MI bound (0.84; one seed without per-image
-    outcomes: SE = 0.0117, so the largest gap allowed is 0.0065); the hardest-negative variant (collapsed
-    here) does not count."""
+    """The triplet loss must be within 0.03 - 2 SE of the better MI bound (0.84; one seed on the subset's 5000
+    test images without per-image outcomes: binomial SE = 0.0075, so the largest gap allowed is 0.0150); the
+    hardest-negative variant (collapsed here) does not count."""
     rows = []
     for obj, acc in (("infonce", 0.84), ("nwj", 0.81), ("triplet", triplet), ("triplet_hardest", 0.3)):
         rows += curve(obj, {"accuracy": 0.8}, {"accuracy": acc}, objective=obj)
