@@ -273,7 +273,7 @@ def cmd_plot(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     entries = load_studies(args.out)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
     ax = axes[0]
     rows = invertible_table(entries)
     for label in dict.fromkeys(r[0] for r in rows):
@@ -290,7 +290,8 @@ def cmd_plot(args):
     ax.set_title("invertible: mean rise ± 2 SE over seeds;\ndotted: 2 x the probe's paired SE (test images)",
                  fontsize=9)
     ax.legend(fontsize=6)
-    for ax, est in zip(axes[1:], ("infonce", "nwj")):
+    _plot_long_runs(axes[1], args.run)
+    for ax, est in zip(axes[2:], ("infonce", "nwj")):
         for label, step_rows in _by_label(encoders_table(entries)).items():
             variants = [v for v in step_rows[0][2] if f"-{est}-" in v]
             for v in variants:
@@ -310,6 +311,51 @@ def cmd_plot(args):
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=110)
     print(f"wrote {args.figure}")
+
+
+def long_run_rise(run_dir):
+    """``(label, steps, rises, 2 SE)`` of every variant of an invertible run directory: the probe accuracy at
+    each evaluation minus its step-0 accuracy; the SE is the paired one from the rows' per-image outcomes
+    where both rows keep them, else that of two independent binomial accuracies."""
+    from mi_ref.probe import decode_hits, paired_se
+    from mi_ref.runs import load_run
+    run = load_run(run_dir)
+    rows = run["metrics"]
+    n_test = next((r["n_test"] for r in rows if r.get("variant") == "baseline" and "n_test" in r), None)
+    cfg = run["config"]["config"]
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in rows if r.get("variant") != "baseline"):
+        mine = sorted((r for r in rows if r.get("variant") == variant and "accuracy" in r), key=lambda r: r["step"])
+        first = mine[0]
+        steps, rises, ses = [], [], []
+        for row in mine:
+            steps.append(row["step"])
+            rises.append(row["accuracy"] - first["accuracy"])
+            if n_test is not None and "probe_hits" in first and "probe_hits" in row:
+                ses.append(2 * paired_se(decode_hits(first["probe_hits"], n_test),
+                                         decode_hits(row["probe_hits"], n_test)))
+            else:           # two independent binomial accuracies: over-states a paired difference's noise
+                p, q, m = first["accuracy"], row["accuracy"], n_test or 10000
+                ses.append(2 * np.sqrt(p * (1 - p) / m + q * (1 - q) / m))
+        label = (f"{variant}: {cfg['n_couplings']} x {list(cfg['hidden'])} flow, {cfg['dataset']}, lr {cfg['lr']:g}, "
+                 f"seed {run['config']['seed']}")
+        out.append((label, np.array(steps), np.array(rises), np.array(ses)))
+    return out
+
+
+def _plot_long_runs(ax, run_dirs):
+    for run_dir in run_dirs or []:
+        for label, steps, rises, ses in long_run_rise(run_dir):
+            line, = ax.plot(steps / 1000.0, rises, marker=".", label=label)
+            ok = np.isfinite(ses)
+            ax.plot(steps[ok] / 1000.0, ses[ok], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("training steps (in thousands)")
+    ax.set_ylabel("accuracy rise over step 0")
+    ax.set_title("invertible at the paper's scale (full MNIST);\ndotted: 2 x the probe's SE (binomial where the rows "
+                 "keep no per-image outcomes)", fontsize=9)
+    if run_dirs:
+        ax.legend(fontsize=6)
 
 
 def _by_label(rows):
@@ -355,6 +401,8 @@ def main(argv=None):
     p = sub.add_parser("plot")
     p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
     p.add_argument("--figure", default=str(HERE.parent / "figures" / "finding_vs_scale.png"))
+    p.add_argument("--run", action="append", metavar="SEED_DIR",
+                   help="an invertible run's seed directory whose rise is drawn in the second panel (repeatable)")
     p.set_defaults(func=cmd_plot)
     p = sub.add_parser("refits")
     p.add_argument("--datasets", nargs="+", default=["mnist-subset", "digits", "mnist"])

@@ -72,7 +72,7 @@ EXPERIMENT = register(Experiment(
     summary="trained to the same bound value L_t, the ConvNet beats the MLP: architecture over estimator",
     presets={"paper": Config(),
              "quick": Config(dataset="mnist-subset", n_iters=400, n_evals=2, eval_final=True,
-                             convnet_channels=(32, 64), lr=1e-3, estimators=("infonce",))},
+                             convnet_channels=(32, 64), lr=1e-3)},
     run=run, units=units_of(variants),
     check_data=lambda config, dataset: check_on_data(
         config, dataset, variants(config, (dataset.image_shape[0] // 2, dataset.image_shape[1])))))
