@@ -252,7 +252,8 @@ def test_encoders_architecture_over_estimator(tmp_path, nwj_shift, holds):
 
 def test_encoders_rule_two_needs_two_estimators(tmp_path):
     acc = {(e, "infonce", t): 0.8 for e in ("convnet", "mlp") for t in (2.0, 4.0)}
-    v = verdict_of(tmp_path, "encoders", _encoder_rows(acc), "encoders.architecture_over_estimator")
+    v = verdict_of(tmp_path, "encoders", _encoder_rows(acc), "encoders.architecture_over_estimator",
+                   config={"estimators": ("infonce",)})
     assert v.holds is None and "two estimators" in v.reason
 
 
