@@ -20,7 +20,7 @@ Usage::
     python scripts/finding_vs_scale.py run inv-mnist --data-dir DIR
     python scripts/finding_vs_scale.py refits --data-dir DIR   # the probe's solver noise per dataset
     python scripts/finding_vs_scale.py report            # the table; and the figure:
-    python scripts/finding_vs_scale.py plot --figure figures/finding_vs_scale.png
+    python scripts/finding_vs_scale.py plot --figure figures/scale/finding_vs_scale.png
 
 Results go to ``figures/scale/STUDY.json`` (``--out``), written after every (configuration, seed,
 variant), so an interrupted study continues where it stopped when run again.
@@ -400,7 +400,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("plot")
     p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
-    p.add_argument("--figure", default=str(HERE.parent / "figures" / "finding_vs_scale.png"))
+    p.add_argument("--figure", default=str(HERE.parent / "figures" / "scale" / "finding_vs_scale.png"))
     p.add_argument("--run", action="append", metavar="SEED_DIR",
                    help="an invertible run's seed directory whose rise is drawn in the second panel (repeatable)")
     p.set_defaults(func=cmd_plot)
