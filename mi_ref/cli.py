@@ -235,11 +235,27 @@ def _cmd_run(args):
     return 0
 
 
+def _sweep_or_stop(run_sweep, *args, **kwargs):
+    """``run_sweep(*args, **kwargs)``, or None after SIGTERM (the workers are stopped, every task keeps its last
+    checkpoint); Ctrl-C says the same and propagates."""
+    from .sweep import Terminated
+    try:
+        return run_sweep(*args, **kwargs)
+    except Terminated:
+        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
+              "checkpoint; continue with the same command", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:
+        print("interrupted: every task keeps its last checkpoint; continue with the same command",
+              file=sys.stderr)
+        raise
+
+
 def _cmd_sweep(args):
     """``mi-ref sweep EXPERIMENT --seeds 0-19 [--jobs N | --scheduler ADDRESS]``: many seeds, each (seed,
     variant) a task of its own (:mod:`mi_ref.sweep`)."""
     from . import experiments
-    from .sweep import Terminated, format_sweep, parse_seeds, sweep
+    from .sweep import format_sweep, parse_seeds, sweep
     exp = experiments.get(args.experiment)
     if args.dataset is not None and not hasattr(exp.presets[args.preset], "dataset"):
         raise CLIError(f"{args.experiment} uses synthetic data and takes no --dataset")
@@ -249,18 +265,11 @@ def _cmd_sweep(args):
     if args.grid:
         return _sweep_grid(exp, args, seeds)
     overrides = _overrides(exp, args)
-    try:
-        result = sweep(args.experiment, args.preset, seeds, overrides, args.out, args.data_dir, args.jobs,
-                       args.threads, args.scheduler, args.retries, progress=not args.quiet, repair=args.repair,
-                       keep_state=args.keep_state)
-    except Terminated:
-        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
-              "checkpoint; continue with the same command", file=sys.stderr)
+    result = _sweep_or_stop(sweep, args.experiment, args.preset, seeds, overrides, args.out, args.data_dir,
+                            args.jobs, args.threads, args.scheduler, args.retries, progress=not args.quiet,
+                            repair=args.repair, keep_state=args.keep_state)
+    if result is None:
         return 143
-    except KeyboardInterrupt:
-        print("interrupted: every task keeps its last checkpoint; continue with the same command",
-              file=sys.stderr)
-        raise
     print(format_sweep(result))
     if result["failed"]:
         damaged = len(result["damaged"])
@@ -277,7 +286,7 @@ def _sweep_grid(exp, args, seeds):
     """``mi-ref sweep EXPERIMENT --grid KEY=V1,V2 ...``: the product of the grid's values, each config a sweep
     of its own RUN_NAME over the seeds, all in one pool of workers, then a table comparing the configs."""
     from . import experiments
-    from .sweep import Terminated, format_grid, sweep_grid
+    from .sweep import format_grid, sweep_grid
     grid = experiments.parse_grid(exp, args.preset, args.grid)
     given = _given(exp, args)
     for key, _ in grid:
@@ -297,18 +306,11 @@ def _sweep_grid(exp, args, seeds):
         notes += [n for n in more if n not in notes]
     for note in notes:
         _warn(note)
-    try:
-        result = sweep_grid(args.experiment, args.preset, seeds, configs, args.out, args.data_dir, args.jobs,
-                            args.threads, args.scheduler, args.retries, progress=not args.quiet,
+    result = _sweep_or_stop(sweep_grid, args.experiment, args.preset, seeds, configs, args.out, args.data_dir,
+                            args.jobs, args.threads, args.scheduler, args.retries, progress=not args.quiet,
                             repair=args.repair, keep_state=args.keep_state)
-    except Terminated:
-        print("mi-ref sweep: terminated (SIGTERM): the workers were stopped and every task keeps its last "
-              "checkpoint; continue with the same command", file=sys.stderr)
+    if result is None:
         return 143
-    except KeyboardInterrupt:
-        print("interrupted: every task keeps its last checkpoint; continue with the same command",
-              file=sys.stderr)
-        raise
     print(format_grid(result, [k for k, _ in grid]))
     if result["failed"]:
         for key, why in result["failed"].items():
@@ -548,8 +550,8 @@ def build_parser():
     p = sub.add_parser("run", help="run one experiment",
                        description="Train every variant of one experiment (one run directory per seed: "
                                    "OUT/RUN_NAME/seed-S, where RUN_NAME is EXPERIMENT-PRESET followed by the "
-                                   "settings changed with --set, --steps, ...). Interrupt with Ctrl-C and continue with "
-                                   "--resume: the finished metrics equal those of an uninterrupted run.")
+                                   "settings changed with --set, --steps, ...). Interrupt with Ctrl-C and continue "
+                                   "with --resume: the finished metrics equal those of an uninterrupted run.")
     p.add_argument("experiment", help="experiment name (see `mi-ref list`)")
     _add_run_options(p, run=True)
     p.set_defaults(func=_cmd_run)

@@ -364,6 +364,14 @@ def quick_scale_note(finding_key, preset, verdict):
     return None
 
 
+def _trained_variants(runs):
+    """Every variant the runs trained; none is :class:`MissingData` (e.g. a run with ``--set estimators=``)."""
+    variants = variants_where(runs)
+    if not variants:
+        raise MissingData("the runs hold no trained variant (no estimator was run)")
+    return variants
+
+
 def _rise_tests(runs, variants, key="accuracy", label="accuracy rise"):
     tests, values = [], {}
     m = n_test(runs)
@@ -382,9 +390,7 @@ def _rise_tests(runs, variants, key="accuracy", label="accuracy rise"):
          f"for every estimator: the plotted bound rises by at least 1 nat, and the accuracy rise (last minus "
          f"step 0, mean over seeds) is at least max({MIN_ACC}, 2 SE); {SE_RULE}")
 def _invertible(runs):
-    variants = variants_where(runs)
-    if not variants:
-        raise MissingData("the runs hold no trained variant (no estimator was run)")
+    variants = _trained_variants(runs)
     tests, values = _rise_tests(runs, variants)
     parts = []
     for v in variants:
@@ -439,9 +445,7 @@ def pooled_median(runs, variant, which):
          f"0.1 at step 0 and at least 1 at the end, and the accuracy rise is at least max({MIN_ACC}, 2 SE); "
          f"{SE_RULE}")
 def _conditioning(runs):
-    variants = variants_where(runs)
-    if not variants:
-        raise MissingData("the runs hold no trained variant (no estimator was run)")
+    variants = _trained_variants(runs)
     tests, values = _rise_tests(runs, variants)
     parts = []
     for v in variants:
