@@ -5,15 +5,17 @@ What is proven here:
 * a kind that a table does not mention is an error naming the kind, the missing declaration and the file
   to add it to (the PyTorch port, the golden-vector builders), never computed as some other kind;
 * the declared kinds still compute what they did (the golden vectors are checked byte for byte elsewhere,
-  in tests/test_verify.py).
+  in tests/test_verify.py);
+* every kind of every registry has every declaration the package needs of it (or says "none"), and a new
+  kind without them is named with exactly the declarations it lacks and the files to add them to.
 """
 
 import autograd.numpy as anp
 import numpy as onp
 import pytest
 
-from mi_ref import bounds, critics
-from mi_ref.registry import NONE, MissingDeclaration, Registry, declared
+from mi_ref import bounds, critics, declarations
+from mi_ref.registry import NONE, REGISTRIES, MissingDeclaration, Registry, declared
 
 
 class Cosine:
@@ -57,13 +59,22 @@ def test_declared_returns_the_entry_or_names_what_is_missing_and_where():
     assert issubclass(MissingDeclaration, ValueError)          # the CLI reports it in one line, exit 2
 
 
-def test_unregister_removes_an_entry():
-    reg = Registry("test-thing")
-    reg.register("x", 1, label="X")
-    reg.unregister("x")
-    assert "x" not in reg and reg.names() == []
-    with pytest.raises(ValueError, match="unknown test-thing 'x'"):
-        reg.unregister("x")
+@pytest.fixture
+def scratch():
+    """A registry of a kind the package does not have, forgotten after the test."""
+    reg = Registry("gadget")
+    try:
+        yield reg
+    finally:
+        del REGISTRIES["gadget"]
+
+
+def test_unregister_removes_an_entry(scratch):
+    scratch.register("x", 1, label="X")
+    scratch.unregister("x")
+    assert "x" not in scratch and scratch.names() == []
+    with pytest.raises(ValueError, match="unknown gadget 'x'"):
+        scratch.unregister("x")
 
 
 def test_the_golden_vector_builders_refuse_a_critic_they_do_not_know(cosine, dv):
@@ -100,3 +111,57 @@ def test_a_port_declared_none_leaves_the_component_unchecked(monkeypatch):
     from mi_ref.porting import pytorch as port
     monkeypatch.setitem(port.CRITIC_PORTS, "bilinear", NONE)
     assert port.run_component("critic_bilinear", {"critic": "bilinear"}, {}, port._torch().float64) is None
+
+
+def test_every_registered_kind_has_every_declaration_it_needs():
+    gaps = declarations.missing()
+    assert not gaps, "registered kinds lack declarations:\n" + declarations.report(gaps)
+
+
+def test_every_registry_says_what_its_kinds_need():
+    registries = declarations.load_all()
+    assert {"critic", "estimator", "activation", "experiment", "metric-learning loss"} <= set(registries)
+    assert set(registries) <= set(declarations.NEEDS)
+
+
+def test_a_registry_without_a_list_of_needs_is_reported(scratch):
+    scratch.register("g1", object())
+    assert [str(g) for g in declarations.missing("gadget")] == [
+        "gadget '*' lacks its list of needed declarations: declare it in NEEDS in mi_ref/declarations.py"]
+
+
+def test_the_walk_names_exactly_what_a_new_critic_lacks(cosine):
+    gaps = declarations.missing()
+    assert [(g.registry, g.name, g.declaration) for g in gaps] == [
+        ("critic", "cosine", "accel twin"), ("critic", "cosine", "golden-vector spec"),
+        ("critic", "cosine", "PyTorch port"), ("critic", "cosine", "findings role")]
+    text = declarations.report(gaps)
+    print(text)
+    for where in ("mi_ref/accel/twins.py", "mi_ref/vectors/components.py", "mi_ref/porting/pytorch.py",
+                  "mi_ref/findings.py"):
+        assert where in text
+    assert declarations.golden_gaps() == [("critic", "cosine")]
+
+
+def test_the_walk_names_what_a_new_estimator_lacks(dv):
+    gaps = declarations.missing("estimator", "dv")
+    assert [g.declaration for g in gaps] == ["golden-vector spec", "PyTorch port"]
+
+
+def test_a_critic_that_says_none_everywhere_passes_the_walk(cosine, monkeypatch):
+    from mi_ref import accel, findings
+    from mi_ref.porting import pytorch
+    from mi_ref.vectors import components
+    monkeypatch.setitem(accel.CRITICS_WITHOUT_TWIN, cosine, "a test critic")
+    monkeypatch.setitem(components.WITHOUT_GOLDEN_SPEC["critic"], cosine, "a test critic")
+    monkeypatch.setitem(pytorch.CRITIC_PORTS, cosine, NONE)
+    monkeypatch.setitem(findings.CRITIC_ROLES, cosine, NONE)
+    assert declarations.missing("critic") == [] and declarations.golden_gaps() == []
+
+
+def test_a_removed_declaration_is_named_with_its_file(monkeypatch):
+    from mi_ref.vectors import builders
+    monkeypatch.delitem(builders.CRITIC_NOTES, "separable")
+    assert [str(g) for g in declarations.missing()] == [
+        "critic 'separable' lacks its golden-vector param notes: declare it in CRITIC_NOTES in "
+        "mi_ref/vectors/builders.py"]
