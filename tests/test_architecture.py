@@ -182,7 +182,8 @@ def test_a_registered_activation_works_everywhere_without_other_edits():
 def test_every_model_the_experiments_train_has_a_twin_or_needs_none():
     """The loops ask the wing for twins; the encoders and critics of every paper preset get one (the bilinear
     and inner-product critics are two matrix products and need none)."""
-    needs_none = (critics.Bilinear, critics.InnerProduct)
+    needs_none = tuple(type(critics.build(name, 4)) for name in accel.CRITICS_WITHOUT_TWIN)
+    assert set(needs_none) == {critics.Bilinear, critics.InnerProduct}
     for name in ("invertible", "conditioning", "critics", "encoders", "metric"):
         exp = experiments.get(name)
         module = importlib.import_module(f"mi_ref.experiments.{name}")

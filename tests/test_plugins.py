@@ -133,3 +133,14 @@ def test_a_sweeps_workers_load_the_plugin(tmp_path, monkeypatch, clean):
                      "--evals", "1", "--set", "critics=cosine", "--set", "estimators=infonce", "--plugin",
                      "cosine_critic.py", "--out", "sweep", "--quiet"]) == 0
     assert len(list(tmp_path.glob("sweep/*/seed-0/final/cosine-infonce.npz"))) == 1      # trained in a worker
+
+
+def test_vectors_names_a_critic_declared_without_golden_vectors(monkeypatch, clean):
+    from mi_ref.vectors import components
+    critics.CRITICS.register("cosine", critics.inner_product)
+    assert cli._golden_notes() == [
+        "critic 'cosine' has no golden vectors: no component checks it (a 'critic' component with "
+        "critic='cosine' in COMPONENTS, mi_ref/vectors/components.py, would; or say why it has none in "
+        "WITHOUT_GOLDEN_SPEC['critic'] there)"]
+    monkeypatch.setitem(components.WITHOUT_GOLDEN_SPEC["critic"], "cosine", "a plugin's critic")
+    assert cli._golden_notes() == ["critic 'cosine' has no golden vectors (declared none: a plugin's critic)"]
