@@ -439,13 +439,13 @@ def _cmd_vectors(args):
 
 
 def _golden_notes():
-    """One line per registered critic or estimator that the golden vectors do not check (a plugin's): never
-    left out silently."""
+    """One line per registered critic, estimator or encoder that the golden vectors do not check (a plugin's):
+    never left out silently."""
     from .declarations import golden_gaps
-    from .vectors.components import SPEC_KIND, WITHOUT_GOLDEN_SPEC
-    lines = [f"{kind} {name!r} has no golden vectors: no component checks it (a '{SPEC_KIND[kind]}' component "
-             f"with {kind}={name!r} in COMPONENTS, mi_ref/vectors/components.py, would; or say why it has none "
-             f"in WITHOUT_GOLDEN_SPEC['{kind}'] there)" for kind, name in golden_gaps()]
+    from .vectors.components import WITHOUT_GOLDEN_SPEC
+    lines = [f"{kind} {name!r} has no golden vectors: no component checks it (add one to COMPONENTS in "
+             f"mi_ref/vectors/components.py, or say why it has none in WITHOUT_GOLDEN_SPEC['{kind}'] there)"
+             for kind, name in golden_gaps()]
     lines += [f"{kind} {name!r} has no golden vectors (declared none: {why})"
               for kind, names in WITHOUT_GOLDEN_SPEC.items() for name, why in names.items()]
     return lines

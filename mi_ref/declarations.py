@@ -1,7 +1,7 @@
 """What each registered kind must declare, and a walk that names what a kind lacks.
 
-Every registry of mi-ref (:data:`mi_ref.registry.REGISTRIES`: critics, estimators, activations, experiments,
-metric-learning losses) maps a name to the formula. The other parts of the package describe the kind in
+Every registry of mi-ref (:data:`mi_ref.registry.REGISTRIES`: critics, estimators, encoders, activations,
+experiments, metric-learning losses) maps a name to the formula. The other parts of the package describe the kind in
 tables of their own, keyed by that name and kept beside the code that reads them; a table may say "none" on
 purpose. This module only reads them (the math modules never import it, nor the tables):
 
@@ -16,6 +16,13 @@ critic              golden-vector param notes (with a      ``CRITIC_NOTES`` and 
                     spec)                                  mi_ref/vectors/builders.py
 critic              PyTorch port, or none                  ``CRITIC_PORTS`` in mi_ref/porting/pytorch.py
 critic              findings role, or none                 ``CRITIC_ROLES`` in mi_ref/findings.py
+encoder             accel twin, or none                    ``TWINS`` (by model type) or ``ENCODERS_WITHOUT_TWIN``
+                                                           in mi_ref/accel/twins.py
+encoder             fast Jacobian, or none                 ``JACOBIANS`` (by model type) or
+                                                           ``ENCODERS_WITHOUT_FAST_JACOBIAN`` in
+                                                           mi_ref/accel/jacobians.py
+encoder             golden-vector spec, or none            a component of its name's kind in ``COMPONENTS`` or
+                                                           ``WITHOUT_GOLDEN_SPEC`` in mi_ref/vectors/components.py
 estimator           golden-vector spec, or none            a 'bound' component in ``COMPONENTS`` or
                                                            ``WITHOUT_GOLDEN_SPEC`` in mi_ref/vectors/components.py
 estimator           golden-vector symbol (with a spec)     ``ESTIMATOR_SYMBOLS`` in mi_ref/vectors/builders.py
@@ -26,7 +33,7 @@ experiment          figure                                 ``PLOTTERS`` in mi_re
 
 A metric-learning loss needs no declaration elsewhere. ``tests/test_registry.py`` runs :func:`missing` and
 fails with :func:`report`'s lines; ``mi-ref vectors`` uses :func:`golden_gaps` to say which registered
-critics and estimators (a plugin's) its vectors do not cover.
+critics, estimators and encoders (a plugin's) its vectors do not cover.
 """
 
 from dataclasses import dataclass
@@ -87,6 +94,25 @@ def _critic_role(name):
     return name in CRITIC_ROLES
 
 
+def _encoder(name):
+    """The encoder ``name`` built for the encoders experiment's quick preset (None if its factory fails)."""
+    from .experiments import encoders, get
+    try:
+        return encoders.ENCODERS.get(name)(get("encoders").presets["quick"], (14, 28))
+    except Exception:                      # a factory that cannot be built blind: declare it
+        return None
+
+
+def _encoder_twin(name):
+    from .accel import ENCODERS_WITHOUT_TWIN, TWINS
+    return name in ENCODERS_WITHOUT_TWIN or type(_encoder(name)) in TWINS
+
+
+def _encoder_fast_jacobian(name):
+    from .accel.jacobians import ENCODERS_WITHOUT_FAST_JACOBIAN, has_fast_jacobian
+    return name in ENCODERS_WITHOUT_FAST_JACOBIAN or has_fast_jacobian(_encoder(name))
+
+
 def _activation_derivative(name):
     from .nn import ACTIVATIONS
     return getattr(ACTIVATIONS.get(name), "derivative", None) is not None
@@ -117,6 +143,13 @@ NEEDS = {
         ("golden-vector symbol", "ESTIMATOR_SYMBOLS in mi_ref/vectors/builders.py",
          _in_builder_table("ESTIMATOR_SYMBOLS", "estimator")),
         ("PyTorch port", "BOUNDS in mi_ref/porting/pytorch.py", _in_port("BOUNDS")),
+    ],
+    "encoder": [
+        ("accel twin", "TWINS (by model type) or ENCODERS_WITHOUT_TWIN in mi_ref/accel/twins.py", _encoder_twin),
+        ("fast Jacobian", "JACOBIANS (by model type) or ENCODERS_WITHOUT_FAST_JACOBIAN in mi_ref/accel/jacobians.py",
+         _encoder_fast_jacobian),
+        ("golden-vector spec", "COMPONENTS (a component of the kind of its name) or WITHOUT_GOLDEN_SPEC['encoder'] "
+                               "in mi_ref/vectors/components.py", _has_spec("encoder")),
     ],
     "activation": [
         ("derivative (for the twins and the fast Jacobians)", "its Activation entry in ACTIVATIONS, mi_ref/nn.py",
@@ -159,11 +192,11 @@ def report(gaps):
 
 
 def golden_gaps():
-    """``[(kind, name)]``: the registered critics and estimators that no golden-vector component checks and
-    that are not declared "none" in :data:`mi_ref.vectors.components.WITHOUT_GOLDEN_SPEC`."""
+    """``[(kind, name)]``: the registered critics, estimators and encoders that no golden-vector component
+    checks and that are not declared "none" in :data:`mi_ref.vectors.components.WITHOUT_GOLDEN_SPEC`."""
     from .vectors.components import WITHOUT_GOLDEN_SPEC, golden_specs
     load_all()
-    return [(kind, name) for kind in ("critic", "estimator") for name in REGISTRIES[kind].names()
+    return [(kind, name) for kind in WITHOUT_GOLDEN_SPEC for name in REGISTRIES[kind].names()
             if name not in WITHOUT_GOLDEN_SPEC[kind] and not golden_specs(kind, name)]
 
 

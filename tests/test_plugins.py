@@ -139,8 +139,7 @@ def test_vectors_names_a_critic_declared_without_golden_vectors(monkeypatch, cle
     from mi_ref.vectors import components
     critics.CRITICS.register("cosine", critics.inner_product)
     assert cli._golden_notes() == [
-        "critic 'cosine' has no golden vectors: no component checks it (a 'critic' component with "
-        "critic='cosine' in COMPONENTS, mi_ref/vectors/components.py, would; or say why it has none in "
-        "WITHOUT_GOLDEN_SPEC['critic'] there)"]
+        "critic 'cosine' has no golden vectors: no component checks it (add one to COMPONENTS in "
+        "mi_ref/vectors/components.py, or say why it has none in WITHOUT_GOLDEN_SPEC['critic'] there)"]
     monkeypatch.setitem(components.WITHOUT_GOLDEN_SPEC["critic"], "cosine", "a plugin's critic")
     assert cli._golden_notes() == ["critic 'cosine' has no golden vectors (declared none: a plugin's critic)"]

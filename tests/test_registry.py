@@ -165,3 +165,21 @@ def test_a_removed_declaration_is_named_with_its_file(monkeypatch):
     assert [str(g) for g in declarations.missing()] == [
         "critic 'separable' lacks its golden-vector param notes: declare it in CRITIC_NOTES in "
         "mi_ref/vectors/builders.py"]
+
+
+def test_the_walk_names_what_a_new_encoder_lacks():
+    from mi_ref import experiments, nn
+    from mi_ref.experiments import encoders
+    encoders.ENCODERS.register("linear", lambda config, half_shape: nn.Dense(half_shape[0] * half_shape[1],
+                                                                             config.code_dim))
+    try:
+        assert experiments.get("encoders").config("quick", encoders=("mlp", "linear")).encoders == ("mlp", "linear")
+        gaps = declarations.missing("encoder")
+        assert [(g.name, g.declaration) for g in gaps] == [
+            ("linear", "accel twin"), ("linear", "fast Jacobian"), ("linear", "golden-vector spec")]
+        assert "ENCODERS_WITHOUT_FAST_JACOBIAN in mi_ref/accel/jacobians.py" in str(gaps[1])
+        assert declarations.golden_gaps() == [("encoder", "linear")]
+    finally:
+        encoders.ENCODERS.unregister("linear")
+    with pytest.raises(ValueError, match=r"unknown encoders \['linear'\]; expected names from \['convnet', 'mlp'\]"):
+        experiments.get("encoders").config("quick", encoders=("mlp", "linear"))

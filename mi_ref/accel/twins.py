@@ -114,6 +114,8 @@ TWINS = {nn.MLP: MLPTwin, flows.RealNVP: RealNVPTwin, critics.Concat: ConcatTwin
 # registered critic's model type has an entry in TWINS; tests/test_registry.py checks that one of the two holds.
 CRITICS_WITHOUT_TWIN = {"inner_product": "one matrix product: autograd's own gradient is as fast",
                         "bilinear": "two matrix products: autograd's own gradient is as fast"}
+# the same for the encoders of mi_ref.experiments.encoders.ENCODERS (both the paper's encoders have twins)
+ENCODERS_WITHOUT_TWIN = {}
 
 
 def twin(model):
