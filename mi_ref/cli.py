@@ -435,7 +435,22 @@ def _cmd_vectors(args):
           f"{args.out} (seed {args.seed}, mi-ref {__version__})")
     print(f"array names, shapes, meanings and conventions: {args.out}/manifest.json; check your outputs with: "
           f"mi-ref verify {args.out} RESULTS.npz")
+    for line in _golden_notes():
+        _warn(line)
     return 0
+
+
+def _golden_notes():
+    """One line per registered critic, estimator or encoder that the golden vectors do not check (a plugin's):
+    never left out silently."""
+    from .declarations import golden_gaps
+    from .vectors.components import WITHOUT_GOLDEN_SPEC
+    lines = [f"{kind} {name!r} has no golden vectors: no component checks it (add one to COMPONENTS in "
+             f"mi_ref/vectors/components.py, or say why it has none in WITHOUT_GOLDEN_SPEC['{kind}'] there)"
+             for kind, name in golden_gaps()]
+    lines += [f"{kind} {name!r} has no golden vectors (declared none: {why})"
+              for kind, names in WITHOUT_GOLDEN_SPEC.items() for name, why in names.items()]
+    return lines
 
 
 def _cmd_verify(args):
@@ -498,10 +513,25 @@ def _add_run_options(p, sweep=False, run=False):
                         "and adversarial (407 MB per seed); every other preset's state is at most 52 MB per "
                         "variant (quick invertible; critics: 73 MB per seed)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_plugin_option(p)
     if not sweep:
         p.add_argument("--threads", type=_positive, default=None, metavar="T",
                        help="BLAS and numba threads (default: the libraries' own, all cores; `reproduce` with "
                             "several jobs: 1 per task)")
+
+
+def _add_plugin_option(p):
+    p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE", default=[],
+                   help="load a plugin first: a Python file or an importable module that registers critics, "
+                        "estimators or activations (repeatable); see README, 'Plugins'")
+
+
+def _load_plugins(args):
+    """The entry points of the group mi_ref.plugins, then every --plugin (a failure: one line, exit 2)."""
+    from . import plugins
+    plugins.load_entry_points()
+    for spec in getattr(args, "plugin", None) or []:
+        plugins.load(spec)
 
 
 def build_parser():
@@ -599,6 +629,7 @@ def build_parser():
     p.add_argument("--partial", action="store_true",
                    help="also draw unfinished runs (e.g. a run in progress; the title says which); without it an "
                         "unfinished run is an error")
+    _add_plugin_option(p)
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("findings", help="judge the paper's findings on saved runs",
@@ -618,6 +649,7 @@ def build_parser():
     p.add_argument("--partial", action="store_true",
                    help="judge only the finished seeds, leaving out (and naming) unfinished runs; without it an "
                         "unfinished run is an error")
+    _add_plugin_option(p)
     p.set_defaults(func=_cmd_findings)
 
     p = sub.add_parser("reproduce", help="run every experiment and write every figure",
@@ -638,6 +670,7 @@ def build_parser():
                                    "layout conventions, the tolerances). The same seed gives identical files.")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of all random numbers (default 0)")
+    _add_plugin_option(p)
     p.set_defaults(func=_cmd_vectors)
 
     p = sub.add_parser("verify", help="compare an implementation's outputs with the golden vectors",
@@ -685,6 +718,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _load_plugins(args)
         return int(args.func(args) or 0)
     except BrokenPipeError:          # the reader of stdout went away (e.g. `mi-ref list | head`): not an error
         import os

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .registry import NONE
 from .results import RunDir
 from .runs import load_run
 from .stats import order_statistics, sample_sd
@@ -337,7 +338,10 @@ METRIC_MARGIN = 0.03     # "about as good as": the largest accuracy gap the metr
 SE_RULE = ("SE: seed-to-seed (sample sd / sqrt(n)) with 3 or more seeds, else the probe's own (the paired SE "
            "over the test images and the solver's refit noise)")
 
-# how the critics finding treats each critic (a critic not listed is reported, never judged)
+# how the critics finding treats each critic of mi_ref.critics.CRITICS, by registry name: "high_capacity" (the
+# one the simple critics are compared with), "simple", or NONE (reported, never judged). A critic not listed is
+# reported and not judged too, and the verdict says that it has no role here; tests/test_registry.py asks every
+# registered critic for an entry.
 CRITIC_ROLES = {"concat": "high_capacity", "bilinear": "simple", "separable": "simple",
                 "inner_product": "simple"}
 PAPER_SIMPLE_CRITICS = ("bilinear", "separable")
@@ -492,9 +496,12 @@ def _critics(runs):
             if CRITIC_ROLES.get(critic) == "simple":
                 tests.append(effect_test(f"{est}: {critic} minus concat", paired(a, acc["concat"]), MIN_ACC, m,
                                          (a, acc["concat"])))
-        unjudged = [c for c in acc if CRITIC_ROLES.get(c) is None]
+        unjudged = [c for c in acc if CRITIC_ROLES.get(c, NONE) == NONE]
+        undeclared = [c for c in unjudged if c not in CRITIC_ROLES]
         parts.append(f"{est}: " + ", ".join(f"{c} {fmt(a)}" for c, a in acc.items()) +
-                     (f" ({', '.join(unjudged)} reported, not judged)" if unjudged else ""))
+                     (f" ({', '.join(unjudged)} reported, not judged" if unjudged else "") +
+                     (f"; {', '.join(undeclared)}: no role in CRITIC_ROLES in mi_ref/findings.py" if undeclared
+                      else "") + (")" if unjudged else ""))
         values[est] = {c: mean(a) for c, a in acc.items()}
     return "accuracy " + "; ".join(parts), tests, values
 

@@ -12,7 +12,7 @@ Conventions (the same as the golden vectors of :mod:`mi_ref.verify` document):
 
 * inputs are row-major batches, ``x: (B, in_dim)``;
 * a dense layer stores ``W: (in_dim, out_dim)`` and ``b: (out_dim,)`` and computes ``y = x W + b``
-  (PyTorch's ``nn.Linear.weight`` is ``W.T``);
+  (PyTorch's ``torch.nn.Linear.weight`` is ``W.T``);
 * images are NHWC, ``(B, H, W, C)``; conv kernels are ``(kh, kw, C_in, C_out)`` (TensorFlow's layout).
 """
 

@@ -338,7 +338,7 @@ def plot_encoders(runs, path):
         axes[1, col].set_ylabel(rf"$L_t(g_1, g_2)$ = |{name} - t|")
         axes[2, col].set_ylabel(f"{name} (nats)")
         axes[0, col].set_title(f"loss |{name} - t|: linear probe", fontsize=10)
-        axes[1, col].set_title(f"the loss L_t on fresh training batches (as the paper plots)", fontsize=10)
+        axes[1, col].set_title("the loss L_t on fresh training batches (as the paper plots)", fontsize=10)
         axes[2, col].set_title(f"{name}; gray: targets t; fainter: held-out (test set)", fontsize=10)
         for ax in axes[:, col]:
             ax.legend(fontsize=7, handlelength=3.5)        # long enough to show t = 4's dashes
@@ -400,6 +400,8 @@ def plot_metric(runs, path):
     return _finish(fig, axes, _title(runs, "Metric learning (Section 4)"), path)
 
 
+# the figure of each experiment of mi_ref.experiments.REGISTRY, by registry name (plot_generic, defined below,
+# draws the bound and the accuracy of every variant); tests/test_registry.py asks every experiment for one
 PLOTTERS = {"invertible": plot_invertible, "adversarial": plot_adversarial, "conditioning": plot_conditioning,
             "critics": plot_critics, "encoders": plot_encoders, "sampling": plot_sampling,
             "metric": plot_metric}

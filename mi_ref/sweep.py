@@ -417,6 +417,9 @@ def _local_worker_main(conn, threads):
     def stop(signum, frame):
         raise Terminated()
     signal.signal(signal.SIGTERM, stop)
+    from . import plugins
+    plugins.load_entry_points()
+    plugins.load_from_env()                          # the driver's --plugin files and modules
     try:
         _serve(conn, threads, traceback)
     except Terminated:

@@ -13,7 +13,8 @@ from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
 MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.plots", "mi_ref.cli",
-                      "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors", "mi_ref.sweep")
+                      "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors", "mi_ref.sweep",
+                      "mi_ref.porting", "mi_ref.declarations")
 
 
 def module_name(path):
@@ -181,7 +182,8 @@ def test_a_registered_activation_works_everywhere_without_other_edits():
 def test_every_model_the_experiments_train_has_a_twin_or_needs_none():
     """The loops ask the wing for twins; the encoders and critics of every paper preset get one (the bilinear
     and inner-product critics are two matrix products and need none)."""
-    needs_none = (critics.Bilinear, critics.InnerProduct)
+    needs_none = tuple(type(critics.build(name, 4)) for name in accel.CRITICS_WITHOUT_TWIN)
+    assert set(needs_none) == {critics.Bilinear, critics.InnerProduct}
     for name in ("invertible", "conditioning", "critics", "encoders", "metric"):
         exp = experiments.get(name)
         module = importlib.import_module(f"mi_ref.experiments.{name}")

@@ -216,6 +216,21 @@ def test_a_fourth_critic_is_reported_not_judged(tmp_path, monkeypatch):
     v = verdicts["critics.concat_worst"]
     assert v.holds is True and "cosine 0.600" in v.measured and "cosine reported, not judged" in v.measured
     assert "cosine 4.00" in verdicts["critics.bounds"].measured
+    assert "cosine: no role in CRITIC_ROLES in mi_ref/findings.py" in v.measured      # says what it lacks
+
+
+def test_a_critic_declared_without_a_role_is_reported_without_a_note(tmp_path, monkeypatch):
+    from mi_ref import critics
+    from mi_ref.findings import CRITIC_ROLES
+    from mi_ref.registry import NONE
+    monkeypatch.setitem(critics.CRITICS._entries, "cosine", critics.CRITICS.get("bilinear"))
+    monkeypatch.setitem(critics.CRITICS._meta, "cosine", {})
+    monkeypatch.setitem(CRITIC_ROLES, "cosine", NONE)
+    rows = _critic_rows({"bilinear": 0.83, "separable": 0.825, "concat": 0.79, "cosine": 0.60})
+    verdicts = verdicts_of([make_run(tmp_path / "r", "critics", rows,
+                                     config={"critics": ("bilinear", "separable", "concat", "cosine")})])
+    measured = verdicts["critics.concat_worst"].measured
+    assert "(cosine reported, not judged)" in measured and "CRITIC_ROLES" not in measured
 
 
 def _encoder_rows(acc):

@@ -16,6 +16,7 @@ The math modules (:mod:`mi_ref.nn`, :mod:`mi_ref.flows`, :mod:`mi_ref.critics`, 
 from .adam import adam_update, owned
 from .grad import value_and_grad_by_key
 from .memory import configure_malloc
-from .twins import TWINS, Twin, original, twin
+from .twins import CRITICS_WITHOUT_TWIN, ENCODERS_WITHOUT_TWIN, TWINS, Twin, original, twin
 
-__all__ = ["TWINS", "Twin", "adam_update", "configure_malloc", "original", "owned", "twin", "value_and_grad_by_key"]
+__all__ = ["CRITICS_WITHOUT_TWIN", "ENCODERS_WITHOUT_TWIN", "TWINS", "Twin",
+           "adam_update", "configure_malloc", "original", "owned", "twin", "value_and_grad_by_key"]

@@ -14,10 +14,10 @@ are then row gathers): each coupling net's own Jacobian comes from the forward m
 inputs, and one batched product per block chains it in (see :func:`_coupling_step`). Reverse mode for
 MLPs whose output is narrower than the input: :func:`_mlp_reverse_jacobian`.
 
-Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 0, as :func:`mi_ref.nn.relu`'s gradient), so the
-fast paths equal the reference everywhere, kinks included. The MLP's forward-mode Jacobian is returned as
-the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then Fortran-ordered, which is
-what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines compute values
+Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 0, as :func:`mi_ref.nn.relu`'s
+gradient), so the fast paths equal the reference everywhere, kinks included. The MLP's forward-mode Jacobian
+is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then Fortran-ordered,
+which is what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines compute values
 only; they are not differentiable by autograd.
 """
 
@@ -236,8 +236,13 @@ def has_fast_jacobian(model):
 
 JACOBIANS = {nn.MLP: _mlp_jacobian, flows.RealNVP: _realnvp_jacobian, flows.AffineCoupling: _coupling_jacobian}
 
+# The encoders of mi_ref.experiments.encoders.ENCODERS (by registry name) whose Jacobians have no fast path on
+# purpose, and why (mi_ref.jacobian.batch_jacobian then uses the autograd reference); every other one is a
+# model for which has_fast_jacobian holds. tests/test_registry.py checks that one of the two holds.
+ENCODERS_WITHOUT_FAST_JACOBIAN = {"convnet": "no experiment measures the ConvNet's conditioning (the paper's "
+                                             "Fig. 2 is about the MLP and RealNVP encoders)"}
+
 
 def fast_path(model):
     """The fast Jacobian routine ``f(model, params, x, mode)`` for ``model``'s type, or None."""
     return JACOBIANS[type(model)] if has_fast_jacobian(model) else None
-

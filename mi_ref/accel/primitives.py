@@ -236,7 +236,7 @@ defvjp_argnums(_mlp, _mlp_vjp)
 
 
 def mlp(params, x, activation="relu", shortcuts=False):
-    """The MLP of :class:`mi_ref.nn.MLP` as one primitive (reference: :func:`mi_ref.nn.mlp_apply`).
+    """The MLP of :class:`mi_ref.nn.MLP` as one primitive (reference: :meth:`mi_ref.nn.MLP.apply`).
 
         h_0 = x,  h_l = act(h_{l-1} W_l + b_l) [+ h_{l-1}]  (l < L),  y = h_{L-1} W_L + b_L [+ h_{L-1}],
 
@@ -315,7 +315,7 @@ defvjp_argnums(_chain, _chain_vjp)
 def coupling_chain(blocks, params, x):
     """``(y, log|det dy/dx|)`` of a chain of :class:`mi_ref.flows.AffineCoupling` blocks, as one primitive.
 
-    Reference: :meth:`mi_ref.flows.RealNVP.forward_reference` (block k: z = x[:, perm],
+    Reference: :meth:`mi_ref.flows.RealNVP.forward` (block k: z = x[:, perm],
     y = [z_a, z_b s + t]; shift-only s = 1). ``params = {"blocks": [{"net": MLP params}, ...]}``; returns
     ``y: (B, d)`` and the per-example log-determinant ``(B,)`` (zeros for shift-only chains). Each block's
     permutation and coupling are one numba pass. VJP, block by block from the end: dt = dy_b;
@@ -408,7 +408,8 @@ defvjp_argnums(_concat, _concat_vjp)
 
 
 def concat_scores(params, u, v, dim_u):
-    """The concat critic with one hidden ReLU layer, as one primitive (reference: ``Concat.apply_reference``).
+    """The concat critic with one hidden ReLU layer, as one primitive (reference:
+    :meth:`mi_ref.critics.Concat.apply`).
 
         S[i, j] = relu([u_i ; v_j] W1 + b1) w2 + b2 = sum_h w2[h] relu(A[i, h] + B[j, h] + b1[h]) + b2,
         A = u W1[:d_u],  B = v W1[d_u:],
@@ -468,7 +469,7 @@ defvjp_argnums(_concat_deep, _concat_deep_vjp)
 
 def concat_scores_deep(params, u, v, dim_u):
     """The concat critic with any number of ReLU hidden layers, as one primitive (reference:
-    ``Concat.apply_reference``; the "sampling" experiment's critic has five hidden layers of 10).
+    :meth:`mi_ref.critics.Concat.apply`; the "sampling" experiment's critic has five hidden layers of 10).
 
         P[i, j] = u_i W1[:d_u] + v_j W1[d_u:] + b1   (K, K, H),   S = m'(relu(P))  with m' the other layers,
 
@@ -813,7 +814,8 @@ defvjp_argnums(_convnet, _convnet_vjp)
 
 
 def convnet(model, params, x):
-    """The paper's ConvNet (:class:`mi_ref.nn.ConvNet`) as one primitive (reference: ``ConvNet.apply_reference``).
+    """The paper's ConvNet (:class:`mi_ref.nn.ConvNet`) as one primitive (reference:
+    :meth:`mi_ref.nn.ConvNet.apply`).
 
     x (B, H W) -> conv 5x5 stride 2 'same' + ReLU -> conv 5x5 stride 2 'same' + ReLU -> layer norm over
     (h, w, c), (a - mean) / (std + 1e-6), with per-channel scale and bias -> mean over (h, w) -> dense.
@@ -839,5 +841,3 @@ def convnet(model, params, x):
 
 # untraced ConvNet calls run on slices of at most this many examples (see convnet)
 CONVNET_SLICE = 256
-
-

@@ -110,6 +110,13 @@ class ConvNetTwin(Twin):
 TWINS = {nn.MLP: MLPTwin, flows.RealNVP: RealNVPTwin, critics.Concat: ConcatTwin,
          critics.Separable: SeparableTwin, nn.Conv2D: Conv2DTwin, nn.ConvNet: ConvNetTwin}
 
+# The critics of mi_ref.critics.CRITICS (by registry name) that have no twin on purpose, and why. Every other
+# registered critic's model type has an entry in TWINS; tests/test_registry.py checks that one of the two holds.
+CRITICS_WITHOUT_TWIN = {"inner_product": "one matrix product: autograd's own gradient is as fast",
+                        "bilinear": "two matrix products: autograd's own gradient is as fast"}
+# the same for the encoders of mi_ref.experiments.encoders.ENCODERS (both the paper's encoders have twins)
+ENCODERS_WITHOUT_TWIN = {}
+
 
 def twin(model):
     """The accelerated twin of ``model`` (see the module docstring), or ``model`` itself if its type has none."""

@@ -9,10 +9,30 @@ from dataclasses import dataclass
 
 from .. import critics, nn
 from ..checks import nonempty, positive_int, sizes
+from ..registry import Registry
 from . import Experiment, register
 from .common import MIConfig, Variant, check_on_data, run_variants, units_of
 
-ENCODER_NAMES = ("convnet", "mlp")
+
+def convnet(config, half_shape):
+    """The paper's ConvNet on the (h, w) half images, ``config.convnet_channels``, codes of ``config.code_dim``."""
+    h, w = half_shape
+    return nn.convnet(h, w, out_dim=config.code_dim, channels=tuple(config.convnet_channels))
+
+
+def mlp(config, half_shape):
+    """MLP(h * w, ``config.mlp_dims``) on the flattened half images (its last width is ``config.code_dim``)."""
+    h, w = half_shape
+    return nn.mlp(h * w, config.mlp_dims)
+
+
+# name -> factory(config, half_shape) -> encoder, an object with init(rng) -> params and
+# apply(params, x: (B, h * w)) -> codes (B, config.code_dim); a plugin may register more
+ENCODERS = Registry("encoder")
+ENCODERS.register("convnet", convnet, label="ConvNet")
+ENCODERS.register("mlp", mlp, label="MLP")
+
+ENCODER_NAMES = ("convnet", "mlp")          # the paper's two, compared by the findings
 
 
 @dataclass(frozen=True)
@@ -34,19 +54,15 @@ class Config(MIConfig):
         positive_int(self.code_dim, "code_dim")
         nonempty(self.targets, "targets", "number")
         nonempty(self.estimators, "estimators")
-        unknown = sorted(set(self.encoders) - set(ENCODER_NAMES))
-        if unknown:
-            raise ValueError(f"unknown encoders {unknown}; expected a subset of {list(ENCODER_NAMES)}")
+        ENCODERS.check(self.encoders, "encoders")
         if self.mlp_dims[-1] != self.code_dim:
             raise ValueError(f"mlp_dims must end with code_dim={self.code_dim} (both encoders feed the same "
                              f"bilinear critic), got {self.mlp_dims}")
 
 
 def make_encoder(config, name, half_shape):
-    h, w = half_shape
-    if name == "convnet":
-        return nn.convnet(h, w, out_dim=config.code_dim, channels=tuple(config.convnet_channels))
-    return nn.mlp(h * w, config.mlp_dims)
+    """The encoder registered as ``name`` (see :data:`ENCODERS`) for the half images of ``half_shape``."""
+    return ENCODERS.get(name)(config, half_shape)
 
 
 def variants(config, half_shape):

@@ -2,10 +2,11 @@
 
 The PyTorch code below was written from the conventions in ``manifest.json`` alone (not from mi-ref's
 code): the bounds I_NCE, I_NWJ and TUBA, the four critics, dense layers and MLPs (plain and residual),
-the paper's layer norm and ConvNet (its ReLU with the derivative 0 at 0 that ``torch.relu`` has), one Adam update in both forms (``torch.optim.Adam`` for the textbook form,
-TensorFlow 1's form written out) and, since those are all their parts, complete training steps of the
-"conditioning" and "critics" experiments. For each component it loads the inputs and parameters, converts dense kernels to PyTorch's
-layout (``nn.Linear.weight = W.T``), computes the outputs, backpropagates the documented scalar
+the paper's layer norm and ConvNet (its ReLU with the derivative 0 at 0 that ``torch.relu`` has), one Adam
+update in both forms (``torch.optim.Adam`` for the textbook form, TensorFlow 1's form written out) and, since
+those are all their parts, complete training steps of the "conditioning" and "critics" experiments. For each
+component it loads the inputs and parameters, converts dense kernels to PyTorch's layout
+(``nn.Linear.weight = W.T``), computes the outputs, backpropagates the documented scalar
 ``L = sum_k sum(output_k * cotangent_k)`` with ``torch.autograd.grad``, converts the gradients back to
 mi-ref's layout and names, saves everything as ``COMPONENT/ARRAY`` in one .npz and prints the report of
 :func:`mi_ref.verify.compare_results` -- the same as ``mi-ref verify VECTORS RESULTS.npz`` would.
@@ -32,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import NONE, MissingDeclaration, declared
 from ..verify import compare_results, format_reports, unchecked_components
 from ..vectors import load_component, load_manifest
 from .names import mi_param, torch_name, torch_param, torch_state
 
-__all__ = ["BOUNDS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce", "layer_norm",
-           "main", "mi_param", "mlp", "nwj", "run", "run_component", "same_pad", "torch_name", "torch_param",
-           "torch_state", "tuba"]
+__all__ = ["BOUNDS", "CRITIC_PORTS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce",
+           "layer_norm", "main", "mi_param", "mlp", "nwj", "run", "run_component", "same_pad", "torch_name",
+           "torch_param", "torch_state", "tuba"]
 
 torch = F = None
 
@@ -81,6 +83,7 @@ def nwj(S):
     return tuba(S - 1.0)
 
 
+# estimator registry name -> bound(S) (TUBA with a log-baseline is called as tuba(S, l)); see CRITIC_PORTS
 BOUNDS = {"infonce": infonce, "nwj": nwj, "tuba": tuba}
 
 
@@ -95,19 +98,33 @@ def mlp(layers, x, shortcuts=False):
     return h
 
 
-def critic_scores(kind, p, u, v):
-    """S[i, j] = f(u_i, v_j) for the four critics (p: the critic's parameters in PyTorch layout)."""
-    if kind == "inner_product":
-        return u @ v.T
-    if kind == "bilinear":
-        return u @ (v @ p["W"]).T                          # W (d_v, d_u) as stored: not a Linear weight
-    if kind == "separable":
-        return mlp(p["f"], u) @ mlp(p["h"], v).T
-    # concat: m([u_i ; v_j]) over all pairs; row i = u_i, column j = v_j
+def _inner_product_scores(p, u, v):
+    return u @ v.T
+
+
+def _bilinear_scores(p, u, v):
+    return u @ (v @ p["W"]).T                              # W (d_v, d_u) as stored: not a Linear weight
+
+
+def _separable_scores(p, u, v):
+    return mlp(p["f"], u) @ mlp(p["h"], v).T
+
+
+def _concat_scores(p, u, v):
+    """m([u_i ; v_j]) over all pairs; row i = u_i, column j = v_j."""
     K = u.shape[0]
     pairs = torch.cat([u[:, None, :].expand(K, K, u.shape[1]), v[None, :, :].expand(K, K, v.shape[1])], dim=2)
     return mlp(p["layers"], pairs)[..., 0]
 
+
+def critic_scores(kind, p, u, v):
+    """S[i, j] = f(u_i, v_j) for the critic registered as ``kind`` (p: its parameters in PyTorch layout)."""
+    return _critic_port(kind)[1](p, u, v)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the ports, keyed by registry name: every estimator of mi_ref.bounds.ESTIMATORS and every critic of
+# mi_ref.critics.CRITICS has an entry here, or NONE (no port; its components are left unchecked)
 
 # ----------------------------------------------------------------------------------------------------
 # loading golden vectors into tensors, and gradients back into mi-ref's names and layout
@@ -164,16 +181,51 @@ def _n_layers(arrays, path=""):
     return len({k[len(prefix):].split("/")[0] for k in arrays if k.startswith(prefix)})
 
 
+def _mlp_at(leaves, path):
+    return leaves.mlp(path, _n_layers(leaves.arrays, path))
+
+
 def _critic_params(leaves, kind, path):
-    prefix = f"{path}/" if path else ""
-    if kind == "bilinear":
-        return {"W": leaves.matrix(f"{prefix}W")}
-    if kind == "separable":
-        return {side: leaves.mlp(f"{prefix}{side}", _n_layers(leaves.arrays, f"{prefix}{side}"))
-                for side in ("f", "h")}
-    if kind == "concat":
-        return {"layers": leaves.mlp(path, _n_layers(leaves.arrays, path))}
-    return {}
+    """The parameters of critic ``kind`` stored under ``path``, as tracked tensors in PyTorch layout."""
+    return _critic_port(kind)[0](leaves, f"{path}/" if path else "")
+
+
+# critic registry name -> (params(leaves, prefix), scores(params, u, v))
+CRITIC_PORTS = {
+    "inner_product": (lambda leaves, prefix: {}, _inner_product_scores),
+    "bilinear": (lambda leaves, prefix: {"W": leaves.matrix(f"{prefix}W")}, _bilinear_scores),
+    "separable": (lambda leaves, prefix: {side: _mlp_at(leaves, f"{prefix}{side}") for side in ("f", "h")},
+                  _separable_scores),
+    "concat": (lambda leaves, prefix: {"layers": _mlp_at(leaves, prefix.rstrip("/"))}, _concat_scores),
+}
+
+WHERE = {"critic": "CRITIC_PORTS in mi_ref/porting/pytorch.py", "estimator": "BOUNDS in mi_ref/porting/pytorch.py"}
+
+
+def _port(table, kind, name):
+    """The port of the ``kind`` (critic or estimator) registered as ``name``; an error naming the table to
+    add it to if it has none."""
+    port = declared(table, name, kind, "PyTorch port", WHERE[kind])
+    if port == NONE:
+        raise MissingDeclaration(f"{kind} {name!r} has no PyTorch port ({WHERE[kind]} says {NONE!r})")
+    return port
+
+
+def _critic_port(kind):
+    return _port(CRITIC_PORTS, "critic", kind)
+
+
+def _bound(estimator):
+    return _port(BOUNDS, "estimator", estimator)
+
+
+def _ported(config):
+    """False if the component's critic or estimator is declared NONE here (left unchecked, like any component
+    this example does not cover); a kind not declared at all is an error."""
+    for kind, table in (("critic", CRITIC_PORTS), ("estimator", BOUNDS)):
+        if kind in config and declared(table, config[kind], kind, "PyTorch port", WHERE[kind]) == NONE:
+            return False
+    return True
 
 
 def adam_step(config, arrays, dtype):
@@ -250,12 +302,14 @@ def run_component(name, config, arrays, dtype, relu=None):
     _torch()
     if name.startswith("adam_step"):
         return adam_step(config, arrays, dtype)
+    if not _ported(config):
+        return None
     leaves = Leaves(arrays, dtype)
     aux = {}
     if name.startswith("bound_"):
         S = leaves.input("scores")
         baseline = leaves.input("log_baseline") if "input/log_baseline" in arrays else None
-        value = tuba(S, baseline) if baseline is not None else BOUNDS[config["estimator"]](S)
+        value = tuba(S, baseline) if baseline is not None else _bound(config["estimator"])(S)
         outputs = {"bound": value}
     elif name.startswith("critic_"):
         u, v = leaves.input("u"), leaves.input("v")
@@ -284,7 +338,7 @@ def run_component(name, config, arrays, dtype, relu=None):
         u = mlp(leaves.mlp("g1", _n_layers(arrays, "g1")), x1, shortcuts)
         v = mlp(leaves.mlp("g2", _n_layers(arrays, "g2")), x2, shortcuts)
         S = critic_scores(config["critic"], _critic_params(leaves, config["critic"], "critic"), u, v)
-        bound = BOUNDS[config["estimator"]](S)
+        bound = _bound(config["estimator"])(S)
         outputs = {"loss": -bound}
         aux = {"u": u, "v": v, "scores": S, "bound": bound}
     else:

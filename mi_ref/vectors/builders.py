@@ -14,7 +14,9 @@ from autograd import grad, value_and_grad
 
 from .. import bounds, critics, flows, jacobian, nn, objectives, optim
 from ..accel import original, twin
+from ..registry import declared
 from ..tree import tree_flatten, tree_map, tree_unflatten
+
 
 @dataclass
 class Built:
@@ -62,6 +64,15 @@ def _shape_only(model):
 # --- bounds
 
 
+# how the manifest writes each estimator of mi_ref.bounds.ESTIMATORS (keyed by its registry name)
+ESTIMATOR_SYMBOLS = {"infonce": "I_NCE", "nwj": "I_NWJ", "tuba": "TUBA"}
+
+
+def _symbol(estimator):
+    return declared(ESTIMATOR_SYMBOLS, estimator, "estimator", "golden-vector symbol",
+                    "ESTIMATOR_SYMBOLS in mi_ref/vectors/builders.py")
+
+
 def _bound_build(config):
     k, estimator, kind = config["K"], config["estimator"], config["scores"]
 
@@ -89,7 +100,7 @@ def _bound_build(config):
         value = bound(s, inputs["log_baseline"]) if "log_baseline" in inputs else bound(s)
         return {"bound": value}, {}
 
-    name = {"infonce": "I_NCE", "nwj": "I_NWJ", "tuba": "TUBA"}[estimator]
+    name = _symbol(estimator)
     meanings = {"input/scores": f"score matrix S ({k}, {k}): rows index u (view 1), columns v (view 2), "
                                 "diagonal = positive pairs" + (", large magnitudes" if kind == "large" else ""),
                 "output/bound": f"{name}(S) in nats (scalar)"}
@@ -107,13 +118,7 @@ def _critic_build(config):
     d_u, d_v = config["d_u"], config["d_v"]
     options = {k: config[k] for k in ("hidden", "out_dim") if k in config}
     critic = twin(critics.build(kind, d_u, d_v, **options))
-    notes = {}
-    if kind == "bilinear":
-        notes["W"] = f"bilinear critic matrix W ({d_v}, {d_u}) = (d_v, d_u): S = u (v W)^T (not a Linear weight)"
-    elif kind == "concat":
-        notes["layers/0/W"] = (f"dense kernel W (in={d_u + d_v}, out={config['hidden'][0]}) of m's first layer: "
-                               f"rows 0..{d_u - 1} multiply u_i, rows {d_u}..{d_u + d_v - 1} multiply v_j; "
-                               "h = [u_i ; v_j] W + b")
+    notes = _critic_notes(kind, CRITIC_NOTES)(d_u, d_v, config.get("hidden"))
 
     def draw(rng):
         return {"u": normal(rng, (k, d_u)), "v": normal(rng, (k, d_v))}
@@ -125,6 +130,45 @@ def _critic_build(config):
                 "input/v": f"view-2 codes v ({k}, {d_v})",
                 "output/scores": f"scores S ({k}, {k}): S[i, j] = f(u_i, v_j), diagonal = positive pairs"}
     return Built(forward, _shape_only(critic), draw, meanings, param_notes=notes)
+
+
+def _bilinear_notes(d_u, d_v, hidden=None):
+    return {"W": f"bilinear critic matrix W ({d_v}, {d_u}) = (d_v, d_u): S = u (v W)^T (not a Linear weight)"}
+
+
+def _concat_notes(d_u, d_v, hidden):
+    return {"layers/0/W": (f"dense kernel W (in={d_u + d_v}, out={hidden[0]}) of m's first layer: "
+                           f"rows 0..{d_u - 1} multiply u_i, rows {d_u}..{d_u + d_v - 1} multiply v_j; "
+                           "h = [u_i ; v_j] W + b")}
+
+
+def _train_bilinear_notes(e, hidden=None):
+    return {"critic/W": f"bilinear critic matrix W ({e}, {e}) = (d_v, d_u): S = u (v W)^T (not a Linear weight)"}
+
+
+def _train_concat_notes(e, hidden):
+    return {"critic/layers/0/W": (f"dense kernel W (in={2 * e}, out={hidden[0]}) of the concat critic's first "
+                                  f"layer: rows 0..{e - 1} multiply u_i, rows {e}..{2 * e - 1} multiply v_j")}
+
+
+def _no_notes(*sizes):
+    """Nothing to add to the generic description of the critic's params (or it has none)."""
+    return {}
+
+
+# What the manifest says about a critic's params beyond their generic description (which names the layer and
+# the dense layout), keyed by critic registry name (mi_ref.critics.CRITICS): in a critic component
+# (notes(d_u, d_v, hidden)) and in a training step (notes(e, critic_hidden), paths under "critic/"). A critic
+# whose params need no note says so with _no_notes; one that is missing here is an error, not a guess.
+CRITIC_NOTES = {"inner_product": _no_notes, "bilinear": _bilinear_notes, "separable": _no_notes,
+                "concat": _concat_notes}
+TRAIN_CRITIC_NOTES = {"inner_product": _no_notes, "bilinear": _train_bilinear_notes, "separable": _no_notes,
+                      "concat": _train_concat_notes}
+
+
+def _critic_notes(kind, table):
+    where = "CRITIC_NOTES" if table is CRITIC_NOTES else "TRAIN_CRITIC_NOTES"
+    return declared(table, kind, "critic", "golden-vector param notes", f"{where} in mi_ref/vectors/builders.py")
 
 
 # --- layers and encoders
@@ -388,8 +432,8 @@ def _adam_build(config):
         meanings[f"input/m/{p}"] = f"Adam first moment m of param/{p} before the step"
         meanings[f"input/v/{p}"] = f"Adam second moment v of param/{p} before the step (>= 0)"
         meanings[f"output/param/{p}"] = f"param/{p} after the step"
-        meanings[f"output/m/{p}"] = f"m after the step"
-        meanings[f"output/v/{p}"] = f"v after the step"
+        meanings[f"output/m/{p}"] = "m after the step"
+        meanings[f"output/v/{p}"] = "v after the step"
     return Built(forward, template, draw, meanings, {"step": onp.array(config["step"], dtype=onp.int64)},
                  differentiable=False, param_scale=config["param_std"])
 
@@ -411,13 +455,7 @@ def _train_build(config):
     e = g1.out_dim
     critic = critics.build(config["critic"], e, **({"hidden": config["critic_hidden"]} if "critic_hidden" in config
                                                    else {}))
-    if config["critic"] == "bilinear":
-        notes["critic/W"] = (f"bilinear critic matrix W ({e}, {e}) = (d_v, d_u): S = u (v W)^T "
-                             "(not a Linear weight)")
-    else:
-        notes["critic/layers/0/W"] = (f"dense kernel W (in={2 * e}, out={config['critic_hidden'][0]}) of the "
-                                      "concat critic's first layer: "
-                                      f"rows 0..{e - 1} multiply u_i, rows {e}..{2 * e - 1} multiply v_j")
+    notes.update(_critic_notes(config["critic"], TRAIN_CRITIC_NOTES)(e, config.get("critic_hidden")))
     estimator = config["estimator"]
     template = {"g1": _shape_only(g1), "g2": _shape_only(g2), "critic": _shape_only(critic)}
     g1, g2, critic = twin(g1), twin(g2), twin(critic)
@@ -437,7 +475,7 @@ def _train_build(config):
         x1 = normal(rng, (b, d))
         return {"x1": x1, "x2": f32(x1 + normal(rng, (b, d)))}
 
-    est = {"infonce": "I_NCE", "nwj": "I_NWJ"}[estimator]
+    est = _symbol(estimator)
     meanings = {"input/x1": f"view-1 batch x1 ({b}, {d}), standard normal",
                 "input/x2": f"view-2 batch x2 ({b}, {d}) = x1 + standard normal noise; row i pairs with row i "
                             "of x1",
@@ -506,13 +544,11 @@ def _train_step_build(config):
         meanings[f"input/m/{p}"] = f"Adam first moment of param/{p} before the step (0: a fresh optimizer)"
         meanings[f"input/v/{p}"] = f"Adam second moment of param/{p} before the step (0)"
         meanings[f"output/param/{p}"] = f"param/{p} after the TF-form Adam update (lr {config['lr']:g})"
-        meanings[f"output/m/{p}"] = f"m after the step"
-        meanings[f"output/v/{p}"] = f"v after the step"
+        meanings[f"output/m/{p}"] = "m after the step"
+        meanings[f"output/v/{p}"] = "v after the step"
         meanings[f"aux/gradient/{p}"] = f"d loss / d param/{p}, the gradient the update used"
     return Built(forward, template, draw, meanings, consts, differentiable=False, param_notes=notes,
                  draw_params=draw_params)
-
-
 
 
 # component kind -> builder(config) -> Built (the kinds of mi_ref.vectors.components)

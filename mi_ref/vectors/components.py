@@ -234,3 +234,20 @@ COMPONENTS = [
                'lr': 0.0001,
                'form': 'tf'}),
 ]
+
+
+# The golden-vector spec of a registered kind is the component that checks its formula: for a critic of
+# mi_ref.critics.CRITICS a 'critic' component with config["critic"] == its name, for an estimator of
+# mi_ref.bounds.ESTIMATORS a 'bound' component with config["estimator"] == its name, for an encoder of
+# mi_ref.experiments.encoders.ENCODERS a component of the kind of its name ('mlp', 'convnet'). A kind that has
+# none on purpose is listed here with the reason; tests/test_registry.py checks that one of the two holds.
+SPEC_KIND = {"critic": "critic", "estimator": "bound"}
+WITHOUT_GOLDEN_SPEC = {"critic": {}, "estimator": {}, "encoder": {}}
+
+
+def golden_specs(kind, name):
+    """The names of the components that check the ``kind`` ("critic", "estimator" or "encoder") registered as
+    ``name``."""
+    if kind == "encoder":
+        return [c.name for c in COMPONENTS if c.kind == name]
+    return [c.name for c in COMPONENTS if c.kind == SPEC_KIND[kind] and c.config.get(kind) == name]

@@ -1,0 +1,104 @@
+"""Plugins: a user's own critics, estimators or activations, registered from outside the package.
+
+A plugin is a Python file or an importable module that registers kinds with mi-ref's registries when it is
+imported, e.g. ``CRITICS.register("cosine", cosine)`` (README, "Plugins: your own critic, estimator or
+encoder"). The CLI loads
+
+* every entry point of the group ``mi_ref.plugins`` of the installed packages, at its start
+  (:func:`load_entry_points`; an entry point naming a module imports it, one naming a callable calls it);
+* every ``--plugin FILE.py`` or ``--plugin MODULE`` given to ``run``, ``sweep``, ``reproduce``, ``plot``,
+  ``findings`` and ``vectors`` (:func:`load`).
+
+The plugins loaded are remembered in the environment variable ``MI_REF_PLUGINS`` (absolute paths and module
+names, joined by ``os.pathsep``), from which the worker processes of a local sweep load them too
+(:func:`load_from_env`). A plugin that fails to import is a :class:`PluginError` (a ``ValueError``: one line
+and exit code 2 from the CLI) naming the file or module and the error.
+"""
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ENV = "MI_REF_PLUGINS"
+GROUP = "mi_ref.plugins"
+LOADED = []             # the plugins loaded in this process, in order (absolute paths, module names, entry points)
+_GIVEN = []             # those given by name (load), which MI_REF_PLUGINS passes on to worker processes
+
+
+class PluginError(ValueError):
+    """A plugin that cannot be found or fails to import."""
+
+
+def _one_line(err):
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _import_file(path):
+    name = "mi_ref_plugin_" + path.stem + "_" + hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def load(spec):
+    """Import the plugin ``spec``: a path to a ``.py`` file, or the name of an importable module; returns the
+    module (None if it was loaded already in this process: it is not imported again, so its kinds are
+    registered once)."""
+    spec = str(spec)
+    is_file = spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec)
+    key = str(Path(spec).resolve()) if is_file else spec
+    if key in LOADED:
+        return None
+    if is_file and not Path(key).is_file():
+        raise PluginError(f"plugin {spec}: no such file")
+    try:
+        module = _import_file(Path(key)) if is_file else importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        if not is_file and err.name == spec.split(".")[0]:
+            raise PluginError(f"plugin {spec}: no such file or importable module") from None
+        raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
+    except Exception as err:
+        raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
+    LOADED.append(key)
+    _GIVEN.append(key)
+    os.environ[ENV] = os.pathsep.join(_GIVEN)
+    return module
+
+
+def _entry_points():
+    return importlib.metadata.entry_points(group=GROUP)
+
+
+def load_entry_points():
+    """Load every entry point of the group ``mi_ref.plugins``; returns their names."""
+    names = []
+    for entry in _entry_points():
+        if entry.value in LOADED:
+            continue
+        try:
+            obj = entry.load()
+            if callable(obj):
+                obj()
+        except Exception as err:
+            raise PluginError(f"plugin {entry.name} (entry point {entry.value} of group {GROUP}) failed to "
+                              f"load: {_one_line(err)}") from None
+        LOADED.append(entry.value)
+        names.append(entry.name)
+    return names
+
+
+def load_from_env():
+    """Load the plugins named in ``MI_REF_PLUGINS`` (a worker process of a sweep: those of its driver)."""
+    for spec in os.environ.get(ENV, "").split(os.pathsep):
+        if spec:
+            load(spec)
