@@ -273,7 +273,7 @@ def cmd_plot(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     entries = load_studies(args.out)
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5.2))
     ax = axes[0]
     rows = invertible_table(entries)
     for label in dict.fromkeys(r[0] for r in rows):
@@ -289,7 +289,7 @@ def cmd_plot(args):
     ax.set_ylabel("accuracy rise over step 0")
     ax.set_title("invertible: mean rise ± 2 SE over seeds;\ndotted: 2 x the probe's paired SE (test images)",
                  fontsize=9)
-    ax.legend(fontsize=6)
+    _legend_below(ax)
     _plot_long_runs(axes[1], args.run)
     for ax, est in zip(axes[2:], ("infonce", "nwj")):
         for label, step_rows in _by_label(encoders_table(entries)).items():
@@ -304,12 +304,12 @@ def cmd_plot(args):
         ax.set_xlabel("training steps (in thousands)")
         ax.set_ylabel("linear-probe test accuracy")
         ax.set_title(f"encoders under {est}: mean ± sd over seeds\nsolid: ConvNet, dashed: MLP", fontsize=9)
-        ax.legend(fontsize=6)
+        _legend_below(ax)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=110)
+    fig.savefig(args.figure, dpi=110, bbox_inches="tight")
     print(f"wrote {args.figure}")
 
 
@@ -355,7 +355,12 @@ def _plot_long_runs(ax, run_dirs):
     ax.set_title("invertible at the paper's scale (full MNIST);\ndotted: 2 x the probe's SE (binomial where the rows "
                  "keep no per-image outcomes)", fontsize=9)
     if run_dirs:
-        ax.legend(fontsize=6)
+        _legend_below(ax)
+
+
+def _legend_below(ax):
+    """The legend under the axes, off the curves (the studies' labels are long)."""
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
 
 
 def _by_label(rows):
