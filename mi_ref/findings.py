@@ -353,8 +353,9 @@ _ENCODERS_AT_QUICK_SCALE = (
     "ConvNet trains well under I_NCE (ahead of the MLP by 0.03-0.04) but not under I_NWJ, whose ConvNet "
     "runs stall at 0.69-0.76 after 400-1200 steps while the MLP reaches 0.77-0.80; a ConvNet of (16, 32) "
     "channels is ahead at t = 2 and level at t = 4 after 1200 steps; at lr 3e-4 the ConvNet is still behind "
-    "the MLP after 1200 steps. No setting that runs in seconds shows the finding: it is shown on full MNIST "
-    "at the paper's lr 1e-4 (figures/runs/encoders-paper-*)")
+    "the MLP after 1200 steps. No setting that runs in minutes shows the finding. On full MNIST at the paper's "
+    "lr 1e-4 (figures/runs/encoders-paper-*, 1500 steps, seed 0) the ConvNet is ahead in 3 of the 4 "
+    "(estimator, t) pairs; under I_NWJ at t = 4 its training fell back between steps 750 and 1500")
 QUICK_SCALE_NOTES = {
     "encoders.convnet_ahead": _ENCODERS_AT_QUICK_SCALE,
     "encoders.architecture_over_estimator": _ENCODERS_AT_QUICK_SCALE,
