@@ -1,4 +1,4 @@
-"""Plugins: a user's own critics, estimators or activations, registered from outside the package.
+"""Plugins: a user's own critics, estimators, encoders or activations, registered from outside the package.
 
 A plugin is a Python file or an importable module that registers kinds with mi-ref's registries when it is
 imported, e.g. ``CRITICS.register("cosine", cosine)`` (README, "Plugins: your own critic, estimator or
