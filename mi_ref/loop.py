@@ -160,6 +160,19 @@ class Loop:
         finally:
             self._restore(name, now)
 
+    def evaluates(self, step, scheduled):
+        """Whether the loop evaluates (records a row) at ``step``: the one resume condition of every loop.
+
+        ``scheduled``: the step is on the variant's evaluation schedule. True when it is, except at the step
+        a resumed variant continues at (:attr:`start`) when that step's row is already on disk; there it is
+        True only if the row is to be evaluated again (:attr:`reevaluate`: it was lost, or the state is the
+        final one of a shorter run, saved after a step without a row). Evaluating there gives the row an
+        uninterrupted run has, because :meth:`resume` left the evaluation streams where they were before it.
+        """
+        if self.resumed and step == self.start:
+            return bool(scheduled) and self.reevaluate
+        return bool(scheduled)
+
     def record(self, row):
         """Append a metric row of this variant (to the store, and to :attr:`rows`)."""
         self.rows.append(row)

@@ -319,7 +319,7 @@ def train_mi(*, g1, g2, critic, objective, estimator, views, config, seed, varia
         is_eval = step % every == 0 and step // every < config.n_evals
         snapshot = loop.snapshot("data", "noise") if is_eval else None
         x1, x2 = batch()
-        if is_eval and not (loop.resumed and step == loop.start and not loop.reevaluate):
+        if loop.evaluates(step, is_eval):
             evaluate(step, x1, snapshot)
         if is_eval:
             loss_sum, loss_count = 0.0, 0

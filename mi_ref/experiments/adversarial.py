@@ -151,8 +151,7 @@ def run(config, store, seed, dataset, progress=True, only=None):
     # the losses of the last step before a row, as the checkpoint saved them (NaN before the first step)
     loss_c, loss_e = loop.meta.get("losses", [float("nan")] * 2) if loop.resumed else [float("nan")] * 2
     for iteration in range(loop.start, config.n_iters):
-        if iteration % config.probe_every == 0 and not (loop.resumed and iteration == loop.start
-                                                         and not loop.reevaluate):
+        if loop.evaluates(iteration, iteration % config.probe_every == 0):
             before_eval = loop.snapshot("eval")
             accuracy, hits = probe_accuracy(encoder.apply, params["encoder"], views.x1_train, views.y_train,
                                             views.x1_test, views.y_test, config.noise_std, rng["eval"])

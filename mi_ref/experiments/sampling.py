@@ -123,10 +123,9 @@ def train_variant(config, store, seed, index, sampling, estimator, progress):
             loop.checkpoint(step, {"critic": params}, {"critic": state}, extra={"trace": np.array(trace)})
         bar.evaluation(step, estimate=row["bound"], true_mi=true_mi)
 
-    if loop.reevaluate:                 # the row of the checkpoint's step was lost: it comes from the trace
-        record(loop.start)
     for step in range(loop.start, config.n_iters):
-        if step % config.record_every == 0 and step > loop.start:
+        # a row every record_every steps after 0 (a lost row of the step resumed at comes from the trace)
+        if loop.evaluates(step, step % config.record_every == 0 and step > 0):
             record(step)
         x, y = fixed if fixed is not None else gaussian_pairs(config.batch_size, iid, data_rng, config.sigma_z,
                                                               config.sigma_eps)
