@@ -23,6 +23,7 @@ encoder             fast Jacobian, or none                 ``JACOBIANS`` (by mod
                                                            mi_ref/accel/jacobians.py
 encoder             golden-vector spec, or none            a component of its name's kind in ``COMPONENTS`` or
                                                            ``WITHOUT_GOLDEN_SPEC`` in mi_ref/vectors/components.py
+encoder             PyTorch port, or none                  ``ENCODER_PORTS`` in mi_ref/porting/pytorch.py
 estimator           golden-vector spec, or none            a 'bound' component in ``COMPONENTS`` or
                                                            ``WITHOUT_GOLDEN_SPEC`` in mi_ref/vectors/components.py
 estimator           golden-vector symbol (with a spec)     ``ESTIMATOR_SYMBOLS`` in mi_ref/vectors/builders.py
@@ -150,6 +151,7 @@ NEEDS = {
          _encoder_fast_jacobian),
         ("golden-vector spec", "COMPONENTS (a component of the kind of its name) or WITHOUT_GOLDEN_SPEC['encoder'] "
                                "in mi_ref/vectors/components.py", _has_spec("encoder")),
+        ("PyTorch port", "ENCODER_PORTS in mi_ref/porting/pytorch.py", _in_port("ENCODER_PORTS")),
     ],
     "activation": [
         ("derivative (for the twins and the fast Jacobians)", "its Activation entry in ACTIVATIONS, mi_ref/nn.py",

@@ -207,3 +207,50 @@ def test_the_port_writes_its_results_where_it_is_told(tmp_path, monkeypatch, cap
     assert "--out must name an .npz file" in capsys.readouterr().err
     assert port.main([str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_convnet_training_step_ports_through_encoder_ports(rng):
+    """ENCODER_PORTS["convnet"] in a training-step component: the loss -I_NCE of two ConvNets and a bilinear
+    critic, and every gradient, equal mi-ref's (autograd of the formula) to float64 round-off (1e-10
+    relative: the two sum the same few thousand products in different orders)."""
+    pytest.importorskip("torch")
+    import autograd
+    import torch
+
+    from mi_ref import critics, objectives
+    from mi_ref.tree import tree_to_dict
+    H, W, B = 6, 8, 5
+    g1, g2 = (nn.ConvNet(H, W, out_dim=4, channels=(3, 5)) for _ in range(2))
+    critic = critics.bilinear(4)
+    params = {"g1": g1.init(rng), "g2": g2.init(rng), "critic": critic.init(rng)}
+    for name in ("g1", "g2"):                    # nonzero biases and norm params: every path carries gradient
+        for layer in ("conv1", "conv2", "out"):
+            params[name][layer]["b"] = rng.normal(0, 0.1, params[name][layer]["b"].shape)
+        params[name]["norm"] = {"scale": rng.uniform(0.5, 1.5, 5), "bias": rng.normal(0, 0.1, 5)}
+    x1, x2 = rng.uniform(0, 1, (B, H * W)), rng.uniform(0, 1, (B, H * W))
+    loss_fn = lambda p, a, b: objectives.mi_loss(p, g1, g2, critic, "infonce", a, b)  # noqa: E731
+    loss = loss_fn(params, x1, x2)
+    grads, gx1, gx2 = (autograd.grad(loss_fn, i)(params, x1, x2) for i in range(3))
+    arrays = {"input/x1": x1, "input/x2": x2, "cotangent/loss": np.array(1.0)}
+    arrays.update(tree_to_dict(params, "param/"))
+    config = {"encoder": "convnet", "critic": "bilinear", "estimator": "infonce", "H": H, "W": W}
+    out = port.run_component("train_convnet", config, arrays, torch.float64)
+    assert out["output/loss"] == pytest.approx(loss, rel=1e-10)
+    np.testing.assert_allclose(out["grad/x1"], gx1, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(out["grad/x2"], gx2, rtol=1e-10, atol=1e-13)
+    expected = tree_to_dict(grads, "grad/param/")
+    assert set(k for k in out if k.startswith("grad/param/")) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(out[key], value, rtol=1e-10, atol=1e-13, err_msg=key)
+
+
+def test_a_training_step_with_an_undeclared_encoder_names_the_table(rng):
+    from mi_ref.registry import MissingDeclaration
+    pytest.importorskip("torch")
+    import torch
+    config = {"encoder": "my_encoder", "critic": "bilinear", "estimator": "infonce"}
+    arrays = {"input/x1": np.zeros((2, 3)), "input/x2": np.zeros((2, 3))}
+    with pytest.raises(MissingDeclaration, match="ENCODER_PORTS in mi_ref/porting/pytorch.py"):
+        port.run_component("train_mine", config, arrays, torch.float64)
+    # an encoder declared NONE is left unchecked, as an unported critic is
+    assert port.run_component("train_flow", {**config, "encoder": "realnvp"}, arrays, torch.float64) is None

@@ -176,7 +176,9 @@ def test_the_walk_names_what_a_new_encoder_lacks():
         assert experiments.get("encoders").config("quick", encoders=("mlp", "linear")).encoders == ("mlp", "linear")
         gaps = declarations.missing("encoder")
         assert [(g.name, g.declaration) for g in gaps] == [
-            ("linear", "accel twin"), ("linear", "fast Jacobian"), ("linear", "golden-vector spec")]
+            ("linear", "accel twin"), ("linear", "fast Jacobian"), ("linear", "golden-vector spec"),
+            ("linear", "PyTorch port")]
+        assert "ENCODER_PORTS in mi_ref/porting/pytorch.py" in str(gaps[3])
         assert "ENCODERS_WITHOUT_FAST_JACOBIAN in mi_ref/accel/jacobians.py" in str(gaps[1])
         assert declarations.golden_gaps() == [("encoder", "linear")]
     finally:

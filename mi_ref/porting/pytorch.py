@@ -38,7 +38,7 @@ from ..verify import compare_results, format_reports, unchecked_components
 from ..vectors import load_component, load_manifest
 from .names import mi_param, torch_name, torch_param, torch_state
 
-__all__ = ["BOUNDS", "CRITIC_PORTS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce",
+__all__ = ["BOUNDS", "CRITIC_PORTS", "ENCODER_PORTS", "Leaves", "adam_step", "convnet", "critic_scores", "default_out", "infonce",
            "layer_norm", "main", "mi_param", "mlp", "nwj", "run", "run_component", "same_pad", "torch_name",
            "torch_param", "torch_state", "tuba"]
 
@@ -199,7 +199,8 @@ CRITIC_PORTS = {
     "concat": (lambda leaves, prefix: {"layers": _mlp_at(leaves, prefix.rstrip("/"))}, _concat_scores),
 }
 
-WHERE = {"critic": "CRITIC_PORTS in mi_ref/porting/pytorch.py", "estimator": "BOUNDS in mi_ref/porting/pytorch.py"}
+WHERE = {"critic": "CRITIC_PORTS in mi_ref/porting/pytorch.py", "estimator": "BOUNDS in mi_ref/porting/pytorch.py",
+         "encoder": "ENCODER_PORTS in mi_ref/porting/pytorch.py"}
 
 
 def _port(table, kind, name):
@@ -220,9 +221,9 @@ def _bound(estimator):
 
 
 def _ported(config):
-    """False if the component's critic or estimator is declared NONE here (left unchecked, like any component
-    this example does not cover); a kind not declared at all is an error."""
-    for kind, table in (("critic", CRITIC_PORTS), ("estimator", BOUNDS)):
+    """False if the component's critic, estimator or encoder is declared NONE here (left unchecked, like any
+    component this example does not cover); a kind not declared at all is an error."""
+    for kind, table in (("critic", CRITIC_PORTS), ("estimator", BOUNDS), ("encoder", ENCODER_PORTS)):
         if kind in config and declared(table, config[kind], kind, "PyTorch port", WHERE[kind]) == NONE:
             return False
     return True
@@ -276,24 +277,36 @@ def same_pad(x, kernel, stride):
     return F.pad(x, pads)
 
 
-def convnet(leaves, x, height, width, relu=None):
+def convnet(leaves, x, height, width, relu=None, path=""):
     """The paper's ConvNet in PyTorch (NCHW inside): conv 5x5/s2 'same' + ReLU, twice; the paper's layer norm
     over (C, H, W) with per-channel scale and bias; global average pooling; dense. ``relu`` defaults to
-    ``torch.relu`` (derivative 0 at 0, as in TensorFlow and mi-ref). Returns the codes and the two conv
+    ``torch.relu`` (derivative 0 at 0, as in TensorFlow and mi-ref); ``path``: where its parameters are
+    stored ("" for a ConvNet component, e.g. "g1" in a training step). Returns the codes and the two conv
     layers' pre-activations (NCHW)."""
     relu = relu or torch.relu
+    prefix = f"{path}/" if path else ""
     h = x.reshape(-1, 1, height, width)
     pre = []
     for layer in ("conv1", "conv2"):
-        weight, bias = leaves.linear(layer)
+        weight, bias = leaves.linear(f"{prefix}{layer}")
         pre.append(F.conv2d(same_pad(h, weight.shape[-1], 2), weight, bias, stride=2))
         h = relu(pre[-1])
-    scale, shift = leaves.matrix("norm/scale"), leaves.matrix("norm/bias")
+    scale, shift = leaves.matrix(f"{prefix}norm/scale"), leaves.matrix(f"{prefix}norm/bias")
     mu = h.mean(dim=(1, 2, 3), keepdim=True)
     std = h.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
     h = (h - mu) / (std + 1e-6) * scale[None, :, None, None] + shift[None, :, None, None]
-    weight, bias = leaves.linear("out")
+    weight, bias = leaves.linear(f"{prefix}out")
     return F.linear(h.mean(dim=(2, 3)), weight, bias), pre
+
+
+# encoder registry name (and the flow that training-step components name) -> codes(leaves, path, x, config)
+# of the encoder whose parameters are stored under ``path``; NONE: this example does not port it (its
+# components are left unchecked)
+ENCODER_PORTS = {
+    "mlp": lambda leaves, path, x, config: mlp(_mlp_at(leaves, path), x, config["shortcuts"]),
+    "convnet": lambda leaves, path, x, config: convnet(leaves, x, config["H"], config["W"], path=path)[0],
+    "realnvp": NONE,
+}
 
 
 def run_component(name, config, arrays, dtype, relu=None):
@@ -332,11 +345,10 @@ def run_component(name, config, arrays, dtype, relu=None):
     elif name in ("mlp", "mlp_residual"):
         x = leaves.input("x")
         outputs = {"y": mlp(leaves.mlp("", _n_layers(arrays)), x, config["shortcuts"])}
-    elif name.startswith("train_") and config.get("encoder") == "mlp":
+    elif name.startswith("train_") and "encoder" in config:
         x1, x2 = leaves.input("x1"), leaves.input("x2")
-        shortcuts = config["shortcuts"]
-        u = mlp(leaves.mlp("g1", _n_layers(arrays, "g1")), x1, shortcuts)
-        v = mlp(leaves.mlp("g2", _n_layers(arrays, "g2")), x2, shortcuts)
+        encode = _port(ENCODER_PORTS, "encoder", config["encoder"])
+        u, v = encode(leaves, "g1", x1, config), encode(leaves, "g2", x2, config)
         S = critic_scores(config["critic"], _critic_params(leaves, config["critic"], "critic"), u, v)
         bound = _bound(config["estimator"])(S)
         outputs = {"loss": -bound}

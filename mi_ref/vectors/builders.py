@@ -450,8 +450,11 @@ def _train_build(config):
                                                rng) for _ in range(2))
         consts = {"g1/perms": g1.permutations.astype(onp.int64), "g2/perms": g2.permutations.astype(onp.int64)}
         notes = {**_coupling_notes(g1, "g1/"), **_coupling_notes(g2, "g2/")}
-    else:
+    elif config["encoder"] == "mlp":
         g1, g2 = (nn.mlp(d, config["encoder_dims"], shortcuts=config["shortcuts"]) for _ in range(2))
+    else:
+        raise ValueError(f"training-step component with encoder {config['encoder']!r}: the builder knows "
+                         "'realnvp' and 'mlp'; add a branch for it in _train_build, mi_ref/vectors/builders.py")
     e = g1.out_dim
     critic = critics.build(config["critic"], e, **({"hidden": config["critic_hidden"]} if "critic_hidden" in config
                                                    else {}))
