@@ -30,7 +30,7 @@ def _cmd_baseline(args):
     """``mi-ref baseline --dataset digits|mnist``: the linear probe on raw top-half pixels."""
     import numpy as np
 
-    from .data import load
+    from .datasets import load
     from .probe import pixel_baseline
 
     if not args.noise_std >= 0:
@@ -474,7 +474,7 @@ def _cmd_verify(args):
 
 
 def _add_run_options(p, sweep=False, run=False):
-    from .data import DATASETS
+    from .datasets import DATASETS
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
                    help="quick: laptop scale on the embedded MNIST subset (default); paper: the paper's settings "
                         "on MNIST")

@@ -19,7 +19,7 @@ def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=
     """The tasks of every experiment and seed, and ``{experiment: its order of units}``. Every config and
     dataset is checked here, before anything is written."""
     from . import experiments
-    from .data import load
+    from .datasets import load
     from .sweep import plan
     tasks, units = [], {}
     loaded = set()

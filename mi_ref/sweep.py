@@ -579,7 +579,7 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
     "run_name", "run_dirs", "failed", "summaries"}, ...], "failed", "damaged"}`` (see :func:`sweep`)."""
     from . import experiments
     from .checks import positive_int
-    from .data import DATA_ENV, load
+    from .datasets import DATA_ENV, load
     exp = experiments.get(experiment)
     configs = [dict(c or {}) for c in configs]
     if not configs:

@@ -3,7 +3,7 @@
 For step = 0, 1, ..., n_iters - 1:
 
     1. draw a training batch of 128 examples (the paper's stream: a shuffle buffer of 1000 over the stored
-       order, repeated, batches across epochs; :class:`mi_ref.data.ShuffleBufferIterator`) of the two views
+       order, repeated, batches across epochs; :class:`mi_ref.batches.ShuffleBufferIterator`) of the two views
        (x1 = top half, x2 = bottom half) and, if noise_std > 0, add one Gaussian vector per example to
        BOTH views;
     2. if step is a multiple of n_iters // n_evals (n_evals evaluations, the first at step 0, all of
@@ -47,13 +47,15 @@ import numpy as np
 
 from . import probe as probe_mod
 from .accel import value_and_grad_by_key
+from .batches import BATCHINGS, SHUFFLE_BUFFER
 from .bounds import ESTIMATORS, get_estimator
 from .checks import nonnegative_number, one_of, positive_int, positive_number
-from .data import BATCHINGS, DATASETS, SHUFFLE_BUFFER, add_shared_noise
+from .datasets import DATASETS
 from .loop import Loop
 from .optim import FORMS as ADAM_FORMS
 from .optim import Adam
 from .progress import Silent
+from .views import add_shared_noise, split_views
 
 PAPER_SLICE = 512          # the test-set slice size of the notebook's evaluation loop
 
@@ -72,8 +74,7 @@ class Views:
 
 
 def make_views(dataset):
-    """Split every image of a ``mi_ref.data.Dataset`` into its top and bottom halves."""
-    from .data import split_views
+    """Split every image of a ``mi_ref.datasets.Dataset`` into its top and bottom halves."""
     x1_tr, x2_tr = split_views(dataset.x_train, dataset.image_shape)
     x1_te, x2_te = split_views(dataset.x_test, dataset.image_shape)
     h, w = dataset.image_shape

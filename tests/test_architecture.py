@@ -11,10 +11,12 @@ import pytest
 from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, nn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
-MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
+MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim", "mi_ref.views",
+        "mi_ref.batches")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.plots", "mi_ref.cli",
                       "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors", "mi_ref.sweep",
-                      "mi_ref.porting", "mi_ref.declarations")
+                      "mi_ref.porting", "mi_ref.declarations", "mi_ref.files", "mi_ref.idx", "mi_ref.datasets",
+                      "mi_ref.download")
 
 
 def module_name(path):

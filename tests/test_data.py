@@ -1,4 +1,5 @@
-"""Tests for mi_ref.data: digits, IDX parsing and validation, MNIST loading, views, shared noise, batches."""
+"""Tests for the data path: mi_ref.datasets (digits, MNIST loading), mi_ref.idx (IDX parsing
+and validation), mi_ref.views (pixels, views, shared noise) and mi_ref.batches (the batch streams)."""
 
 import gzip
 import hashlib
@@ -8,8 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from mi_ref.data import (BatchIterator, ShuffleBufferIterator, batch_stream, Dataset, MNIST_FILES, add_shared_noise, load, load_mnist, read_idx,
-                         read_idx_images, read_idx_labels, split_views, stratified_split, write_idx)
+from mi_ref.batches import BatchIterator, ShuffleBufferIterator, batch_stream
+from mi_ref.datasets import MNIST_FILES, Dataset, load, load_mnist
+from mi_ref.idx import read_idx, read_idx_images, read_idx_labels, write_idx
+from mi_ref.views import add_shared_noise, first_per_class, split_views, stratified_split, to_unit_interval
 
 
 @pytest.fixture
@@ -82,8 +85,33 @@ def test_stratified_split_exact_size_and_errors(rng):
 
 
 def test_load_unknown_name():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits"):
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits") as err:
         load("cifar")
+    # every known name, and where each comes from (the full MNIST: how to get it)
+    assert "['mnist-subset', 'digits', 'mnist']" in str(err.value)
+    assert "mi-ref download mnist --to DIR" in str(err.value)
+
+
+def test_first_per_class_keeps_the_file_order():
+    labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2])
+    assert list(first_per_class(labels, 2, n_classes=3)) == [0, 1, 2, 3, 4, 5]
+    assert list(first_per_class(labels, 1, n_classes=3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="class 0 has 3 examples, fewer than the 4"):
+        first_per_class(labels, 4, n_classes=3)
+
+
+def test_to_unit_interval_flattens_and_divides():
+    pixels = np.array([[[0, 255], [51, 102]], [[255, 255], [0, 1]]], dtype=np.uint8)
+    x = to_unit_interval(pixels, 255)
+    assert x.dtype == np.float64 and x.shape == (2, 4)
+    np.testing.assert_array_equal(x, pixels.reshape(2, 4).astype(np.float64) / 255.0)   # bit for bit
+    np.testing.assert_array_equal(to_unit_interval(np.array([[0.0, 8.0, 16.0]]), 16), [[0.0, 0.5, 1.0]])
+    with pytest.raises(ValueError, match=r"pixel values must lie in \[0, 16\], got \[0, 17\]"):
+        to_unit_interval(np.array([[0, 17]]), 16)
+    with pytest.raises(ValueError, match="max_value must be a finite number > 0"):
+        to_unit_interval(pixels, 0)
+    with pytest.raises(ValueError, match=r"one image per row"):
+        to_unit_interval(np.uint8(3), 255)
 
 
 def test_dataset_validates_its_fields():
