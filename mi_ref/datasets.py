@@ -1,11 +1,25 @@
-"""Datasets: the three that mi-ref reads, as :class:`Dataset` objects (README, "The paper's settings").
+"""Datasets: one registry of named datasets, each entry its loader and what it needs, and the three that
+mi-ref ships (README, "The paper's settings").
 
-:func:`load` returns a :class:`Dataset`: flattened float64 images in [0, 1] and int64 labels.
-``"mnist-subset"`` (15000 real MNIST images embedded in the package, the default of the quick presets;
-:func:`load_mnist_subset`), ``"digits"`` (scikit-learn's 8x8 digits, no download; :func:`load_digits`) and
-``"mnist"`` (the four standard IDX files from a directory; :func:`load_mnist`, fetched by
-:mod:`mi_ref.download`). Files are parsed by :mod:`mi_ref.idx` (``numpy.frombuffer``, never pickle); pixels
-are scaled and split into views by :mod:`mi_ref.views`.
+:data:`DATASETS` maps a name to a loader that returns a :class:`Dataset` (flattened float64 images in
+[0, 1], int64 labels). An entry's metadata says everything the rest of mi-ref asks of it:
+
+* ``reads_data_dir`` (default False): the loader is called as ``loader(data_dir)`` with the directory of
+  ``--data-dir`` (None when not given: the loader then looks for it itself, e.g. in ``$MI_REF_DATA``);
+  otherwise it is called as ``loader()`` and a ``data_dir`` is an error (it would be ignored silently);
+* ``image_shape``, ``n_train``, ``n_test`` (optional): what it holds; :func:`load` checks every dataset
+  it loads against them, and the findings read ``n_test`` where a run's rows lack it;
+* ``description``: one line for the listings (an unknown name, the CLI's help).
+
+The CLI's ``--dataset`` choices and every config's ``dataset`` check come from this registry, so a plugin
+(:mod:`mi_ref.plugins`) adds a dataset with one call,
+``DATASETS.register("NAME", loader, reads_data_dir=..., description=...)``.
+
+Shipped: ``"mnist-subset"`` (15000 real MNIST images embedded in the package, the default of the quick
+presets; :func:`load_mnist_subset`), ``"digits"`` (scikit-learn's 8x8 digits, no download;
+:func:`load_digits`) and ``"mnist"`` (the four standard IDX files from a directory; :func:`load_mnist`,
+fetched by :mod:`mi_ref.download`). Files are parsed by :mod:`mi_ref.idx` (``numpy.frombuffer``, never
+pickle); pixels are scaled and split into views by :mod:`mi_ref.views`.
 """
 
 import dataclasses
@@ -17,6 +31,7 @@ import numpy as np
 
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, find_idx_file, parse_idx, read_file_bytes, read_idx_images, \
     read_idx_labels
+from .registry import Registry
 from .views import first_per_class, stratified_split, to_unit_interval
 
 # ----------------------------------------------------------------------------------------------------
@@ -28,7 +43,7 @@ class Dataset:
     """Train and test images of one dataset.
 
     Fields:
-        name:        "mnist-subset", "digits" or "mnist" (free text for datasets built by hand).
+        name:        its name in :data:`DATASETS` (free text for datasets built by hand).
         x_train:     (N_train, H * W) float64 in [0, 1], each image flattened row by row.
         y_train:     (N_train,) int64 class labels.
         x_test:      (N_test, H * W) float64 in [0, 1].
@@ -85,30 +100,67 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------------------------------
-# loading by name
+# the registry and loading by name
 
-DATASETS = ("mnist-subset", "digits", "mnist")
+# name -> loader; metadata reads_data_dir, image_shape, n_train, n_test, description (module docstring)
+DATASETS = Registry("dataset")
+
+
+def reads_data_dir(name):
+    """True if dataset ``name``'s loader takes the data directory (``--data-dir``); ``ValueError`` listing
+    the datasets for an unknown name."""
+    _known(name)
+    return bool(DATASETS.meta(name, "reads_data_dir", False))
+
+
+def data_dir_for(name, data_dir):
+    """The directory to pass to :func:`load` for dataset ``name``: ``data_dir`` if the dataset reads one,
+    else None (a command given one directory for several experiments hands it to those that read it)."""
+    return data_dir if reads_data_dir(name) else None
+
+
+def _listing():
+    return "; ".join(f"{name}: {DATASETS.meta(name, 'description', 'no description')}" for name in DATASETS)
+
+
+def _known(name):
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS.names()} ({_listing()})")
 
 
 def load(name, data_dir=None):
-    """Load a dataset by name: ``"mnist-subset"`` (15000 real MNIST images shipped with mi-ref, see
-    :func:`load_mnist_subset`), ``"digits"`` (scikit-learn's 8x8 digits, see :func:`load_digits`) or
-    ``"mnist"`` (the full MNIST, read from ``data_dir``, else ``$MI_REF_DATA``; see :func:`load_mnist`).
+    """The :class:`Dataset` registered as ``name`` in :data:`DATASETS`: ``loader(data_dir)`` for a dataset
+    that reads a data directory, else ``loader()``.
 
-    Only ``"mnist"`` reads ``data_dir``; passing one with an embedded dataset is an error (it would be
-    silently ignored otherwise).
+    ``ValueError`` for an unknown name (listing the known ones and where each comes from), for a
+    ``data_dir`` given to a dataset that reads none (it would be silently ignored otherwise), and for a
+    loader that returns something other than a :class:`Dataset` or not the image shape and sizes its
+    entry declares.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)} ('mnist-subset' and "
-                         "'digits' are embedded; for 'mnist' see `mi-ref download mnist --to DIR`)")
-    if name != "mnist" and data_dir is not None:
-        raise ValueError(f"--data-dir {data_dir} is only read by the dataset 'mnist'; {name!r} is embedded in "
-                         "mi-ref (drop --data-dir, or choose --dataset mnist)")
-    if name == "digits":
-        return load_digits()
-    if name == "mnist-subset":
-        return load_mnist_subset()
-    return load_mnist(data_dir)
+    _known(name)
+    loader = DATASETS.get(name)
+    if reads_data_dir(name):
+        dataset = loader(data_dir)
+    else:
+        if data_dir is not None:
+            readers = [n for n in DATASETS if reads_data_dir(n)]
+            which = (f"only read by the dataset{'s' if len(readers) > 1 else ''} {', '.join(map(repr, readers))}"
+                     if readers else "read by no registered dataset")
+            raise ValueError(f"--data-dir {data_dir} is {which}; {name!r} needs none "
+                             f"({DATASETS.meta(name, 'description', 'no description')}): drop --data-dir"
+                             + (f", or choose --dataset {readers[0]}" if len(readers) == 1 else ""))
+        dataset = loader()
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"the loader of dataset {name!r} returned a {type(dataset).__name__}, expected a "
+                         "mi_ref.datasets.Dataset; build one with Dataset(name, x_train, y_train, x_test, y_test, "
+                         "image_shape)")
+    for key in ("image_shape", "n_train", "n_test"):
+        declared = DATASETS.meta(name, key)
+        got = getattr(dataset, key)
+        if declared is not None and tuple(np.atleast_1d(declared)) != tuple(np.atleast_1d(got)):
+            raise ValueError(f"dataset {name!r} declares {key}={declared!r} in DATASETS, but its loader returned "
+                             f"{key}={got!r}; fix the loader or the declaration")
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,3 +305,17 @@ def load_mnist_subset(directory=None):
                              f"{labels.shape} labels, expected {count} of 28 x 28; reinstall mi-ref")
         out[split] = (to_unit_interval(images, 255), labels.astype(np.int64))
     return Dataset("mnist-subset", *out["train"], *out["test"], MNIST_IMAGE_SHAPE)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the datasets mi-ref ships, in the order the CLI lists them
+
+DATASETS.register("mnist-subset", load_mnist_subset, reads_data_dir=False, image_shape=MNIST_IMAGE_SHAPE,
+                  n_train=10 * MNIST_SUBSET_COUNTS["train"], n_test=10 * MNIST_SUBSET_COUNTS["test"],
+                  description="15000 real MNIST images embedded in mi-ref (the quick presets' default)")
+DATASETS.register("digits", load_digits, reads_data_dir=False, image_shape=(8, 8), n_train=1797 - DIGITS_N_TEST,
+                  n_test=DIGITS_N_TEST, description="scikit-learn's 8x8 digits, embedded in scikit-learn")
+DATASETS.register("mnist", load_mnist, reads_data_dir=True, image_shape=MNIST_IMAGE_SHAPE,
+                  n_train=MNIST_TRAIN_COUNT, n_test=MNIST_TEST_COUNT,
+                  description=f"the full MNIST from --data-dir or ${DATA_ENV} (get it with "
+                              "`mi-ref download mnist --to DIR`)")
