@@ -1,9 +1,10 @@
 """What each registered kind must declare, and a walk that names what a kind lacks.
 
 Every registry of mi-ref (:data:`mi_ref.registry.REGISTRIES`: critics, estimators, encoders, activations,
-experiments, metric-learning losses, datasets) maps a name to the formula (a dataset: to its loader). The other parts of the package describe the kind in
-tables of their own, keyed by that name and kept beside the code that reads them; a table may say "none" on
-purpose. This module only reads them (the math modules never import it, nor the tables):
+experiments, metric-learning losses, datasets) maps a name to the formula (a dataset: to its loader). The
+other parts of the package describe the kind in tables of their own, keyed by that name and kept beside the
+code that reads them; a table may say "none" on purpose. This module only reads them (the math modules
+never import it, nor the tables):
 
 ==================  =====================================  =====================================================
 registry            declaration                            where

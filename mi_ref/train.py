@@ -85,13 +85,14 @@ def make_views(dataset):
 class MIConfig:
     """The settings of every MI experiment on images (defaults: the paper's; README "The paper's settings").
 
-    ``dataset``: "mnist-subset", "digits" or "mnist"; ``n_iters`` training steps with an evaluation every
-    ``n_iters // n_evals`` steps (``n_evals`` of them, the first at step 0, before that step's update) and,
-    with ``eval_final``, one more after the last step; ``batch_size``; Adam's ``lr`` and form ``adam``
-    ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std`` of the shared input noise;
-    ``batching``: the training (and plotted-bound) batches, ``"shuffle_buffer"`` (the paper's: a shuffle
-    buffer of ``shuffle_buffer`` examples over the stored order, batches across epochs, nothing dropped) or
-    ``"epoch_permutation"`` (a new permutation per epoch, its last incomplete batch dropped).
+    ``dataset``: a name in :data:`mi_ref.datasets.DATASETS` ("mnist-subset", "digits", "mnist"); ``n_iters``
+    training steps with an evaluation every ``n_iters // n_evals`` steps (``n_evals`` of them, the first at
+    step 0, before that step's update) and, with ``eval_final``, one more after the last step; ``batch_size``;
+    Adam's ``lr`` and form ``adam`` ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std``
+    of the shared input noise; ``batching``: the training (and plotted-bound) batches, ``"shuffle_buffer"``
+    (the paper's: a shuffle buffer of ``shuffle_buffer`` examples over the stored order, batches across
+    epochs, nothing dropped) or ``"epoch_permutation"`` (a new permutation per epoch, its last incomplete
+    batch dropped).
     Experiment configs subclass it and add their own fields (architectures, estimators, ...).
     """
 
