@@ -2,8 +2,8 @@
 Representation Learning" (Tschannen, Djolonga, Rubenstein, Gelly, Lucic, ICLR 2020).
 
 Math modules (pure functions of params and arrays; no I/O):
-    nn, flows, critics, bounds, optim, jacobian, tree
-Everything else (data, probe, train, results, plots, cli) builds on them.
+    nn, flows, critics, bounds, optim, jacobian, tree, views, batches
+Everything else (idx, datasets, probe, train, results, plots, cli) builds on them.
 """
 
 __version__ = "0.1.0"

@@ -76,3 +76,12 @@ def finite_batch(x, in_dim):
         raise ValueError(f"x has non-finite entries (nan or inf), first at index "
                          f"{tuple(int(i) for i in bad)}; Jacobians are only defined at finite inputs")
     return x
+
+
+def generator(rng):
+    """``rng`` if it is a ``numpy.random.Generator`` (the explicit source of every random draw), else
+    ``ValueError`` saying how to make one."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"expected a numpy.random.Generator, got {type(rng).__name__}; "
+                         "pass numpy.random.default_rng(seed)")
+    return rng

@@ -30,7 +30,7 @@ def _cmd_baseline(args):
     """``mi-ref baseline --dataset digits|mnist``: the linear probe on raw top-half pixels."""
     import numpy as np
 
-    from .data import load
+    from .datasets import load
     from .probe import pixel_baseline
 
     if not args.noise_std >= 0:
@@ -474,11 +474,11 @@ def _cmd_verify(args):
 
 
 def _add_run_options(p, sweep=False, run=False):
-    from .data import DATASETS
+    from .datasets import DATASETS
     p.add_argument("--preset", choices=["quick", "paper"], default="quick",
                    help="quick: laptop scale on the embedded MNIST subset (default); paper: the paper's settings "
                         "on MNIST")
-    p.add_argument("--dataset", choices=list(DATASETS), default=None,
+    p.add_argument("--dataset", choices=DATASETS.names(), default=None,
                    help="override the preset's dataset")
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
@@ -562,9 +562,10 @@ def build_parser():
     p = sub.add_parser("baseline", help="linear-probe accuracy on raw top-half pixels",
                        description="Train the paper's linear probe on the raw top-half pixels (with optional "
                                    "shared Gaussian noise) and print its test accuracy.")
-    p.add_argument("--dataset", choices=["mnist-subset", "digits", "mnist"], default="mnist-subset",
-                   help="mnist-subset (embedded, default), digits (embedded 8x8) or mnist (needs --data-dir or "
-                        "MI_REF_DATA)")
+    from .datasets import DATASETS
+    p.add_argument("--dataset", choices=DATASETS.names(), default="mnist-subset",
+                   help="default mnist-subset; " + "; ".join(f"{name}: {DATASETS.meta(name, 'description')}"
+                                                             for name in DATASETS))
     p.add_argument("--data-dir", metavar="DIR", default=None,
                    help="directory of the MNIST IDX files (default: $MI_REF_DATA)")
     p.add_argument("--noise-std", type=float, default=0.0, metavar="S",

@@ -1,9 +1,10 @@
 """What each registered kind must declare, and a walk that names what a kind lacks.
 
 Every registry of mi-ref (:data:`mi_ref.registry.REGISTRIES`: critics, estimators, encoders, activations,
-experiments, metric-learning losses) maps a name to the formula. The other parts of the package describe the kind in
-tables of their own, keyed by that name and kept beside the code that reads them; a table may say "none" on
-purpose. This module only reads them (the math modules never import it, nor the tables):
+experiments, metric-learning losses, datasets) maps a name to the formula (a dataset: to its loader). The
+other parts of the package describe the kind in tables of their own, keyed by that name and kept beside the
+code that reads them; a table may say "none" on purpose. This module only reads them (the math modules
+never import it, nor the tables):
 
 ==================  =====================================  =====================================================
 registry            declaration                            where
@@ -30,6 +31,7 @@ estimator           golden-vector symbol (with a spec)     ``ESTIMATOR_SYMBOLS``
 estimator           PyTorch port, or none                  ``BOUNDS`` in mi_ref/porting/pytorch.py
 activation          derivative (twins, fast Jacobians)     the ``Activation`` entry itself, mi_ref/nn.py
 experiment          figure                                 ``PLOTTERS`` in mi_ref/plots.py
+dataset             probe refit sd, or none                ``PROBE_REFIT_SD`` in mi_ref/findings.py
 ==================  =====================================  =====================================================
 
 A metric-learning loss needs no declaration elsewhere. ``tests/test_registry.py`` runs :func:`missing` and
@@ -124,6 +126,11 @@ def _figure(name):
     return name in PLOTTERS
 
 
+def _probe_refit_sd(name):
+    from .findings import PROBE_REFIT_SD
+    return name in PROBE_REFIT_SD
+
+
 TWIN = "TWINS (by model type) or CRITICS_WITHOUT_TWIN in mi_ref/accel/twins.py"
 SPEC = "COMPONENTS (a '{0}' component) or WITHOUT_GOLDEN_SPEC['{1}'] in mi_ref/vectors/components.py"
 
@@ -161,12 +168,16 @@ NEEDS = {
         ("figure", "PLOTTERS in mi_ref/plots.py (plot_generic draws the bound and the accuracy)", _figure),
     ],
     "metric-learning loss": [],
+    "dataset": [
+        ("probe refit sd (the findings' SE of a paired difference)", "PROBE_REFIT_SD in mi_ref/findings.py",
+         _probe_refit_sd),
+    ],
 }
 
 
 def load_all():
     """Import every module that holds a registry, so that :data:`mi_ref.registry.REGISTRIES` is complete."""
-    from . import bounds, critics, experiments, metric_learning, nn  # noqa: F401
+    from . import bounds, critics, datasets, experiments, metric_learning, nn  # noqa: F401
     experiments.names()                                   # loads every experiment module
     return REGISTRIES
 

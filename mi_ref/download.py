@@ -1,6 +1,6 @@
 """Verified download of the four MNIST IDX files (``mi-ref download mnist --to DIR``).
 
-For every file: if ``DIR`` already holds it (``NAME`` or ``NAME.gz``, as :func:`mi_ref.data.load_mnist`
+For every file: if ``DIR`` already holds it (``NAME`` or ``NAME.gz``, as :func:`mi_ref.datasets.load_mnist`
 finds it) and the SHA-256 of its uncompressed content equals the pin, it is left alone (not fetched,
 not touched). Otherwise ``BASE + NAME + ".gz"`` is fetched from each mirror in turn until one delivers
 the complete body (checked against Content-Length), a valid gzip stream and content whose SHA-256
@@ -27,8 +27,9 @@ import zlib
 from pathlib import Path
 
 from . import __version__
+from .datasets import MNIST_FILES
 from .files import replacing
-from .data import MNIST_FILES, find_idx_file, read_file_bytes
+from .idx import find_idx_file, read_file_bytes
 
 # SHA-256 of the UNCOMPRESSED contents (gzip wrappers differ between mirrors; the IDX bytes do not).
 MNIST_SHA256 = {

@@ -56,13 +56,13 @@ class MissingData(Exception):
     """The runs lack what a rule compares: the rule is not judged (the message says why)."""
 
 
-TEST_SIZES = {"mnist-subset": 5000, "mnist": 10000, "digits": 450}
-
 # The sd of one probe accuracy over refits with other solver seeds (saga's random order; the protocol's tol 0.1
 # stops it early), per dataset: `python scripts/finding_vs_scale.py refits` (the pixel probe, seeds 0-7; and the
 # trained flows' codes in figures/scale/inv-*.json, seeds 0-4). mnist-subset: 0.0020 (root mean square over 16
 # sets of the flows' codes on its 5000 test images; the pixels' 0.0011); mnist: 0.0008 (pixels); digits: 0.0084
-# (pixels). The larger of the two where both were measured.
+# (pixels). The larger of the two where both were measured. Every registered dataset (mi_ref.datasets.DATASETS)
+# is listed, NONE where the sd was not measured: its runs' differences then get the binomial SE, which holds
+# no refit term.
 PROBE_REFIT_SD = {"mnist-subset": 0.0020, "mnist": 0.0008, "digits": 0.0084}
 
 
@@ -145,8 +145,8 @@ def probe_difference_se(a, b, m):
 def seed_variance(a, b, seed, m):
     """``(variance, paired)`` of the probe's noise in a[seed] - b[seed] (see :func:`probe_difference_se`)."""
     from .probe import paired_se
-    refit = PROBE_REFIT_SD.get(getattr(a, "dataset", None))
-    if refit is not None and seed in getattr(a, "hits", {}) and seed in getattr(b, "hits", {}):
+    refit = PROBE_REFIT_SD.get(getattr(a, "dataset", None), NONE)
+    if refit != NONE and seed in getattr(a, "hits", {}) and seed in getattr(b, "hits", {}):
         return paired_se(a.hits[seed], b.hits[seed]) ** 2 + 2 * refit ** 2, True
     return (probe_se(a[seed], b[seed], m) ** 2 if m else 0.0), False
 
@@ -206,12 +206,14 @@ def the_variant(runs, what, **fields):
 
 def n_test(runs):
     """The number of test images the probe is scored on: the pixel-baseline row's ``n_test``, else the
-    dataset's known size."""
+    ``n_test`` its entry in :data:`mi_ref.datasets.DATASETS` declares (None if neither says)."""
+    from .datasets import DATASETS
     for run in runs:
         for r in run["metrics"]:
             if r.get("variant") == "baseline" and isinstance(r.get("n_test"), int):
                 return r["n_test"]
-    return TEST_SIZES.get(runs[0]["config"]["config"].get("dataset"))
+    name = runs[0]["config"]["config"].get("dataset")
+    return DATASETS.meta(name, "n_test") if name in DATASETS else None
 
 
 def fmt(values, digits=3):

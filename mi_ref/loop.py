@@ -25,7 +25,7 @@ import numpy as np
 
 from . import faults
 from .accel import adam_update, owned
-from .data import SHUFFLE_BUFFER, batch_stream
+from .batches import SHUFFLE_BUFFER, batch_stream
 from .optim import state_from_arrays, state_to_arrays
 from .results import rows_sha256
 from .tree import tree_from_dict, tree_to_dict
@@ -58,7 +58,7 @@ class Loop:
         self._seconds, self._clock = 0.0, time.perf_counter()
 
     def iterator(self, stream, n, batch_size, batching="shuffle_buffer", buffer_size=SHUFFLE_BUFFER):
-        """The endless index batches over ``n`` examples of :func:`mi_ref.data.batch_stream` (``batching``:
+        """The endless index batches over ``n`` examples of :func:`mi_ref.batches.batch_stream` (``batching``:
         the paper's ``"shuffle_buffer"`` or ``"epoch_permutation"``), driven by stream ``stream`` (which it
         then owns; its position, the shuffle buffer included, is checkpointed with the iterator)."""
         it = batch_stream(batching, n, batch_size, self.rng[stream], buffer_size)

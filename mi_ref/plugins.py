@@ -1,8 +1,12 @@
-"""Plugins: a user's own critics, estimators, encoders or activations, registered from outside the package.
+"""Plugins: a user's own critics, estimators, encoders, activations or datasets, registered from outside the
+package.
 
 A plugin is a Python file or an importable module that registers kinds with mi-ref's registries when it is
 imported, e.g. ``CRITICS.register("cosine", cosine)`` (README, "Plugins: your own critic, estimator or
-encoder"). The CLI loads
+encoder"), or ``DATASETS.register("NAME", loader, ...)`` of :mod:`mi_ref.datasets` (a loader returning a
+:class:`mi_ref.datasets.Dataset`; its metadata are described there). A plugin dataset is chosen with
+``--set dataset=NAME``: ``--dataset`` offers the datasets registered before the command line is read. The CLI
+loads
 
 * every entry point of the group ``mi_ref.plugins`` of the installed packages, at its start
   (:func:`load_entry_points`; an entry point naming a module imports it, one naming a callable calls it);

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from .checks import positive_int
-from .data import add_shared_noise, split_views
+from .views import add_shared_noise, split_views
 
 PROBE_C = 10.0
 PROBE_TOL = 0.1
@@ -128,8 +128,8 @@ def probe_outcomes(train_codes, train_labels, test_codes, test_labels, seed=0, m
 def pixel_baseline(dataset, noise_std, rng, seed=0, max_iter=PROBE_MAX_ITER, hits=False):
     """The probe on raw top-half pixels: the accuracy a learned g1 must beat.
 
-    x1 = top half of each image (:func:`mi_ref.data.split_views`); with ``noise_std > 0`` the train and
-    then the test images get fresh shared noise from ``rng`` (:func:`mi_ref.data.add_shared_noise`, one
+    x1 = top half of each image (:func:`mi_ref.views.split_views`); with ``noise_std > 0`` the train and
+    then the test images get fresh shared noise from ``rng`` (:func:`mi_ref.views.add_shared_noise`, one
     N(0, noise_std^2) vector per image), as the experiments feed them to the encoder. Then
     ``linear_probe(x1_train, y_train, x1_test, y_test, seed)``. Paper: about 0.835 on MNIST with
     noise std 0.05. With ``hits=True`` returns :func:`probe_outcomes`, ``(accuracy, probe_hits)``.

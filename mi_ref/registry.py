@@ -1,4 +1,5 @@
-"""Registries: one per extension point of mi-ref (activations, estimators, critics, experiments).
+"""Registries: one per extension point of mi-ref (activations, estimators, critics, encoders, experiments,
+metric-learning losses, datasets).
 
 A registry maps a name to an object and to optional metadata (a label for figures, a description). Every
 consumer (models, experiments, plots, golden vectors, the CLI) reads the same registry, so adding an entry

@@ -19,7 +19,7 @@ def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=
     """The tasks of every experiment and seed, and ``{experiment: its order of units}``. Every config and
     dataset is checked here, before anything is written."""
     from . import experiments
-    from .data import load
+    from .datasets import data_dir_for, load
     from .sweep import plan
     tasks, units = [], {}
     loaded = set()
@@ -28,12 +28,12 @@ def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=
         overrides = overrides_of(name)
         config = exp.config(preset, **overrides)
         dataset = getattr(config, "dataset", None)
+        reads = data_dir_for(dataset, data_dir) if dataset is not None else None     # the directory it reads
         if dataset is not None and dataset not in loaded:
-            load(dataset, data_dir if dataset == "mnist" else None)
+            load(dataset, reads)
             loaded.add(dataset)
         units[name] = exp.units(config)
-        tasks += plan(name, preset, seeds, overrides, out, data_dir if dataset == "mnist" else None,
-                      keep_state=keep_state)
+        tasks += plan(name, preset, seeds, overrides, out, reads, keep_state=keep_state)
     return tasks, units
 
 

@@ -579,7 +579,7 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
     "run_name", "run_dirs", "failed", "summaries"}, ...], "failed", "damaged"}`` (see :func:`sweep`)."""
     from . import experiments
     from .checks import positive_int
-    from .data import DATA_ENV, load
+    from .datasets import DATA_ENV, load, reads_data_dir
     exp = experiments.get(experiment)
     configs = [dict(c or {}) for c in configs]
     if not configs:
@@ -598,7 +598,7 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
     retries = positive_int(retries, "retries", minimum=0)
     varying = [k for k in dict.fromkeys(k for c in configs for k in c)
                if len({json.dumps(c.get(k), default=list) for c in configs}) > 1]
-    if any(getattr(c, "dataset", None) == "mnist" for c in built):
+    if any(hasattr(c, "dataset") and reads_data_dir(c.dataset) for c in built):
         data_dir = data_dir or os.environ.get(DATA_ENV)
         if data_dir is not None:
             data_dir = str(Path(data_dir).resolve())

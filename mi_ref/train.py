@@ -3,7 +3,7 @@
 For step = 0, 1, ..., n_iters - 1:
 
     1. draw a training batch of 128 examples (the paper's stream: a shuffle buffer of 1000 over the stored
-       order, repeated, batches across epochs; :class:`mi_ref.data.ShuffleBufferIterator`) of the two views
+       order, repeated, batches across epochs; :class:`mi_ref.batches.ShuffleBufferIterator`) of the two views
        (x1 = top half, x2 = bottom half) and, if noise_std > 0, add one Gaussian vector per example to
        BOTH views;
     2. if step is a multiple of n_iters // n_evals (n_evals evaluations, the first at step 0, all of
@@ -47,13 +47,15 @@ import numpy as np
 
 from . import probe as probe_mod
 from .accel import value_and_grad_by_key
+from .batches import BATCHINGS, SHUFFLE_BUFFER
 from .bounds import ESTIMATORS, get_estimator
 from .checks import nonnegative_number, one_of, positive_int, positive_number
-from .data import BATCHINGS, DATASETS, SHUFFLE_BUFFER, add_shared_noise
+from .datasets import DATASETS
 from .loop import Loop
 from .optim import FORMS as ADAM_FORMS
 from .optim import Adam
 from .progress import Silent
+from .views import add_shared_noise, split_views
 
 PAPER_SLICE = 512          # the test-set slice size of the notebook's evaluation loop
 
@@ -72,8 +74,7 @@ class Views:
 
 
 def make_views(dataset):
-    """Split every image of a ``mi_ref.data.Dataset`` into its top and bottom halves."""
-    from .data import split_views
+    """Split every image of a ``mi_ref.datasets.Dataset`` into its top and bottom halves."""
     x1_tr, x2_tr = split_views(dataset.x_train, dataset.image_shape)
     x1_te, x2_te = split_views(dataset.x_test, dataset.image_shape)
     h, w = dataset.image_shape
@@ -84,13 +85,14 @@ def make_views(dataset):
 class MIConfig:
     """The settings of every MI experiment on images (defaults: the paper's; README "The paper's settings").
 
-    ``dataset``: "mnist-subset", "digits" or "mnist"; ``n_iters`` training steps with an evaluation every
-    ``n_iters // n_evals`` steps (``n_evals`` of them, the first at step 0, before that step's update) and,
-    with ``eval_final``, one more after the last step; ``batch_size``; Adam's ``lr`` and form ``adam``
-    ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std`` of the shared input noise;
-    ``batching``: the training (and plotted-bound) batches, ``"shuffle_buffer"`` (the paper's: a shuffle
-    buffer of ``shuffle_buffer`` examples over the stored order, batches across epochs, nothing dropped) or
-    ``"epoch_permutation"`` (a new permutation per epoch, its last incomplete batch dropped).
+    ``dataset``: a name in :data:`mi_ref.datasets.DATASETS` ("mnist-subset", "digits", "mnist"); ``n_iters``
+    training steps with an evaluation every ``n_iters // n_evals`` steps (``n_evals`` of them, the first at
+    step 0, before that step's update) and, with ``eval_final``, one more after the last step; ``batch_size``;
+    Adam's ``lr`` and form ``adam`` ("tf": TensorFlow 1's, the paper's; "textbook": PyTorch's); ``noise_std``
+    of the shared input noise; ``batching``: the training (and plotted-bound) batches, ``"shuffle_buffer"``
+    (the paper's: a shuffle buffer of ``shuffle_buffer`` examples over the stored order, batches across
+    epochs, nothing dropped) or ``"epoch_permutation"`` (a new permutation per epoch, its last incomplete
+    batch dropped).
     Experiment configs subclass it and add their own fields (architectures, estimators, ...).
     """
 

@@ -107,7 +107,7 @@ def paired_errors(correct_0, correct_t, rng):
 def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_dir):
     """Train every variant of one configuration for one seed, in memory; returns one entry per variant."""
     from mi_ref import experiments, probe
-    from mi_ref.data import load
+    from mi_ref.datasets import data_dir_for, load
     from mi_ref.experiments import common
     from mi_ref.train import encode, make_views, train_mi
     import importlib
@@ -115,7 +115,7 @@ def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_di
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
     if config.dataset not in dataset_cache:
-        dataset_cache[config.dataset] = load(config.dataset, data_dir if config.dataset == "mnist" else None)
+        dataset_cache[config.dataset] = load(config.dataset, data_dir_for(config.dataset, data_dir))
     dataset = dataset_cache[config.dataset]
     views = make_views(dataset)
     module = importlib.import_module(f"mi_ref.experiments.{experiment}")
@@ -178,12 +178,12 @@ def cmd_run(args):
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = {}
     from mi_ref import experiments
-    from mi_ref.data import load
+    from mi_ref.datasets import data_dir_for, load
     with threadpool_limits(limits=args.threads):
         for label, experiment, preset, overrides in STUDIES[args.study]:
             dataset = experiments.get(experiment).config(preset, **overrides).dataset
             if dataset not in cache:
-                cache[dataset] = load(dataset, args.data_dir if dataset == "mnist" else None)
+                cache[dataset] = load(dataset, data_dir_for(dataset, args.data_dir))
             for seed in seeds:
                 if (label, seed, cache[dataset].n_test) in have:     # the same study on the same test images
                     continue
@@ -373,10 +373,10 @@ def _by_label(rows):
 def cmd_refits(args):
     """The probe's solver noise: the pixel probe refitted with solver seeds 0-7 on each dataset (the
     ``PROBE_REFIT_SD`` of mi_ref.findings)."""
-    from mi_ref import data, probe
+    from mi_ref import datasets, probe
     from mi_ref.train import make_views
     for name in args.datasets:
-        views = make_views(data.load(name, args.data_dir if name == "mnist" else None))
+        views = make_views(datasets.load(name, datasets.data_dir_for(name, args.data_dir)))
         accs = [probe.linear_probe(views.x1_train, views.y_train, views.x1_test, views.y_test, seed=s)
                 for s in range(8)]
         print(f"{name:13s} pixel probe, solver seeds 0-7: {' '.join(f'{a:.4f}' for a in accs)}; "

@@ -1,6 +1,6 @@
 """Rebuild mi-ref's embedded MNIST subset (``mi_ref/mnist_subset/``) from the four standard MNIST IDX files.
 
-The rule (:func:`mi_ref.data.mnist_subset_indices`): from each file, the first N_c images of every class
+The rule (:func:`mi_ref.views.first_per_class`): from each file, the first N_c images of every class
 c in file order, kept in file order. The training part takes 1000 images per class (10000) from
 train-images-idx3-ubyte, the test part 500 per class (5000) from t10k-images-idx3-ubyte. The four files
 are written as gzip-compressed IDX files (level 9, no name, mtime 0) under the standard names.
@@ -10,7 +10,7 @@ Usage::
     python scripts/make_mnist_subset.py --data-dir ~/mnist            # rewrite mi_ref/mnist_subset/
     python scripts/make_mnist_subset.py --data-dir ~/mnist --check    # only compare with the shipped files
 
-The uncompressed content of every file must equal the SHA-256 pins in :data:`mi_ref.data.MNIST_SUBSET_SHA256`,
+The uncompressed content of every file must equal the SHA-256 pins in :data:`mi_ref.datasets.MNIST_SUBSET_SHA256`,
 bit for bit; the script checks that before it writes anything (exit code 1 if not). The gzip bytes
 themselves may differ with another zlib version; mi-ref checks the uncompressed content on every load.
 """
@@ -20,9 +20,9 @@ import hashlib
 import sys
 from pathlib import Path
 
-from mi_ref.data import (IMAGES_MAGIC, LABELS_MAGIC, MNIST_FILES, MNIST_SUBSET_COUNTS, MNIST_SUBSET_DIR,
-                         MNIST_SUBSET_SHA256, find_idx_file, idx_bytes, mnist_dir, mnist_subset_indices,
-                         read_file_bytes, read_idx, write_idx)
+from mi_ref.datasets import MNIST_FILES, MNIST_SUBSET_COUNTS, MNIST_SUBSET_DIR, MNIST_SUBSET_SHA256, mnist_dir
+from mi_ref.idx import IMAGES_MAGIC, LABELS_MAGIC, find_idx_file, idx_bytes, read_file_bytes, read_idx, write_idx
+from mi_ref.views import first_per_class
 
 
 def build(data_dir):
@@ -32,7 +32,7 @@ def build(data_dir):
     for split, prefix in (("train", "train"), ("test", "test")):
         images = read_idx(find_idx_file(directory, MNIST_FILES[f"{prefix}_images"]), IMAGES_MAGIC)
         labels = read_idx(find_idx_file(directory, MNIST_FILES[f"{prefix}_labels"]), LABELS_MAGIC)
-        keep = mnist_subset_indices(labels, MNIST_SUBSET_COUNTS[split])
+        keep = first_per_class(labels, MNIST_SUBSET_COUNTS[split])
         out[MNIST_FILES[f"{prefix}_images"]] = images[keep]
         out[MNIST_FILES[f"{prefix}_labels"]] = labels[keep]
     return out

@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from mi_ref import data, flows, nn, probe
+from mi_ref import datasets, flows, nn, probe
 from mi_ref.train import encode, make_views
 
 
@@ -26,7 +26,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    views = make_views(data.load("mnist", args.data_dir))
+    views = make_views(datasets.load("mnist", args.data_dir))
     rng = np.random.default_rng(args.seed)
     flow = flows.realnvp(392, 30, (512, 512), shift_only=True, rng=rng, kernel_init=nn.truncated_normal(1e-4))
     params = flow.init(rng)

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as onp
 import pytest
 
-from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, nn
+from mi_ref import accel, bounds, critics, datasets, experiments, flows, metric_learning, nn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
-MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
+MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim", "mi_ref.views",
+        "mi_ref.batches")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.plots", "mi_ref.cli",
                       "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors", "mi_ref.sweep",
-                      "mi_ref.porting", "mi_ref.declarations")
+                      "mi_ref.porting", "mi_ref.declarations", "mi_ref.files", "mi_ref.idx", "mi_ref.datasets",
+                      "mi_ref.download")
 
 
 def module_name(path):
@@ -130,7 +132,7 @@ def test_the_speed_wing_is_only_reached_from_outside_the_math():
 @pytest.mark.parametrize("registry,kind", [(nn.ACTIVATIONS, "activation"), (bounds.ESTIMATORS, "estimator"),
                                            (critics.CRITICS, "critic"), (metric_learning.LOSSES,
                                                                          "metric-learning loss"),
-                                           (experiments.REGISTRY, "experiment")])
+                                           (experiments.REGISTRY, "experiment"), (datasets.DATASETS, "dataset")])
 def test_every_registry_refuses_unknown_names_and_lists_the_known_ones(registry, kind):
     experiments.names()                                   # loads every experiment module
     with pytest.raises(ValueError) as err:

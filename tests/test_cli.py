@@ -234,11 +234,11 @@ def test_no_note_comes_before_the_error_of_a_bad_value(tmp_path, capsys):
 def test_an_interruption_before_the_run_directory_exists_says_so(tmp_path, capsys, monkeypatch):
     """Was: Ctrl-C before the run directory existed said that everything was saved, in a path that did not
     exist."""
-    from mi_ref import data
+    from mi_ref import datasets
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(data, "load", interrupted)
+    monkeypatch.setattr(datasets, "load", interrupted)
     code, _, err = run(["run", "critics", "--out", str(tmp_path / "o")] + TINY, capsys)
     assert code == 130 and "before anything was written" in err and "is saved" not in err, err
     assert not (tmp_path / "o").exists()

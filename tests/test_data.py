@@ -1,4 +1,5 @@
-"""Tests for mi_ref.data: digits, IDX parsing and validation, MNIST loading, views, shared noise, batches."""
+"""Tests for the data path: mi_ref.datasets (the registry, digits, MNIST loading), mi_ref.idx (IDX parsing
+and validation), mi_ref.views (pixels, views, shared noise) and mi_ref.batches (the batch streams)."""
 
 import gzip
 import hashlib
@@ -8,8 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from mi_ref.data import (BatchIterator, ShuffleBufferIterator, batch_stream, Dataset, MNIST_FILES, add_shared_noise, load, load_mnist, read_idx,
-                         read_idx_images, read_idx_labels, split_views, stratified_split, write_idx)
+from mi_ref.batches import BatchIterator, ShuffleBufferIterator, batch_stream
+from mi_ref.datasets import DATASETS, MNIST_FILES, Dataset, data_dir_for, load, load_mnist, reads_data_dir
+from mi_ref.idx import read_idx, read_idx_images, read_idx_labels, write_idx
+from mi_ref.views import add_shared_noise, first_per_class, split_views, stratified_split, to_unit_interval
 
 
 @pytest.fixture
@@ -82,8 +85,108 @@ def test_stratified_split_exact_size_and_errors(rng):
 
 
 def test_load_unknown_name():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits"):
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*digits") as err:
         load("cifar")
+    # every known name, and where each comes from (the full MNIST: how to get it)
+    assert "['mnist-subset', 'digits', 'mnist']" in str(err.value)
+    assert "mi-ref download mnist --to DIR" in str(err.value)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        reads_data_dir("cifar")
+
+
+def test_first_per_class_keeps_the_file_order():
+    labels = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2])
+    assert list(first_per_class(labels, 2, n_classes=3)) == [0, 1, 2, 3, 4, 5]
+    assert list(first_per_class(labels, 1, n_classes=3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="class 0 has 3 examples, fewer than the 4"):
+        first_per_class(labels, 4, n_classes=3)
+
+
+def test_to_unit_interval_flattens_and_divides():
+    pixels = np.array([[[0, 255], [51, 102]], [[255, 255], [0, 1]]], dtype=np.uint8)
+    x = to_unit_interval(pixels, 255)
+    assert x.dtype == np.float64 and x.shape == (2, 4)
+    np.testing.assert_array_equal(x, pixels.reshape(2, 4).astype(np.float64) / 255.0)   # bit for bit
+    np.testing.assert_array_equal(to_unit_interval(np.array([[0.0, 8.0, 16.0]]), 16), [[0.0, 0.5, 1.0]])
+    with pytest.raises(ValueError, match=r"pixel values must lie in \[0, 16\], got \[0, 17\]"):
+        to_unit_interval(np.array([[0, 17]]), 16)
+    with pytest.raises(ValueError, match="max_value must be a finite number > 0"):
+        to_unit_interval(pixels, 0)
+    with pytest.raises(ValueError, match=r"one image per row"):
+        to_unit_interval(np.uint8(3), 255)
+
+
+# ---------------------------------------------------------------- the registry of datasets
+
+
+@pytest.fixture
+def tiny_dataset():
+    """A dataset of 40 random 4 x 3 images registered as 'tiny' for one test, then removed."""
+    def loader():
+        pixels = np.random.default_rng(1).integers(0, 256, size=(40, 4, 3))
+        x, y = to_unit_interval(pixels, 255), np.arange(40) % 4
+        return Dataset("tiny", x[:30], y[:30], x[30:], y[30:], (4, 3))
+    DATASETS.register("tiny", loader, image_shape=(4, 3), n_train=30, n_test=10, description="a test's images")
+    try:
+        yield "tiny"
+    finally:
+        DATASETS.unregister("tiny")
+
+
+def test_the_shipped_datasets_are_registry_entries():
+    assert DATASETS.names() == ["mnist-subset", "digits", "mnist"]
+    assert [reads_data_dir(n) for n in DATASETS] == [False, False, True]
+    assert [data_dir_for(n, "/d") for n in DATASETS] == [None, None, "/d"]
+    for name in ("mnist-subset", "digits"):             # what each entry declares is what its loader returns
+        d = load(name)
+        assert d.name == name and (d.image_shape, d.n_train, d.n_test) == tuple(
+            DATASETS.meta(name, key) for key in ("image_shape", "n_train", "n_test"))
+    assert [DATASETS.meta("mnist", key) for key in ("image_shape", "n_train", "n_test")] == [(28, 28), 60000, 10000]
+
+
+def test_a_registered_dataset_loads_by_name_and_is_checked_against_its_entry(tiny_dataset, monkeypatch):
+    d = load(tiny_dataset)
+    assert (d.name, d.n_train, d.n_test, d.image_shape) == ("tiny", 30, 10, (4, 3))
+    with pytest.raises(ValueError, match="--data-dir /x is only read by the dataset 'mnist'; 'tiny' needs none"):
+        load(tiny_dataset, "/x")
+    monkeypatch.setitem(DATASETS._meta[tiny_dataset], "n_test", 11)
+    with pytest.raises(ValueError, match=r"dataset 'tiny' declares n_test=11 in DATASETS, but its loader returned "
+                                         r"n_test=10"):
+        load(tiny_dataset)
+    monkeypatch.setitem(DATASETS._entries, tiny_dataset, lambda: {"x_train": None})
+    with pytest.raises(ValueError, match="the loader of dataset 'tiny' returned a dict, expected a "
+                                         "mi_ref.datasets.Dataset"):
+        load(tiny_dataset)
+
+
+def test_a_dataset_that_reads_a_data_dir_is_given_it(tmp_path):
+    seen = []
+
+    def loader(data_dir):
+        seen.append(data_dir)
+        return load("digits")
+    DATASETS.register("digits-from-dir", loader, reads_data_dir=True)
+    try:
+        assert load("digits-from-dir", tmp_path).name == "digits" and load("digits-from-dir").n_test == 450
+        assert seen == [tmp_path, None]
+        with pytest.raises(ValueError, match="only read by the datasets 'mnist', 'digits-from-dir'; 'digits'"):
+            load("digits", tmp_path)
+    finally:
+        DATASETS.unregister("digits-from-dir")
+
+
+def test_the_clis_dataset_choices_and_the_configs_check_read_the_registry(tiny_dataset, capsys):
+    from mi_ref import cli, experiments
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    for command in ("run", "sweep", "reproduce", "baseline"):
+        (option,) = [a for a in commands.choices[command]._actions if a.dest == "dataset"]
+        assert list(option.choices) == ["mnist-subset", "digits", "mnist", "tiny"], command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["baseline", "--dataset", "cifar"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'cifar'" in err and all(name in err for name in DATASETS)
+    assert experiments.get("critics").config("quick", dataset="tiny").dataset == "tiny"
 
 
 def test_dataset_validates_its_fields():

@@ -17,7 +17,7 @@ import pytest
 
 from mi_ref import download as dl
 from mi_ref.cli import main
-from mi_ref.data import MNIST_FILES, load_mnist
+from mi_ref.datasets import MNIST_FILES, load_mnist
 from mi_ref.download import DownloadError, MNIST_SHA256, content_sha256, download_mnist
 
 NAMES = list(MNIST_FILES.values())
@@ -366,7 +366,7 @@ def test_cli_download_mismatch_exits_2(tmp_path, server, tiny, capsys):
 
 @pytest.mark.mnist
 def test_pins_match_the_shared_mnist_files(mnist_dir):
-    from mi_ref.data import read_file_bytes
+    from mi_ref.idx import read_file_bytes
     assert MNIST_SHA256 == {name: content_sha256(next(mnist_dir.glob(name + "*"))) for name in NAMES}
     assert dl.MNIST_SIZES == {name: len(read_file_bytes(next(mnist_dir.glob(name + "*")))) for name in NAMES}
 

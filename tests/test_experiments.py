@@ -245,7 +245,7 @@ def test_sampling_draws_a_fresh_batch_every_step(monkeypatch):
 def test_plotted_bound_uses_fresh_training_batches_of_the_training_batch_size():
     """``bound`` is the notebook's measure: one fresh TRAINING batch of the training batch size per
     512-slice of the test set, weighted by the slice sizes; ``bound_test`` is the held-out measure."""
-    from mi_ref.data import BatchIterator
+    from mi_ref.batches import BatchIterator
     from mi_ref.train import Views, paper_bound, paper_bound_weights
     assert paper_bound_weights(10000) == [512] * 19 + [272]
     assert paper_bound_weights(1024) == [512, 512] and paper_bound_weights(450) == [450]
@@ -322,7 +322,7 @@ def test_permutations_are_shared_across_seeds_and_weights_are_not():
 
 def test_a_config_whose_models_cannot_be_built_is_refused_with_the_variant_named():
     """check_on_data builds every variant's models before anything is written; a failure names the variant."""
-    from mi_ref.data import load
+    from mi_ref.datasets import load
     from mi_ref.experiments.common import Variant, check_on_data
 
     def build(rng):

@@ -200,7 +200,7 @@ def test_the_unpacked_wheel_works_outside_the_checkout(wheel, tmp_path, capsys):
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    where = run("-c", "import mi_ref, mi_ref.data as d; s = d.load('mnist-subset'); "
+    where = run("-c", "import mi_ref, mi_ref.datasets as d; s = d.load('mnist-subset'); "
                       "print(mi_ref.__file__); print(len(s.x_train), len(s.x_test))").splitlines()
     assert Path(where[0]).resolve().is_relative_to(site.resolve()), where[0]
     assert where[1] == "10000 5000"

@@ -6,6 +6,8 @@ What is proven here:
   out of README.md so the two cannot drift, runs as README writes it: trained with `mi-ref run`, drawn by
   `mi-ref plot`, its bounds reported by `mi-ref findings`, and named by `mi-ref vectors` as having no
   golden vectors, never skipped silently;
+* a plugin can register a dataset (an entry of mi_ref.datasets.DATASETS), which `mi-ref run --set dataset=NAME`
+  trains on;
 * a plugin that does not exist or fails to import is one line naming it, exit code 2;
 * entry points of the group mi_ref.plugins are loaded at the CLI's start, and MI_REF_PLUGINS passes the
   --plugin files on to a sweep's worker processes.
@@ -88,6 +90,37 @@ def test_readmes_cosine_critic_runs_plots_is_reported_and_named_by_vectors(tmp_p
     assert cli.main(vectors) == 0
     err = capsys.readouterr().err
     assert "critic 'cosine' has no golden vectors: no component checks it" in err
+
+
+PLUGIN_DATASET = """\
+from mi_ref.datasets import DATASETS, Dataset, load
+
+
+def small_digits():
+    d = load("digits")
+    return Dataset("small-digits", d.x_train[:400], d.y_train[:400], d.x_test[:200], d.y_test[:200], d.image_shape)
+
+
+DATASETS.register("small-digits", small_digits, image_shape=(8, 8), n_train=400, n_test=200,
+                  description="the first 400 + 200 of the digits")
+"""
+
+
+def test_a_plugin_registers_a_dataset_that_a_run_trains_on(tmp_path, monkeypatch, clean):
+    from mi_ref import datasets
+    (tmp_path / "small_digits.py").write_text(PLUGIN_DATASET, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert cli.main(["run", "critics", "--plugin", "small_digits.py", "--set", "dataset=small-digits", "--set",
+                         "critics=bilinear", "--set", "estimators=infonce", "--steps", "4", "--evals", "1", "--out",
+                         "runs", "--quiet"]) == 0
+        rows = [json.loads(line) for line in next(tmp_path.glob("runs/*/seed-0/metrics.jsonl")).read_text()
+                .splitlines()]
+        assert {r["n_test"] for r in rows if r["variant"] == "baseline"} == {200}
+        assert {r["variant"] for r in rows} == {"baseline", "bilinear-infonce"}
+    finally:
+        if "small-digits" in datasets.DATASETS:
+            datasets.DATASETS.unregister("small-digits")
 
 
 def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, capsys, clean):

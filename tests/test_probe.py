@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mi_ref.cli import main
-from mi_ref.data import load
+from mi_ref.datasets import load
 from mi_ref.probe import linear_probe, pixel_baseline
 
 

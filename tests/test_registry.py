@@ -120,7 +120,8 @@ def test_every_registered_kind_has_every_declaration_it_needs():
 
 def test_every_registry_says_what_its_kinds_need():
     registries = declarations.load_all()
-    assert {"critic", "estimator", "activation", "experiment", "metric-learning loss"} <= set(registries)
+    assert {"critic", "estimator", "encoder", "activation", "experiment", "metric-learning loss",
+            "dataset"} <= set(registries)
     assert set(registries) <= set(declarations.NEEDS)
 
 
@@ -141,6 +142,23 @@ def test_the_walk_names_exactly_what_a_new_critic_lacks(cosine):
                   "mi_ref/findings.py"):
         assert where in text
     assert declarations.golden_gaps() == [("critic", "cosine")]
+
+
+def test_the_walk_names_what_a_new_dataset_lacks_and_findings_take_none_for_no_refit_sd(monkeypatch):
+    from mi_ref import datasets, findings
+    datasets.DATASETS.register("tiny", lambda: datasets.load("digits"), description="a test's dataset")
+    try:
+        assert [str(g) for g in declarations.missing("dataset")] == [
+            "dataset 'tiny' lacks its probe refit sd (the findings' SE of a paired difference): declare it in "
+            "PROBE_REFIT_SD in mi_ref/findings.py"]
+        monkeypatch.setitem(findings.PROBE_REFIT_SD, "tiny", NONE)
+        assert declarations.missing("dataset") == []
+        # declared none: a paired difference on it gets the binomial SE, as for rows without outcomes
+        hits = {0: onp.ones(450, bool)}
+        a, b = findings.Accuracies({0: 0.9}, hits, "tiny"), findings.Accuracies({0: 0.8}, hits, "tiny")
+        assert findings.seed_variance(a, b, 0, 450) == (pytest.approx(0.9 * 0.1 / 450 + 0.8 * 0.2 / 450), False)
+    finally:
+        datasets.DATASETS.unregister("tiny")
 
 
 def test_the_walk_names_what_a_new_estimator_lacks(dv):

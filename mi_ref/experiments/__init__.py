@@ -356,7 +356,7 @@ def run_experiment(name, preset="quick", seed=0, out="runs", resume=False, data_
     """
     import sys
 
-    from ..data import load
+    from ..datasets import load
     from ..checks import positive_int
     exp = get(name)
     seed = positive_int(seed, "seed", minimum=0)

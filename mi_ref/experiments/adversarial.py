@@ -21,8 +21,9 @@ from autograd.scipy.special import logsumexp
 
 from .. import flows, nn
 from ..accel import twin
+from ..batches import BATCHINGS, SHUFFLE_BUFFER
 from ..checks import one_of, positive_int, positive_number, sizes
-from ..data import BATCHINGS, DATASETS, SHUFFLE_BUFFER
+from ..datasets import DATASETS
 from ..loop import Loop
 from ..optim import FORMS, Adam
 from ..progress import Progress
