@@ -52,7 +52,8 @@ def parse_seeds(text):
 
 
 def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, jobs=None, threads=1,
-          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None):
+          scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None,
+          plugins=None):
     """Run ``seeds`` of ``experiment`` (see :mod:`mi_ref.sweep`): every (seed, unit) not finished yet is a
     task, run by ``jobs`` local processes with ``threads`` BLAS threads each (default: as many as the cores
     allow, at most one per task), or on the Dask cluster ``scheduler``. Returns ``{"run_dirs", "failed",
@@ -66,24 +67,39 @@ def sweep(experiment, preset, seeds, overrides=None, out="runs", data_dir=None, 
     directories are recomputed from their start (:meth:`mi_ref.results.RunDir.audit`). SIGTERM stops the
     sweep and its workers (:class:`Terminated`); the same command continues it. ``keep_state``: whether each
     unit keeps its final state (``final/UNIT.npz``, merged into the seed's directory with its rows; None: the
-    preset's default, :meth:`mi_ref.experiments.Experiment.keeps_state`)."""
+    preset's default, :meth:`mi_ref.experiments.Experiment.keeps_state`).
+
+    ``plugins``: plugin files or modules (as ``--plugin``) loaded here first, before the settings are
+    checked. Every plugin this process has loaded by name, these and any before them (the CLI's
+    ``--plugin``), travels with each task, and the worker running it loads them first
+    (:func:`mi_ref.sweep.tasks.load_plugins`): a plugin file must be at the same path on the workers (a
+    shared filesystem, as ``OUT``), a plugin module importable there."""
     result = sweep_grid(experiment, preset, seeds, [dict(overrides or {})], out, data_dir, jobs, threads, scheduler,
-                        retries, progress, stream, interval, repair, keep_state)
+                        retries, progress, stream, interval, repair, keep_state, plugins)
     (one,) = result["configs"]
     return {"run_dirs": one["run_dirs"], "failed": result["failed"], "damaged": result["damaged"],
             "summaries": one["summaries"]}
 
 
 def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jobs=None, threads=1,
-               scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None):
+               scheduler=None, retries=2, progress=True, stream=None, interval=30.0, repair=False, keep_state=None,
+               plugins=None):
     """:func:`sweep` over several configs at once: ``configs`` is a list of overrides of the preset (one per
     config, e.g. the product of ``mi-ref sweep --grid`` values), each config its own ``RUN_NAME`` with its
-    own ``RUN_NAME/sweep.json``, and the tasks of all of them share one pool of workers. Every config is checked
-    before any task runs; two that are the same config are an error. Returns ``{"configs": [{"overrides",
-    "run_name", "run_dirs", "failed", "summaries"}, ...], "failed", "damaged"}`` (see :func:`sweep`)."""
+    own ``RUN_NAME/sweep.json``, and the tasks of all of them share one pool of workers. Every config is
+    checked before any task runs; two that are the same config are an error. Returns ``{"configs":
+    [{"overrides", "run_name", "run_dirs", "failed", "summaries"}, ...], "failed", "damaged"}`` (see
+    :func:`sweep`, also for ``plugins``)."""
     from .. import experiments
     from ..checks import positive_int
     from ..data import DATA_ENV, load
+    from ..plugins import given
+    from ..plugins import load as load_plugin
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    for spec in plugins or ():
+        load_plugin(spec)                                    # the kinds it registers are known from here on
+    plugins = given()
     exp = experiments.get(experiment)
     configs = [dict(c or {}) for c in configs]
     if not configs:
@@ -128,7 +144,7 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
         if least * threads > available_cores():
             raise ValueError(f"--jobs {least} x --threads {threads} = {least * threads} threads exceed the "
                              f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
-    plans = [plan(experiment, preset, seeds, c, out, data_dir, repair, keep_state) for c in configs]
+    plans = [plan(experiment, preset, seeds, c, out, data_dir, repair, keep_state, plugins) for c in configs]
     units_of = {name: exp.units(config) for name, config in zip(names, built)}
     steps_of_config = {name: getattr(config, "n_iters", 0) for name, config in zip(names, built)}
     all_tasks = [t for tasks in plans for t in tasks]

@@ -11,8 +11,9 @@ import signal
 import sys
 
 from ..files import DamagedFileError
+from ..plugins import PluginError
 from ..results import RunDirError
-from .tasks import Terminated, run_task
+from .tasks import Terminated, load_plugins, run_task
 
 
 def available_cores():
@@ -30,9 +31,9 @@ def run_local(tasks, jobs, threads, retries, report):
     compiled kernels are paid once per worker). The driver hands each worker one task at a time over a
     pipe and so knows which task a dead worker was running: that task is run again (resuming from its
     checkpoint) on a new worker, up to ``retries`` times; a task that raises is retried the same way, unless
-    its directory is damaged (running it again would fail the same way). However the driver stops (an
-    error, Ctrl-C, SIGTERM: :class:`Terminated`), its workers stop with it: a busy one at once, by SIGTERM,
-    its task resuming from its last checkpoint when it runs again."""
+    its directory is damaged or its worker cannot load its plugins (running it again would fail the same
+    way). However the driver stops (an error, Ctrl-C, SIGTERM: :class:`Terminated`), its workers stop with
+    it: a busy one at once, by SIGTERM, its task resuming from its last checkpoint when it runs again."""
     import multiprocessing
     from collections import deque
     from multiprocessing.connection import wait
@@ -74,6 +75,9 @@ def run_local(tasks, jobs, threads, retries, report):
                     elif status == "damaged":
                         idle.append(worker)
                         report.failed(task, f"its directory is damaged ({detail})", damaged=True)
+                    elif status == "plugin":                # running it again would fail the same way
+                        idle.append(worker)
+                        report.failed(task, f"its worker could not load its plugins ({detail})")
                     else:
                         worker.proc.join()
                         code = worker.proc.exitcode
@@ -123,18 +127,16 @@ class _LocalWorker:
 
 
 def _local_worker_main(conn, threads):
-    """A local worker: receive a task, run it with its output in the task's log, answer ("done", seconds),
-    ("damaged", message) for a damaged task directory or ("error", message); None ends the worker, and so
-    does SIGTERM (its task stops where it is, exit code 143)."""
+    """A local worker: receive a task, load its plugins, run it with its output in the task's log, answer
+    ("done", seconds), ("plugin", message) for plugins it cannot load, ("damaged", message) for a damaged
+    task directory or ("error", message); None ends the worker, and so does SIGTERM (its task stops where it
+    is, exit code 143)."""
     import traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C stops the driver, which then stops the workers
 
     def stop(signum, frame):
         raise Terminated()
     signal.signal(signal.SIGTERM, stop)
-    from .. import plugins
-    plugins.load_entry_points()
-    plugins.load_from_env()                          # the driver's --plugin files and modules
     try:
         _serve(conn, threads, traceback)
     except Terminated:
@@ -148,6 +150,11 @@ def _serve(conn, threads, traceback):
         task = conn.recv()
         if task is None:
             return
+        try:            # before the task's paths, which name its config, which may name a plugin's kinds
+            load_plugins(task.plugins)
+        except PluginError as err:
+            conn.send(("plugin", str(err)))
+            continue
         task.log.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(task.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         sys.stdout.flush()

@@ -3,9 +3,10 @@
 * :class:`Task`: one unit of one seed of one experiment, keyed by :attr:`Task.key`, with its task directory
   :attr:`Task.dir` beside the seed's run directory :attr:`Task.run_dir`; :func:`plan` lists a sweep's tasks
   seed by seed in the experiment's order of units.
-* :func:`run_task`: what a worker executes (a local worker process or a Dask worker alike): the unit,
-  resumed from its checkpoint if it has one, with its BLAS and numba threads pinned (:func:`pinned`), so
-  that it computes the rows of the serial run (see :mod:`mi_ref.sweep`, "Determinism").
+* :func:`run_task`: what a worker executes (a local worker process or a Dask worker alike): the task's
+  plugins loaded first (:func:`load_plugins`), then the unit, resumed from its checkpoint if it has one,
+  with its BLAS and numba threads pinned (:func:`pinned`), so that it computes the rows of the serial run
+  (see :mod:`mi_ref.sweep`, "Determinism").
 * :func:`merge`, :func:`merged`, :func:`finished`: a finished unit moved into its seed's run directory in
   the experiment's order of units, and where a task stands.
 * :class:`SweepProgress` and :class:`Report`: the driver's progress lines and bookkeeping (tasks started,
@@ -62,6 +63,7 @@ class Task:
     data_dir: str = None
     repair: bool = False        # recompute the unit from its start if its task directory is damaged
     keep_state: bool = None     # keep the unit's final state (None: the preset's default; run_experiment)
+    plugins: tuple = ()         # the plugins its worker loads first: absolute .py paths, module names (load_plugins)
 
     def config(self):
         from .. import experiments
@@ -95,13 +97,18 @@ class Task:
                 "config": dataclasses.asdict(self.config())}
 
 
-def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False, keep_state=None):
-    """Every task of the sweep, seed by seed in the experiment's order of units."""
+def plan(experiment, preset, seeds, overrides, out, data_dir=None, repair=False, keep_state=None, plugins=None):
+    """Every task of the sweep, seed by seed in the experiment's order of units. ``plugins``: the plugins
+    every task carries to its worker (:attr:`Task.plugins`); None: those this process loaded by name
+    (:func:`mi_ref.plugins.given`, e.g. the CLI's ``--plugin``), so that a worker knows every kind the
+    driver knows."""
     from .. import experiments
+    from ..plugins import given
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
     frozen = tuple((k, v) for k, v in overrides.items() if v is not None)
-    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair, keep_state)
+    plugins = given() if plugins is None else tuple(str(p) for p in plugins)
+    return [Task(experiment, preset, int(seed), unit, frozen, str(out), data_dir, repair, keep_state, plugins)
             for seed in seeds for unit in exp.units(config)]
 
 
@@ -137,12 +144,31 @@ def pinned(threads):
     return pin()
 
 
+def load_plugins(specs):
+    """Load the plugins ``specs`` (a task's :attr:`Task.plugins`) and the entry points of the group
+    ``mi_ref.plugins`` in this process, each once (:mod:`mi_ref.plugins`): a worker process knows the kinds
+    that its driver registered from outside the package. A plugin that cannot be loaded here is a
+    :class:`mi_ref.plugins.PluginError` naming it and this host."""
+    import socket
+
+    from .. import plugins
+    plugins.load_entry_points()
+    for spec in specs:
+        try:
+            plugins.load(spec)
+        except plugins.PluginError as err:
+            raise plugins.PluginError(f"{err} (on the worker host {socket.gethostname()}: a plugin file must be at "
+                                      "the same path there as for the sweep, a plugin module importable "
+                                      "there)") from None
+
+
 def run_task(task, threads=1, progress=False):
     """Run one task into its task directory (resuming it if it holds a checkpoint) with ``threads`` BLAS and
-    numba threads; returns ``{"task", "seconds"}``. If another process holds the task directory, waits for
-    it to finish first. This is what a worker executes."""
+    numba threads, after loading its plugins (:func:`load_plugins`); returns ``{"task", "seconds"}``. If
+    another process holds the task directory, waits for it to finish first. This is what a worker executes."""
     from ..accel import configure_malloc
     from ..experiments import run_experiment
+    load_plugins(task.plugins)
     # a worker is a training process: keep freed heap memory resident. Dask's nanny starts workers with
     # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the OS after nearly every step; mallopt overrides it
     configure_malloc()
