@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from mi_ref import cli, experiments, sweep
+from mi_ref import cli, critics, experiments, plugins, sweep
 from mi_ref.results import TASKS_DIR, RunDir, expand_run_dirs
 from mi_ref.sweep import cluster as dask_path
 from mi_ref.sweep.driver import MAX_SEEDS
@@ -271,6 +271,96 @@ def test_local_worker_killed_mid_task_is_retried_and_resumes(tmp_path, serial_lo
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer       # nothing lost, nothing twice
 
 
+# a plugin critic (README, "Plugins"): the spawned workers know it only through the plugins their tasks carry
+COSINE_PLUGIN = textwrap.dedent("""
+    import autograd.numpy as np
+
+    from mi_ref.critics import CRITICS, check_pair
+
+
+    class Cosine:
+        def __init__(self, dim_u, dim_v=None, temperature=0.1):
+            self.temperature = temperature
+
+        def init(self, rng):
+            return {}
+
+        def apply(self, params, u, v):
+            check_pair(u, v)
+            u = u / np.sqrt(np.sum(u ** 2, axis=1, keepdims=True))
+            v = v / np.sqrt(np.sum(v ** 2, axis=1, keepdims=True))
+            return np.dot(u, v.T) / self.temperature
+
+
+    CRITICS.register("cosine", Cosine, label="cosine", color="tab:brown")
+""")
+# seed 0: the baseline, the bilinear and the plugin's critic, each a task
+PLUGGED = dict(TINY, critics=("bilinear", "cosine"), estimators=("infonce",))
+
+
+@pytest.fixture
+def cosine_plugin(tmp_path, monkeypatch):
+    """The plugin file registering the critic 'cosine' (not loaded yet); what the test loads of it in this
+    process is forgotten afterwards."""
+    path = tmp_path / "plugin" / "cosine_critic.py"
+    path.parent.mkdir()
+    path.write_text(COSINE_PLUGIN, encoding="utf-8")
+    monkeypatch.setattr(plugins, "LOADED", [])
+    monkeypatch.setattr(plugins, "_GIVEN", [])
+    yield path
+    forget_plugins()
+    for name in [m for m in sys.modules if m.startswith("mi_ref_plugin_")]:
+        del sys.modules[name]
+
+
+def forget_plugins():
+    """This process as it was before it loaded a plugin (the 'cosine' critic unregistered)."""
+    if "cosine" in critics.CRITICS:
+        critics.CRITICS.unregister("cosine")
+    plugins.LOADED.clear()
+    plugins._GIVEN.clear()
+
+
+@pytest.fixture
+def serial_plugged(cosine_plugin, tmp_path_factory):
+    """The serial run of seed 0 with the plugin's critic (loaded for it, as `mi-ref run --plugin` does, and
+    forgotten again)."""
+    plugins.load(cosine_plugin)
+    rows = serial_rows(tmp_path_factory, PLUGGED, 0)
+    forget_plugins()
+    return rows
+
+
+def test_a_plugin_critic_runs_on_two_local_workers_as_in_the_serial_run(tmp_path, cosine_plugin, serial_plugged,
+                                                                       monkeypatch):
+    """Every task carries the plugins loaded by name in the driver (the CLI's --plugin) as absolute paths:
+    the spawned workers, started elsewhere, load them before the task and compute the serial run's rows."""
+    monkeypatch.chdir(cosine_plugin.parent)
+    plugins.load("cosine_critic.py")                          # given relative to the working directory
+    tasks = plan("critics", "quick", [0], PLUGGED, tmp_path / "sweep")
+    assert [t.unit for t in tasks] == ["baseline", "bilinear-infonce", "cosine-infonce"]
+    assert all(t.plugins == (str(cosine_plugin.resolve()),) for t in tasks)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep"
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, out, jobs=2, progress=False)
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0, PLUGGED)) == serial_plugged
+
+
+def test_a_worker_that_cannot_load_a_plugin_fails_its_tasks_once_naming_it(tmp_path, cosine_plugin):
+    """A plugin file the workers cannot read (here: removed after the driver loaded it; on a cluster: not on
+    a shared filesystem) fails every task with one line naming the file and the host, without retries."""
+    lines = Lines()
+    plugins.load(cosine_plugin)
+    cosine_plugin.unlink()
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, tmp_path / "sweep", jobs=1, stream=lines)
+    assert len(result["failed"]) == 3, lines.text()
+    for why in result["failed"].values():
+        assert why.startswith("its worker could not load its plugins (plugin ") and "no such file" in why, why
+        assert str(cosine_plugin.resolve()) in why and "on the worker host" in why, why
+    assert "attempt 2" not in lines.text()
+
+
 def test_errors_before_anything_runs(tmp_path, capsys):
     with pytest.raises(ValueError, match="exceed the"):
         sweep.sweep("critics", "quick", [0], TINY, tmp_path, jobs=sweep.available_cores() + 1)
@@ -413,6 +503,19 @@ def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
     assert result["failed"] == {}
     assert pid not in [p for p in cluster.run(os.getpid).values()]     # that worker was replaced
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
+
+
+def test_a_plugin_critic_runs_on_the_dask_workers_as_in_the_serial_run(cluster, tmp_path, cosine_plugin,
+                                                                      serial_plugged):
+    """The Dask workers, started before the plugin was loaded and in processes of their own, load it from
+    the tasks (a plugin given to sweep() itself, the Python API's --plugin) and compute the serial rows."""
+    assert not any(cluster.run(plugins.given).values())          # no worker has loaded a plugin
+    out = tmp_path / "dask"
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, out, scheduler=cluster, progress=False,
+                         plugins=[str(cosine_plugin)])
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0, PLUGGED)) == serial_plugged
+    assert (str(cosine_plugin.resolve()),) in cluster.run(plugins.given).values()
 
 
 def test_an_unreachable_scheduler_is_named(tmp_path, capsys, monkeypatch):
