@@ -165,10 +165,11 @@ def _threads(args):
     threads = getattr(args, "threads", None)
     if threads is None:
         return contextlib.nullcontext()
-    from .sweep import _pinned, available_cores
+    from .sweep import available_cores
+    from .sweep.tasks import pinned
     if threads > available_cores():
         raise CLIError(f"--threads {threads} exceeds the {available_cores()} cores here")
-    return _pinned(threads)
+    return pinned(threads)
 
 
 def _run_seeds(name, args, continuing=False):

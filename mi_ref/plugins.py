@@ -13,10 +13,12 @@ loads
 * every ``--plugin FILE.py`` or ``--plugin MODULE`` given to ``run``, ``sweep``, ``reproduce``, ``plot``,
   ``findings`` and ``vectors`` (:func:`load`).
 
-The plugins loaded are remembered in the environment variable ``MI_REF_PLUGINS`` (absolute paths and module
-names, joined by ``os.pathsep``), from which the worker processes of a local sweep load them too
-(:func:`load_from_env`). A plugin that fails to import is a :class:`PluginError` (a ``ValueError``: one line
-and exit code 2 from the CLI) naming the file or module and the error.
+A plugin is imported once per process, however often it is named. The plugins loaded by name are listed by
+:func:`given` (absolute paths and module names): every task of a sweep or of ``mi-ref reproduce`` carries
+that list (:attr:`mi_ref.sweep.tasks.Task.plugins`), and the process that runs the task, a local worker
+process or a Dask worker, loads them and its own entry points before it
+(:func:`mi_ref.sweep.tasks.load_plugins`). A plugin that fails to import is a :class:`PluginError` (a
+``ValueError``: one line and exit code 2 from the CLI) naming the file or module and the error.
 """
 
 import hashlib
@@ -25,12 +27,13 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import threading
 from pathlib import Path
 
-ENV = "MI_REF_PLUGINS"
 GROUP = "mi_ref.plugins"
 LOADED = []             # the plugins loaded in this process, in order (absolute paths, module names, entry points)
-_GIVEN = []             # those given by name (load), which MI_REF_PLUGINS passes on to worker processes
+_GIVEN = []             # those given by name (load), which a sweep's tasks carry to their workers (given)
+_LOCK = threading.RLock()   # a Dask worker may run several tasks in threads: each plugin is imported once
 
 
 class PluginError(ValueError):
@@ -61,22 +64,29 @@ def load(spec):
     spec = str(spec)
     is_file = spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec)
     key = str(Path(spec).resolve()) if is_file else spec
-    if key in LOADED:
-        return None
-    if is_file and not Path(key).is_file():
-        raise PluginError(f"plugin {spec}: no such file")
-    try:
-        module = _import_file(Path(key)) if is_file else importlib.import_module(spec)
-    except ModuleNotFoundError as err:
-        if not is_file and err.name == spec.split(".")[0]:
-            raise PluginError(f"plugin {spec}: no such file or importable module") from None
-        raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
-    except Exception as err:
-        raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
-    LOADED.append(key)
-    _GIVEN.append(key)
-    os.environ[ENV] = os.pathsep.join(_GIVEN)
-    return module
+    with _LOCK:
+        if key in LOADED:
+            return None
+        if is_file and not Path(key).is_file():
+            raise PluginError(f"plugin {spec}: no such file")
+        try:
+            module = _import_file(Path(key)) if is_file else importlib.import_module(spec)
+        except ModuleNotFoundError as err:
+            if not is_file and err.name == spec.split(".")[0]:
+                raise PluginError(f"plugin {spec}: no such file or importable module") from None
+            raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
+        except Exception as err:
+            raise PluginError(f"plugin {spec} failed to import: {_one_line(err)}") from None
+        LOADED.append(key)
+        _GIVEN.append(key)
+        return module
+
+
+def given():
+    """The plugins loaded by name in this process (:func:`load`), in order: absolute paths of files and module
+    names, what a sweep's tasks carry to their workers."""
+    with _LOCK:
+        return tuple(_GIVEN)
 
 
 def _entry_points():
@@ -84,25 +94,19 @@ def _entry_points():
 
 
 def load_entry_points():
-    """Load every entry point of the group ``mi_ref.plugins``; returns their names."""
+    """Load every entry point of the group ``mi_ref.plugins`` not loaded yet; returns their names."""
     names = []
-    for entry in _entry_points():
-        if entry.value in LOADED:
-            continue
-        try:
-            obj = entry.load()
-            if callable(obj):
-                obj()
-        except Exception as err:
-            raise PluginError(f"plugin {entry.name} (entry point {entry.value} of group {GROUP}) failed to "
-                              f"load: {_one_line(err)}") from None
-        LOADED.append(entry.value)
-        names.append(entry.name)
+    with _LOCK:
+        for entry in _entry_points():
+            if entry.value in LOADED:
+                continue
+            try:
+                obj = entry.load()
+                if callable(obj):
+                    obj()
+            except Exception as err:
+                raise PluginError(f"plugin {entry.name} (entry point {entry.value} of group {GROUP}) failed to "
+                                  f"load: {_one_line(err)}") from None
+            LOADED.append(entry.value)
+            names.append(entry.name)
     return names
-
-
-def load_from_env():
-    """Load the plugins named in ``MI_REF_PLUGINS`` (a worker process of a sweep: those of its driver)."""
-    for spec in os.environ.get(ENV, "").split(os.pathsep):
-        if spec:
-            load(spec)

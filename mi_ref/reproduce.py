@@ -20,7 +20,7 @@ def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=
     dataset is checked here, before anything is written."""
     from . import experiments
     from .datasets import data_dir_for, load
-    from .sweep import plan
+    from .sweep.tasks import plan
     tasks, units = [], {}
     loaded = set()
     for name in names:
@@ -54,7 +54,8 @@ def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=No
     :func:`mi_ref.sweep.sweep`.
     """
     from .checks import positive_int
-    from .sweep import (SweepProgress, _Report, _run_local, available_cores, finished, merge, merged)
+    from .sweep.local import available_cores, run_local
+    from .sweep.tasks import Report, SweepProgress, finished, merge, merged
     stream = stream or sys.stderr
     threads = positive_int(threads, "threads")
     tasks, units = plan_all(names, preset, seeds, overrides_of, out, data_dir, keep_state)
@@ -74,7 +75,7 @@ def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=No
     todo = []
     bar = SweepProgress("reproduce", tasks, lambda t: 0 if t.unit == "baseline" else getattr(t.config(), "n_iters", 0),
                         enabled=progress, stream=stream, interval=interval)
-    report = _Report(bar, lambda task: units[task.experiment])
+    report = Report(bar, lambda task: units[task.experiment])
     for task in tasks:
         if merged(task):
             bar.done.append(task)
@@ -98,7 +99,7 @@ def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=No
             f"thread{'s' if threads > 1 else ''}")
     if todo:
         bar.tick(force=True)
-        _run_local(todo, jobs, threads, retries, report)
+        run_local(todo, jobs, threads, retries, report)
         bar.tick(force=True)
     for task in list(report.unmerged):
         RunDir(task.run_dir).lock(wait=True)

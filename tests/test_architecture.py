@@ -114,10 +114,24 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def forbidden_for_math(module):
+    """True if ``module`` is one of :data:`FORBIDDEN_FOR_MATH` or inside one of those packages."""
+    return any(module == f or module.startswith(f + ".") for f in FORBIDDEN_FOR_MATH)
+
+
+def test_the_forbidden_names_are_modules_and_cover_their_submodules():
+    mods = modules()
+    assert [f for f in FORBIDDEN_FOR_MATH if f not in mods] == []
+    assert forbidden_for_math("mi_ref.sweep") and forbidden_for_math("mi_ref.sweep.local")
+    assert not forbidden_for_math("mi_ref.sweeps") and not forbidden_for_math("mi_ref.nn")
+    assert {m for m in mods if m.startswith("mi_ref.sweep.")} >= {"mi_ref.sweep.tasks", "mi_ref.sweep.local",
+                                                                  "mi_ref.sweep.cluster"}
+
+
 @pytest.mark.parametrize("math_module", MATH)
 def test_math_modules_import_none_of_the_machinery(math_module):
     reached = closure(import_graph(), math_module)
-    bad = sorted(m for m in reached if m.startswith(FORBIDDEN_FOR_MATH))
+    bad = sorted(m for m in reached if forbidden_for_math(m))
     assert not bad, f"{math_module} imports {bad} (directly or through another module)"
 
 

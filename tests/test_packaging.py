@@ -10,6 +10,7 @@ not the wheel ships it. These tests build the wheel from a copy of the source tr
   literal in a statement using ``__file__``). A use of ``__file__`` that names no such path must be listed
   in :data:`OPENS_NO_DATA` with the reason, and other ways of reading package data (``importlib.resources``,
   ``pkgutil.get_data``) fail until this test learns them;
+* every module of the package is in the wheel, those of its subpackages too (setup.cfg's ``packages``);
 * the unpacked wheel, imported from a directory outside the checkout, loads the embedded MNIST subset and
   prints the same ``mi-ref list`` (the recorded verdicts) as the source tree.
 """
@@ -150,6 +151,16 @@ def test_every_data_file_of_the_package_is_in_the_wheel(wheel_names):
     missing = [f for f in files if f not in wheel_names]
     assert not missing, (f"the wheel lacks {missing}: an installed mi-ref cannot read them; add them to "
                          "[options.package_data] in setup.cfg")
+
+
+def test_every_module_of_the_package_is_in_the_wheel(wheel_names):
+    """Every ``.py`` file under ``mi_ref/`` ships, those of its subpackages (``mi_ref.sweep``, ...) too: a
+    package that setup.cfg's ``packages`` does not find would be missing from an installed mi-ref."""
+    sources = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / PACKAGE).rglob("*.py")
+                     if "__pycache__" not in p.parts)
+    assert "mi_ref/sweep/__init__.py" in sources and "mi_ref/sweep/tasks.py" in sources
+    missing = [f for f in sources if f not in wheel_names]
+    assert not missing, f"the wheel lacks {missing}: check setup.cfg's packages (and its packages.find include)"
 
 
 def test_every_file_the_source_opens_beside_itself_is_in_the_wheel(wheel_names):

@@ -9,13 +9,13 @@ What is proven here:
 * a plugin can register a dataset (an entry of mi_ref.datasets.DATASETS), which `mi-ref run --set dataset=NAME`
   trains on;
 * a plugin that does not exist or fails to import is one line naming it, exit code 2;
-* entry points of the group mi_ref.plugins are loaded at the CLI's start, and MI_REF_PLUGINS passes the
-  --plugin files on to a sweep's worker processes.
+* entry points of the group mi_ref.plugins are loaded at the CLI's start, and a sweep's tasks carry the
+  --plugin files to their worker processes (tests/test_sweep.py runs such a sweep on 2 local workers and on
+  a Dask cluster).
 """
 
 import importlib.metadata
 import json
-import os
 import re
 import shlex
 import sys
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from mi_ref import bounds, cli, critics, plugins
+from mi_ref.sweep.tasks import load_plugins, plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -49,8 +50,7 @@ def readme_commands():
 
 @pytest.fixture
 def clean(monkeypatch):
-    """Forget every plugin a test loads: its registrations, the list of loaded plugins, MI_REF_PLUGINS."""
-    monkeypatch.delenv(plugins.ENV, raising=False)
+    """Forget every plugin a test loads: its registrations and the lists of loaded plugins."""
     monkeypatch.setattr(plugins, "LOADED", [])
     monkeypatch.setattr(plugins, "_GIVEN", [])
     monkeypatch.setattr(plugins, "_entry_points", lambda: [])
@@ -134,16 +134,22 @@ def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, capsys, clean):
         assert says in err and err.count("\n") == 1 and err.startswith("mi-ref run: error: plugin ")
 
 
-def test_a_plugin_is_loaded_once_and_passed_on_to_worker_processes(tmp_path, clean):
+def test_a_plugin_is_loaded_once_and_passed_on_to_worker_processes(tmp_path, monkeypatch, clean):
     code = "from mi_ref.critics import CRITICS, inner_product\nCRITICS.register('dot2', inner_product)\n"
     (tmp_path / "dot2.py").write_text(code, encoding="utf-8")
-    assert plugins.load(tmp_path / "dot2.py") is not None and "dot2" in critics.CRITICS
+    monkeypatch.chdir(tmp_path)
+    assert plugins.load("dot2.py") is not None and "dot2" in critics.CRITICS
     assert plugins.load(str(tmp_path / "dot2.py")) is None                       # not registered twice
-    assert os.environ[plugins.ENV] == str((tmp_path / "dot2.py").resolve())
+    assert plugins.given() == (str((tmp_path / "dot2.py").resolve()),)           # absolute: workers start elsewhere
+    tasks = plan("critics", "quick", [0, 1], {}, tmp_path / "out")
+    assert tasks and all(t.plugins == plugins.given() for t in tasks)           # every task carries them
+    task = tasks[0]
     critics.CRITICS.unregister("dot2")
     plugins.LOADED.clear()
-    plugins.load_from_env()                                                      # what a sweep worker does
+    load_plugins(task.plugins)                                                   # what a sweep worker does
     assert "dot2" in critics.CRITICS
+    load_plugins(task.plugins)                                                   # once per process
+    assert plugins.LOADED.count(task.plugins[0]) == 1
 
 
 def test_entry_points_are_loaded_at_the_start_of_every_command(tmp_path, monkeypatch, capsys, clean):
@@ -159,7 +165,7 @@ def test_entry_points_are_loaded_at_the_start_of_every_command(tmp_path, monkeyp
 
 
 def test_a_sweeps_workers_load_the_plugin(tmp_path, monkeypatch, clean):
-    """The worker processes are spawned: they know the cosine critic only through MI_REF_PLUGINS."""
+    """The worker processes are spawned: they know the cosine critic only through the plugins of their task."""
     (tmp_path / "cosine_critic.py").write_text(readme_plugin_code(), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["sweep", "critics", "--seeds", "0", "--jobs", "1", "--dataset", "digits", "--steps", "2",

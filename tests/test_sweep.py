@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_limits
 
-from mi_ref import cli, experiments, sweep
-from mi_ref.results import RunDir, expand_run_dirs
+from mi_ref import cli, critics, experiments, plugins, sweep
+from mi_ref.results import TASKS_DIR, RunDir, expand_run_dirs
+from mi_ref.sweep import cluster as dask_path
+from mi_ref.sweep.driver import MAX_SEEDS
+from mi_ref.sweep.tasks import finished, merge, merged, plan, run_task
 
 # two seeds x (baseline + 2 variants) = 6 tasks of a second or two each
 TINY = dict(dataset="digits", n_iters=20, n_evals=2, critics=("bilinear",), estimators=("infonce", "nwj"))
@@ -85,20 +88,20 @@ def test_a_range_of_seeds_is_bounded(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mi_ref.cli", "sweep", "critics", "--seeds", "0-99999999999", "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert f"asks for 100000000000 seeds; a sweep takes at most {sweep.MAX_SEEDS}" in done.stderr
+    assert f"asks for 100000000000 seeds; a sweep takes at most {MAX_SEEDS}" in done.stderr
     assert not (tmp_path / "o").exists()
-    assert len(sweep.parse_seeds(f"0-{sweep.MAX_SEEDS - 1}")) == sweep.MAX_SEEDS
+    assert len(sweep.parse_seeds(f"0-{MAX_SEEDS - 1}")) == MAX_SEEDS
     with pytest.raises(ValueError, match="a sweep takes at most"):
-        sweep.parse_seeds(f"0-{sweep.MAX_SEEDS - 1},{sweep.MAX_SEEDS}")
+        sweep.parse_seeds(f"0-{MAX_SEEDS - 1},{MAX_SEEDS}")
 
 
 def test_plan_has_one_task_per_seed_and_unit(tmp_path):
-    tasks = sweep.plan("critics", "quick", [0, 1], TINY, tmp_path)
+    tasks = plan("critics", "quick", [0, 1], TINY, tmp_path)
     assert [(t.seed, t.unit) for t in tasks] == [(s, u) for s in (0, 1)
                                                  for u in ("baseline", "bilinear-infonce", "bilinear-nwj")]
     assert tasks[0].run_dir == seed_dir(tmp_path, 0)
     assert tasks[0].dir.parent.parent.parent == tasks[0].run_dir.parent       # OUT/RUN_NAME/.tasks/seed-S/UNIT
-    assert tasks[0].dir.parent.parent.name == sweep.TASKS_DIR
+    assert tasks[0].dir.parent.parent.name == TASKS_DIR
     # the units every experiment declares are the names its run writes
     for name in experiments.names():
         exp = experiments.get(name)
@@ -115,13 +118,13 @@ def test_local_jobs_equal_serial_and_second_invocation_skips(tmp_path, tmp_path_
         assert rows_without_time(path) == serial[seed]          # row for row, in the serial order
         assert RunDir(path).done_variants() == ["baseline", "bilinear-infonce", "bilinear-nwj"]
         assert (path / "summary.json").exists()
-    assert not (out / seed_dir(out, 0).parent.name / sweep.TASKS_DIR).exists()   # task dirs merged away
+    assert not (out / seed_dir(out, 0).parent.name / TASKS_DIR).exists()   # task dirs merged away
     # every unit's final state is merged with its rows (pinned in progress.json), the serial run's own
     with threadpool_limits(limits=1):
         alone = experiments.run_experiment("critics", "quick", 0, tmp_path / "alone", progress=False, **TINY)
     for unit in ("bilinear-infonce", "bilinear-nwj"):
-        merged, want = RunDir(seed_dir(out, 0)).load_final(unit)[0], RunDir(alone).load_final(unit)[0]
-        assert merged.keys() == want.keys() and all((merged[k] == want[k]).all() for k in merged)
+        kept, want = RunDir(seed_dir(out, 0)).load_final(unit)[0], RunDir(alone).load_final(unit)[0]
+        assert kept.keys() == want.keys() and all((kept[k] == want[k]).all() for k in kept)
     record = json.loads((seed_dir(out, 0).parent / "sweep.json").read_text())
     assert record["complete_seeds"] == [0, 1]
     assert record["summary"]["bilinear-nwj"]["accuracy"]["n"] == 2
@@ -144,11 +147,11 @@ def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, 
     """What a killed driver leaves: a task finished in its task dir but not merged, a task with a
     checkpoint only, a seed directory with some units. The same command completes it identically."""
     out = tmp_path / "sweep"
-    tasks = {(t.seed, t.unit): t for t in sweep.plan("critics", "quick", [0], TINY, out)}
-    sweep.run_task(tasks[0, "baseline"])
-    assert sweep.merge(tasks[0, "baseline"], ["baseline", "bilinear-infonce", "bilinear-nwj"])
-    sweep.run_task(tasks[0, "bilinear-nwj"])                       # finished, not merged
-    assert sweep.finished(tasks[0, "bilinear-nwj"]) and not sweep.merged(tasks[0, "bilinear-nwj"])
+    tasks = {(t.seed, t.unit): t for t in plan("critics", "quick", [0], TINY, out)}
+    run_task(tasks[0, "baseline"])
+    assert merge(tasks[0, "baseline"], ["baseline", "bilinear-infonce", "bilinear-nwj"])
+    run_task(tasks[0, "bilinear-nwj"])                       # finished, not merged
+    assert finished(tasks[0, "bilinear-nwj"]) and not merged(tasks[0, "bilinear-nwj"])
     # bilinear-infonce: interrupted after its first evaluation (its task dir holds a checkpoint at step 0)
     from mi_ref import faults
 
@@ -158,7 +161,7 @@ def test_interrupted_sweep_merges_finished_tasks_and_resumes_the_rest(tmp_path, 
     faults.HOOK = stop
     try:
         with pytest.raises(KeyboardInterrupt):
-            sweep.run_task(tasks[0, "bilinear-infonce"])
+            run_task(tasks[0, "bilinear-infonce"])
     finally:
         faults.HOOK = None
     assert RunDir(tasks[0, "bilinear-infonce"].dir).checkpoint_path("bilinear-infonce").exists()
@@ -175,11 +178,11 @@ def test_a_merge_interrupted_between_the_rows_and_the_done_mark_is_merged_again(
     unit done: those rows belong to no finished variant and have no checkpoint, which the audit takes for
     damage in a run directory; in a sweep the merge writes them again."""
     out = tmp_path / "sweep"
-    tasks = sweep.plan("critics", "quick", [0], TINY, out)
+    tasks = plan("critics", "quick", [0], TINY, out)
     units = [t.unit for t in tasks]
-    sweep.run_task(tasks[0])
-    assert sweep.merge(tasks[0], units)
-    sweep.run_task(tasks[1])
+    run_task(tasks[0])
+    assert merge(tasks[0], units)
+    run_task(tasks[1])
     seed_store, task_store = RunDir(tasks[1].run_dir), RunDir(tasks[1].dir)
     seed_store.rewrite_metrics(seed_store.read_metrics() + task_store.read_metrics())      # the killed merge
     result = sweep.sweep("critics", "quick", [0], TINY, out, jobs=1, progress=False)
@@ -189,18 +192,18 @@ def test_a_merge_interrupted_between_the_rows_and_the_done_mark_is_merged_again(
 
 def test_merge_is_idempotent_and_keeps_the_order_of_units(tmp_path, serial):
     out = tmp_path / "sweep"
-    tasks = sweep.plan("critics", "quick", [0], TINY, out)
+    tasks = plan("critics", "quick", [0], TINY, out)
     units = [t.unit for t in tasks]
     for task in reversed(tasks):                     # finished in the opposite order
-        sweep.run_task(task)
-        assert sweep.merge(task, units)
-        assert sweep.merge(task, units)              # a second merge (a driver killed after the first) is a no-op
+        run_task(task)
+        assert merge(task, units)
+        assert merge(task, units)              # a second merge (a driver killed after the first) is a no-op
     assert rows_without_time(seed_dir(out, 0)) == serial[0]
     assert RunDir(seed_dir(out, 0)).done_variants() == units      # the serial run's order, not completion's
     assert RunDir(seed_dir(out, 0)).audit() == []
     # a seed directory held by another process: the merge waits (returns False) and changes nothing
-    extra = sweep.plan("critics", "quick", [1], TINY, out)[0]
-    sweep.run_task(extra)
+    extra = plan("critics", "quick", [1], TINY, out)[0]
+    run_task(extra)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from mi_ref.results import RunDir
@@ -210,12 +213,12 @@ def test_merge_is_idempotent_and_keeps_the_order_of_units(tmp_path, serial):
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert sweep.merge(extra, units) is False
-        assert sweep.finished(extra) and not RunDir(extra.run_dir).metrics_path.exists()
+        assert merge(extra, units) is False
+        assert finished(extra) and not RunDir(extra.run_dir).metrics_path.exists()
     finally:
         holder.kill()
         holder.wait()
-    assert sweep.merge(extra, units)
+    assert merge(extra, units)
 
 
 KILL_DRIVER = textwrap.dedent("""
@@ -256,7 +259,7 @@ def _task_process(task, proc, timeout=120):
 
 def test_local_worker_killed_mid_task_is_retried_and_resumes(tmp_path, serial_longer):
     out = tmp_path / "sweep"
-    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    task = [t for t in plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
     script = KILL_DRIVER.format(overrides=LONGER)
     proc = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -266,6 +269,96 @@ def test_local_worker_killed_mid_task_is_retried_and_resumes(tmp_path, serial_lo
     assert pid != proc.pid
     assert "killed by signal 9" in stderr and "attempt 2 of 3" in stderr
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer       # nothing lost, nothing twice
+
+
+# a plugin critic (README, "Plugins"): the spawned workers know it only through the plugins their tasks carry
+COSINE_PLUGIN = textwrap.dedent("""
+    import autograd.numpy as np
+
+    from mi_ref.critics import CRITICS, check_pair
+
+
+    class Cosine:
+        def __init__(self, dim_u, dim_v=None, temperature=0.1):
+            self.temperature = temperature
+
+        def init(self, rng):
+            return {}
+
+        def apply(self, params, u, v):
+            check_pair(u, v)
+            u = u / np.sqrt(np.sum(u ** 2, axis=1, keepdims=True))
+            v = v / np.sqrt(np.sum(v ** 2, axis=1, keepdims=True))
+            return np.dot(u, v.T) / self.temperature
+
+
+    CRITICS.register("cosine", Cosine, label="cosine", color="tab:brown")
+""")
+# seed 0: the baseline, the bilinear and the plugin's critic, each a task
+PLUGGED = dict(TINY, critics=("bilinear", "cosine"), estimators=("infonce",))
+
+
+@pytest.fixture
+def cosine_plugin(tmp_path, monkeypatch):
+    """The plugin file registering the critic 'cosine' (not loaded yet); what the test loads of it in this
+    process is forgotten afterwards."""
+    path = tmp_path / "plugin" / "cosine_critic.py"
+    path.parent.mkdir()
+    path.write_text(COSINE_PLUGIN, encoding="utf-8")
+    monkeypatch.setattr(plugins, "LOADED", [])
+    monkeypatch.setattr(plugins, "_GIVEN", [])
+    yield path
+    forget_plugins()
+    for name in [m for m in sys.modules if m.startswith("mi_ref_plugin_")]:
+        del sys.modules[name]
+
+
+def forget_plugins():
+    """This process as it was before it loaded a plugin (the 'cosine' critic unregistered)."""
+    if "cosine" in critics.CRITICS:
+        critics.CRITICS.unregister("cosine")
+    plugins.LOADED.clear()
+    plugins._GIVEN.clear()
+
+
+@pytest.fixture
+def serial_plugged(cosine_plugin, tmp_path_factory):
+    """The serial run of seed 0 with the plugin's critic (loaded for it, as `mi-ref run --plugin` does, and
+    forgotten again)."""
+    plugins.load(cosine_plugin)
+    rows = serial_rows(tmp_path_factory, PLUGGED, 0)
+    forget_plugins()
+    return rows
+
+
+def test_a_plugin_critic_runs_on_two_local_workers_as_in_the_serial_run(tmp_path, cosine_plugin, serial_plugged,
+                                                                       monkeypatch):
+    """Every task carries the plugins loaded by name in the driver (the CLI's --plugin) as absolute paths:
+    the spawned workers, started elsewhere, load them before the task and compute the serial run's rows."""
+    monkeypatch.chdir(cosine_plugin.parent)
+    plugins.load("cosine_critic.py")                          # given relative to the working directory
+    tasks = plan("critics", "quick", [0], PLUGGED, tmp_path / "sweep")
+    assert [t.unit for t in tasks] == ["baseline", "bilinear-infonce", "cosine-infonce"]
+    assert all(t.plugins == (str(cosine_plugin.resolve()),) for t in tasks)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sweep"
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, out, jobs=2, progress=False)
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0, PLUGGED)) == serial_plugged
+
+
+def test_a_worker_that_cannot_load_a_plugin_fails_its_tasks_once_naming_it(tmp_path, cosine_plugin):
+    """A plugin file the workers cannot read (here: removed after the driver loaded it; on a cluster: not on
+    a shared filesystem) fails every task with one line naming the file and the host, without retries."""
+    lines = Lines()
+    plugins.load(cosine_plugin)
+    cosine_plugin.unlink()
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, tmp_path / "sweep", jobs=1, stream=lines)
+    assert len(result["failed"]) == 3, lines.text()
+    for why in result["failed"].values():
+        assert why.startswith("its worker could not load its plugins (plugin ") and "no such file" in why, why
+        assert str(cosine_plugin.resolve()) in why and "on the worker host" in why, why
+    assert "attempt 2" not in lines.text()
 
 
 def test_errors_before_anything_runs(tmp_path, capsys):
@@ -392,7 +485,7 @@ def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
     task again, it resumes from its checkpoint; the rows equal the serial run's, none lost or doubled."""
     import threading
     out = tmp_path / "dask"
-    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    task = [t for t in plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
     result = {}
     thread = threading.Thread(target=lambda: result.update(
         sweep.sweep("critics", "quick", [0], LONGER, out, scheduler=cluster, progress=False)))
@@ -412,6 +505,19 @@ def test_dask_worker_killed_mid_sweep(cluster, tmp_path, serial_longer):
     assert rows_without_time(seed_dir(out, 0, LONGER)) == serial_longer
 
 
+def test_a_plugin_critic_runs_on_the_dask_workers_as_in_the_serial_run(cluster, tmp_path, cosine_plugin,
+                                                                      serial_plugged):
+    """The Dask workers, started before the plugin was loaded and in processes of their own, load it from
+    the tasks (a plugin given to sweep() itself, the Python API's --plugin) and compute the serial rows."""
+    assert not any(cluster.run(plugins.given).values())          # no worker has loaded a plugin
+    out = tmp_path / "dask"
+    result = sweep.sweep("critics", "quick", [0], PLUGGED, out, scheduler=cluster, progress=False,
+                         plugins=[str(cosine_plugin)])
+    assert result["failed"] == {}
+    assert rows_without_time(seed_dir(out, 0, PLUGGED)) == serial_plugged
+    assert (str(cosine_plugin.resolve()),) in cluster.run(plugins.given).values()
+
+
 def test_an_unreachable_scheduler_is_named(tmp_path, capsys, monkeypatch):
     """Was: the Dask connection timeout ended with "choose another path or fix its permissions" and named
     no path. Now the message names the scheduler's address and what to check."""
@@ -420,7 +526,7 @@ def test_an_unreachable_scheduler_is_named(tmp_path, capsys, monkeypatch):
     with socket.socket() as s:                     # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    monkeypatch.setattr(sweep, "CONNECT_TIMEOUT", "2s")
+    monkeypatch.setattr(dask_path, "CONNECT_TIMEOUT", "2s")
     argv = ["sweep", "critics", "--seeds", "0", "--scheduler", address, "--out", str(tmp_path), "--quiet", "--dataset",
             "digits", "--set", "n_iters=20", "--set", "n_evals=2", "--set", "critics=bilinear"]
     assert cli.main(argv) == 2
@@ -442,8 +548,8 @@ def test_missing_dask_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_task_reports_progress_under_its_run_name_and_counts_only_its_own_variant(tmp_path, capsys):
-    task = [t for t in sweep.plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
-    sweep.run_task(task, progress=True)
+    task = [t for t in plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
+    run_task(task, progress=True)
     err = capsys.readouterr().err
     assert f"[{task.run_name} seed 0] variant 1/1 bilinear-nwj" in err, err
     assert "variant 2/" not in err and "[seed-0 seed 0]" not in err
@@ -468,7 +574,7 @@ def test_a_damaged_sweep_is_repaired_with_repair(tmp_path, serial, capsys):
     assert cli.main(argv + ["--repair"]) == 0
     assert rows_without_time(seed_dir(out, 0)) == serial[0]
     # a task directory damaged: one clear failure (not retried), exit 2, and --repair recomputes the unit
-    task = [t for t in sweep.plan("critics", "quick", [1], TINY, out) if t.unit == "bilinear-nwj"][0]
+    task = [t for t in plan("critics", "quick", [1], TINY, out) if t.unit == "bilinear-nwj"][0]
     from mi_ref import faults
 
     def stop(point):
@@ -477,7 +583,7 @@ def test_a_damaged_sweep_is_repaired_with_repair(tmp_path, serial, capsys):
     faults.HOOK = stop
     try:
         with pytest.raises(KeyboardInterrupt):
-            sweep.run_task(task)
+            run_task(task)
     finally:
         faults.HOOK = None
     RunDir(task.dir).checkpoint_path(task.unit).write_bytes(b"garbage")
@@ -517,7 +623,7 @@ def test_sigterm_to_the_driver_stops_its_workers(tmp_path, serial_longer):
     BrokenPipeError. Now the driver forwards the signal: the worker stops at once (its task resumes from
     its last checkpoint), the driver exits 143, and the same command completes the sweep identically."""
     out = tmp_path / "sweep"
-    task = [t for t in sweep.plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
+    task = [t for t in plan("critics", "quick", [0], LONGER, out) if t.unit == "bilinear-infonce"][0]
     driver = subprocess.Popen([sys.executable, "-c", TERM_DRIVER, str(out)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
     worker = _task_process(task, driver)
