@@ -328,7 +328,7 @@ def _sweep_grid(exp, args, seeds):
 def _cmd_plot(args):
     """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
     from .plots import plot_runs
-    from .results import expand_run_dirs
+    from .runs import expand_run_dirs
     for path in plot_runs(expand_run_dirs(args.run_dirs), args.out, args.format, args.separate, args.partial):
         print(f"wrote {path}")
     return 0
@@ -413,7 +413,7 @@ def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write their JSON beside the runs
     (or to --out), never over a file that is not an earlier judgement of the same runs without saying so."""
     from .findings import format_markdown, format_table, judge, output_path, write_json
-    from .results import expand_run_dirs
+    from .runs import expand_run_dirs
     run_dirs = expand_run_dirs(args.run_dirs)
     path, note = output_path(run_dirs, args.out)          # a bad --out fails before anything is judged
     verdicts = judge(run_dirs, partial=args.partial)

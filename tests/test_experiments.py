@@ -354,7 +354,7 @@ def test_the_committed_runs_keep_their_names():
     """Existing run folders keep their names (a run is resumed where its name says it is)."""
     from pathlib import Path
 
-    from mi_ref.results import expand_run_dirs
+    from mi_ref.runs import expand_run_dirs
     for run in expand_run_dirs([Path(__file__).resolve().parents[1] / "figures" / "runs"]):
         config = json.loads((run / "config.json").read_text())
         assert experiments.run_name(config["experiment"], config["preset"], config["config"]) == run.parent.name

@@ -15,7 +15,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from mi_ref import cli, experiments, sweep
-from mi_ref.results import RunDir, expand_run_dirs
+from mi_ref.results import RunDir
+from mi_ref.runs import expand_run_dirs
 
 # two seeds x (baseline + 2 variants) = 6 tasks of a second or two each
 TINY = dict(dataset="digits", n_iters=20, n_evals=2, critics=("bilinear",), estimators=("infonce", "nwj"))
@@ -243,7 +244,7 @@ def _task_process(task, proc, timeout=120):
         if ckpt.exists() and (task.dir / ".lock").exists():
             try:
                 from mi_ref.files import load_npz
-                from mi_ref.results import array_to_json
+                from mi_ref.checkpoints import array_to_json
                 step = array_to_json(load_npz(ckpt)["__meta__"])["step"]
             except Exception:      # being replaced right now
                 step = 0
