@@ -607,14 +607,14 @@ def plot_runs(run_dirs, out_dir, fmt="png", separate=False, partial=False):
     different configs are not averaged: a ``ValueError`` names the settings that differ, unless ``separate``,
     which draws each config in a panel of its own (:func:`plot_comparison`) in a file named after the configs
     compared (:func:`comparison_name`).
-    An unfinished run (:func:`mi_ref.findings.unfinished_units`) is a
-    :class:`mi_ref.findings.IncompleteRunError` naming it, unless ``partial``: then it is drawn as it is and
+    An unfinished run (:func:`mi_ref.effects.unfinished_units`) is a
+    :class:`mi_ref.effects.IncompleteRunError` naming it, unless ``partial``: then it is drawn as it is and
     the title says which seeds are unfinished. Returns the paths written."""
     from .experiments import run_name
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; expected one of {list(FORMATS)}")
     by_experiment = defaultdict(lambda: defaultdict(list))
-    from .findings import IncompleteRunError, unfinished_units
+    from .effects import IncompleteRunError, unfinished_units
     for d in run_dirs:
         run = load_run(d)
         missing = unfinished_units(run)

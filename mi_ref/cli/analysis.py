@@ -7,7 +7,8 @@ def _cmd_list(args):
     """``mi-ref list``: every experiment, the paper figure it reproduces, its presets and, for each preset,
     whether the paper's findings hold as last measured (the verdicts recorded in the package)."""
     from .. import experiments
-    from ..findings import load_recorded, quick_scale_note, seeds_text
+    from ..findings import quick_scale_note
+    from ..verdicts import load_recorded, seeds_text
     recorded = load_recorded()
     for name in experiments.names():
         exp = experiments.get(name)
@@ -47,7 +48,7 @@ def _cmd_plot(args):
 def _cmd_findings(args):
     """``mi-ref findings RUN_DIR...``: judge the paper's findings on saved runs; write their JSON beside the runs
     (or to --out), never over a file that is not an earlier judgement of the same runs without saying so."""
-    from ..findings import format_markdown, format_table, judge, output_path, write_json
+    from ..verdicts import format_markdown, format_table, judge, output_path, write_json
     from ..runs import expand_run_dirs
     run_dirs = expand_run_dirs(args.run_dirs)
     path, note = output_path(run_dirs, args.out)          # a bad --out fails before anything is judged

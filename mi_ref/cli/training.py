@@ -284,7 +284,7 @@ def _cmd_reproduce(args):
     training = time.perf_counter() - start_all
     for path in plot_runs(all_paths, args.figures, args.format):
         print(f"wrote {path}")
-    from ..findings import format_table, judge, output_path, write_json
+    from ..verdicts import format_table, judge, output_path, write_json
     verdicts = judge(all_paths)
     print("\nThe paper's findings, judged on these runs:\n" + format_table(verdicts))
     path, note = output_path(all_paths, folder=Path(args.out))
