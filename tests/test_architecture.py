@@ -13,9 +13,9 @@ from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
 MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.audit", "mi_ref.checkpoints",
-                      "mi_ref.runs", "mi_ref.plots", "mi_ref.cli", "mi_ref.experiments", "mi_ref.accel",
-                      "mi_ref.findings", "mi_ref.effects", "mi_ref.verdicts", "mi_ref.vectors", "mi_ref.sweep",
-                      "mi_ref.porting", "mi_ref.declarations")
+                      "mi_ref.runs", "mi_ref.plots", "mi_ref.figures", "mi_ref.cli", "mi_ref.experiments",
+                      "mi_ref.accel", "mi_ref.findings", "mi_ref.effects", "mi_ref.verdicts", "mi_ref.vectors",
+                      "mi_ref.sweep", "mi_ref.porting", "mi_ref.declarations")
 
 
 def module_name(path):

@@ -38,7 +38,7 @@ def _cmd_list(args):
 
 def _cmd_plot(args):
     """``mi-ref plot RUN_DIR... --out DIR``: figures from saved results."""
-    from ..plots import plot_runs
+    from ..figures import plot_runs
     from ..runs import expand_run_dirs
     for path in plot_runs(expand_run_dirs(args.run_dirs), args.out, args.format, args.separate, args.partial):
         print(f"wrote {path}")

@@ -245,7 +245,7 @@ def _cmd_reproduce(args):
 
     from .. import experiments
     from ..accel import configure_malloc
-    from ..plots import plot_runs
+    from ..figures import plot_runs
     from ..results import format_summary, write_summary
     from ..sweep import available_cores
     names = args.only or experiments.names()
