@@ -31,7 +31,7 @@ estimator           golden-vector symbol (with a spec)     ``ESTIMATOR_SYMBOLS``
 estimator           PyTorch port, or none                  ``BOUNDS`` in mi_ref/porting/pytorch.py
 activation          derivative (twins, fast Jacobians)     the ``Activation`` entry itself, mi_ref/nn.py
 experiment          figure                                 ``PLOTTERS`` in mi_ref/plots.py
-dataset             probe refit sd, or none                ``PROBE_REFIT_SD`` in mi_ref/findings.py
+dataset             probe refit sd, or none                ``PROBE_REFIT_SD`` in mi_ref/effects.py
 ==================  =====================================  =====================================================
 
 A metric-learning loss needs no declaration elsewhere. ``tests/test_registry.py`` runs :func:`missing` and
@@ -127,7 +127,7 @@ def _figure(name):
 
 
 def _probe_refit_sd(name):
-    from .findings import PROBE_REFIT_SD
+    from .effects import PROBE_REFIT_SD
     return name in PROBE_REFIT_SD
 
 
@@ -169,7 +169,7 @@ NEEDS = {
     ],
     "metric-learning loss": [],
     "dataset": [
-        ("probe refit sd (the findings' SE of a paired difference)", "PROBE_REFIT_SD in mi_ref/findings.py",
+        ("probe refit sd (the findings' SE of a paired difference)", "PROBE_REFIT_SD in mi_ref/effects.py",
          _probe_refit_sd),
     ],
 }

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import experiments
+from .checkpoints import json_to_array, rows_sha256
 from .files import copy, read_json
-from .results import (RunDir, atomic_savez, atomic_write_json, atomic_write_text, environment, json_to_array,
-                      rows_sha256)
+from .results import RunDir, atomic_savez, atomic_write_json, atomic_write_text, environment
 
 EXTENDED_FROM = "extended_from"       # the key of config.json that records the shorter run
 _MARK = ".extending"                  # a file in the folder an extension builds (so that a leftover is known)

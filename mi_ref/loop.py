@@ -27,7 +27,7 @@ from . import faults
 from .accel import adam_update, owned
 from .batches import SHUFFLE_BUFFER, batch_stream
 from .optim import state_from_arrays, state_to_arrays
-from .results import rows_sha256
+from .checkpoints import rows_sha256
 from .tree import tree_from_dict, tree_to_dict
 
 STREAMS = ("init", "data", "noise", "eval", "bound_data", "bound_noise")

@@ -25,35 +25,14 @@ newline) and nothing else. No file is written through a symbolic link. The write
 before every write that ``.lock`` is still the file it locked. Arrays are saved with ``numpy.savez`` and read
 with ``allow_pickle=False``; structured metadata travels as JSON text.
 
-The invariant, per variant V, that a resumable directory keeps:
-
-* every row is a row of one of the run's variants (:attr:`RunDir.units`), and each variant's rows have
-  increasing steps, each step once (marking a variant finished also lays the rows out in the experiment's
-  order of variants, as a serial run writes them);
-* V is in progress.json: metrics.jsonl holds exactly the rows of V that progress.json recorded (their
-  number and SHA-256), its arrays file is the one it recorded, and V has no checkpoint; if V kept its final
-  state, progress.json recorded that file's SHA-256 too (the file may be deleted to free the space: the run
-  then can no longer be continued, and nothing else changes);
-* V has a checkpoint at step s (at most the run's last step): its rows with step <= s are exactly those the
-  checkpoint recorded (steps and SHA-256; the row of step s among them); rows with step > s are the work of
-  an interrupted session and are recomputed on resume, identically;
-* V has neither: V has at most one row, written by a session interrupted between V's first evaluation and
-  its first checkpoint; it is recomputed.
-
-:meth:`RunDir.audit` checks it before a run is resumed. What an interruption can leave (a torn last line,
-rows after the last checkpoint, a leftover temporary file of mi-ref's own writes, a checkpoint of a
-finished variant, the final state of a variant not yet finished, the row of a checkpoint's own step, the
-first row before the first checkpoint) is
-repaired and reported; what only outside damage can cause (a row missing, repeated, edited or of an
-unknown variant, a damaged or deleted file) is an error naming the file and the defect, and nothing is
-changed, unless the run is resumed with ``repair=True``, which recomputes the damaged variants from their
-start. :meth:`RunDir.verify` makes the same checks, changing nothing, before figures and findings read a
-run.
+The invariant a resumable directory keeps, and its checks (:meth:`RunDir.audit` before a run is resumed,
+:meth:`RunDir.verify` before it is read), are in :mod:`mi_ref.audit`; the format of checkpoints and final
+states, and the digests progress.json records, in :mod:`mi_ref.checkpoints`. Here: the layout, the lock,
+the writes and reads of each file, and the summary of a finished run (summary.json).
 """
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -67,8 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from . import faults, files
+from .audit import REPAIR, RunDirChecks, RunDirError
+from .checkpoints import file_sha256, json_to_array, load_state, rows_sha256
 from .faults import point as _fault
-from .files import DamagedFileError, load_npz, read_json, temporary_target
+from .files import DamagedFileError, load_npz, read_json
 from .stats import sample_sd
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,33 +58,6 @@ from .stats import sample_sd
 atomic_write_text = files.write_text
 atomic_write_json = files.write_json
 atomic_savez = files.savez
-
-
-def rows_sha256(rows):
-    """SHA-256 of ``rows`` as metrics.jsonl holds them (one JSON line each, sorted keys): what progress.json
-    records of a finished variant, and a checkpoint of each row it covers, so that an edited row is found."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update((json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
-    return digest.hexdigest()
-
-
-def file_sha256(path):
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def json_to_array(obj):
-    """JSON metadata as a 0-d unicode array, storable in an npz without pickle."""
-    return np.array(json.dumps(obj, sort_keys=True))
-
-
-def array_to_json(arr):
-    return json.loads(str(arr[()]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -150,22 +104,17 @@ class RunLockedError(ValueError):
     """Another process is writing the run directory."""
 
 
-class RunDirError(ValueError):
-    """A run directory's files disagree (see the module docstring's invariant) in a way only outside damage
-    can cause; the message says which file and what to do."""
-
-
-RUN_FILES = ("config.json", "metrics.jsonl", "progress.json", "summary.json")    # written atomically, at the top
 TASKS_DIR = ".tasks"      # a sweep's task directories: OUT/RUN_NAME/.tasks/seed-S/UNIT (see mi_ref.sweep)
 
 
-class RunDir:
-    """One run directory (see the module docstring for its layout and invariant). ``units``: the names of
-    what the run writes, in the experiment's order (:attr:`mi_ref.experiments.Experiment.units`), if known:
-    the files are then kept in that order, and the audit refuses rows of any other variant. ``last_step``:
-    the largest step a checkpoint of the run may hold (its config's ``n_iters``), if known. ``keep_state``:
-    whether a variant that finishes keeps its final state in ``final/VARIANT.npz`` (written by
-    :meth:`mi_ref.loop.Loop.finish`); without it a finished variant keeps nothing but its rows and arrays."""
+class RunDir(RunDirChecks):
+    """One run directory (see the module docstring for its layout; its invariant, and the checks it inherits,
+    in :mod:`mi_ref.audit`). ``units``: the names of what the run writes, in the experiment's order
+    (:attr:`mi_ref.experiments.Experiment.units`), if known: the files are then kept in that order, and the
+    audit refuses rows of any other variant. ``last_step``: the largest step a checkpoint of the run may hold
+    (its config's ``n_iters``), if known. ``keep_state``: whether a variant that finishes keeps its final
+    state in ``final/VARIANT.npz`` (written by :meth:`mi_ref.loop.Loop.finish`); without it a finished
+    variant keeps nothing but its rows and arrays."""
 
     def __init__(self, path, units=None, last_step=None, keep_state=False):
         self.path = Path(path)
@@ -480,7 +429,7 @@ class RunDir:
     def load_checkpoint(self, variant):
         """``(arrays, meta)`` of the variant's checkpoint, or None if it has none (a damaged one raises
         :class:`DamagedFileError`)."""
-        return _load_state(self.checkpoint_path(variant), f"checkpoint of {variant}", self.last_step)
+        return load_state(self.checkpoint_path(variant), f"checkpoint of {variant}", self.last_step)
 
     def save_final(self, variant, arrays, meta):
         """Keep the final state of ``variant`` (in the checkpoints' format; :meth:`mi_ref.loop.Loop.finish`),
@@ -504,7 +453,7 @@ class RunDir:
         if file_sha256(path) != recorded:
             raise DamagedFileError(f"final state of {variant} {path} differs from the file {variant} finished with "
                                    "(progress.json recorded its SHA-256)")
-        arrays, meta = _load_state(path, f"final state of {variant}", self.last_step)
+        arrays, meta = load_state(path, f"final state of {variant}", self.last_step)
         if self.last_step is not None and meta["step"] != self.last_step:
             raise DamagedFileError(f"final state of {variant} {path} is damaged: its step {meta['step']} is not the "
                                    f"run's last step, {self.last_step}")
@@ -532,317 +481,6 @@ class RunDir:
         path = self.arrays_path(variant)
         return load_npz(path, f"arrays of {variant}") if path.exists() else {}
 
-    # --- the audit before a resumption
-
-    def audit(self, repair=False, merging=()):
-        """Check the invariant of the module docstring before this run is resumed.
-
-        Repairs what an interruption leaves and returns the list of what it did (one sentence each). Raises
-        :class:`RunDirError` for damage only outside hands cause, naming file and defect and changing
-        nothing (the repairs included), unless ``repair``: then the damaged variants are forgotten (rows,
-        checkpoint, arrays, done mark) so that the run recomputes them from their start, rows of variants
-        the run does not have are removed, and that is reported too. ``merging``: units whose merge into this
-        directory (a sweep's seed directory) was interrupted; their rows are left to the merge, which writes
-        them again.
-        """
-        self.repair = repair
-        self._check_lock()
-        temporaries = self._leftover_temporaries()
-        try:
-            rows, torn = self._metric_lines()
-            progress = self._progress()
-        except DamagedFileError as err:
-            if not repair:
-                raise RunDirError(f"{err}. Nothing was changed. To recompute every variant, {REPAIR}") from None
-            return self._remove(temporaries) + self._start_over(f"{err}")
-        notes, leftovers = [], []
-        by_variant, unknown, damaged = self._row_problems(rows)
-        for variant in progress["done"]:
-            if variant in damaged:
-                continue
-            why = self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])], progress)
-            if why:
-                damaged[variant] = why
-            elif self.checkpoint_path(variant).exists():
-                leftovers.append(self.checkpoint_path(variant))
-                notes.append(f"removed the leftover checkpoint of the finished variant {variant}")
-        checkpointed = set()
-        for path in sorted((self.path / "checkpoints").glob("*.npz")) if (self.path / "checkpoints").is_dir() else []:
-            variant = path.stem
-            if variant in progress["done"]:
-                continue
-            checkpointed.add(variant)
-            if variant in damaged:
-                continue
-            try:
-                _, meta = self.load_checkpoint(variant)
-            except DamagedFileError as err:
-                damaged[variant] = str(err)
-                continue
-            why, note = self._checkpoint_problem(variant, meta, [r for _, r in by_variant.get(variant, [])])
-            if why:
-                damaged[variant] = why
-            elif note:
-                notes.append(note)
-        if (self.path / "final").is_dir():
-            for path in sorted((self.path / "final").glob("*.npz")):
-                if path.stem not in progress["done"] and path.is_file() and not path.is_symlink():
-                    leftovers.append(path)
-                    notes.append(f"removed the final state of {path.stem}, which is not finished (its last session "
-                                 "was interrupted before it was recorded)")
-        for variant, lines in by_variant.items():
-            if variant in progress["done"] or variant in checkpointed or variant in damaged:
-                continue
-            if variant in merging:
-                notes.append(f"{variant}: its merge was interrupted; it is merged again")
-            elif len(lines) > 1:
-                damaged[variant] = (f"metrics.jsonl holds {_rows(len(lines))} of {variant}, which is neither finished "
-                                    f"(progress.json) nor has a checkpoint (checkpoints/{variant}.npz): one of "
-                                    "those files was deleted")
-            else:
-                notes.append(f"{variant}: its first row, written before its first checkpoint, is evaluated again")
-        problems = self._unknown_text(unknown) + [f"{v}: {why}" for v, why in damaged.items()]
-        if problems and not repair:
-            what = (f"recompute {sorted(damaged)} from their start" if damaged else "") + \
-                (" and " if damaged and unknown else "") + ("remove the rows of unknown variants" if unknown else "")
-            raise RunDirError(f"{self.path} cannot be resumed as it is: {'; '.join(problems)}. Nothing was changed. "
-                              f"To {what}, {REPAIR}; or restore the files")
-        # nothing is wrong that an interruption cannot leave (or the run is being repaired): now change things
-        done_notes = self._remove(temporaries)
-        if torn is not None or unknown:
-            drop = {n for n, _ in unknown}
-            self.rewrite_metrics([r for n, r in enumerate(rows, start=1) if n not in drop])
-        if torn is not None:
-            done_notes.append("dropped the torn last line of metrics.jsonl (an interrupted append); its evaluation "
-                              "is recomputed")
-        done_notes += [f"removed the row of the unknown variant {v!r} (line {n})" for n, v in unknown]
-        for path in leftovers:
-            path.unlink()
-        for variant, why in damaged.items():
-            self._forget(variant)
-            notes.append(f"{variant} is recomputed from its start ({why})")
-        return done_notes + notes
-
-    def _remove(self, temporaries):
-        """Remove the leftover ``temporaries`` (:meth:`_leftover_temporaries`); one note each."""
-        for tmp in temporaries:
-            tmp.unlink()
-        return [f"removed {tmp.relative_to(self.path)}, a temporary file of an interrupted write"
-                for tmp in temporaries]
-
-    def _leftover_temporaries(self):
-        """The temporary files that interrupted atomic writes of this directory's own files left (and nothing
-        else): regular files named as :func:`mi_ref.files.write_bytes` names the temporary file of a file
-        mi-ref writes, in the folder it writes that file to."""
-        places = [(self.path, lambda target: target in RUN_FILES),
-                  (self.path / "checkpoints", lambda target: target.endswith(".npz")),
-                  (self.path / "arrays", lambda target: target.endswith(".npz")),
-                  (self.path / "final", lambda target: target.endswith(".npz"))]
-        found = []
-        for folder, ours in places:
-            if folder.is_dir() and not folder.is_symlink():
-                for entry in sorted(folder.iterdir()):
-                    target = temporary_target(entry.name)
-                    if target is not None and ours(target) and entry.is_file() and not entry.is_symlink():
-                        found.append(entry)
-        return found
-
-    def _row_problems(self, rows):
-        """``(by_variant, unknown, damaged)`` of the rows of metrics.jsonl: ``{variant: [(line, row), ...]}``
-        for the variants of the run, ``[(line, variant)]`` of the rows of variants it does not have (when
-        :attr:`units` is known), and ``{variant: why}`` for variants whose rows repeat a step or are out of
-        step order (a serial run writes each variant's rows once, in increasing steps)."""
-        by_variant, unknown, damaged = {}, [], {}
-        for number, row in enumerate(rows, start=1):
-            variant, step = row["variant"], row["step"]
-            if self.units is not None and variant not in self.units:
-                unknown.append((number, variant))
-                continue
-            earlier = by_variant.setdefault(variant, [])
-            if variant not in damaged:
-                same = [n for n, r in earlier if r["step"] == step]
-                if same:
-                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} twice (lines {same[0]} and "
-                                        f"{number})")
-                elif earlier and earlier[-1][1]["step"] > step:
-                    damaged[variant] = (f"metrics.jsonl holds its row of step {step} (line {number}) after that of "
-                                        f"step {earlier[-1][1]['step']} (line {earlier[-1][0]}): rows out of order")
-            earlier.append((number, row))
-        return by_variant, unknown, damaged
-
-    def _finished_problem(self, variant, rows, progress):
-        """Why the files of the finished ``variant`` differ from what progress.json recorded when it finished
-        (its ``rows``: their count and SHA-256; its arrays file: its SHA-256), or None. Progress files of
-        older versions hold counts only: their arrays files need only be readable."""
-        expected = progress["rows"].get(variant)
-        if expected is not None and len(rows) != expected:
-            return (f"metrics.jsonl holds {_rows(len(rows))} of the finished variant {variant}, progress.json "
-                    f"recorded {expected}")
-        digest = progress["sha256"].get(variant)
-        if digest is not None and rows_sha256(rows) != digest:
-            return ("its rows in metrics.jsonl differ from those it finished with (progress.json recorded their "
-                    "SHA-256): a value was edited")
-        path = self.arrays_path(variant)
-        recorded = progress["arrays"].get(variant)
-        if recorded is not None:
-            if not path.exists():
-                return f"arrays/{path.name} is missing (it was written when {variant} finished)"
-            if file_sha256(path) != recorded:
-                return (f"arrays/{path.name} differs from the file {variant} finished with (progress.json recorded "
-                        "its SHA-256)")
-        elif path.exists():
-            try:
-                load_npz(path, f"arrays of {variant}")
-            except DamagedFileError as err:
-                return str(err)
-        return None
-
-    def _unknown_text(self, unknown):
-        """The problem (a list of zero or one sentence) of the rows ``[(line, variant)]`` of unknown variants."""
-        if not unknown:
-            return []
-        if len(unknown) == 1:
-            (n, v), = unknown
-            return [f"metrics.jsonl, line {n}, is a row of the variant {v!r}, which this run does not have (its "
-                    f"variants: {self.units})"]
-        names = sorted({v for _, v in unknown})
-        return [f"metrics.jsonl, lines {', '.join(str(n) for n, _ in unknown)}, are rows of the variants {names}, "
-                f"which this run does not have (its variants: {self.units})"]
-
-    def _checkpoint_problem(self, variant, meta, rows):
-        """``(why, note)``: why the rows or the arrays file of ``variant`` disagree with its checkpoint (None if
-        they agree), and what resuming will redo (None if nothing)."""
-        s = meta["step"]
-        have = [r["step"] for r in rows if r["step"] <= s]
-        recorded = meta.get("row_steps")
-        note = None
-        if recorded is not None:
-            missing = sorted(set(recorded) - {s} - set(have))
-            if missing:
-                return (f"metrics.jsonl lacks the rows of {variant} at steps {missing}, which its checkpoint "
-                        f"(step {s}) recorded"), None
-            extra = sorted(set(have) - set(recorded))
-            if extra:
-                return (f"metrics.jsonl holds rows of {variant} at steps {extra}, which its checkpoint (step {s}) did "
-                        "not record"), None
-            pinned = dict(zip(recorded, meta.get("row_sha256") or []))
-            for r in rows:
-                if r["step"] in pinned and rows_sha256([r]) != pinned[r["step"]]:
-                    return (f"its row of step {r['step']} in metrics.jsonl differs from the one its checkpoint (step "
-                            f"{s}) recorded: a value was edited"), None
-            if s in recorded and s not in have:
-                note = (f"{variant}: the row of its checkpoint's step {s} is missing; it is evaluated again from the "
-                        "checkpoint")
-        path = self.arrays_path(variant)
-        if path.exists():
-            try:
-                load_npz(path, f"arrays of {variant}")
-            except DamagedFileError as err:
-                return str(err), None
-        elif meta.get("arrays"):
-            return f"arrays/{path.name} is missing (it was there when its checkpoint was written)", None
-        later = [r["step"] for r in rows if r["step"] > s]
-        if later:
-            note = f"{variant}: {len(later)} row(s) after its checkpoint (step {s}) are recomputed"
-        return None, note
-
-    def verify(self):
-        """Check this run before its rows are read for figures and findings, changing nothing: a
-        :class:`RunDirError` naming the file and the rows if metrics.jsonl repeats a step of a variant or
-        holds it out of order, if the rows or arrays of a finished variant differ from what progress.json
-        recorded, and, once every unit is finished, if it holds rows of a variant the run does not have or a
-        torn last line. (A partial run is read as it is: its torn last line is an interrupted append, and
-        rows written by other tools are theirs to explain.)"""
-        rows, torn = self._metric_lines()
-        progress = self._progress()
-        by_variant, unknown, damaged = self._row_problems(rows)
-        for variant in progress["done"]:
-            why = damaged.get(variant) or self._finished_problem(variant, [r for _, r in by_variant.get(variant, [])],
-                                                                 progress)
-            if why:
-                damaged[variant] = why
-        finished = self.units is not None and set(self.units) <= set(progress["done"])
-        problems = self._unknown_text(unknown if finished else []) + [f"{v}: {why}" for v, why in damaged.items()]
-        if torn is not None and finished:
-            problems.append(f"metrics.jsonl is complete, yet its last line is torn: {torn[:60]!r}")
-        if problems:
-            raise RunDirError(f"{self.path} is damaged: {'; '.join(problems)}. Nothing was read. To recompute what is "
-                              f"damaged, {REPAIR}; or restore the files")
-
-    def _start_over(self, why):
-        """--repair of an unreadable metrics or progress file: keep config.json, recompute every variant."""
-        self._check_lock()
-        for path in [self.metrics_path, self.progress_path] + list(self.path.glob("checkpoints/*.npz")) + \
-                list(self.path.glob("arrays/*.npz")):
-            if path.exists():
-                path.unlink()
-        return [f"every variant is recomputed from its start ({why})"]
-
-
-def _load_state(path, what, last_step=None):
-    """``(arrays, meta)`` of a checkpoint or a final state (the same format: arrays and a JSON ``__meta__``),
-    or None if ``path`` does not exist; a damaged one raises :class:`DamagedFileError` naming it."""
-    if not path.exists():
-        return None
-    arrays = load_npz(path, what)
-    try:
-        meta = array_to_json(arrays.pop("__meta__"))
-    except (KeyError, ValueError) as err:
-        raise DamagedFileError(f"{what} {path} is damaged: no readable metadata ({err})") from None
-    problem = _meta_problem(meta, last_step)
-    if problem:
-        raise DamagedFileError(f"{what} {path} is damaged: {problem}")
-    return arrays, meta
-
-
-# the keys of a checkpoint's metadata (mi_ref.loop.Loop.checkpoint): the JSON types each must have, and
-# whether it is required (the optional ones are absent from the checkpoints of older versions)
-CHECKPOINT_META = {"step": (int, True), "seconds": ((int, float), True), "iterators": (dict, True),
-                   "streams": (dict, True), "before_eval": (dict, False), "loop": (dict, False),
-                   "evaluated": (bool, False), "row_steps": (list, False), "row_sha256": (list, False),
-                   "arrays": (bool, False)}
-_KIND = {int: "an integer", (int, float): "a number >= 0", dict: "a JSON object", bool: "true or false",
-         list: "a JSON array"}
-
-
-def _meta_problem(meta, last_step=None):
-    """What is wrong with a checkpoint's metadata (its keys, their types, the step against ``last_step`` and
-    against the rows it recorded), or None."""
-    if not isinstance(meta, dict):
-        return "its metadata is not a JSON object"
-    for key, (kind, required) in CHECKPOINT_META.items():
-        if key not in meta:
-            if required:
-                return f"its metadata lacks the key {key!r}"
-            continue
-        value = meta[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind) or \
-                (kind == (int, float) and not (np.isfinite(value) and value >= 0)):
-            return f"its metadata's {key!r} must be {_KIND[kind]}, got {json.dumps(value)[:40]}"
-    step, steps, digests = meta["step"], meta.get("row_steps"), meta.get("row_sha256")
-    if step < 0:
-        return f"its step {step} is negative"
-    if last_step is not None and step > last_step:
-        return f"its step {step} is beyond the run's last step, {last_step}"
-    if steps is not None:
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in steps) or steps != sorted(set(steps)):
-            return f"its metadata's 'row_steps' must be increasing integers, got {json.dumps(steps)[:60]}"
-        if steps and steps[-1] > step:
-            return f"it recorded a row of step {steps[-1]}, after its own step {step}"
-        if meta.get("evaluated", True) and step not in steps:
-            return f"its step {step} is not among the steps of the rows it recorded {steps}"
-        if digests is not None and (len(digests) != len(steps) or not all(isinstance(d, str) for d in digests)):
-            return "its metadata's 'row_sha256' must hold one SHA-256 per recorded row"
-    return None
-
-
-REPAIR = ("resume with --repair (`mi-ref run ... --resume --repair`, or the same `mi-ref sweep` command with "
-          "--repair)")
-
-
-def _rows(n):
-    return f"{n} row" + ("" if n == 1 else "s")
-
 
 def serial_order(rows, order):
     """``rows`` grouped by variant in the order of the names ``order`` (unknown names last), each variant's
@@ -863,29 +501,6 @@ def _differences(old, new, prefix=""):
             out.append(f"{prefix}{key}: {json.dumps(a)} on disk, {json.dumps(b)} now")
     return out
 
-
-def expand_run_dirs(paths):
-    """Run directories from ``paths``: a run directory (it holds config.json) stands for itself; any other
-    directory for the run directories below it: ``DIR/seed-S`` (a run's folder, e.g. a sweep's) and
-    ``DIR/RUN_NAME/seed-S`` (an --out directory), seeds in numeric order. A path that is neither is an
-    error."""
-    out = []
-    for given in paths:
-        path = Path(given)
-        if (path / "config.json").exists():
-            out.append(path)
-            continue
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path} does not exist" if not path.exists() else
-                                    f"{path} is not a run directory (it is a file)")
-        seed_of = lambda p: (str(p.parent), int(p.name.split("-", 1)[1]) if p.name.split("-", 1)[1].isdigit() else -1)  # noqa: E731
-        found = [c.parent for pattern in ("seed-*/config.json", "*/seed-*/config.json") for c in path.glob(pattern)
-                 if not any(part.startswith(".") for part in c.relative_to(path).parts)]
-        if not found:
-            raise FileNotFoundError(f"{path} holds no run directory (no config.json in it, nor in seed-*/ or "
-                                    "*/seed-*/ below it)")
-        out += sorted(found, key=seed_of)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

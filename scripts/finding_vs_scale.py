@@ -372,7 +372,7 @@ def _by_label(rows):
 
 def cmd_refits(args):
     """The probe's solver noise: the pixel probe refitted with solver seeds 0-7 on each dataset (the
-    ``PROBE_REFIT_SD`` of mi_ref.findings)."""
+    ``PROBE_REFIT_SD`` of mi_ref.effects)."""
     from mi_ref import datasets, probe
     from mi_ref.train import make_views
     for name in args.datasets:

@@ -2,7 +2,7 @@
 
 ``mi-ref list`` shows, for every experiment and preset, whether its findings hold as last measured. This
 script judges the run directories given (by default every run under ``figures/runs/``) with
-:func:`mi_ref.findings.judge` and writes ``mi_ref/recorded_findings.json``. ``tests/test_figures.py``
+:func:`mi_ref.verdicts.judge` and writes ``mi_ref/recorded_findings.json``. ``tests/test_figures.py``
 judges the same runs again and fails if the recorded file differs, so it cannot go stale.
 
 Usage::
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mi_ref.findings import RECORDED, record
+from mi_ref.verdicts import RECORDED, record
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -157,10 +157,10 @@ def test_a_shortened_paper_run_also_evaluates_after_its_last_step(tmp_path, caps
     args = cli_module.build_parser().parse_args(["run", "conditioning", "--preset", "paper", "--steps", "300",
                                                  "--evals", "3"])
     from mi_ref import experiments
-    overrides = cli_module._overrides(experiments.get("conditioning"), args)
+    overrides = cli_module.training._overrides(experiments.get("conditioning"), args)
     assert overrides["eval_final"] is True and "also evaluates after its last step" in capsys.readouterr().err
     args = cli_module.build_parser().parse_args(["run", "conditioning", "--preset", "paper"])
-    assert "eval_final" not in cli_module._overrides(experiments.get("conditioning"), args)   # the paper's own
+    assert "eval_final" not in cli_module.training._overrides(experiments.get("conditioning"), args)   # the paper's own
 
 
 def test_plot_refuses_to_average_different_configs_unless_separate(tmp_path, capsys):

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from mi_ref import experiments, faults, plots
+from mi_ref import experiments, faults
+from mi_ref.figures import plot_runs
 from mi_ref.results import RunDir
 
 TINY = {
@@ -47,7 +48,7 @@ def test_tiny_run_end_to_end(tmp_path, name):
         assert sv.shape == (3, 128, 32)
         # the residual MLP starts at the identity: every singular value is ~1 at step 0
         np.testing.assert_allclose(sv[0], 1.0, atol=1e-2)
-    figures = plots.plot_runs([path], tmp_path / "fig")
+    figures = plot_runs([path], tmp_path / "fig")
     assert len(figures) == 1 and figures[0].stat().st_size > 10_000
 
 
@@ -133,7 +134,7 @@ def test_tiny_run_sections_3_2_and_3_3(tmp_path, name):
         assert {r["target"] for r in rows} == {2.0, 4.0} and {r["encoder"] for r in rows} == {"convnet", "mlp"}
         # loss = weighted mean of |I_k - t| over the fresh batches >= |weighted mean of I_k - t| (Jensen)
         assert all(r["loss"] >= abs(r["bound"] - r["target"]) - 1e-12 for r in rows)
-    figures = plots.plot_runs([path], tmp_path / "fig")
+    figures = plot_runs([path], tmp_path / "fig")
     assert figures[0].stat().st_size > 10_000
 
 
@@ -143,7 +144,7 @@ def test_plot_of_a_run_with_only_its_step_0_evaluation(tmp_path, name):
     settings = dict(TINY[name], n_evals=1)
     path = experiments.run_experiment(name, "quick", seed=0, out=tmp_path, progress=False, **settings)
     assert {r["step"] for r in RunDir(path).read_metrics()} == {0}
-    figures = plots.plot_runs([path], tmp_path / "fig")
+    figures = plot_runs([path], tmp_path / "fig")
     assert figures[0].stat().st_size > 10_000
 
 
@@ -174,7 +175,7 @@ def test_tiny_run_section_4(tmp_path, name):
         assert RunDir(path).load_arrays("iid-nwj")["trace"].shape == (30,)
     else:
         assert {r["variant"] for r in rows} == {"infonce", "nwj", "triplet", "triplet_hardest"}
-    figures = plots.plot_runs([path], tmp_path / "fig")
+    figures = plot_runs([path], tmp_path / "fig")
     assert figures[0].stat().st_size > 10_000
 
 
@@ -354,7 +355,7 @@ def test_the_committed_runs_keep_their_names():
     """Existing run folders keep their names (a run is resumed where its name says it is)."""
     from pathlib import Path
 
-    from mi_ref.results import expand_run_dirs
+    from mi_ref.runs import expand_run_dirs
     for run in expand_run_dirs([Path(__file__).resolve().parents[1] / "figures" / "runs"]):
         config = json.loads((run / "config.json").read_text())
         assert experiments.run_name(config["experiment"], config["preset"], config["config"]) == run.parent.name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_ref import findings, plots
+from mi_ref import figures, verdicts
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
 GROUPS = sorted(p for p in (FIGURES / "runs").iterdir() if p.is_dir()) if (FIGURES / "runs").is_dir() else []
@@ -27,7 +27,7 @@ def test_each_saved_run_draws_its_committed_figure(group, tmp_path):
     assert run_dirs, f"figures/runs/{group.name} holds no seed-* run"
     for run_dir in run_dirs:
         assert (run_dir / "config.json").is_file() and (run_dir / "metrics.jsonl").is_file(), run_dir
-    written = plots.plot_runs(run_dirs, tmp_path)
+    written = figures.plot_runs(run_dirs, tmp_path)
     assert len(written) == 1 and Path(written[0]).name in PNGS, (written, PNGS)
     assert Path(written[0]).stat().st_size > 10_000
 
@@ -35,8 +35,8 @@ def test_each_saved_run_draws_its_committed_figure(group, tmp_path):
 def test_the_recorded_verdicts_are_those_of_the_committed_runs():
     """mi_ref/recorded_findings.json (what `mi-ref list` shows) equals a fresh judgement of figures/runs."""
     run_dirs = [str(p) for g in GROUPS for p in sorted(g.glob("seed-*"))]
-    pooled, per_seed = findings.judge_for_record(run_dirs)
-    fresh = findings.recorded_entries(pooled, per_seed)
-    recorded = findings.load_recorded()
+    pooled, per_seed = verdicts.judge_for_record(run_dirs)
+    fresh = verdicts.recorded_entries(pooled, per_seed)
+    recorded = verdicts.load_recorded()
     strip = lambda entries: [{k: v for k, v in e.items()} for e in entries]  # noqa: E731
     assert strip(recorded) == strip(fresh)

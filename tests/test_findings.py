@@ -1,6 +1,7 @@
-"""Tests for mi_ref.findings: every rule on synthetic metric rows, once holding and once not; the noise
-rule (seed-to-seed SE with 3 or more seeds, the probe's SE otherwise); refusing unfinished runs; "not
-judged" where the runs lack what a rule compares; critics, estimators and targets beyond the paper's."""
+"""Tests for mi_ref.findings, mi_ref.effects and mi_ref.verdicts: every rule on synthetic metric rows, once
+holding and once not; the noise rule (seed-to-seed SE with 3 or more seeds, the probe's SE otherwise);
+refusing unfinished runs; "not judged" where the runs lack what a rule compares; critics, estimators and
+targets beyond the paper's."""
 
 import dataclasses
 import json
@@ -9,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from mi_ref import cli, experiments, findings
+from mi_ref import cli, effects, experiments, findings, verdicts
 from mi_ref.results import RunDir
+from mi_ref.runs import load_run
 
 
 def make_run(path, experiment, rows, seed=0, preset="quick", config=None, done=True, baseline=0.80, raw=None,
@@ -49,7 +51,7 @@ def curve(variant, start, end, steps=(0, 50, 100), **extra):
 
 
 def verdicts_of(paths, **kwargs):
-    return {v.finding: v for v in findings.judge(paths, **kwargs)}
+    return {v.finding: v for v in verdicts.judge(paths, **kwargs)}
 
 
 def verdict_of(tmp_path, experiment, rows, key, name="run", **kwargs):
@@ -63,17 +65,17 @@ BOTH = {"estimators": ("infonce", "nwj")}
 
 
 def acc(values, hits=None, dataset="mnist-subset"):
-    return findings.Accuracies(values, hits or {}, dataset)
+    return effects.Accuracies(values, hits or {}, dataset)
 
 
 def test_effect_rule_single_seed_without_outcomes_uses_two_binomial_accuracies():
     """One seed on 2000 test images, rows without per-image outcomes: SE = sqrt(p(1-p)/M + q(1-q)/M); the
     threshold is max(minimum, 2 SE)."""
-    t = findings.effect_test("rise", {0: 0.03}, 0.01, 2000, (acc({0: 0.83}), acc({0: 0.80})))
+    t = effects.effect_test("rise", {0: 0.03}, 0.01, 2000, (acc({0: 0.83}), acc({0: 0.80})))
     se = math.sqrt(0.8 * 0.2 / 2000 + 0.83 * 0.17 / 2000)
     assert t.se == pytest.approx(se) and t.se_kind == "probe (binomial)" and t.threshold == pytest.approx(2 * se)
     assert t.holds is True                                   # 0.03 >= 0.0245
-    assert findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}), acc({0: 0.80}))).holds is False
+    assert effects.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}), acc({0: 0.80}))).holds is False
 
 
 def test_effect_rule_single_seed_with_outcomes_uses_the_paired_se_and_the_refit_noise():
@@ -86,8 +88,8 @@ def test_effect_rule_single_seed_with_outcomes_uses_the_paired_se_and_the_refit_
     hits_a[1600:1640] = True
     d = hits_a.astype(float) - hits_b
     paired = d.std(ddof=1) / math.sqrt(2000)
-    refit = findings.PROBE_REFIT_SD["mnist-subset"]
-    t = findings.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}, {0: hits_a}), acc({0: 0.80}, {0: hits_b})))
+    refit = effects.PROBE_REFIT_SD["mnist-subset"]
+    t = effects.effect_test("rise", {0: 0.02}, 0.01, 2000, (acc({0: 0.82}, {0: hits_a}), acc({0: 0.80}, {0: hits_b})))
     assert t.se_kind == "probe (paired)"
     assert t.se == pytest.approx(math.sqrt(paired ** 2 + 2 * refit ** 2))
     assert t.se < math.sqrt(0.8 * 0.2 / 2000 + 0.82 * 0.18 / 2000)      # pairing removes the shared images
@@ -95,22 +97,22 @@ def test_effect_rule_single_seed_with_outcomes_uses_the_paired_se_and_the_refit_
 
 
 def test_effect_rule_three_seeds_use_the_seed_to_seed_se():
-    t = findings.effect_test("rise", {0: 0.02, 1: 0.03, 2: 0.025}, 0.01, 2000,
+    t = effects.effect_test("rise", {0: 0.02, 1: 0.03, 2: 0.025}, 0.01, 2000,
                              (acc({0: 0.82, 1: 0.83, 2: 0.825}), acc({0: 0.8, 1: 0.8, 2: 0.8})))
     assert t.se_kind == "seed-to-seed" and t.se == pytest.approx(0.005 / math.sqrt(3))
     assert t.threshold == pytest.approx(0.01) and t.holds is True
-    noisy = findings.effect_test("rise", {0: 0.10, 1: -0.05, 2: 0.02}, 0.01)
+    noisy = effects.effect_test("rise", {0: 0.10, 1: -0.05, 2: 0.02}, 0.01)
     assert noisy.effect == pytest.approx(0.0233, abs=1e-4) and noisy.threshold > noisy.effect and not noisy.holds
 
 
 def test_effect_rule_at_most_and_equivalence():
-    t = findings.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most")
+    t = effects.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most")
     assert t.holds is True and t.threshold == pytest.approx(0.03 + 2 * 0.005 / math.sqrt(3))
-    assert findings.effect_test("gap", {0: 0.06, 1: 0.05, 2: 0.055}, 0.03, kind="at most").holds is False
+    assert effects.effect_test("gap", {0: 0.06, 1: 0.05, 2: 0.055}, 0.03, kind="at most").holds is False
     # an equivalence must hold beyond the noise: 0.025 <= 0.03 - 2 SE fails, 0.01 passes
-    e = findings.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most", equivalence=True)
+    e = effects.effect_test("gap", {0: 0.02, 1: 0.03, 2: 0.025}, 0.03, kind="at most", equivalence=True)
     assert e.threshold == pytest.approx(0.03 - 2 * 0.005 / math.sqrt(3)) and e.holds is False
-    assert findings.effect_test("gap", {0: 0.01, 1: 0.01, 2: 0.011}, 0.03, kind="at most",
+    assert effects.effect_test("gap", {0: 0.01, 1: 0.01, 2: 0.011}, 0.03, kind="at most",
                                 equivalence=True).holds is True
 
 
@@ -127,7 +129,7 @@ def test_invertible(tmp_path, gain, holds):
     assert v.holds is holds and v.verdict == ("holds" if holds else "does not hold")
     assert [t.name for t in v.tests] == ["infonce: accuracy rise", "nwj: accuracy rise",
                                          "infonce: bound rise (nats)", "nwj: bound rise (nats)"]
-    assert "effect" in v.tests[0].text() and "SE" in findings.format_table([v])
+    assert "effect" in v.tests[0].text() and "SE" in verdicts.format_table([v])
 
 
 def test_invertible_needs_the_bound_to_rise_too(tmp_path):
@@ -142,7 +144,7 @@ def test_a_run_without_variants_is_not_judged(tmp_path, capsys):
     assert "estimators" in capsys.readouterr().err and not (tmp_path / "r").exists()
     v = verdict_of(tmp_path, "invertible", [], "invertible.rise", raw={"estimators": []})
     assert v.holds is None and v.verdict == "not judged" and "no trained variant" in v.reason
-    assert "not judged" in findings.format_table([v])
+    assert "not judged" in verdicts.format_table([v])
 
 
 @pytest.mark.parametrize("end,holds", [(0.70, True), (0.78, False)])
@@ -175,7 +177,7 @@ def test_conditioning_pools_the_seeds_before_the_median(tmp_path):
         rows[0]["logcond_values"] = [0.0, 0.01, 0.02]
         rows[1]["logcond_values"] = values
         paths.append(make_run(tmp_path / f"s{seed}", "conditioning", rows, seed=seed))
-    assert findings.pooled_median([findings.load_run(p) for p in paths], "infonce", "last") == 2.0
+    assert findings.pooled_median([load_run(p) for p in paths], "infonce", "last") == 2.0
     v = verdicts_of(paths)["conditioning.ill_conditioned"]
     assert v.values["infonce"]["logcond_median"][1] == 2.0        # the mean of the medians would be 1.0
 
@@ -315,19 +317,19 @@ def test_several_seeds_use_the_mean_the_sample_sd_and_say_how_many(tmp_path):
     for seed, gain in ((0, 0.03), (1, 0.02), (2, 0.025)):
         rows = curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.80 + gain})
         paths.append(make_run(tmp_path / f"s{seed}", "invertible", rows, seed=seed))
-    (v,) = findings.judge(paths)
+    (v,) = verdicts.judge(paths)
     assert v.holds is True and v.seeds == [0, 1, 2] and v.tests[0].se_kind == "seed-to-seed"
     # sample sd (ddof = 1) of 0.83, 0.82, 0.825: 0.005 (ddof = 0 would give 0.004)
-    assert "0.825 ± 0.005" in v.measured and "seeds 0-2" in findings.format_table([v])
+    assert "0.825 ± 0.005" in v.measured and "seeds 0-2" in verdicts.format_table([v])
 
 
 def test_runs_of_different_configs_are_judged_apart_and_say_their_settings(tmp_path):
     rows = curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 4.0, "accuracy": 0.85})
     a = make_run(tmp_path / "a", "invertible", rows)
     b = make_run(tmp_path / "b", "invertible", rows, config={"n_iters": 200})
-    verdicts = findings.judge([a, b])
-    assert [v.steps for v in verdicts] == [1200, 200]
-    text = findings.format_table(verdicts)
+    judged = verdicts.judge([a, b])
+    assert [v.steps for v in judged] == [1200, 200]
+    text = verdicts.format_table(judged)
     assert "preset quick, mnist-subset" in text and "preset quick with n_iters=200" in text
 
 
@@ -339,13 +341,13 @@ def test_an_unfinished_seed_is_refused_or_left_out(tmp_path, capsys):
     stopped = make_run(tmp_path / "s1", "invertible",
                        curve("infonce", {"bound": -1.0, "accuracy": 0.80}, {"bound": 2.0, "accuracy": 0.80},
                              steps=(0, 50)), seed=1, done=False)
-    with pytest.raises(findings.IncompleteRunError, match=str(stopped)):
-        findings.judge([done, stopped])
+    with pytest.raises(effects.IncompleteRunError, match=str(stopped)):
+        verdicts.judge([done, stopped])
     assert cli.main(["findings", str(done), str(stopped), "--out", str(tmp_path / "f.json")]) == 2
     err = capsys.readouterr().err
     assert "unfinished" in err and str(stopped) in err and "Traceback" not in err
-    (v,) = findings.judge([done, stopped], partial=True)
-    assert v.seeds == [0] and v.left_out == [1] and "left out: seed 1" in findings.format_table([v])
+    (v,) = verdicts.judge([done, stopped], partial=True)
+    assert v.seeds == [0] and v.left_out == [1] and "left out: seed 1" in verdicts.format_table([v])
     assert cli.main(["plot", str(done), str(stopped), "--out", str(tmp_path / "fig")]) == 2
     assert cli.main(["plot", str(done), str(stopped), "--out", str(tmp_path / "fig"), "--partial"]) == 0
 

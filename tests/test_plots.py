@@ -1,10 +1,10 @@
-"""mi_ref.plots: the comparison of configs (`mi-ref plot A B --separate`): a panel per config, a colour per
+"""mi_ref.figures: the comparison of configs (`mi-ref plot A B --separate`): a panel per config, a colour per
 variant in every panel, the figures' own line styles, the differing settings in the panel titles, the legend
 off the data, and a file name that no other comparison shares."""
 
 import pytest
 
-from mi_ref import cli, experiments, plots
+from mi_ref import cli, experiments, figures
 from mi_ref.runs import load_run
 
 TINY = dict(dataset="digits", n_iters=6, n_evals=2, critics=("bilinear",))
@@ -27,8 +27,8 @@ def groups_of(dirs):
 
 def test_a_comparison_has_a_panel_per_config_and_a_colour_per_variant(runs):
     groups = groups_of([runs["a"], runs["b"], runs["c"]])
-    assert plots.differing_settings(groups) == ["lr", "estimators"]
-    fig = plots.comparison_figure(groups)
+    assert figures.differing_settings(groups) == ["lr", "estimators"]
+    fig = figures.comparison_figure(groups)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2 * 3                                     # bound and accuracy, one panel per config
     titles = [ax.get_title() for ax in axes]
@@ -58,13 +58,13 @@ def test_a_comparison_has_a_panel_per_config_and_a_colour_per_variant(runs):
 def test_a_comparison_is_named_after_its_configs_and_never_overwrites_another(runs, tmp_path, capsys):
     """Was: every comparison was written to EXPERIMENT-comparison.png, the next one over the last."""
     out = tmp_path / "fig"
-    first = plots.plot_runs(runs["a"] + runs["b"], out, separate=True)
-    second = plots.plot_runs(runs["a"] + runs["c"], out, separate=True)
-    third = plots.plot_runs(runs["a"][:1] + runs["b"], out, separate=True)        # other seeds: another file
+    first = figures.plot_runs(runs["a"] + runs["b"], out, separate=True)
+    second = figures.plot_runs(runs["a"] + runs["c"], out, separate=True)
+    third = figures.plot_runs(runs["a"][:1] + runs["b"], out, separate=True)        # other seeds: another file
     names = [p.name for p in first + second + third]
     assert len(set(names)) == 3 and names[0].startswith("critics-quick-compared-lr-")
     assert names[1].startswith("critics-quick-compared-lr+estimators-")
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
-    assert [p.name for p in plots.plot_runs(runs["b"] + runs["a"], out, separate=True)] == names[:1]  # the same
+    assert [p.name for p in figures.plot_runs(runs["b"] + runs["a"], out, separate=True)] == names[:1]  # the same
     assert cli.main(["plot", *map(str, runs["a"] + runs["b"]), "--separate", "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"wrote {out / names[0]}\n"

@@ -177,8 +177,8 @@ def test_a_sweeps_workers_load_the_plugin(tmp_path, monkeypatch, clean):
 def test_vectors_names_a_critic_declared_without_golden_vectors(monkeypatch, clean):
     from mi_ref.vectors import components
     critics.CRITICS.register("cosine", critics.inner_product)
-    assert cli._golden_notes() == [
+    assert cli.golden._golden_notes() == [
         "critic 'cosine' has no golden vectors: no component checks it (add one to COMPONENTS in "
         "mi_ref/vectors/components.py, or say why it has none in WITHOUT_GOLDEN_SPEC['critic'] there)"]
     monkeypatch.setitem(components.WITHOUT_GOLDEN_SPEC["critic"], "cosine", "a plugin's critic")
-    assert cli._golden_notes() == ["critic 'cosine' has no golden vectors (declared none: a plugin's critic)"]
+    assert cli.golden._golden_notes() == ["critic 'cosine' has no golden vectors (declared none: a plugin's critic)"]

@@ -145,18 +145,18 @@ def test_the_walk_names_exactly_what_a_new_critic_lacks(cosine):
 
 
 def test_the_walk_names_what_a_new_dataset_lacks_and_findings_take_none_for_no_refit_sd(monkeypatch):
-    from mi_ref import datasets, findings
+    from mi_ref import datasets, effects
     datasets.DATASETS.register("tiny", lambda: datasets.load("digits"), description="a test's dataset")
     try:
         assert [str(g) for g in declarations.missing("dataset")] == [
             "dataset 'tiny' lacks its probe refit sd (the findings' SE of a paired difference): declare it in "
-            "PROBE_REFIT_SD in mi_ref/findings.py"]
-        monkeypatch.setitem(findings.PROBE_REFIT_SD, "tiny", NONE)
+            "PROBE_REFIT_SD in mi_ref/effects.py"]
+        monkeypatch.setitem(effects.PROBE_REFIT_SD, "tiny", NONE)
         assert declarations.missing("dataset") == []
         # declared none: a paired difference on it gets the binomial SE, as for rows without outcomes
         hits = {0: onp.ones(450, bool)}
-        a, b = findings.Accuracies({0: 0.9}, hits, "tiny"), findings.Accuracies({0: 0.8}, hits, "tiny")
-        assert findings.seed_variance(a, b, 0, 450) == (pytest.approx(0.9 * 0.1 / 450 + 0.8 * 0.2 / 450), False)
+        a, b = effects.Accuracies({0: 0.9}, hits, "tiny"), effects.Accuracies({0: 0.8}, hits, "tiny")
+        assert effects.seed_variance(a, b, 0, 450) == (pytest.approx(0.9 * 0.1 / 450 + 0.8 * 0.2 / 450), False)
     finally:
         datasets.DATASETS.unregister("tiny")
 

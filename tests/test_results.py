@@ -1,11 +1,12 @@
-"""Tests for mi_ref.results: atomic writes, run-directory rules, torn lines, checkpoints."""
+"""Tests for mi_ref.results, mi_ref.audit and mi_ref.checkpoints: atomic writes, run-directory rules, torn lines,
+checkpoints."""
 
 import json
 
 import numpy as np
 import pytest
 
-from mi_ref import results
+from mi_ref import checkpoints, results
 
 
 def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
@@ -93,11 +94,11 @@ def test_a_final_state_is_kept_only_when_asked_and_pinned_by_progress(tmp_path):
     run.save_final("v", {"params/W": np.eye(2)}, meta)
     run.mark_done("v")
     progress = run.read_progress()
-    assert progress["final"] == {"v": results.file_sha256(run.final_path("v"))}
+    assert progress["final"] == {"v": checkpoints.file_sha256(run.final_path("v"))}
     arrays, back = run.load_final("v")
     np.testing.assert_array_equal(arrays["params/W"], np.eye(2))
     assert back == meta
-    results.atomic_savez(run.final_path("v"), {"params/W": np.eye(2) * 2, "__meta__": results.json_to_array(meta)})
+    results.atomic_savez(run.final_path("v"), {"params/W": np.eye(2) * 2, "__meta__": checkpoints.json_to_array(meta)})
     with pytest.raises(ValueError, match="differs from the file v finished with"):
         run.load_final("v")
     run.final_path("v").unlink()                     # deleting it frees the space; the run stays readable

@@ -470,7 +470,7 @@ def test_a_damaged_checkpoint_is_one_clear_error_then_repairable(tmp_path, refer
 
 def edit_checkpoint_meta(path, change):
     """Rewrite a checkpoint with ``change(meta)`` applied to its JSON metadata (a valid npz, no pickle)."""
-    from mi_ref.results import array_to_json, json_to_array
+    from mi_ref.checkpoints import array_to_json, json_to_array
     arrays = dict(np.load(path, allow_pickle=False))
     meta = array_to_json(arrays["__meta__"])
     change(meta)

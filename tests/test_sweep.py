@@ -15,7 +15,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from mi_ref import cli, critics, experiments, plugins, sweep
-from mi_ref.results import TASKS_DIR, RunDir, expand_run_dirs
+from mi_ref.results import TASKS_DIR, RunDir
+from mi_ref.runs import expand_run_dirs
 from mi_ref.sweep import cluster as dask_path
 from mi_ref.sweep.driver import MAX_SEEDS
 from mi_ref.sweep.tasks import finished, merge, merged, plan, run_task
@@ -246,7 +247,7 @@ def _task_process(task, proc, timeout=120):
         if ckpt.exists() and (task.dir / ".lock").exists():
             try:
                 from mi_ref.files import load_npz
-                from mi_ref.results import array_to_json
+                from mi_ref.checkpoints import array_to_json
                 step = array_to_json(load_npz(ckpt)["__meta__"])["step"]
             except Exception:      # being replaced right now
                 step = 0
