@@ -5,8 +5,8 @@ A plugin is a Python file or an importable module that registers kinds with mi-r
 imported, e.g. ``CRITICS.register("cosine", cosine)`` (README, "Plugins: your own critic, estimator or
 encoder"), or ``DATASETS.register("NAME", loader, ...)`` of :mod:`mi_ref.datasets` (a loader returning a
 :class:`mi_ref.datasets.Dataset`; its metadata are described there). A plugin dataset is chosen with
-``--set dataset=NAME``: ``--dataset`` offers the datasets registered before the command line is read. The CLI
-loads
+``--dataset NAME`` or ``--set dataset=NAME``: the CLI loads the command line's plugins before it builds its
+parser. The CLI loads
 
 * every entry point of the group ``mi_ref.plugins`` of the installed packages, at its start
   (:func:`load_entry_points`; an entry point naming a module imports it, one naming a callable calls it);

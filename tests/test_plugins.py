@@ -31,7 +31,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def readme_section():
     text = README.read_text(encoding="utf-8")
-    start = text.index("## Plugins: your own critic, estimator or encoder")
+    start = text.index("## Plugins: your own critic, estimator, encoder or dataset")
     return text[start:text.index("\n## ", start + 1)]
 
 
@@ -121,6 +121,27 @@ def test_a_plugin_registers_a_dataset_that_a_run_trains_on(tmp_path, monkeypatch
     finally:
         if "small-digits" in datasets.DATASETS:
             datasets.DATASETS.unregister("small-digits")
+
+
+def test_dataset_offers_a_plugins_dataset(tmp_path, monkeypatch, clean):
+    """The plugins named on the command line are loaded before the parser is built: --dataset lists theirs."""
+    from mi_ref import datasets
+    (tmp_path / "small_digits.py").write_text(PLUGIN_DATASET, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert cli.main(["run", "critics", "--dataset", "small-digits", "--plugin", "small_digits.py", "--set",
+                         "critics=bilinear", "--set", "estimators=infonce", "--steps", "2", "--evals", "1", "--out",
+                         "runs", "--quiet"]) == 0
+        assert next(tmp_path.glob("runs/*/seed-0/config.json")).read_text().count('"small-digits"') >= 1
+    finally:
+        if "small-digits" in datasets.DATASETS:
+            datasets.DATASETS.unregister("small-digits")
+
+
+def test_a_plugin_that_fails_before_parsing_is_reported_with_the_command(tmp_path, monkeypatch, capsys, clean):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "critics", "--plugin", "missing.py", "--steps", "2"]) == 2
+    assert "mi-ref run: error: plugin missing.py: no such file" in capsys.readouterr().err
 
 
 def test_a_plugin_that_fails_is_one_line_naming_it(tmp_path, capsys, clean):

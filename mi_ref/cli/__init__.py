@@ -91,7 +91,7 @@ def _add_run_options(p, sweep=False, run=False):
 def _add_plugin_option(p):
     p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE", default=[],
                    help="load a plugin first: a Python file or an importable module that registers critics, "
-                        "estimators or activations (repeatable); see README, 'Plugins'")
+                        "estimators, encoders, activations or datasets (repeatable); see README, 'Plugins'")
 
 
 def _load_plugins(args):
@@ -283,7 +283,26 @@ def _os_error_text(err):
     return f"cannot use{where}: {err.strerror or err}"
 
 
+def _preload_plugins(argv):
+    """Load the plugins named on the command line before the parser is built, so that the kinds they register
+    (a dataset for ``--dataset``) are among its choices. A plugin that fails here is loaded again after
+    parsing, which reports the failure with the command's name."""
+    import argparse
+
+    from .. import plugins
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    specs = pre.parse_known_args(argv)[0].plugin
+    try:
+        plugins.load_entry_points()
+        for spec in specs:
+            plugins.load(spec)
+    except Exception:            # noqa: BLE001 - reported by _load_plugins after parsing
+        pass
+
+
 def main(argv=None):
+    _preload_plugins(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
