@@ -76,7 +76,10 @@ _ENCODERS_AT_QUICK_SCALE = (
     "ConvNet trains well under I_NCE (ahead of the MLP by 0.03-0.04) but not under I_NWJ, whose ConvNet "
     "runs stall at 0.69-0.76 after 400-1200 steps while the MLP reaches 0.77-0.80; a ConvNet of (16, 32) "
     "channels is ahead at t = 2 and level at t = 4 after 1200 steps; at lr 3e-4 the ConvNet is still behind "
-    "the MLP after 1200 steps. No setting that runs in minutes shows the finding. On full MNIST at the paper's "
+    "the MLP after 1200 steps. Why I_NWJ stalls (figures/scale/enc-quick-nwj-trace.json, evaluations every 10 "
+    "steps): the training loss averages 419 over the first 10 steps (2.2 at step 0), I_NWJ's exponential "
+    "term blown up by Adam's first steps at lr 1e-3; from step 30 on the bound stays near 0 and the ConvNet's "
+    "probe accuracy is frozen at 0.68. No setting that runs in minutes shows the finding. On full MNIST at the paper's "
     "lr 1e-4 (figures/runs/encoders-paper-*, 1500 steps, seed 0) the ConvNet is ahead in 3 of the 4 "
     "(estimator, t) pairs; under I_NWJ at t = 4 its training fell back between steps 750 and 1500, and a "
     "4000-step run of that pair alone ends with the ConvNet ahead by 0.030")
