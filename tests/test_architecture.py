@@ -3,6 +3,8 @@ around them, every extension point is one registry, and the speed wing covers wh
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as onp
@@ -11,10 +13,12 @@ import pytest
 from mi_ref import accel, bounds, critics, experiments, flows, metric_learning, nn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
-MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim")
+MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim", "mi_ref.jacobian")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.plots", "mi_ref.cli",
                       "mi_ref.experiments", "mi_ref.accel", "mi_ref.findings", "mi_ref.vectors", "mi_ref.sweep",
                       "mi_ref.porting", "mi_ref.declarations")
+# the third-party libraries that only the speed wing may use: compilers, LLVM bindings, thread-pool control
+SPEED_LIBRARIES = ("numba", "llvmlite", "threadpoolctl")
 
 
 def module_name(path):
@@ -64,6 +68,17 @@ def import_graph():
                         parent = parent.rpartition(".")[0]
         graph[name] = edges - {name}
     return graph
+
+
+def third_party_imports(path):
+    """The top-level names of the packages outside mi_ref that the module at ``path`` imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"mi_ref"}
 
 
 def find_cycle(graph):
@@ -117,6 +132,34 @@ def test_math_modules_import_none_of_the_machinery(math_module):
     reached = closure(import_graph(), math_module)
     bad = sorted(m for m in reached if m.startswith(FORBIDDEN_FOR_MATH))
     assert not bad, f"{math_module} imports {bad} (directly or through another module)"
+
+
+@pytest.mark.parametrize("math_module", MATH)
+def test_math_modules_use_no_speed_library(math_module):
+    """Neither a math module nor any mi_ref module it reaches imports numba, llvmlite or threadpoolctl."""
+    mods = modules()
+    reached = {math_module} | closure(import_graph(), math_module)
+    bad = sorted(f"{m} imports {lib}" for m in reached for lib in sorted(third_party_imports(mods[m]))
+                 if lib in SPEED_LIBRARIES)
+    assert not bad, f"{math_module} reaches speed code: {bad}"
+
+
+def test_importing_the_math_loads_no_speed_code():
+    """The same, as Python runs it: a fresh process that imports every math module has loaded neither the speed
+    wing nor a speed library (not even through a third-party package)."""
+    code = (f"import sys; import {', '.join(MATH)}; "
+            f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {SPEED_LIBRARIES!r} "
+            f"or m.startswith('mi_ref.accel'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == []
+
+
+def test_the_speed_scanner_finds_imports_anywhere_in_a_module(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import numpy as np\nfrom . import nn\n\ndef f():\n    from numba import njit\n"
+                    "    import llvmlite.binding\n", encoding="utf-8")
+    assert third_party_imports(path) == {"numpy", "numba", "llvmlite"}
 
 
 def test_the_speed_wing_is_only_reached_from_outside_the_math():
