@@ -16,11 +16,11 @@ are then row gathers): each coupling net's own Jacobian comes from the forward m
 inputs, and one batched product per block chains it in (see :func:`_coupling_step`). Reverse mode for
 MLPs whose output is narrower than the input: :func:`_mlp_reverse_jacobian`.
 
-Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 0, as :func:`mi_ref.nn.relu`'s
-gradient), so the fast paths equal the reference everywhere, kinks included. The MLP's forward-mode Jacobian
-is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then Fortran-ordered,
-which is what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines compute values
-only; they are not differentiable by autograd.
+Conventions: the derivatives are those of :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES` (relu'(0) = 0,
+as :func:`mi_ref.nn.relu`'s gradient), so the fast paths equal the reference everywhere, kinks included. The MLP's
+forward-mode Jacobian is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then
+Fortran-ordered, which is what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines
+compute values only; they are not differentiable by autograd.
 """
 
 import numpy as np
@@ -29,6 +29,8 @@ from numba import njit
 from .. import flows, nn
 from ..checks import finite_batch as check_finite_batch
 from ..jacobian import batch_jacobian_reference
+from .activations import derivative as activation_derivative
+from .activations import has_derivative
 from .twins import original
 
 
@@ -48,8 +50,7 @@ def _activation(name):
     """(activation or None for the identity, derivative or None)."""
     if name == "identity":
         return None, None
-    act = nn.ACTIVATIONS.get(name)
-    return act.fn, act.derivative
+    return nn.ACTIVATIONS.get(name).fn, activation_derivative(name)
 
 
 def _mlp_values_and_tangents(layers, x, activation_name, shortcuts):
@@ -187,7 +188,7 @@ def _coupling_step(block, params, x, J):
         t, r = out[:, :n], out[:, n:]
         s = flows.SCALE_FLOOR + nn.softplus(r)
         y_b = z_b * s + t
-        A_t = N[:, :, :n] + N[:, :, n:] * (z_b * nn.ACTIVATIONS.get("softplus").derivative(r))[:, None, :]
+        A_t = N[:, :, :n] + N[:, :, n:] * (z_b * activation_derivative("softplus")(r))[:, None, :]
         rows_b = s[:, :, None] * Jz[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), Jz[:, :h, :])
     J_new = np.empty_like(J)
     J_new[:, :h, :] = Jz[:, :h, :]
@@ -217,14 +218,17 @@ def _coupling_jacobian(model, params, x, mode="auto"):     # forward mode only (
 
 
 def _net_has_fast_path(net):
-    return type(net) is nn.MLP and net.activation_name in nn.ACTIVATIONS
+    """An MLP (not a subclass) whose activation has a declared derivative (an undeclared one is an error naming
+    it and :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES`)."""
+    return type(net) is nn.MLP and has_derivative(net.activation_name)
 
 
 def has_fast_jacobian(model):
     """True if :func:`batch_jacobian` has a forward-mode path for ``model`` (else it uses the reference).
 
     Fast paths exist for exactly these types (subclasses may change ``apply``, so they are not trusted):
-    :class:`mi_ref.nn.MLP` (with or without shortcuts, activation relu, softplus or identity),
+    :class:`mi_ref.nn.MLP` (with or without shortcuts, its activation's derivative declared in
+    :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES`: relu, softplus, identity),
     :class:`mi_ref.flows.RealNVP` and :class:`mi_ref.flows.AffineCoupling` (shift-only or affine) whose
     coupling nets are such MLPs. A twin (:func:`mi_ref.accel.twin`) counts as its model.
     """
