@@ -175,6 +175,24 @@ def test_every_registered_activation_is_declared_and_an_undeclared_one_is_named(
         activations.has_derivative(name)
 
 
+def test_an_affine_flows_fast_jacobian_needs_the_declared_softplus_derivative(monkeypatch):
+    """The forward-mode Jacobian of an affine coupling differentiates its scale 1e-7 + softplus(r) with the
+    declared softplus derivative; declared 'none', the affine flow falls back to the reference, the shift-only
+    flow (no scale) keeps its fast path."""
+    from mi_ref.accel import jacobians as fast_jacobians
+    from mi_ref.jacobian import batch_jacobian_reference
+    from mi_ref.registry import NONE
+    rng = onp.random.default_rng(0)
+    affine = flows.realnvp(4, 2, [3], shift_only=False, rng=rng)
+    shift = flows.realnvp(4, 2, [3], shift_only=True, rng=rng)
+    assert fast_jacobians.has_fast_jacobian(affine) and fast_jacobians.has_fast_jacobian(shift)
+    monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, "softplus", NONE)
+    assert not fast_jacobians.has_fast_jacobian(affine) and fast_jacobians.has_fast_jacobian(shift)
+    params, x = affine.init(rng), rng.standard_normal((3, 4))
+    onp.testing.assert_array_equal(fast_jacobians.batch_jacobian(affine, params, x),
+                                   batch_jacobian_reference(affine.apply, params, x))
+
+
 def test_relu_tie_rule_in_the_concat_kernels():
     """The concat critic's fused kernels (one and several hidden layers) take relu'(0) = 0 at exact ties."""
     rng = onp.random.default_rng(4)

@@ -223,6 +223,12 @@ def _net_has_fast_path(net):
     return type(net) is nn.MLP and has_derivative(net.activation_name)
 
 
+def _block_has_fast_path(block):
+    """A coupling block whose net has a fast path (and, for an affine block, whose scale's softplus has a
+    declared derivative: :func:`_coupling_step` uses it)."""
+    return _net_has_fast_path(block.net) and (block.shift_only or has_derivative("softplus"))
+
+
 def has_fast_jacobian(model):
     """True if :func:`batch_jacobian` has a forward-mode path for ``model`` (else it uses the reference).
 
@@ -237,9 +243,9 @@ def has_fast_jacobian(model):
     if kind is nn.MLP:
         return _net_has_fast_path(model)
     if kind is flows.RealNVP:
-        return all(_net_has_fast_path(block.net) for block in model.blocks)
+        return all(_block_has_fast_path(block) for block in model.blocks)
     if kind is flows.AffineCoupling:
-        return _net_has_fast_path(model.net)
+        return _block_has_fast_path(model)
     return False
 
 
