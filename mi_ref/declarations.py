@@ -29,7 +29,8 @@ estimator           golden-vector spec, or none            a 'bound' component i
                                                            ``WITHOUT_GOLDEN_SPEC`` in mi_ref/vectors/components.py
 estimator           golden-vector symbol (with a spec)     ``ESTIMATOR_SYMBOLS`` in mi_ref/vectors/builders.py
 estimator           PyTorch port, or none                  ``BOUNDS`` in mi_ref/porting/pytorch.py
-activation          derivative (twins, fast Jacobians)     the ``Activation`` entry itself, mi_ref/nn.py
+activation          derivative (twins, fast Jacobians),    ``ACTIVATION_DERIVATIVES`` in
+                    or none                                mi_ref/accel/activations.py
 experiment          figure                                 ``PLOTTERS`` in mi_ref/plots.py
 dataset             probe refit sd, or none                ``PROBE_REFIT_SD`` in mi_ref/effects.py
 ==================  =====================================  =====================================================
@@ -113,12 +114,16 @@ def _encoder_twin(name):
 
 def _encoder_fast_jacobian(name):
     from .accel.jacobians import ENCODERS_WITHOUT_FAST_JACOBIAN, has_fast_jacobian
-    return name in ENCODERS_WITHOUT_FAST_JACOBIAN or has_fast_jacobian(_encoder(name))
+    from .registry import MissingDeclaration
+    try:
+        return name in ENCODERS_WITHOUT_FAST_JACOBIAN or has_fast_jacobian(_encoder(name))
+    except MissingDeclaration:             # its activation lacks a derivative: reported under "activation"
+        return True
 
 
 def _activation_derivative(name):
-    from .nn import ACTIVATIONS
-    return getattr(ACTIVATIONS.get(name), "derivative", None) is not None
+    from .accel.activations import ACTIVATION_DERIVATIVES
+    return name in ACTIVATION_DERIVATIVES
 
 
 def _figure(name):
@@ -161,7 +166,7 @@ NEEDS = {
         ("PyTorch port", "ENCODER_PORTS in mi_ref/porting/pytorch.py", _in_port("ENCODER_PORTS")),
     ],
     "activation": [
-        ("derivative (for the twins and the fast Jacobians)", "its Activation entry in ACTIVATIONS, mi_ref/nn.py",
+        ("derivative (for the twins and the fast Jacobians)", "ACTIVATION_DERIVATIVES in mi_ref/accel/activations.py",
          _activation_derivative),
     ],
     "experiment": [

@@ -8,33 +8,32 @@ at every evaluation it takes the Jacobian of g1 at each input of the current tra
 computes its singular values sigma_1 >= ... >= sigma_k (k = min(out, in)) and plots percentiles
 (min, 20/40/60/80th, max) over the batch of the log condition number log(sigma_1 / sigma_k).
 
-This module gives
+This module gives the formulas:
 
-* :func:`batch_jacobian_reference` - the ground truth for any model, by autograd (reverse mode);
-* :func:`batch_jacobian` - the same numbers by the fast routines of :mod:`mi_ref.accel.jacobians` for the
-  encoders the paper studies (plain and residual MLPs, shift-only and affine RealNVP chains: forward
-  mode, or reverse mode for MLPs where it needs fewer flops), with the reference as the fallback;
-* :func:`singular_values` - LAPACK's ``dgesdd`` without singular vectors, one matrix per numba thread;
+* :func:`batch_jacobian_reference` - the ground truth for any ``apply``, by autograd (reverse mode);
+* :func:`batch_jacobian` - the same for an mi-ref model, through its ``apply``;
+* :func:`singular_values` - ``numpy.linalg.svd(J, compute_uv=False)`` (LAPACK's ``dgesdd`` without
+  singular vectors), with the checks of the module's boundary;
 * :func:`log_condition_numbers` and :func:`condition_percentiles` - the numbers Fig. 2 plots.
 
-The fast routines compute values only (they are not differentiable by autograd) and follow the formulas'
-conventions (relu'(0) = 0), so they equal the reference everywhere, kinks included. An MLP's
-forward-mode Jacobian is a transposed view (each ``J[b]`` Fortran-ordered, which is what LAPACK reads);
-:func:`singular_values` takes either order without copying.
+Why singular values from an SVD and not the eigenvalues of J^T J: a backward-stable SVD (Householder
+bidiagonalization, then dqds on the bidiagonal) gives |sigma_i - sigma_i(computed)| <= p(n) eps sigma_1,
+whereas the eigenvalues of J^T J square the condition number: their error in sigma_i is
+~ eps sigma_1^2 / sigma_i, so log(sigma_1 / sigma_k) of an ill-conditioned encoder - the very quantity
+Fig. 2 plots - would lose half its digits.
+
+The speed wing computes the same numbers faster, and this module never imports it:
+:func:`mi_ref.accel.jacobians.batch_jacobian` (forward mode, or reverse mode where it needs fewer flops,
+for the MLP and RealNVP encoders the paper studies; this module's reference otherwise) and
+:func:`mi_ref.accel.linalg.singular_values` (the same LAPACK routine, one matrix per numba thread). The
+conditioning experiment asks for them (:func:`mi_ref.train.jacobian_stats`); ``tests/test_jacobian.py``
+checks them against the functions here.
 """
 
 import autograd
 import autograd.numpy as anp
-import llvmlite.binding as llvm
-import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import get_cython_function_address
-from threadpoolctl import ThreadpoolController
 
-from . import nn
-from .accel import jacobians as fast_jacobians
-from .accel.twins import original
 from .checks import finite_batch as check_finite_batch
 from .stats import order_statistics
 
@@ -42,12 +41,14 @@ PERCENTILES = (0, 20, 40, 60, 80, 100)
 PERCENTILE_KEYS = ("min", "p20", "p40", "p60", "p80", "max")
 
 # ----------------------------------------------------------------------------------------------------
-# input validation (the module's boundary)
+# input validation (the module's boundary; the speed wing's singular values check the same way)
 
-def _check_jacobians(J):
+
+def check_jacobians(J):
     """J as a float64 array ``(B, out, in)`` with all sizes >= 1, else ``ValueError``.
 
-    Finiteness is checked inside the singular-value kernel (it reads every entry anyway).
+    Finiteness is checked apart (:func:`check_finite_jacobians`): the speed wing's singular-value kernel
+    checks it while it copies every entry anyway.
     """
     J = np.asarray(J)
     if J.ndim != 3:
@@ -59,6 +60,18 @@ def _check_jacobians(J):
     if not np.issubdtype(J.dtype, np.number) or np.issubdtype(J.dtype, np.complexfloating):
         raise ValueError(f"J must hold real numbers, got dtype {J.dtype}")
     return J.astype(np.float64, copy=False)
+
+
+def check_finite_jacobians(finite):
+    """``ValueError`` naming the matrices of a stack that hold nan or inf, unless every one is finite.
+
+    ``finite: (B,)`` booleans, ``finite[b]`` True when every entry of ``J[b]`` is finite.
+    """
+    finite = np.asarray(finite, dtype=bool)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"J has non-finite entries (nan or inf) in {bad.size} of {finite.size} matrices, "
+                         f"first J[{bad[0]}]; singular values need finite Jacobians")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -92,170 +105,38 @@ def batch_jacobian_reference(apply, params, x):
     return np.ascontiguousarray(np.transpose(jac, (1, 0, 2)))
 
 
-
-def has_fast_jacobian(model):
-    """True if :func:`batch_jacobian` has a fast path for ``model`` (or its twin; see
-    :mod:`mi_ref.accel.jacobians`)."""
-    return fast_jacobians.has_fast_jacobian(original(model))
-
-
-mlp_jacobian_flops = fast_jacobians.mlp_jacobian_flops
-
-
-def batch_jacobian(model, params, x, mode="auto"):
+def batch_jacobian(model, params, x):
     """Per-example Jacobians ``J[b, i, j] = d model.apply(params, x)[b, i] / d x[b, j]``: (B, out, in).
 
-    Forward mode (see the module docstring) for the models of :func:`has_fast_jacobian`;
-    :func:`batch_jacobian_reference` otherwise. For an MLP, ``mode="auto"`` takes reverse mode
-    (:func:`mi_ref.accel.jacobians._mlp_reverse_jacobian`) where :func:`mlp_jacobian_flops` counts fewer flops, typically when
-    the output is narrower than the input (MLP(392, [300, 300, 100]): 5.3 instead of 12 GFLOP at
-    B = 128). ``mode="forward"`` forces forward mode (models with a fast path only), ``mode="reverse"``
-    reverse mode (MLPs only); anything else raises ``ValueError``. All agree to rounding (measured
-    <= 2e-12 relative per entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
-    For the paper's residual MLP (B = 128, d = 392, 5 layers) the cost is 4 products
-    ``(B d, d) @ (d, d)``, i.e. 8 B d^3 ~ 62 GFLOP; see ``scripts/bench_jacobian.py``.
-
-    The result may be a transposed view (each ``J[b]`` Fortran-ordered); call
-    ``numpy.ascontiguousarray`` if C order matters.
+    :func:`batch_jacobian_reference` of ``model.apply``, C-ordered. For the encoders the paper studies,
+    :func:`mi_ref.accel.jacobians.batch_jacobian` computes the same numbers (to rounding: both sum the same
+    products in different orders; tested to 1e-9 relative per entry) by forward mode; for the paper's
+    residual MLP (B = 128, d = 392, 5 layers) that is 4 products ``(B d, d) @ (d, d)``, twice as fast as this
+    reference (``scripts/bench_jacobian.py``).
     """
     if not callable(getattr(model, "apply", None)):
         raise ValueError(f"model must be an mi-ref model with an apply(params, x) method, got {model!r}")
-    model = original(model)
-    if mode not in ("auto", "forward", "reverse"):
-        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
-    fast = has_fast_jacobian(model)
-    if mode == "reverse" and not (fast and type(model) is nn.MLP):
-        raise ValueError(f"mode='reverse' is implemented for mi_ref.nn.MLP only, not {type(model).__name__}; "
-                         f"use mode='auto'")
-    if mode == "forward" and not fast:
-        raise ValueError(f"{type(model).__name__} has no forward-mode fast path (see has_fast_jacobian); "
-                         f"use mode='auto' for the autograd reference")
-    if fast:
-        return fast_jacobians.fast_path(model)(model, params, x, mode)
+    x = check_finite_batch(x, getattr(model, "in_dim", None))      # the model's width, where it has one
     return batch_jacobian_reference(model.apply, params, x)
 
 
 # ----------------------------------------------------------------------------------------------------
-# singular values: LAPACK dgesdd (JOBZ = 'N') from numba, one matrix per thread
-#
-# Route and why. numba's np.linalg.svd always computes U and V. LAPACK's dgesdd with JOBZ = 'N' computes
-# singular values only: Householder bidiagonalization (dgebrd, ~(8/3) n^3 flops for n x n) and the dqds
-# algorithm on the bidiagonal (high relative accuracy there). The whole is backward stable,
-# |sigma_i - sigma_i(computed)| <= p(n) eps sigma_1, which is what numpy.linalg.svd(compute_uv=False)
-# (the same LAPACK routine) gives too. The other candidate, eigenvalues of J^T J, squares the condition
-# number: its error in sigma_i is ~ eps sigma_1^2 / sigma_i, so log(sigma_1 / sigma_k) of an
-# ill-conditioned encoder - the very quantity Fig. 2 plots - would lose half its digits. Rejected.
-#
-# Reaching LAPACK from numba: scipy exports dgesdd as a C function (scipy.linalg.cython_lapack). Its
-# address is registered with LLVM under a fixed symbol name and the kernel calls it as an
-# ExternalFunction; the compiled code refers to the name, not the address, so it can be cached
-# (cache=True) and is re-linked to the current process's address on load.
-#
-# Threads: the kernel runs one matrix at a time per numba thread. LAPACK calls BLAS, and a multithreaded
-# BLAS inside each numba thread oversubscribes the cores (measured on 2 cores: 8 s to 65 s instead of
-# 0.75 s for 128 matrices of 392 x 392, because idle BLAS threads spin). So BLAS is limited to one
-# thread (threadpoolctl) for the duration of the kernel.
-
-_DGESDD = "mi_ref_scipy_cython_lapack_dgesdd"
-llvm.add_symbol(_DGESDD, get_cython_function_address("scipy.linalg.cython_lapack", "dgesdd"))
-_int_p, _double_p = types.CPointer(types.int32), types.CPointer(types.float64)
-_char_p = types.CPointer(types.uint8)
-# dgesdd(jobz, m, n, a, lda, s, u, ldu, vt, ldvt, work, lwork, iwork, info), Fortran conventions: all
-# arguments by pointer, `a` column-major m x n with leading dimension lda; overwritten.
-_dgesdd = types.ExternalFunction(_DGESDD, types.void(
-    _char_p, _int_p, _int_p, _double_p, _int_p, _double_p, _double_p, _int_p, _double_p, _int_p,
-    _double_p, _int_p, _int_p, _int_p))
-
-
-@njit(parallel=True, cache=True)
-def _singular_values_kernel(A, n_chunks, out, finite, info):
-    """Singular values of every ``A[b]``, written to ``out[b]`` (descending).
-
-    ``A: (B, p, q)`` C-ordered; LAPACK reads the memory of ``A[b]`` as the column-major q x p matrix
-    ``A[b]^T``, which has the same singular values. The batch is cut into ``n_chunks`` contiguous chunks
-    (one per thread); each chunk owns its workspace (size from one lwork = -1 query) and copies each
-    matrix into it (dgesdd overwrites its input), checking finiteness on the way. ``finite[b]`` is
-    False (and LAPACK not called) for a matrix with nan or inf; ``info[b]`` is LAPACK's INFO
-    (> 0: the bidiagonal SVD did not converge).
-    """
-    batch, p, q = A.shape
-    k = min(p, q)
-    for chunk in prange(n_chunks):
-        start = chunk * batch // n_chunks
-        stop = (chunk + 1) * batch // n_chunks
-        jobz = np.full(1, ord("N"), dtype=np.uint8)
-        m = np.full(1, q, dtype=np.int32)                     # rows of A[b]^T; also lda
-        n = np.full(1, p, dtype=np.int32)
-        one = np.full(1, 1, dtype=np.int32)                   # ldu, ldvt (U, V^T not referenced)
-        lwork = np.full(1, -1, dtype=np.int32)
-        status = np.zeros(1, dtype=np.int32)
-        a = np.empty(p * q)
-        s = np.empty(k)
-        unused = np.zeros(1)
-        iwork = np.empty(8 * k, dtype=np.int32)
-        query = np.zeros(1)
-        _dgesdd(jobz.ctypes, m.ctypes, n.ctypes, a.ctypes, m.ctypes, s.ctypes, unused.ctypes, one.ctypes,
-                unused.ctypes, one.ctypes, query.ctypes, lwork.ctypes, iwork.ctypes, status.ctypes)
-        lwork[0] = np.int32(query[0])
-        work = np.empty(max(lwork[0], 1))
-        for b in range(start, stop):
-            src = A[b].ravel()
-            ok = True
-            for i in range(p * q):
-                value = src[i]
-                a[i] = value
-                if not np.isfinite(value):
-                    ok = False
-            finite[b] = ok
-            info[b] = 0
-            if not ok:
-                out[b, :] = np.nan
-                continue
-            _dgesdd(jobz.ctypes, m.ctypes, n.ctypes, a.ctypes, m.ctypes, s.ctypes, unused.ctypes, one.ctypes,
-                    unused.ctypes, one.ctypes, work.ctypes, lwork.ctypes, iwork.ctypes, status.ctypes)
-            info[b] = status[0]
-            out[b, :] = s
-
-
-_BLAS_CONTROLLER = []       # one threadpoolctl controller, made on first use (after scipy's BLAS is loaded)
-
-
-def _blas_limited_to_one_thread():
-    if not _BLAS_CONTROLLER:
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+# singular values
 
 
 def singular_values(J):
     """Singular values of every matrix of a stack: ``(B, out, in) -> (B, min(out, in))``, descending.
 
-    sigma_1(J[b]) >= ... >= sigma_k(J[b]) >= 0, float64, from LAPACK's ``dgesdd`` (JOBZ = 'N', the
-    routine ``numpy.linalg.svd(J, compute_uv=False)`` uses), run in parallel across the batch by a numba
-    kernel (``prange``, compiled once and cached on disk). Accuracy is that of a backward-stable SVD:
-    absolute error ~ eps * sigma_1 per value (see the comment above the kernel for why not eig(J^T J)).
-
-    ``J`` may be C-ordered or a transposed view (each ``J[b]`` Fortran-ordered, as :func:`batch_jacobian`
-    returns for MLPs); neither is copied. Any other layout is copied once. Raises ``ValueError`` unless
-    ``J`` is 3-D, real, non-empty and finite, and ``numpy.linalg.LinAlgError`` if LAPACK does not converge.
+    sigma_1(J[b]) >= ... >= sigma_k(J[b]) >= 0, float64: ``numpy.linalg.svd(J, compute_uv=False)``, i.e.
+    LAPACK's ``dgesdd`` with JOBZ = 'N' (no singular vectors), one matrix after another. Accuracy is that of
+    a backward-stable SVD: absolute error ~ eps * sigma_1 per value (see the module docstring for why not
+    the eigenvalues of J^T J). Raises ``ValueError`` unless ``J`` is 3-D, real, non-empty and finite, and
+    ``numpy.linalg.LinAlgError`` if LAPACK does not converge. :func:`mi_ref.accel.linalg.singular_values`
+    computes the same on all cores.
     """
-    J = _check_jacobians(J)
-    transposed = J.transpose(0, 2, 1)
-    A = transposed if transposed.flags.c_contiguous else np.ascontiguousarray(J)
-    batch = J.shape[0]
-    out = np.empty((batch, min(J.shape[1:])))
-    finite = np.ones(batch, dtype=np.bool_)
-    info = np.zeros(batch, dtype=np.int32)
-    with _blas_limited_to_one_thread():
-        _singular_values_kernel(A, min(batch, numba.get_num_threads()), out, finite, info)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(f"J has non-finite entries (nan or inf) in {bad.size} of {batch} matrices, "
-                         f"first J[{bad[0]}]; singular values need finite Jacobians")
-    if info.any():
-        bad = np.flatnonzero(info)
-        raise np.linalg.LinAlgError(f"LAPACK dgesdd did not converge for {bad.size} matrices, "
-                                    f"first J[{bad[0]}] (INFO = {info[bad[0]]})")
-    return out
+    J = check_jacobians(J)
+    check_finite_jacobians(np.isfinite(J).all(axis=(1, 2)))
+    return np.linalg.svd(J, compute_uv=False)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -112,19 +112,18 @@ def identity(x):
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation: ``fn`` (differentiated by autograd) and ``derivative``, act'(u) in plain numpy with
-    the same conventions as ``fn``'s gradient (relu'(0) = 0), for the forward-mode Jacobians and the
-    hand-written VJPs of :mod:`mi_ref.accel`."""
+    """An activation: its name and ``fn``, differentiated by autograd. (The speed wing keeps the derivatives
+    its hand-written VJPs and forward-mode Jacobians need, by name, in
+    :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES`.)"""
 
     name: str
     fn: object
-    derivative: object
 
 
 ACTIVATIONS = Registry("activation")
-ACTIVATIONS.register("relu", Activation("relu", relu, _relu_slope))
-ACTIVATIONS.register("softplus", Activation("softplus", softplus, lambda u: onp.exp(u - onp.logaddexp(0.0, u))))
-ACTIVATIONS.register("identity", Activation("identity", identity, lambda u: onp.ones_like(u)))
+ACTIVATIONS.register("relu", Activation("relu", relu))
+ACTIVATIONS.register("softplus", Activation("softplus", softplus))
+ACTIVATIONS.register("identity", Activation("identity", identity))
 
 
 def get_activation(name):

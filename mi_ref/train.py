@@ -221,8 +221,9 @@ def jacobian_stats(model, params, x):
     this batch's own order statistics at index int(p (B - 1)), the notebook's rule:
     ``logcond_min, logcond_p20, logcond_p40, logcond_p60, logcond_p80, logcond_max`` and ``logcond_median``
     (p = 0.5)."""
-    from .jacobian import (PERCENTILE_KEYS, batch_jacobian, condition_percentiles, log_condition_numbers,
-                           singular_values)
+    from .accel.jacobians import batch_jacobian
+    from .accel.linalg import singular_values
+    from .jacobian import PERCENTILE_KEYS, condition_percentiles, log_condition_numbers
     from .stats import order_statistics
     svals = singular_values(batch_jacobian(model, params, x))
     logc = np.sort(log_condition_numbers(svals))

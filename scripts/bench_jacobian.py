@@ -12,7 +12,7 @@ each run, so slow phases of a shared machine spread over all of them):
   coordinate over the whole batch) of the MLP's formula op by op (``model.apply``; ``--reference-apply
   twin`` differentiates its accelerated twin, ``mi_ref.accel.twin(model).apply``, instead) +
   ``numpy.linalg.svd(J, compute_uv=False)``;
-* (b) the fast path: ``jacobian.batch_jacobian`` (forward mode) + ``jacobian.singular_values``
+* (b) the fast path: ``accel.jacobians.batch_jacobian`` (forward mode) + ``accel.linalg.singular_values``
   (LAPACK dgesdd, JOBZ = 'N', one matrix per numba thread), each part separately;
 * (c) one float64 GEMM (numpy) with the FLOP count of (b)'s Jacobian products, (B d, d) @ (d, (L - 1) d),
   written into a preallocated output (``out=``, so no page faults are timed): the forward-mode method
@@ -31,8 +31,8 @@ times B / threads). "x of floor" = (b)'s total / the floor (target: <= 1.3).
 Ratios of medians: (a) / (b) and (b)'s Jacobian / (c) (targets: >= 5 and <= 1.5), and torch / (b).
 The table also gives each row's fastest and slowest run.
 
-Modes: ``--modes`` also times forward against reverse mode (:func:`mi_ref.jacobian.batch_jacobian` with
-``mode=``) on the critics experiment's encoder MLP(392, [300, 300, 100]) (output narrower than input, where
+Modes: ``--modes`` also times forward against reverse mode (:func:`mi_ref.accel.jacobians.batch_jacobian`
+with ``mode=``) on the critics experiment's encoder MLP(392, [300, 300, 100]) (output narrower than input, where
 ``mode="auto"`` takes reverse mode) at the same batch size.
 
 Compile time: numba compiles the singular-value kernel on first use and caches it on disk. The script
@@ -62,6 +62,8 @@ import numba
 import numpy as onp
 
 from mi_ref import accel, jacobian, nn
+from mi_ref.accel import jacobians as fast_jacobians
+from mi_ref.accel import linalg as fast_linalg
 
 
 def build(batch, dim, layers, seed=0):
@@ -97,12 +99,12 @@ def mode_times(batch, repeats):
     times, result = {"forward": [], "reverse": []}, {}
     for run in range(repeats + 1):                     # alternating; run 0 is the warm-up
         for mode in times:
-            seconds, result[mode] = timed(jacobian.batch_jacobian, model, params, x, mode=mode)
+            seconds, result[mode] = timed(fast_jacobians.batch_jacobian, model, params, x, mode=mode)
             if run:
                 times[mode].append(seconds)
     out = {mode: statistics.median(v) for mode, v in times.items()}
     diff = onp.abs(result["forward"] - result["reverse"]).max()
-    return out, float(diff), jacobian.mlp_jacobian_flops([392, 300, 300, 100], batch)
+    return out, float(diff), fast_jacobians.mlp_jacobian_flops([392, 300, 300, 100], batch)
 
 
 def floor_seconds(batch, dim, layers, J, runs=5):
@@ -132,10 +134,11 @@ def timed(fn, *args, **kwargs):
 
 def compile_times():
     """(import, first batch_jacobian, first singular_values) seconds: empty numba cache, then cached."""
-    code = ("import time; t0 = time.perf_counter(); import numpy as np; from mi_ref import accel, jacobian, nn; "
+    code = ("import time; t0 = time.perf_counter(); import numpy as np; from mi_ref import nn; "
+            "from mi_ref.accel import jacobians, linalg; "
             "t1 = time.perf_counter(); model = nn.MLP(3, [3, 3], shortcuts=True); "
-            "J = jacobian.batch_jacobian(model, model.init(np.random.default_rng(0)), np.ones((2, 3))); "
-            "t2 = time.perf_counter(); jacobian.singular_values(J); t3 = time.perf_counter(); "
+            "J = jacobians.batch_jacobian(model, model.init(np.random.default_rng(0)), np.ones((2, 3))); "
+            "t2 = time.perf_counter(); linalg.singular_values(J); t3 = time.perf_counter(); "
             "print(t1 - t0, t2 - t1, t3 - t2)")
     out = []
     with tempfile.TemporaryDirectory() as cache:
@@ -247,8 +250,8 @@ def main(argv=None):
         t_ref_jac, J_ref = timed(jacobian.batch_jacobian_reference, reference_apply, params, x)
         t_ref_svd, s_ref = timed(onp.linalg.svd, J_ref, compute_uv=False)
         del J_ref
-        t_fast_jac, J = timed(jacobian.batch_jacobian, model, params, x)
-        t_fast_svd, s = timed(jacobian.singular_values, J)
+        t_fast_jac, J = timed(fast_jacobians.batch_jacobian, model, params, x)
+        t_fast_svd, s = timed(fast_linalg.singular_values, J)
         t_gemm, _ = timed(onp.matmul, gemm_a, gemm_b, out=gemm_out)
         row = {"ref_jac": t_ref_jac, "ref_svd": t_ref_svd, "fast_jac": t_fast_jac, "fast_svd": t_fast_svd,
                "gemm": t_gemm}
@@ -277,7 +280,8 @@ def main(argv=None):
 
     med = {key: statistics.median(v) for key, v in times.items() if v}
     ref_total, fast_total = med["ref_jac"] + med["ref_svd"], med["fast_jac"] + med["fast_svd"]
-    gemm_floor, svd_floor = floor_seconds(args.batch, args.dim, args.layers, jacobian.batch_jacobian(model, params, x))
+    gemm_floor, svd_floor = floor_seconds(args.batch, args.dim, args.layers,
+                                          fast_jacobians.batch_jacobian(model, params, x))
 
     print(f"# Jacobians + singular values: B = {args.batch}, d = {args.dim}, residual MLP of {args.layers} "
           f"layers (std 1e-4 init), float64; medians of {args.repeats} runs")
@@ -355,7 +359,7 @@ def main(argv=None):
         print()
         print("| first call in a fresh process (s) | empty numba cache (compiles) | cached kernel |")
         print("|---|---:|---:|")
-        print(f"| `import mi_ref.jacobian` | {imp_cold:.2f} | {imp_cached:.2f} |")
+        print(f"| `import mi_ref.accel.jacobians, mi_ref.accel.linalg` | {imp_cold:.2f} | {imp_cached:.2f} |")
         print(f"| `batch_jacobian` (tiny residual MLP, numpy only) | {jac_cold:.2f} | {jac_cached:.2f} |")
         print(f"| `singular_values` (dgesdd kernel) | {sv_cold:.2f} | {sv_cached:.2f} |")
     print()

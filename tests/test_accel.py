@@ -15,7 +15,7 @@ from autograd import grad, value_and_grad
 
 from gradcheck import assert_trees_equal, check_grad
 from mi_ref import accel, bounds, critics, flows, nn, objectives, optim
-from mi_ref.accel import primitives, twin
+from mi_ref.accel import activations, primitives, twin
 from mi_ref.tree import tree_flatten
 
 
@@ -114,6 +114,83 @@ def test_relu_tie_rule_matches_the_formula():
     onp.testing.assert_array_equal(grad(f_fast, 1)(p, x)[1], 0.0)
     without_tie = grad(lambda p: f_ref(p, x[[0, 2]]))(p)
     onp.testing.assert_allclose(grad(f_fast)(p, x)["layers"][0]["b"], without_tie["layers"][0]["b"], rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(activations.ACTIVATION_DERIVATIVES))
+def test_declared_activation_derivatives_equal_the_formulas_gradient(name):
+    """Every derivative the wing declares is autograd's gradient of the registered function (to rounding, ties
+    included: relu'(0) = 0 exactly) and the central difference of the function away from kinks."""
+    from autograd import elementwise_grad
+    fn = nn.ACTIVATIONS.get(name).fn
+    derivative = activations.derivative(name)
+    u = onp.array([-800.0, -30.0, -2.5, -1e-300, -0.0, 0.0, 1e-300, 0.3, 2.0, 40.0, 800.0])
+    onp.testing.assert_allclose(derivative(u), elementwise_grad(fn)(u), rtol=1e-15, atol=0)
+    assert derivative(u).dtype == onp.float64 and derivative(u).shape == u.shape
+    smooth = onp.array([-3.0, -0.7, 0.4, 1.9])                   # away from relu's kink at 0
+    h = 1e-6
+    onp.testing.assert_allclose(derivative(smooth), (fn(smooth + h) - fn(smooth - h)) / (2 * h), rtol=1e-8,
+                                atol=1e-10)
+    if name == "relu":
+        onp.testing.assert_array_equal(derivative(onp.array([-0.0, 0.0, onp.nan])), [0.0, 0.0, 0.0])
+
+
+def test_every_registered_activation_is_declared_and_an_undeclared_one_is_named(monkeypatch):
+    """The table covers the registry; a new activation it does not mention is an error naming the activation and
+    the table wherever the wing needs its derivative (the twin, the fast Jacobian), and one declared 'none'
+    runs on the formulas."""
+    from mi_ref.accel import jacobians as fast_jacobians
+    from mi_ref.jacobian import batch_jacobian_reference
+    from mi_ref.registry import NONE, MissingDeclaration
+    assert set(nn.ACTIVATIONS.names()) <= set(activations.ACTIVATION_DERIVATIVES)
+    name = "test-sin"
+    nn.ACTIVATIONS.register(name, nn.Activation(name, anp.sin))
+    try:
+        rng = onp.random.default_rng(0)
+        model = nn.MLP(3, [4, 2], activation=name)
+        params, x = with_biases(rng, model.init(rng)), rng.standard_normal((5, 3))
+        message = (r"activation 'test-sin' has no derivative: add an entry for 'test-sin' to "
+                   r"ACTIVATION_DERIVATIVES in mi_ref/accel/activations.py \(or 'none' if it has none\)")
+        for needs_it in (lambda: twin(model).apply(params, x), lambda: fast_jacobians.has_fast_jacobian(model),
+                         lambda: fast_jacobians.batch_jacobian(model, params, x),
+                         lambda: activations.derivative(name)):
+            with pytest.raises(MissingDeclaration, match=message):
+                needs_it()
+        monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, name, NONE)
+        assert not activations.has_derivative(name) and not fast_jacobians.has_fast_jacobian(model)
+        with pytest.raises(ValueError, match=r"'test-sin' is declared without a derivative \('none' in "
+                                             r"ACTIVATION_DERIVATIVES"):
+            activations.derivative(name)
+        onp.testing.assert_array_equal(twin(model).apply(params, x), model.apply(params, x))
+        onp.testing.assert_array_equal(fast_jacobians.batch_jacobian(model, params, x),
+                                       batch_jacobian_reference(model.apply, params, x))
+        monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, name, anp.cos)   # declared: the fast paths run
+        assert fast_jacobians.has_fast_jacobian(model)
+        assert_close(twin(model).apply(params, x), model.apply(params, x))
+        assert_close(grad(lambda p: anp.sum(twin(model).apply(p, x) ** 2))(params),
+                     grad(lambda p: anp.sum(model.apply(p, x) ** 2))(params))
+        assert_close(fast_jacobians.batch_jacobian(model, params, x), batch_jacobian_reference(model.apply, params, x))
+    finally:
+        nn.ACTIVATIONS.unregister(name)
+    with pytest.raises(ValueError, match="unknown activation 'test-sin'"):
+        activations.has_derivative(name)
+
+
+def test_an_affine_flows_fast_jacobian_needs_the_declared_softplus_derivative(monkeypatch):
+    """The forward-mode Jacobian of an affine coupling differentiates its scale 1e-7 + softplus(r) with the
+    declared softplus derivative; declared 'none', the affine flow falls back to the reference, the shift-only
+    flow (no scale) keeps its fast path."""
+    from mi_ref.accel import jacobians as fast_jacobians
+    from mi_ref.jacobian import batch_jacobian_reference
+    from mi_ref.registry import NONE
+    rng = onp.random.default_rng(0)
+    affine = flows.realnvp(4, 2, [3], shift_only=False, rng=rng)
+    shift = flows.realnvp(4, 2, [3], shift_only=True, rng=rng)
+    assert fast_jacobians.has_fast_jacobian(affine) and fast_jacobians.has_fast_jacobian(shift)
+    monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, "softplus", NONE)
+    assert not fast_jacobians.has_fast_jacobian(affine) and fast_jacobians.has_fast_jacobian(shift)
+    params, x = affine.init(rng), rng.standard_normal((3, 4))
+    onp.testing.assert_array_equal(fast_jacobians.batch_jacobian(affine, params, x),
+                                   batch_jacobian_reference(affine.apply, params, x))
 
 
 def test_relu_tie_rule_in_the_concat_kernels():

@@ -4,6 +4,8 @@ grows past MAX_LINES lines unless it is a catalogue."""
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as onp
@@ -12,13 +14,15 @@ import pytest
 from mi_ref import accel, bounds, critics, datasets, experiments, flows, metric_learning, nn
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mi_ref"
-MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim", "mi_ref.views",
-        "mi_ref.batches")
+MATH = ("mi_ref.nn", "mi_ref.flows", "mi_ref.critics", "mi_ref.bounds", "mi_ref.optim", "mi_ref.jacobian",
+        "mi_ref.views", "mi_ref.batches")
 FORBIDDEN_FOR_MATH = ("mi_ref.train", "mi_ref.loop", "mi_ref.results", "mi_ref.audit", "mi_ref.checkpoints",
                       "mi_ref.runs", "mi_ref.plots", "mi_ref.figures", "mi_ref.cli", "mi_ref.experiments",
                       "mi_ref.accel", "mi_ref.findings", "mi_ref.effects", "mi_ref.verdicts", "mi_ref.vectors",
                       "mi_ref.sweep", "mi_ref.porting", "mi_ref.declarations", "mi_ref.files", "mi_ref.idx",
                       "mi_ref.datasets", "mi_ref.download")
+# the third-party libraries that only the speed wing may use: compilers, LLVM bindings, thread-pool control
+SPEED_LIBRARIES = ("numba", "llvmlite", "threadpoolctl")
 
 # One place per kind: a module longer than MAX_LINES holds more than one job and is split by job, unless it is a
 # catalogue (one entry per finding, per plotter, ...), which says so: the first line of its docstring ends with
@@ -77,6 +81,17 @@ def import_graph():
                         parent = parent.rpartition(".")[0]
         graph[name] = edges - {name}
     return graph
+
+
+def third_party_imports(path):
+    """The top-level names of the packages outside mi_ref that the module at ``path`` imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"mi_ref"}
 
 
 def find_cycle(graph):
@@ -186,12 +201,41 @@ def test_math_modules_import_none_of_the_machinery(math_module):
     assert not bad, f"{math_module} imports {bad} (directly or through another module)"
 
 
+@pytest.mark.parametrize("math_module", MATH)
+def test_math_modules_use_no_speed_library(math_module):
+    """Neither a math module nor any mi_ref module it reaches imports numba, llvmlite or threadpoolctl."""
+    mods = modules()
+    reached = {math_module} | closure(import_graph(), math_module)
+    bad = sorted(f"{m} imports {lib}" for m in reached for lib in sorted(third_party_imports(mods[m]))
+                 if lib in SPEED_LIBRARIES)
+    assert not bad, f"{math_module} reaches speed code: {bad}"
+
+
+def test_importing_the_math_loads_no_speed_code():
+    """The same, as Python runs it: a fresh process that imports every math module has loaded neither the speed
+    wing nor a speed library (not even through a third-party package)."""
+    code = (f"import sys; import {', '.join(MATH)}; "
+            f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {SPEED_LIBRARIES!r} "
+            f"or m.startswith('mi_ref.accel'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == []
+
+
+def test_the_speed_scanner_finds_imports_anywhere_in_a_module(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("import numpy as np\nfrom . import nn\n\ndef f():\n    from numba import njit\n"
+                    "    import llvmlite.binding\n", encoding="utf-8")
+    assert third_party_imports(path) == {"numpy", "numba", "llvmlite"}
+
+
 def test_the_speed_wing_is_only_reached_from_outside_the_math():
     graph = import_graph()
     users = sorted(m for m, edges in graph.items() if any(e.startswith("mi_ref.accel") for e in edges)
                    and not m.startswith("mi_ref.accel"))
     assert not set(users) & set(MATH)
-    assert "mi_ref.train" in users and "mi_ref.jacobian" in users
+    assert {"mi_ref.train", "mi_ref.vectors.builders"} <= set(users)
+    assert {"mi_ref.accel.jacobians", "mi_ref.accel.linalg"} <= graph["mi_ref.train"]
 
 
 @pytest.mark.parametrize("registry,kind", [(nn.ACTIVATIONS, "activation"), (bounds.ESTIMATORS, "estimator"),
@@ -225,25 +269,32 @@ def test_consumers_read_the_registries():
     assert label_of("concat") == critics.CRITICS.meta("concat", "label") and color_of("nwj") == "tab:orange"
 
 
-def test_a_registered_activation_works_everywhere_without_other_edits():
-    """A new activation is one registry entry: the MLP, its fused twin and the fast Jacobian all use it."""
+def test_a_registered_activation_works_everywhere_with_its_derivative_declared(monkeypatch):
+    """A new activation is its registry entry (the formula) plus its derivative declared beside the speed wing's
+    code that needs it; then the MLP, its fused twin and the fast Jacobian all use it, and no other edit."""
     import autograd.numpy as anp
     from autograd import grad
 
     from mi_ref import jacobian
+    from mi_ref.accel import activations
+    from mi_ref.accel import jacobians as fast_jacobians
     name = "test-tanh"
-    if name not in nn.ACTIVATIONS:
-        nn.ACTIVATIONS.register(name, nn.Activation(name, anp.tanh, lambda u: 1.0 - onp.tanh(u) ** 2))
-    rng = onp.random.default_rng(0)
-    model = nn.MLP(4, [5, 3], activation=name)
-    params, x = model.init(rng), rng.standard_normal((6, 4))
-    fast = accel.twin(model)
-    onp.testing.assert_allclose(fast.apply(params, x), model.apply(params, x), rtol=1e-13)
-    g_fast = grad(lambda p: anp.sum(fast.apply(p, x) ** 2))(params)
-    g_ref = grad(lambda p: anp.sum(model.apply(p, x) ** 2))(params)
-    onp.testing.assert_allclose(g_fast["layers"][0]["W"], g_ref["layers"][0]["W"], rtol=1e-12)
-    onp.testing.assert_allclose(jacobian.batch_jacobian(model, params, x),
-                                jacobian.batch_jacobian_reference(model.apply, params, x), rtol=1e-12, atol=1e-15)
+    nn.ACTIVATIONS.register(name, nn.Activation(name, anp.tanh))
+    monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, name, lambda u: 1.0 - onp.tanh(u) ** 2)
+    try:
+        rng = onp.random.default_rng(0)
+        model = nn.MLP(4, [5, 3], activation=name)
+        params, x = model.init(rng), rng.standard_normal((6, 4))
+        fast = accel.twin(model)
+        onp.testing.assert_allclose(fast.apply(params, x), model.apply(params, x), rtol=1e-13)
+        g_fast = grad(lambda p: anp.sum(fast.apply(p, x) ** 2))(params)
+        g_ref = grad(lambda p: anp.sum(model.apply(p, x) ** 2))(params)
+        onp.testing.assert_allclose(g_fast["layers"][0]["W"], g_ref["layers"][0]["W"], rtol=1e-12)
+        assert fast_jacobians.has_fast_jacobian(model)
+        onp.testing.assert_allclose(fast_jacobians.batch_jacobian(model, params, x),
+                                    jacobian.batch_jacobian(model, params, x), rtol=1e-12, atol=1e-15)
+    finally:
+        nn.ACTIVATIONS.unregister(name)
 
 
 def test_every_model_the_experiments_train_has_a_twin_or_needs_none():

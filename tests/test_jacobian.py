@@ -1,4 +1,5 @@
-"""Tests for mi_ref.jacobian: fast Jacobians against autograd, singular values against numpy, conditioning.
+"""Tests for mi_ref.jacobian and its fast twins in the speed wing (mi_ref.accel.jacobians, mi_ref.accel.linalg):
+fast Jacobians against autograd, singular values (both) against numpy and the truth, conditioning.
 
 Tolerances and why:
 
@@ -21,7 +22,16 @@ import autograd.numpy as anp
 import numpy as onp
 import pytest
 
-from mi_ref import flows, jacobian, nn
+from mi_ref import accel, flows, jacobian, nn
+from mi_ref.accel import jacobians as fast_jacobians
+from mi_ref.accel import linalg as fast_linalg
+
+# the reference (numpy's dgesdd, one matrix after another) and the speed wing's (the same routine per numba thread)
+SINGULAR_VALUES = pytest.mark.parametrize("singular_values", [jacobian.singular_values, fast_linalg.singular_values],
+                                          ids=["reference", "fast"])
+# the formula (autograd through model.apply) and the speed wing's (forward mode where it has a fast path)
+BATCH_JACOBIANS = pytest.mark.parametrize("batch_jacobian", [jacobian.batch_jacobian, fast_jacobians.batch_jacobian],
+                                          ids=["reference", "fast"])
 
 
 def entrywise_close(fast, ref, rtol=1e-9, floor=1e-6):
@@ -150,14 +160,27 @@ def test_reference_rejects_outputs_that_are_not_a_batch():
         jacobian.batch_jacobian_reference(lambda p, x: x.sum(axis=0), None, onp.ones((4, 3)))
 
 
+@pytest.mark.parametrize("kind", ["residual_mlp", "affine_realnvp", "affine_coupling"])
+def test_the_formulas_batch_jacobian_is_the_reference_through_apply(kind):
+    """mi_ref.jacobian.batch_jacobian(model, ...) is the reference of model.apply, bit for bit, C-ordered; a
+    twin passed to it is differentiated through its own apply (the fused primitive), equal to rounding."""
+    model, params, x = make_model(kind, near_identity=False)
+    J = jacobian.batch_jacobian(model, params, x)
+    assert J.flags.c_contiguous
+    onp.testing.assert_array_equal(J, jacobian.batch_jacobian_reference(model.apply, params, x))
+    fast_model = accel.twin(model)
+    if fast_model is not model:
+        entrywise_close(jacobian.batch_jacobian(fast_model, params, x), J, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- fast == reference
 
 @pytest.mark.parametrize("near_identity", [False, True], ids=["random", "near_identity"])
 @pytest.mark.parametrize("kind", FAST_KINDS)
 def test_fast_jacobian_equals_reference(kind, near_identity):
     model, params, x = make_model(kind, near_identity)
-    assert jacobian.has_fast_jacobian(model)
-    fast = jacobian.batch_jacobian(model, params, x)
+    assert fast_jacobians.has_fast_jacobian(model)
+    fast = fast_jacobians.batch_jacobian(model, params, x)
     ref = jacobian.batch_jacobian_reference(plain_apply(model), params, x)
     entrywise_close(fast, ref)
     if near_identity and kind in ("residual_mlp", "shift_realnvp"):
@@ -177,36 +200,36 @@ def test_forward_and_reverse_mode_both_equal_reference(kind, near_identity):
     model, params, x = make_model(kind, near_identity)
     ref = jacobian.batch_jacobian_reference(plain_apply(model), params, x)
     for mode in ("forward", "reverse", "auto"):
-        J = jacobian.batch_jacobian(model, params, x, mode=mode)
+        J = fast_jacobians.batch_jacobian(model, params, x, mode=mode)
         entrywise_close(J, ref)
         if mode == "reverse":
             assert J.flags.c_contiguous
 
 
 def test_auto_mode_takes_the_cheaper_product_chain():
-    assert jacobian.mlp_jacobian_flops([392, 300, 300, 100], batch=128) == {
+    assert fast_jacobians.mlp_jacobian_flops([392, 300, 300, 100], batch=128) == {
         "forward": 2 * 128 * 392 * (300 * 300 + 300 * 100), "reverse": 2 * 128 * 100 * (392 * 300 + 300 * 300)}
-    assert jacobian.mlp_jacobian_flops([4, 4, 4]) == {"forward": 128, "reverse": 128}    # a tie: forward
+    assert fast_jacobians.mlp_jacobian_flops([4, 4, 4]) == {"forward": 128, "reverse": 128}    # a tie: forward
     rng = onp.random.default_rng(3)
     tie = nn.MLP(4, [4, 4])
-    assert not jacobian.batch_jacobian(tie, tie.init(rng), rng.standard_normal((2, 4))).flags.c_contiguous
+    assert not fast_jacobians.batch_jacobian(tie, tie.init(rng), rng.standard_normal((2, 4))).flags.c_contiguous
     narrow, wide = nn.MLP(40, [30, 30, 5]), nn.MLP(5, [30, 30, 40])
     x_narrow, x_wide = rng.standard_normal((2, 40)), rng.standard_normal((2, 5))
     # reverse mode returns C-ordered matrices, forward mode transposed views of its tangents
-    assert jacobian.batch_jacobian(narrow, narrow.init(rng), x_narrow).flags.c_contiguous
-    assert not jacobian.batch_jacobian(wide, wide.init(rng), x_wide).flags.c_contiguous
+    assert fast_jacobians.batch_jacobian(narrow, narrow.init(rng), x_narrow).flags.c_contiguous
+    assert not fast_jacobians.batch_jacobian(wide, wide.init(rng), x_wide).flags.c_contiguous
 
 
 def test_mode_errors():
     flow, flow_params, x = make_model("affine_realnvp", near_identity=False)
     with pytest.raises(ValueError, match="MLP only"):
-        jacobian.batch_jacobian(flow, flow_params, x, mode="reverse")
+        fast_jacobians.batch_jacobian(flow, flow_params, x, mode="reverse")
     model, params, x = make_model("mlp", near_identity=False)
     with pytest.raises(ValueError, match="mode must be"):
-        jacobian.batch_jacobian(model, params, x, mode="backward")
+        fast_jacobians.batch_jacobian(model, params, x, mode="backward")
     dense = nn.Dense(3, 2)
     with pytest.raises(ValueError, match="no forward-mode fast path"):
-        jacobian.batch_jacobian(dense, dense.init(onp.random.default_rng(0)), onp.ones((1, 3)), mode="forward")
+        fast_jacobians.batch_jacobian(dense, dense.init(onp.random.default_rng(0)), onp.ones((1, 3)), mode="forward")
 
 
 def test_fast_jacobian_at_the_paper_architecture():
@@ -215,9 +238,11 @@ def test_fast_jacobian_at_the_paper_architecture():
     model = nn.MLP(392, [392] * 5, shortcuts=True, kernel_init=nn.truncated_normal(1e-4))
     params = model.init(rng)
     x = rng.random((3, 392)) + 0.05 * rng.standard_normal((3, 392))
-    fast = jacobian.batch_jacobian(model, params, x)
+    fast = fast_jacobians.batch_jacobian(model, params, x)
     entrywise_close(fast, jacobian.batch_jacobian_reference(plain_apply(model), params, x))
-    log_cond = jacobian.log_condition_numbers(jacobian.singular_values(fast))
+    svals = fast_linalg.singular_values(fast)
+    onp.testing.assert_allclose(svals, jacobian.singular_values(fast), rtol=1e-12, atol=0)
+    log_cond = jacobian.log_condition_numbers(svals)
     assert onp.all((log_cond > 0) & (log_cond < 0.1))       # the near-identity start: condition number ~ 1
 
 
@@ -233,7 +258,7 @@ def test_relu_kink_follows_the_formulas_convention():
         layer["W"] = rng.standard_normal((4, 4))
     x = rng.standard_normal((3, 4))
     x[1] = 0.0
-    fast = jacobian.batch_jacobian(model, params, x)
+    fast = fast_jacobians.batch_jacobian(model, params, x)
     entrywise_close(fast, jacobian.batch_jacobian_reference(plain_apply(model), params, x))
     onp.testing.assert_allclose(fast[1], onp.eye(4) + params["layers"][-1]["W"].T, rtol=1e-15, atol=0)
 
@@ -247,7 +272,7 @@ def test_mlp_jacobian_formula_for_one_hidden_layer():
     x = rng.standard_normal((6, 3))
     (W1, b1), (W2, _) = [(layer["W"], layer["b"]) for layer in params["layers"]]
     expected = onp.stack([W2.T @ onp.diag((row @ W1 + b1 > 0).astype(float)) @ W1.T for row in x])
-    onp.testing.assert_allclose(jacobian.batch_jacobian(model, params, x), expected, rtol=1e-14, atol=1e-15)
+    onp.testing.assert_allclose(fast_jacobians.batch_jacobian(model, params, x), expected, rtol=1e-14, atol=1e-15)
 
 
 def test_dispatch_and_fallback():
@@ -255,8 +280,8 @@ def test_dispatch_and_fallback():
     dense = nn.Dense(3, 2)
     params = dense.init(rng)
     x = rng.standard_normal((4, 3))
-    assert not jacobian.has_fast_jacobian(dense)
-    onp.testing.assert_allclose(jacobian.batch_jacobian(dense, params, x),
+    assert not fast_jacobians.has_fast_jacobian(dense)
+    onp.testing.assert_allclose(fast_jacobians.batch_jacobian(dense, params, x),
                                 onp.broadcast_to(params["W"].T, (4, 2, 3)), rtol=0, atol=1e-15)
 
     class ScaledMLP(nn.MLP):                    # a subclass may change apply: no fast path
@@ -265,9 +290,20 @@ def test_dispatch_and_fallback():
 
     model = ScaledMLP(3, [3])
     params = model.init(rng)
-    assert not jacobian.has_fast_jacobian(model) and jacobian.has_fast_jacobian(nn.MLP(3, [3]))
-    onp.testing.assert_allclose(jacobian.batch_jacobian(model, params, x),
+    assert not fast_jacobians.has_fast_jacobian(model) and fast_jacobians.has_fast_jacobian(nn.MLP(3, [3]))
+    onp.testing.assert_allclose(fast_jacobians.batch_jacobian(model, params, x),
                                 onp.broadcast_to(2.0 * params["layers"][0]["W"].T, (4, 3, 3)), rtol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["residual_mlp", "affine_realnvp"])
+def test_a_twin_takes_its_models_fast_path(kind):
+    """The loops hold twins (mi_ref.accel.twin); the fast Jacobian of a twin is its model's, bit for bit."""
+    model, params, x = make_model(kind, near_identity=False)
+    fast_model = accel.twin(model)
+    assert fast_model is not model and fast_jacobians.has_fast_jacobian(fast_model)
+    assert fast_jacobians.fast_path(fast_model) is fast_jacobians.fast_path(model) is not None
+    onp.testing.assert_array_equal(fast_jacobians.batch_jacobian(fast_model, params, x),
+                                   fast_jacobians.batch_jacobian(model, params, x))
 
 
 @pytest.mark.parametrize("bad_x, message", [
@@ -277,15 +313,16 @@ def test_dispatch_and_fallback():
     (onp.ones((2, 7, 1)), r"shape \(batch, 7\)"),
     (onp.full((2, 7), onp.nan), r"non-finite entries \(nan or inf\), first at index \(0, 0\)"),
 ])
-def test_batch_jacobian_rejects_bad_inputs(bad_x, message):
+@BATCH_JACOBIANS
+def test_batch_jacobian_rejects_bad_inputs(batch_jacobian, bad_x, message):
     model, params, _ = make_model("mlp", near_identity=False)
     with pytest.raises(ValueError, match=message):
-        jacobian.batch_jacobian(model, params, bad_x)
+        batch_jacobian(model, params, bad_x)
     flow, flow_params, _ = make_model("affine_realnvp", near_identity=False)
     with pytest.raises(ValueError):
-        jacobian.batch_jacobian(flow, flow_params, onp.ones((2, 7)))
+        batch_jacobian(flow, flow_params, onp.ones((2, 7)))
     with pytest.raises(ValueError, match="apply"):
-        jacobian.batch_jacobian(object(), params, onp.ones((2, 7)))
+        batch_jacobian(object(), params, onp.ones((2, 7)))
 
 
 # ------------------------------------------------------------------------------- singular values
@@ -299,69 +336,86 @@ def with_singular_values(rng, s, rows, cols):
 
 
 @pytest.mark.parametrize("rows, cols", [(12, 12), (20, 7), (7, 20), (1, 5), (5, 1)])
-def test_singular_values_equal_numpy_and_the_truth(rows, cols):
+@SINGULAR_VALUES
+def test_singular_values_equal_numpy_and_the_truth(singular_values, rows, cols):
     rng = onp.random.default_rng(rows * 100 + cols)
     k = min(rows, cols)
     truth = onp.sort(rng.uniform(1.0, 10.0, size=(9, k)), axis=1)[:, ::-1]
     J = onp.stack([with_singular_values(rng, s, rows, cols) for s in truth])
-    s = jacobian.singular_values(J)
+    s = singular_values(J)
     assert s.shape == (9, k) and s.dtype == onp.float64
     onp.testing.assert_allclose(s, onp.linalg.svd(J, compute_uv=False), rtol=1e-10, atol=0)
     onp.testing.assert_allclose(s, truth, rtol=1e-10, atol=0)
 
 
-def test_singular_values_of_gaussian_matrices_equal_numpy():
+@pytest.mark.parametrize("kind", FAST_KINDS)
+def test_fast_singular_values_equal_the_reference_on_encoder_jacobians(kind):
+    """The speed wing's kernel against mi_ref.jacobian.singular_values (numpy's dgesdd, one matrix at a time),
+    on the Jacobians the conditioning experiment feeds it (forward-mode views and C-ordered arrays)."""
+    for near_identity in (False, True):
+        model, params, x = make_model(kind, near_identity)
+        J = fast_jacobians.batch_jacobian(model, params, x)
+        fast, ref = fast_linalg.singular_values(J), jacobian.singular_values(J)
+        assert fast.shape == ref.shape == (x.shape[0], min(J.shape[1:]))
+        onp.testing.assert_allclose(fast, ref, rtol=0, atol=1e-13 * ref.max())
+
+
+@SINGULAR_VALUES
+def test_singular_values_of_gaussian_matrices_equal_numpy(singular_values):
     rng = onp.random.default_rng(1)
     for shape in [(33, 40, 40), (5, 60, 25), (3, 25, 60)]:
         J = rng.standard_normal(shape)
         reference = onp.linalg.svd(J, compute_uv=False)
         assert reference[:, 0].max() / reference[:, -1].min() < 1e4
-        onp.testing.assert_allclose(jacobian.singular_values(J), reference, rtol=1e-10, atol=0)
+        onp.testing.assert_allclose(singular_values(J), reference, rtol=1e-10, atol=0)
 
 
-def test_singular_values_of_known_matrices():
+@SINGULAR_VALUES
+def test_singular_values_of_known_matrices(singular_values):
     rng = onp.random.default_rng(0)
     diagonal = onp.diag([3.0, -7.0, 0.5, 2.0])
-    onp.testing.assert_allclose(jacobian.singular_values(diagonal[None]), [[7.0, 3.0, 2.0, 0.5]],
+    onp.testing.assert_allclose(singular_values(diagonal[None]), [[7.0, 3.0, 2.0, 0.5]],
                                 rtol=1e-15)
     orthogonal = onp.linalg.qr(rng.standard_normal((3, 30, 30)))[0]
-    onp.testing.assert_allclose(jacobian.singular_values(orthogonal), onp.ones((3, 30)), rtol=1e-14)
-    onp.testing.assert_allclose(jacobian.singular_values(onp.array([[[-2.5]]])), [[2.5]], rtol=0)
-    onp.testing.assert_array_equal(jacobian.singular_values(onp.zeros((2, 3, 4))), onp.zeros((2, 3)))
+    onp.testing.assert_allclose(singular_values(orthogonal), onp.ones((3, 30)), rtol=1e-14)
+    onp.testing.assert_allclose(singular_values(onp.array([[[-2.5]]])), [[2.5]], rtol=0)
+    onp.testing.assert_array_equal(singular_values(onp.zeros((2, 3, 4))), onp.zeros((2, 3)))
     # rank 3 in 10 x 8: five zero singular values, at the rounding level of sigma_max
     low_rank = rng.standard_normal((4, 10, 3)) @ rng.standard_normal((4, 3, 8))
-    s = jacobian.singular_values(low_rank)
+    s = singular_values(low_rank)
     reference = onp.linalg.svd(low_rank, compute_uv=False)
     onp.testing.assert_allclose(s[:, :3], reference[:, :3], rtol=1e-10)
     assert onp.all(s[:, 3:] <= 1e-13 * s[:, :1])
     assert onp.all(onp.diff(s, axis=1) <= 0)
 
 
-def test_singular_values_read_any_layout_and_dtype():
+@SINGULAR_VALUES
+def test_singular_values_read_any_layout_and_dtype(singular_values):
     rng = onp.random.default_rng(3)
     J = rng.standard_normal((6, 9, 5))
     expected = onp.linalg.svd(J, compute_uv=False)
     fortran_stack = J.transpose(0, 2, 1).copy().transpose(0, 2, 1)     # each J[b] Fortran-ordered
     strided = onp.repeat(J, 2, axis=1)[:, ::2, :]                       # neither: copied once
     for variant in (J, fortran_stack, strided, onp.asfortranarray(J)):
-        onp.testing.assert_allclose(jacobian.singular_values(variant), expected, rtol=1e-12)
-    onp.testing.assert_allclose(jacobian.singular_values(J.astype(onp.float32)),
+        onp.testing.assert_allclose(singular_values(variant), expected, rtol=1e-12)
+    onp.testing.assert_allclose(singular_values(J.astype(onp.float32)),
                                 onp.linalg.svd(J.astype(onp.float32).astype(float), compute_uv=False), rtol=1e-12)
-    onp.testing.assert_allclose(jacobian.singular_values(onp.eye(3, dtype=int)[None]), [[1, 1, 1]], rtol=0)
+    onp.testing.assert_allclose(singular_values(onp.eye(3, dtype=int)[None]), [[1, 1, 1]], rtol=0)
     # more matrices than threads and a single one
     many = rng.standard_normal((37, 4, 3))
-    onp.testing.assert_allclose(jacobian.singular_values(many), onp.linalg.svd(many, compute_uv=False),
+    onp.testing.assert_allclose(singular_values(many), onp.linalg.svd(many, compute_uv=False),
                                 rtol=1e-12)
-    onp.testing.assert_allclose(jacobian.singular_values(many[:1]), onp.linalg.svd(many[:1], compute_uv=False),
+    onp.testing.assert_allclose(singular_values(many[:1]), onp.linalg.svd(many[:1], compute_uv=False),
                                 rtol=1e-12)
 
 
 @pytest.mark.parametrize("near_identity", [False, True], ids=["random", "near_identity"])
-def test_realnvp_log_det_from_singular_values(near_identity):
+@SINGULAR_VALUES
+def test_realnvp_log_det_from_singular_values(singular_values, near_identity):
     """sum_i log sigma_i(J) = log|det J| = flows' log_det (affine); 0 for shift-only."""
     for kind in ("affine_realnvp", "shift_realnvp"):
         flow, params, x = make_model(kind, near_identity)
-        logdet = onp.log(jacobian.singular_values(jacobian.batch_jacobian(flow, params, x))).sum(axis=1)
+        logdet = onp.log(singular_values(fast_jacobians.batch_jacobian(flow, params, x))).sum(axis=1)
         expected = flow.log_det(params, x)
         if kind == "affine_realnvp":
             assert onp.abs(expected).max() > (0.1 if not near_identity else 1.0)    # softplus(0) = log 2 < 1
@@ -376,18 +430,20 @@ def test_realnvp_log_det_from_singular_values(near_identity):
     (onp.ones((2, 3, 3), dtype=complex), "real numbers"),
     (onp.array([[["a"]]]), "real numbers"),
 ])
-def test_singular_values_reject_bad_shapes_and_types(bad, message):
+@SINGULAR_VALUES
+def test_singular_values_reject_bad_shapes_and_types(singular_values, bad, message):
     with pytest.raises(ValueError, match=message):
-        jacobian.singular_values(bad)
+        singular_values(bad)
 
 
 @pytest.mark.parametrize("value", [onp.nan, onp.inf, -onp.inf])
-def test_singular_values_reject_non_finite_entries(value):
+@SINGULAR_VALUES
+def test_singular_values_reject_non_finite_entries(singular_values, value):
     J = onp.ones((5, 4, 3))
     J[3, 2, 1] = value
     J[4, 0, 0] = value
     with pytest.raises(ValueError, match=r"non-finite entries \(nan or inf\) in 2 of 5 matrices, first J\[3\]"):
-        jacobian.singular_values(J)
+        singular_values(J)
 
 
 # ---------------------------------------------------------------------- condition numbers and bands
@@ -409,7 +465,9 @@ def test_log_condition_number_of_singular_matrices_is_inf_without_warnings():
     assert not onp.isnan(out).any()
 
 
-def test_singular_encoder_end_to_end():
+@BATCH_JACOBIANS
+@SINGULAR_VALUES
+def test_singular_encoder_end_to_end(batch_jacobian, singular_values):
     """A ReLU MLP whose last layer is zero has J = 0: log condition number +inf, bands +inf, no nan."""
     rng = onp.random.default_rng(0)
     model = nn.MLP(4, [5, 3])
@@ -418,7 +476,7 @@ def test_singular_encoder_end_to_end():
     x = rng.standard_normal((6, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        svals = jacobian.singular_values(jacobian.batch_jacobian(model, params, x))
+        svals = singular_values(batch_jacobian(model, params, x))
         log_cond = jacobian.log_condition_numbers(svals)
         bands = jacobian.condition_percentiles(log_cond)
     assert onp.all(log_cond == onp.inf)

@@ -203,3 +203,23 @@ def test_the_walk_names_what_a_new_encoder_lacks():
         encoders.ENCODERS.unregister("linear")
     with pytest.raises(ValueError, match=r"unknown encoders \['linear'\]; expected names from \['convnet', 'mlp'\]"):
         experiments.get("encoders").config("quick", encoders=("mlp", "linear"))
+
+
+def test_the_walk_names_what_a_new_activation_lacks(monkeypatch):
+    """An activation is its function in mi_ref.nn.ACTIVATIONS; its derivative, which only the speed wing uses,
+    is declared in the wing's table (or 'none'), and the walk names the table when it is not."""
+    import autograd.numpy as anp
+
+    from mi_ref import nn
+    from mi_ref.accel import activations
+    nn.ACTIVATIONS.register("sin", nn.Activation("sin", anp.sin))
+    try:
+        assert [str(g) for g in declarations.missing("activation")] == [
+            "activation 'sin' lacks its derivative (for the twins and the fast Jacobians): declare it in "
+            "ACTIVATION_DERIVATIVES in mi_ref/accel/activations.py"]
+        monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, "sin", NONE)
+        assert declarations.missing("activation") == []
+        monkeypatch.setitem(activations.ACTIVATION_DERIVATIVES, "sin", anp.cos)
+        assert declarations.missing() == []
+    finally:
+        nn.ACTIVATIONS.unregister("sin")

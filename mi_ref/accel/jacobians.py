@@ -1,7 +1,9 @@
 """Fast per-example Jacobians of the encoders the paper studies (Fig. 2), keyed by model type.
 
-:func:`mi_ref.jacobian.batch_jacobian` asks :func:`fast_path` for the routine of a model's type and falls
-back to the autograd reference (:func:`mi_ref.jacobian.batch_jacobian_reference`) where there is none.
+:func:`batch_jacobian` computes the numbers of :func:`mi_ref.jacobian.batch_jacobian` (to rounding) by the
+routine of the model's type (:data:`JACOBIANS`, :func:`fast_path`) and falls back to the autograd reference
+(:func:`mi_ref.jacobian.batch_jacobian_reference`) where there is none. The conditioning experiment asks for
+it (:func:`mi_ref.train.jacobian_stats`); the math module never dispatches here.
 
 Forward mode ("push the identity through the layers"). Write tangents as rows: ``T[b, j, :]`` is the
 derivative of the current activations of example b with respect to input coordinate j, so
@@ -14,11 +16,11 @@ are then row gathers): each coupling net's own Jacobian comes from the forward m
 inputs, and one batched product per block chains it in (see :func:`_coupling_step`). Reverse mode for
 MLPs whose output is narrower than the input: :func:`_mlp_reverse_jacobian`.
 
-Conventions: the derivatives are :data:`mi_ref.nn.ACTIVATIONS`' (relu'(0) = 0, as :func:`mi_ref.nn.relu`'s
-gradient), so the fast paths equal the reference everywhere, kinks included. The MLP's forward-mode Jacobian
-is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then Fortran-ordered,
-which is what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines compute values
-only; they are not differentiable by autograd.
+Conventions: the derivatives are those of :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES` (relu'(0) = 0,
+as :func:`mi_ref.nn.relu`'s gradient), so the fast paths equal the reference everywhere, kinks included. The MLP's
+forward-mode Jacobian is returned as the transposed view ``T.transpose(0, 2, 1)`` (no copy): each ``J[b]`` is then
+Fortran-ordered, which is what LAPACK reads; RealNVP's, and an MLP's in reverse mode, are C-ordered. These routines
+compute values only; they are not differentiable by autograd.
 """
 
 import numpy as np
@@ -26,6 +28,10 @@ from numba import njit
 
 from .. import flows, nn
 from ..checks import finite_batch as check_finite_batch
+from ..jacobian import batch_jacobian_reference
+from .activations import derivative as activation_derivative
+from .activations import has_derivative
+from .twins import original
 
 
 @njit(cache=True, error_model="numpy")
@@ -44,8 +50,7 @@ def _activation(name):
     """(activation or None for the identity, derivative or None)."""
     if name == "identity":
         return None, None
-    act = nn.ACTIVATIONS.get(name)
-    return act.fn, act.derivative
+    return nn.ACTIVATIONS.get(name).fn, activation_derivative(name)
 
 
 def _mlp_values_and_tangents(layers, x, activation_name, shortcuts):
@@ -183,7 +188,7 @@ def _coupling_step(block, params, x, J):
         t, r = out[:, :n], out[:, n:]
         s = flows.SCALE_FLOOR + nn.softplus(r)
         y_b = z_b * s + t
-        A_t = N[:, :, :n] + N[:, :, n:] * (z_b * nn.ACTIVATIONS.get("softplus").derivative(r))[:, None, :]
+        A_t = N[:, :, :n] + N[:, :, n:] * (z_b * activation_derivative("softplus")(r))[:, None, :]
         rows_b = s[:, :, None] * Jz[:, h:, :] + np.matmul(A_t.transpose(0, 2, 1), Jz[:, :h, :])
     J_new = np.empty_like(J)
     J_new[:, :h, :] = Jz[:, :h, :]
@@ -213,36 +218,81 @@ def _coupling_jacobian(model, params, x, mode="auto"):     # forward mode only (
 
 
 def _net_has_fast_path(net):
-    return type(net) is nn.MLP and net.activation_name in nn.ACTIVATIONS
+    """An MLP (not a subclass) whose activation has a declared derivative (an undeclared one is an error naming
+    it and :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES`)."""
+    return type(net) is nn.MLP and has_derivative(net.activation_name)
+
+
+def _block_has_fast_path(block):
+    """A coupling block whose net has a fast path (and, for an affine block, whose scale's softplus has a
+    declared derivative: :func:`_coupling_step` uses it)."""
+    return _net_has_fast_path(block.net) and (block.shift_only or has_derivative("softplus"))
 
 
 def has_fast_jacobian(model):
     """True if :func:`batch_jacobian` has a forward-mode path for ``model`` (else it uses the reference).
 
     Fast paths exist for exactly these types (subclasses may change ``apply``, so they are not trusted):
-    :class:`mi_ref.nn.MLP` (with or without shortcuts, activation relu, softplus or identity),
+    :class:`mi_ref.nn.MLP` (with or without shortcuts, its activation's derivative declared in
+    :data:`mi_ref.accel.activations.ACTIVATION_DERIVATIVES`: relu, softplus, identity),
     :class:`mi_ref.flows.RealNVP` and :class:`mi_ref.flows.AffineCoupling` (shift-only or affine) whose
-    coupling nets are such MLPs.
+    coupling nets are such MLPs. A twin (:func:`mi_ref.accel.twin`) counts as its model.
     """
+    model = original(model)
     kind = type(model)
     if kind is nn.MLP:
         return _net_has_fast_path(model)
     if kind is flows.RealNVP:
-        return all(_net_has_fast_path(block.net) for block in model.blocks)
+        return all(_block_has_fast_path(block) for block in model.blocks)
     if kind is flows.AffineCoupling:
-        return _net_has_fast_path(model.net)
+        return _block_has_fast_path(model)
     return False
 
 
 JACOBIANS = {nn.MLP: _mlp_jacobian, flows.RealNVP: _realnvp_jacobian, flows.AffineCoupling: _coupling_jacobian}
 
 # The encoders of mi_ref.experiments.encoders.ENCODERS (by registry name) whose Jacobians have no fast path on
-# purpose, and why (mi_ref.jacobian.batch_jacobian then uses the autograd reference); every other one is a
+# purpose, and why (batch_jacobian then uses the autograd reference); every other one is a
 # model for which has_fast_jacobian holds. tests/test_registry.py checks that one of the two holds.
 ENCODERS_WITHOUT_FAST_JACOBIAN = {"convnet": "no experiment measures the ConvNet's conditioning (the paper's "
                                              "Fig. 2 is about the MLP and RealNVP encoders)"}
 
 
 def fast_path(model):
-    """The fast Jacobian routine ``f(model, params, x, mode)`` for ``model``'s type, or None."""
-    return JACOBIANS[type(model)] if has_fast_jacobian(model) else None
+    """The fast Jacobian routine ``f(model, params, x, mode)`` for ``model``'s type (a twin's: its model's),
+    or None."""
+    return JACOBIANS[type(original(model))] if has_fast_jacobian(model) else None
+
+
+def batch_jacobian(model, params, x, mode="auto"):
+    """Per-example Jacobians ``J[b, i, j] = d model.apply(params, x)[b, i] / d x[b, j]``: (B, out, in).
+
+    The numbers of :func:`mi_ref.jacobian.batch_jacobian`, fast: forward mode (see the module docstring)
+    for the models of :func:`has_fast_jacobian` (a twin, :func:`mi_ref.accel.twin`, counts as its model);
+    :func:`mi_ref.jacobian.batch_jacobian_reference` otherwise. For an MLP, ``mode="auto"`` takes reverse
+    mode (:func:`_mlp_reverse_jacobian`) where :func:`mlp_jacobian_flops` counts fewer flops, typically
+    when the output is narrower than the input (MLP(392, [300, 300, 100]): 5.3 instead of 12 GFLOP at
+    B = 128). ``mode="forward"`` forces forward mode (models with a fast path only), ``mode="reverse"``
+    reverse mode (MLPs only); anything else raises ``ValueError``. All agree to rounding (measured
+    <= 2e-12 relative per entry where sums cancel, ~1e-16 of the largest entry; tested to 1e-9 relative).
+    For the paper's residual MLP (B = 128, d = 392, 5 layers) the cost is 4 products
+    ``(B d, d) @ (d, d)``, i.e. 8 B d^3 ~ 62 GFLOP; see ``scripts/bench_jacobian.py``.
+
+    The result may be a transposed view (each ``J[b]`` Fortran-ordered); call
+    ``numpy.ascontiguousarray`` if C order matters.
+    """
+    if not callable(getattr(model, "apply", None)):
+        raise ValueError(f"model must be an mi-ref model with an apply(params, x) method, got {model!r}")
+    model = original(model)
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+    fast = has_fast_jacobian(model)
+    if mode == "reverse" and not (fast and type(model) is nn.MLP):
+        raise ValueError(f"mode='reverse' is implemented for mi_ref.nn.MLP only, not {type(model).__name__}; "
+                         f"use mode='auto'")
+    if mode == "forward" and not fast:
+        raise ValueError(f"{type(model).__name__} has no forward-mode fast path (see has_fast_jacobian); "
+                         f"use mode='auto' for the autograd reference")
+    if fast:
+        return fast_path(model)(model, params, x, mode)
+    return batch_jacobian_reference(model.apply, params, x)

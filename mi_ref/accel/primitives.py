@@ -200,7 +200,8 @@ def _dense_backward(g, layers, activation, shortcuts, cache, need_dx):
             db = np.empty(w.shape[1])
             _relu_backward(g, a, delta, db)
         else:                                      # e.g. softplus: act'(a) = exp(a - softplus(a))
-            delta = g * nn.ACTIVATIONS.get(activation).derivative(a)
+            from .activations import derivative     # the table of act'(u) (mi_ref/accel/activations.py)
+            delta = g * derivative(activation)(a)
             db = delta.sum(axis=0)
         grads[i] = {"W": h.T @ delta, "b": db}
         if i > 0 or need_dx:

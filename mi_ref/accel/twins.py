@@ -8,7 +8,9 @@ twins; a model never dispatches to them itself, so a reader who steps into ``mod
 
 The table :data:`TWINS` is keyed by the exact model type (a subclass may change ``apply``, so it is not
 trusted). Where the params hold autograd boxes at an inner level (a params tree built by hand from boxed
-leaves) a twin falls back to the model's formula (:func:`mi_ref.accel.primitives.supports`).
+leaves) a twin falls back to the model's formula (:func:`mi_ref.accel.primitives.supports`), and so does an MLP's
+twin whose activation is declared without a derivative (:mod:`mi_ref.accel.activations`; an activation not
+declared there at all is an error naming it).
 """
 
 import autograd.numpy as np
@@ -16,6 +18,7 @@ import autograd.numpy as np
 from .. import critics, flows, nn
 from ..checks import batch as check_batch
 from . import primitives
+from .activations import has_derivative
 
 
 class Twin:
@@ -37,7 +40,7 @@ class MLPTwin(Twin):
     def apply(self, params, x):
         m = self.model
         check_batch(x, m.in_dim)
-        if primitives.supports(params, m.activation_name):
+        if primitives.supports(params, m.activation_name) and has_derivative(m.activation_name):
             return primitives.mlp(params, x, m.activation_name, m.shortcuts)
         return m.apply(params, x)
 
@@ -48,7 +51,8 @@ class RealNVPTwin(Twin):
     def forward(self, params, x):
         m = self.model
         check_batch(x, m.dim)
-        if primitives.supports(params, m.blocks[0].net.activation_name):
+        activation = m.blocks[0].net.activation_name
+        if primitives.supports(params, activation) and has_derivative(activation):
             return primitives.coupling_chain(m.blocks, params, x)
         return m.forward(params, x)
 

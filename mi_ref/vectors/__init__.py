@@ -38,9 +38,9 @@ Components (:func:`component_names`; sizes are small, the formulas are the paper
 * flows: ``realnvp_block_shift``, ``realnvp_block_affine``, ``realnvp_chain`` (3 blocks with their
   permutations): forward, log-det and inverse;
 * ``jacobian_mlp_residual``, ``jacobian_realnvp``: per-example Jacobians, singular values, log condition
-  numbers (and their percentiles), the values from :mod:`mi_ref.jacobian`; their gradients by autograd
-  through an op-by-op formulation of the model (second derivatives; mi-ref's fast primitives are first
-  order only);
+  numbers (and their percentiles), the values of :mod:`mi_ref.jacobian` as the speed wing computes them
+  (:mod:`mi_ref.accel.jacobians`, :mod:`mi_ref.accel.linalg`); their gradients by autograd through an
+  op-by-op formulation of the model (second derivatives; mi-ref's fast primitives are first order only);
 * ``adam_step``: one Adam update (values only: no framework differentiates through its optimizer);
 * ``train_invertible``, ``train_conditioning``, ``train_critics_infonce``, ``train_critics_nwj``: one training
   step (loss and every gradient, i.e. ``value_and_grad`` of :func:`mi_ref.objectives.mi_loss`) of those

@@ -3,7 +3,9 @@
 A builder takes a component's config (:mod:`mi_ref.vectors.components`) and returns a :class:`Built`. The
 values are computed as mi-ref's training computes them: by the models' accelerated twins
 (:func:`mi_ref.accel.twin`, equal to the formulas to ~1e-12) where a model has one, and by autograd through
-them for the gradients.
+them for the gradients; the Jacobians and their singular values by the speed wing's routines
+(:func:`mi_ref.accel.jacobians.batch_jacobian`, :func:`mi_ref.accel.linalg.singular_values`), as the
+conditioning experiment computes them.
 """
 
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ import numpy as onp
 from autograd import grad, value_and_grad
 
 from .. import bounds, critics, flows, jacobian, nn, objectives, optim
+from ..accel import jacobians as fast_jacobians
+from ..accel import linalg as fast_linalg
 from ..accel import original, twin
 from ..registry import declared
 from ..tree import tree_flatten, tree_map, tree_unflatten
@@ -354,8 +358,8 @@ def _jacobian_build(config):
         model, consts = _flow_model(config)
 
     def forward(inputs, params):
-        J = onp.ascontiguousarray(jacobian.batch_jacobian(model, params, inputs["x"]))
-        svals = jacobian.singular_values(J)
+        J = onp.ascontiguousarray(fast_jacobians.batch_jacobian(model, params, inputs["x"]))
+        svals = fast_linalg.singular_values(J)
         logc = jacobian.log_condition_numbers(svals)
         pct = jacobian.condition_percentiles(logc)          # (min, p20, p40, p60, p80, max)
         if isinstance(pct, dict):
