@@ -257,7 +257,7 @@ def col2im(dcols, x_shape, kh, kw, stride):
 
     Each pixel's terms are added to 0 in the order of their output positions (p, then q), that is of the
     kernel offsets (i, j) from the last to the first: the order in which a kernel that walks the output
-    positions adds them (the ConvNet twin's), so that both give the same bits.
+    positions adds them (:func:`mi_ref.accel.conv.unpatch`), so that both give the same bits.
     """
     b, h, w, c = x_shape
     ho, top, bottom = same_padding(h, kh, stride)
@@ -283,8 +283,8 @@ def conv2d(x, kernel, stride=1):
 
         d kernel = cols^T g   (:func:`conv2d_kernel_grad`),   dx = col2im(g W^T)   (:func:`conv2d_input_grad`).
 
-    This is the one convolution with hand-written gradients in mi-ref: the ConvNet twin runs the same
-    formula with faster patch kernels, tested against :func:`im2col` and :func:`col2im`.
+    This is the one convolution with hand-written gradients in mi-ref: :mod:`mi_ref.accel.conv` runs the
+    same formula with faster patch kernels, tested against :func:`im2col` and :func:`col2im`.
     """
     kh, kw, c, o = kernel.shape
     cols = im2col(x, kh, kw, stride)
