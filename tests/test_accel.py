@@ -245,8 +245,10 @@ def test_deeper_concat_equals_reference(hidden, dims):
 
 # ---------------------------------------------------------------- the convolution kernels and the ConvNet
 
+# (H, W, kernel, stride, C): the ConvNet's layers on 14 x 28 and 4 x 8 images, odd and even sizes, windows
+# wider than the image on both sides (3 x 3 under 5 x 5), strides above 2 and a 1 x 1 window skipping pixels
 CONV_GEOMETRIES = [(7, 9, 5, 2, 3), (14, 28, 5, 2, 1), (7, 14, 5, 2, 6), (6, 5, 3, 1, 2), (5, 6, 4, 3, 2),
-                   (3, 3, 5, 1, 2), (4, 8, 5, 2, 3), (8, 6, 5, 2, 2)]
+                   (3, 3, 5, 1, 2), (4, 8, 5, 2, 3), (8, 6, 5, 2, 2), (1, 2, 5, 1, 1), (5, 4, 1, 2, 3)]
 
 
 @pytest.mark.parametrize("h,w,k,stride,c", CONV_GEOMETRIES)
