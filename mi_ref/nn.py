@@ -229,8 +229,14 @@ def same_padding(size, kernel, stride):
     return out, total // 2, total - total // 2
 
 
-def _im2col(x, kh, kw, stride):
-    """Patches of a padded NHWC batch: ``(B, Ho, Wo, kh * kw * C)`` in (i, j, c) order."""
+def im2col(x, kh, kw, stride):
+    """The patches of a 'same' convolution of an NHWC batch ``x: (B, H, W, C)``:
+
+        cols[b, p, q, (i, j, c)] = xpad[b, p s + i, q s + j, c],   shape (B, Ho, Wo, kh * kw * C),
+
+    with ``xpad`` zero-padded by :func:`same_padding`, one row per output position and the kernel's
+    (i, j, c) in row-major order (the order of ``kernel.reshape(kh * kw * C, C_out)``).
+    """
     b, h, w, c = x.shape
     ho, top, bottom = same_padding(h, kh, stride)
     wo, left, right = same_padding(w, kw, stride)
@@ -238,6 +244,29 @@ def _im2col(x, kh, kw, stride):
     win = onp.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))  # (B, Hp', Wp', C, kh, kw)
     win = win[:, ::stride, ::stride]
     return onp.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(b, ho, wo, kh * kw * c)
+
+
+def col2im(dcols, x_shape, kh, kw, stride):
+    """The adjoint of :func:`im2col`: the gradient with respect to ``x`` of <dcols, im2col(x)>.
+
+        dx[b, r, s, c] = sum of dcols[b, p, q, (i, j, c)] over p s + i = r + top, q s + j = s + left,
+
+    i.e. every patch entry goes back to the pixel it was copied from (padding entries are dropped).
+    ``dcols: (B, Ho, Wo, kh * kw * C)``, ``x_shape = (B, H, W, C)``.
+
+    Each pixel's terms are added to 0 in the order of their output positions (p, then q), that is of the
+    kernel offsets (i, j) from the last to the first: the order in which a kernel that walks the output
+    positions adds them (:func:`mi_ref.accel.conv.unpatch`), so that both give the same bits.
+    """
+    b, h, w, c = x_shape
+    ho, top, bottom = same_padding(h, kh, stride)
+    wo, left, right = same_padding(w, kw, stride)
+    dcols = dcols.reshape(b, ho, wo, kh, kw, c)
+    dxp = onp.zeros((b, h + top + bottom, w + left + right, c))
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
+            dxp[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += dcols[:, :, :, i, j, :]
+    return dxp[:, top:top + h, left:left + w, :]
 
 
 @primitive
@@ -248,37 +277,42 @@ def conv2d(x, kernel, stride=1):
     with ``x: (B, H, W, C)``, ``kernel: (kh, kw, C, O)``, ``y: (B, ceil(H/s), ceil(W/s), O)`` and
     ``xpad`` zero-padded by :func:`same_padding`. No bias (see :class:`Conv2D`).
 
-    Computed as one matrix product of the im2col patches with the reshaped kernel; the VJPs are
-    hand-written (kernel: patches^T g; input: the col2im scatter of g kernel^T) and gradient-tested.
+    Computed as one matrix product of the :func:`im2col` patches with the reshaped kernel,
+    y = cols W with W = kernel as a (kh kw C, O) matrix. The VJPs are hand-written and gradient-tested:
+
+        d kernel = cols^T g   (:func:`conv2d_kernel_grad`),   dx = col2im(g W^T)   (:func:`conv2d_input_grad`).
+
+    This is the one convolution with hand-written gradients in mi-ref: :mod:`mi_ref.accel.conv` runs the
+    same formula with faster patch kernels, tested against :func:`im2col` and :func:`col2im`.
     """
     kh, kw, c, o = kernel.shape
-    cols = _im2col(x, kh, kw, stride)
+    cols = im2col(x, kh, kw, stride)
     return cols @ kernel.reshape(kh * kw * c, o)
 
 
-def _conv2d_vjp_x(ans, x, kernel, stride=1):
+def conv2d_input_grad(g, kernel, x_shape, stride=1):
+    """The gradient of <g, conv2d(x, kernel, stride)> with respect to ``x`` (shape ``x_shape``):
+    col2im(g W^T), with ``g: (B, Ho, Wo, O)`` and W the kernel as a (kh kw C, O) matrix."""
     kh, kw, c, o = kernel.shape
-    b, h, w, _ = x.shape
-    ho, top, bottom = same_padding(h, kh, stride)
-    wo, left, right = same_padding(w, kw, stride)
+    b, ho, wo = g.shape[:3]
+    dcols = (g.reshape(-1, o) @ kernel.reshape(kh * kw * c, o).T).reshape(b, ho, wo, kh * kw * c)
+    return col2im(dcols, x_shape, kh, kw, stride)
 
-    def vjp(g):
-        dcols = (g.reshape(-1, o) @ kernel.reshape(kh * kw * c, o).T).reshape(b, ho, wo, kh, kw, c)
-        dxp = onp.zeros((b, h + top + bottom, w + left + right, c))
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += dcols[:, :, :, i, j, :]
-        return dxp[:, top:top + h, left:left + w, :]
-    return vjp
+
+def conv2d_kernel_grad(g, x, kernel_shape, stride=1):
+    """The gradient of <g, conv2d(x, kernel, stride)> with respect to the kernel (shape ``kernel_shape``):
+    cols^T g with cols = :func:`im2col` (x) as a (B Ho Wo, kh kw C) matrix, shaped like the kernel."""
+    kh, kw, c, o = kernel_shape
+    cols = im2col(x, kh, kw, stride)
+    return (cols.reshape(-1, kh * kw * c).T @ g.reshape(-1, o)).reshape(kernel_shape)
+
+
+def _conv2d_vjp_x(ans, x, kernel, stride=1):
+    return lambda g: conv2d_input_grad(g, kernel, x.shape, stride)
 
 
 def _conv2d_vjp_kernel(ans, x, kernel, stride=1):
-    kh, kw, c, o = kernel.shape
-
-    def vjp(g):
-        cols = _im2col(x, kh, kw, stride)
-        return (cols.reshape(-1, kh * kw * c).T @ g.reshape(-1, o)).reshape(kernel.shape)
-    return vjp
+    return lambda g: conv2d_kernel_grad(g, x, kernel.shape, stride)
 
 
 defvjp(conv2d, _conv2d_vjp_x, _conv2d_vjp_kernel)

@@ -15,7 +15,7 @@ from autograd import grad, value_and_grad
 
 from gradcheck import assert_trees_equal, check_grad
 from mi_ref import accel, bounds, critics, flows, nn, objectives, optim
-from mi_ref.accel import activations, primitives, twin
+from mi_ref.accel import activations, conv, primitives, twin
 from mi_ref.tree import tree_flatten
 
 
@@ -320,29 +320,36 @@ def test_deeper_concat_equals_reference(hidden, dims):
     check_grad(lambda p, u, v: anp.sum(anp.sin(primitives.concat_scores_deep(p, u, v, dims[0])) * w), [p, u, v])
 
 
-# ---------------------------------------------------------------- conv2d and the ConvNet
+# ---------------------------------------------------------------- the convolution kernels and the ConvNet
 
-@pytest.mark.parametrize("h,w,k,stride,c", [(7, 9, 5, 2, 3), (14, 28, 5, 2, 1), (7, 14, 5, 2, 6), (6, 5, 3, 1, 2),
-                                            (5, 6, 4, 3, 2), (3, 3, 5, 1, 2)])
-def test_conv2d_equals_reference(h, w, k, stride, c):
-    rng = onp.random.default_rng(8)
-    x, kern = rng.standard_normal((2, h, w, c)), rng.standard_normal((k, k, c, 4))
-    y = primitives.conv2d(x, kern, stride)
-    assert_close(y, nn.conv2d(x, kern, stride))
-    t = rng.standard_normal(y.shape)
-    for argnum in (0, 1):
-        assert_close(grad(lambda x, k: anp.sum(anp.sin(primitives.conv2d(x, k, stride)) * t), argnum)(x, kern),
-                     grad(lambda x, k: anp.sum(anp.sin(nn.conv2d(x, k, stride)) * t), argnum)(x, kern))
+# (H, W, kernel, stride, C): the ConvNet's layers on 14 x 28 and 4 x 8 images, odd and even sizes, windows
+# wider than the image on both sides (3 x 3 under 5 x 5), strides above 2 and a 1 x 1 window skipping pixels
+CONV_GEOMETRIES = [(7, 9, 5, 2, 3), (14, 28, 5, 2, 1), (7, 14, 5, 2, 6), (6, 5, 3, 1, 2), (5, 6, 4, 3, 2),
+                   (3, 3, 5, 1, 2), (4, 8, 5, 2, 3), (8, 6, 5, 2, 2), (1, 2, 5, 1, 1), (5, 4, 1, 2, 3)]
 
 
-@pytest.mark.parametrize("h,w,stride", [(7, 9, 2), (8, 8, 2), (5, 6, 1)])
-def test_conv2d_gradients(h, w, stride):
+@pytest.mark.parametrize("h,w,k,stride,c", CONV_GEOMETRIES)
+def test_patches_equal_the_formula_bit_for_bit(h, w, k, stride, c):
+    """conv.patches copies the values mi_ref.nn.im2col copies (zeros where the window leaves the image): the
+    tolerance is 0."""
+    x = onp.random.default_rng(8).standard_normal((3, h, w, c))
+    fast = conv.patches(x, k, k, stride)
+    assert fast.shape == nn.im2col(x, k, k, stride).shape
+    onp.testing.assert_array_equal(fast, nn.im2col(x, k, k, stride))
+
+
+@pytest.mark.parametrize("h,w,k,stride,c", CONV_GEOMETRIES)
+def test_unpatch_equals_the_formula_bit_for_bit(h, w, k, stride, c):
+    """conv.unpatch and mi_ref.nn.col2im add the same patch entries into each pixel, starting from 0, in the
+    same order (by output position: the kernel offsets from the last to the first), and numba keeps IEEE
+    addition in program order (no fastmath): the same bits, so the tolerance is 0. Any other order would be
+    within 2 n u sum |terms| of it (n <= ceil(k / stride)^2 terms per pixel, u = 2^-53)."""
     rng = onp.random.default_rng(9)
-    x, kern = rng.standard_normal((2, h, w, 2)), rng.standard_normal((5, 5, 2, 3))
-    t = rng.standard_normal((2, -(-h // stride), -(-w // stride), 3))
-    check_grad(lambda x, k: anp.sum(anp.sin(primitives.conv2d(x, k, stride)) * t), [x, kern])
-    check_grad(lambda x: anp.sum(anp.sin(primitives.conv2d(x, kern, stride)) * t), [x])   # kernel not traced
-    check_grad(lambda k: anp.sum(anp.sin(primitives.conv2d(x, k, stride)) * t), [kern])   # x not traced
+    x_shape = (3, h, w, c)
+    dcols = rng.standard_normal(nn.im2col(onp.zeros(x_shape), k, k, stride).shape)
+    fast = conv.unpatch(dcols, x_shape, k, k, stride)
+    assert fast.shape == x_shape
+    onp.testing.assert_array_equal(fast, nn.col2im(dcols, x_shape, k, k, stride))
 
 
 @pytest.mark.parametrize("height,width,channels", [(14, 28, (64, 128)), (4, 8, (3, 4)), (7, 9, (2, 5))])
@@ -378,26 +385,29 @@ def test_convnet_equals_reference_where_an_example_has_zero_std():
         assert_close(g_fast, g_ref)
 
 
-def test_convnet_gradients():
+@pytest.mark.parametrize("kernel_size,stride", [(5, 2), (3, 1), (4, 3)])
+def test_convnet_gradients(kernel_size, stride):
+    """Central finite differences through the ConvNet primitive (the patch kernels, both convolutions' VJPs,
+    the input gradient included), for the paper's 5x5 stride 2 and other windows."""
     rng = onp.random.default_rng(16)
-    model = nn.ConvNet(5, 7, out_dim=3, channels=(2, 3))
+    model = nn.ConvNet(5, 7, out_dim=3, channels=(2, 3), kernel_size=kernel_size, stride=stride)
     p = with_biases(rng, model.init(rng), 0.1)
     p["norm"]["scale"] = 1 + 0.1 * rng.standard_normal(3)
     x = rng.uniform(size=(3, 35))
-    check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
+    check_grad(lambda p, x: anp.sum(anp.sin(conv.convnet(model, p, x))), [p, x])
 
 
 @pytest.mark.parametrize("min_patch", [1, 10 ** 9])
 def test_convnet_channel_and_position_major_layouts(min_patch, monkeypatch):
     """Every convolution channel-major (min_patch 1) or every one position-major (10^9): the same formula
     (values and gradients, zero-std and tied examples included: relu'(0) = 0) and the finite differences."""
-    monkeypatch.setattr(primitives, "CHANNEL_MAJOR_MIN_PATCH", min_patch)
+    monkeypatch.setattr(conv, "CHANNEL_MAJOR_MIN_PATCH", min_patch)
     rng = onp.random.default_rng(21)
     model = nn.ConvNet(5, 7, out_dim=3, channels=(6, 4))
     p = with_biases(rng, model.init(rng), 0.1)
     p["norm"]["scale"] = 1 + 0.1 * rng.standard_normal(4)
     x = rng.uniform(size=(3, 35))
-    check_grad(lambda p, x: anp.sum(anp.sin(primitives.convnet(model, p, x))), [p, x])
+    check_grad(lambda p, x: anp.sum(anp.sin(conv.convnet(model, p, x))), [p, x])
     p0 = model.init(rng)                                   # zero biases: a blank image ties every ReLU at 0
     x[1] = 0.0
     w = rng.standard_normal((3, 3))
@@ -415,7 +425,7 @@ def test_convnet_untraced_calls_run_in_slices(monkeypatch):
     p = with_biases(rng, model.init(rng), 0.1)
     x = rng.uniform(size=(7, 32))
     whole = twin(model).apply(p, x)
-    monkeypatch.setattr(primitives, "CONVNET_SLICE", 3)
+    monkeypatch.setattr(conv, "CONVNET_SLICE", 3)
     sliced = twin(model).apply(p, x)
     assert sliced.shape == (7, 5) and type(sliced) is onp.ndarray
     assert_close(sliced, model.apply(p, x))
@@ -424,12 +434,10 @@ def test_convnet_untraced_calls_run_in_slices(monkeypatch):
     assert_close(g, grad(lambda p: anp.sum(anp.sin(model.apply(p, x))))(p))
 
 
-def test_conv2d_layer_equals_reference():
-    rng = onp.random.default_rng(17)
+def test_a_lone_conv_layer_runs_its_formula():
+    """The convolution's hand-written gradient is mi_ref.nn.conv2d's alone: a Conv2D layer has no twin."""
     layer = nn.Conv2D(3, 4, 5, 2)
-    p = with_biases(rng, layer.init(rng))
-    x = rng.standard_normal((2, 7, 9, 3))
-    assert_close(twin(layer).apply(p, x), layer.apply(p, x))
+    assert twin(layer) is layer
 
 
 # ---------------------------------------------------------------- Adam

@@ -186,6 +186,18 @@ def test_conv2d_gradients(rng, h, w, stride):
     check_grad(lambda x, k: anp.sum(anp.sin(nn.conv2d(x, k, stride)) * target), [x, kern])
 
 
+@pytest.mark.parametrize("h,w,k,stride", [(7, 9, 5, 2), (8, 6, 5, 2), (5, 6, 4, 3), (3, 3, 5, 1)])
+def test_col2im_is_the_adjoint_of_im2col(rng, h, w, k, stride):
+    """<dcols, im2col(x)> = <col2im(dcols), x>: conv2d's input gradient scatters every patch entry back to the
+    pixel it was copied from, and drops the padding's."""
+    x = rng.standard_normal((2, h, w, 3))
+    cols = nn.im2col(x, k, k, stride)
+    dcols = rng.standard_normal(cols.shape)
+    dx = nn.col2im(dcols, x.shape, k, k, stride)
+    assert dx.shape == x.shape
+    onp.testing.assert_allclose(onp.sum(dcols * cols), onp.sum(dx * x), rtol=1e-12)
+
+
 def test_conv2d_layer_rejects_bad_input(rng):
     layer = nn.Conv2D(1, 4, 5, 2)
     with pytest.raises(ValueError, match="NHWC"):

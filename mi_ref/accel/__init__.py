@@ -6,7 +6,8 @@ training loops ask it for:
 
 * :func:`twin` - a model's accelerated twin: the same numbers as the model's ``apply`` / ``forward``
   (tested to ~1e-12, values and gradients), from fused primitives with hand-written VJPs
-  (:mod:`mi_ref.accel.primitives`), keyed by model type in one table (:data:`TWINS`);
+  (:mod:`mi_ref.accel.primitives`; the ConvNet and its convolution kernels in :mod:`mi_ref.accel.conv`),
+  keyed by model type in one table (:data:`TWINS`);
 * :func:`value_and_grad_by_key` - a training step's gradient with one autograd root per sub-model;
 * :func:`adam_update` - Adam's update, bit for bit, as one fused in-place pass per leaf (with :func:`owned`);
 * :func:`configure_malloc` - glibc's malloc thresholds for a training process.

@@ -3,8 +3,10 @@
 ``twin(model)`` returns an object with the model's interface (``apply``, and ``forward`` / ``log_det`` for
 flows; ``init``, sizes and everything else are the model's own) whose numbers equal the model's formula to
 ~1e-12 relative, values and gradients (``tests/test_accel.py``), computed by the primitives of
-:mod:`mi_ref.accel.primitives`. A model without a twin is returned as it is. The training loops ask for the
-twins; a model never dispatches to them itself, so a reader who steps into ``model.apply`` lands in the math.
+:mod:`mi_ref.accel.primitives` and :mod:`mi_ref.accel.conv`. A model without a twin is returned as it is
+(a lone :class:`mi_ref.nn.Conv2D` layer, for one: the experiments train it only inside the ConvNet). The
+training loops ask for the twins; a model never dispatches to them itself, so a reader who steps into
+``model.apply`` lands in the math.
 
 The table :data:`TWINS` is keyed by the exact model type (a subclass may change ``apply``, so it is not
 trusted). Where the params hold autograd boxes at an inner level (a params tree built by hand from boxed
@@ -17,7 +19,7 @@ import autograd.numpy as np
 
 from .. import critics, flows, nn
 from ..checks import batch as check_batch
-from . import primitives
+from . import conv, primitives
 from .activations import has_derivative
 
 
@@ -91,28 +93,19 @@ class SeparableTwin(Twin):
         return np.dot(fu, hv.T)
 
 
-class Conv2DTwin(Twin):
-    """:class:`mi_ref.nn.Conv2D` with the numba im2col convolution (:func:`mi_ref.accel.primitives.conv2d`)."""
-
-    def apply(self, params, x):
-        m = self.model
-        m.check_input(x)
-        return primitives.conv2d(x, params["W"], m.stride) + params["b"]
-
-
 class ConvNetTwin(Twin):
-    """:class:`mi_ref.nn.ConvNet` as one primitive (:func:`mi_ref.accel.primitives.convnet`)."""
+    """:class:`mi_ref.nn.ConvNet` as one primitive (:func:`mi_ref.accel.conv.convnet`)."""
 
     def apply(self, params, x):
         m = self.model
         check_batch(x, m.in_dim, f"ConvNet input (flattened {m.height} x {m.width} image)")
         if primitives.supports(params):
-            return primitives.convnet(m, params, x)
+            return conv.convnet(m, params, x)
         return m.apply(params, x)
 
 
 TWINS = {nn.MLP: MLPTwin, flows.RealNVP: RealNVPTwin, critics.Concat: ConcatTwin,
-         critics.Separable: SeparableTwin, nn.Conv2D: Conv2DTwin, nn.ConvNet: ConvNetTwin}
+         critics.Separable: SeparableTwin, nn.ConvNet: ConvNetTwin}
 
 # The critics of mi_ref.critics.CRITICS (by registry name) that have no twin on purpose, and why. Every other
 # registered critic's model type has an entry in TWINS; tests/test_registry.py checks that one of the two holds.
