@@ -106,36 +106,33 @@ DATASETS.register("small-digits", small_digits, image_shape=(8, 8), n_train=400,
 """
 
 
-def test_a_plugin_registers_a_dataset_that_a_run_trains_on(tmp_path, monkeypatch, clean):
+@pytest.fixture
+def small_digits_plugin(tmp_path, monkeypatch, clean):
+    """The plugin file PLUGIN_DATASET in a fresh working directory; its dataset is unregistered afterwards."""
     from mi_ref import datasets
     (tmp_path / "small_digits.py").write_text(PLUGIN_DATASET, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    try:
-        assert cli.main(["run", "critics", "--plugin", "small_digits.py", "--set", "dataset=small-digits", "--set",
-                         "critics=bilinear", "--set", "estimators=infonce", "--steps", "4", "--evals", "1", "--out",
-                         "runs", "--quiet"]) == 0
-        rows = [json.loads(line) for line in next(tmp_path.glob("runs/*/seed-0/metrics.jsonl")).read_text()
-                .splitlines()]
-        assert {r["n_test"] for r in rows if r["variant"] == "baseline"} == {200}
-        assert {r["variant"] for r in rows} == {"baseline", "bilinear-infonce"}
-    finally:
-        if "small-digits" in datasets.DATASETS:
-            datasets.DATASETS.unregister("small-digits")
+    yield tmp_path
+    if "small-digits" in datasets.DATASETS:
+        datasets.DATASETS.unregister("small-digits")
 
 
-def test_dataset_offers_a_plugins_dataset(tmp_path, monkeypatch, clean):
+def test_a_plugin_registers_a_dataset_that_a_run_trains_on(small_digits_plugin):
+    assert cli.main(["run", "critics", "--plugin", "small_digits.py", "--set", "dataset=small-digits", "--set",
+                     "critics=bilinear", "--set", "estimators=infonce", "--steps", "4", "--evals", "1", "--out",
+                     "runs", "--quiet"]) == 0
+    rows = [json.loads(line) for line in next(small_digits_plugin.glob("runs/*/seed-0/metrics.jsonl")).read_text()
+            .splitlines()]
+    assert {r["n_test"] for r in rows if r["variant"] == "baseline"} == {200}
+    assert {r["variant"] for r in rows} == {"baseline", "bilinear-infonce"}
+
+
+def test_dataset_offers_a_plugins_dataset(small_digits_plugin):
     """The plugins named on the command line are loaded before the parser is built: --dataset lists theirs."""
-    from mi_ref import datasets
-    (tmp_path / "small_digits.py").write_text(PLUGIN_DATASET, encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    try:
-        assert cli.main(["run", "critics", "--dataset", "small-digits", "--plugin", "small_digits.py", "--set",
-                         "critics=bilinear", "--set", "estimators=infonce", "--steps", "2", "--evals", "1", "--out",
-                         "runs", "--quiet"]) == 0
-        assert next(tmp_path.glob("runs/*/seed-0/config.json")).read_text().count('"small-digits"') >= 1
-    finally:
-        if "small-digits" in datasets.DATASETS:
-            datasets.DATASETS.unregister("small-digits")
+    assert cli.main(["run", "critics", "--dataset", "small-digits", "--plugin", "small_digits.py", "--set",
+                     "critics=bilinear", "--set", "estimators=infonce", "--steps", "2", "--evals", "1", "--out",
+                     "runs", "--quiet"]) == 0
+    assert next(small_digits_plugin.glob("runs/*/seed-0/config.json")).read_text().count('"small-digits"') >= 1
 
 
 def test_a_plugin_that_fails_before_parsing_is_reported_with_the_command(tmp_path, monkeypatch, capsys, clean):
