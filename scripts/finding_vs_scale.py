@@ -70,6 +70,12 @@ STUDIES = {
          {"lr": lr, "convnet_channels": (16, 32), "estimators": ("infonce", "nwj"), "n_iters": 1200, "n_evals": 6,
           "eval_final": True})
         for lr in (3e-4,)],
+    "enc-subset-3e-4": [
+        ("quick encoders, subset, lr 3e-4", "encoders", "quick",
+         {"lr": 3e-4, "estimators": ("infonce", "nwj"), "n_iters": 1600, "n_evals": 8, "eval_final": True})],
+    "enc-subset-5e-4": [
+        ("quick encoders, subset, lr 5e-4", "encoders", "quick",
+         {"lr": 5e-4, "estimators": ("infonce", "nwj"), "n_iters": 1600, "n_evals": 8, "eval_final": True})],
     "enc-subset-paper-convnet": [
         ("paper ConvNet (64, 128), subset, lr 1e-3", "encoders", "quick",
          {"lr": 1e-3, "convnet_channels": (64, 128), "estimators": ("infonce", "nwj"), "n_iters": 1600,
@@ -192,11 +198,42 @@ def cmd_run(args):
     print(f"wrote {path}")
 
 
+def _scale_files(out):
+    """Every JSON file of the scale directory, parsed: a *study* holds ``entries`` (written by ``run``), a
+    *trace* holds the ``rows`` of one densely evaluated run (with the command that made it)."""
+    files = []
+    for f in sorted(Path(out).glob("*.json")):
+        data = json.loads(f.read_text())
+        if "entries" not in data and "rows" not in data:
+            raise SystemExit(f"{f}: neither a study (no 'entries') nor a trace (no 'rows'); "
+                             f"move it out of {out}")
+        files.append((f, data))
+    return files
+
+
 def load_studies(out):
     entries = []
-    for f in sorted(Path(out).glob("*.json")):
-        entries += json.loads(f.read_text())["entries"]
+    for _, data in _scale_files(out):
+        entries += data.get("entries", [])
     return entries
+
+
+def trace_summaries(out):
+    """One line per trace: its variants' mean training loss over the first 10 steps, and the first and
+    last evaluations (bound and probe accuracy)."""
+    lines = []
+    for f, data in _scale_files(out):
+        if "rows" not in data:
+            continue
+        for variant in dict.fromkeys(r["variant"] for r in data["rows"] if r["variant"] != "baseline"):
+            rows = sorted((r for r in data["rows"] if r["variant"] == variant), key=lambda r: r["step"])
+            early = [r["train_loss"] for r in rows if r.get("train_loss") is not None and r["step"] <= 10]
+            first, last = rows[0], rows[-1]
+            lines.append(f"  {f.name} {variant}: mean training loss of the first 10 steps "
+                         f"{np.mean(early) if early else float('nan'):.1f}; bound {first['bound']:.2f} -> "
+                         f"{last['bound']:.2f}, accuracy {first['accuracy']:.4f} -> {last['accuracy']:.4f} "
+                         f"(steps {first['step']}-{last['step']}, {len(rows)} evaluations)")
+    return lines
 
 
 def _by(entries, *keys):
@@ -260,6 +297,10 @@ def cmd_report(args):
     for label, step, cells in encoders_table(entries):
         text = ", ".join(f"{v} {m:.3f}±{s:.3f}" for v, (m, s, n) in cells.items())
         print(f"  {label:40s} step {step:5d}: {text}")
+    traces = trace_summaries(args.out)
+    if traces:
+        print("traces: runs evaluated densely, with the command in their file")
+        print("\n".join(traces))
     refits = [(e["label"], e["seed"], r["step"], r["accuracy"], r["refits"]) for e in entries
               if e["experiment"] == "invertible" for r in e["evals"] if "refits" in r]
     if refits:

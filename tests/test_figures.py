@@ -40,3 +40,19 @@ def test_the_recorded_verdicts_are_those_of_the_committed_runs():
     recorded = verdicts.load_recorded()
     strip = lambda entries: [{k: v for k, v in e.items()} for e in entries]  # noqa: E731
     assert strip(recorded) == strip(fresh)
+
+
+def test_the_scaling_study_report_reads_every_committed_study_and_trace(tmp_path):
+    """`scripts/finding_vs_scale.py report` (README's source for the scaling numbers) prints from every file
+    in figures/scale, the densely evaluated traces included, and names a file that is neither kind."""
+    import subprocess
+    import sys
+    script = FIGURES.parent / "scripts" / "finding_vs_scale.py"
+    out = subprocess.run([sys.executable, str(script), "report"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "enc-quick-nwj-trace.json convnet-nwj-t2: mean training loss of the first 10 steps 418.8" in out.stdout
+    assert "quick flow 6 x [256, 256]" in out.stdout and "quick encoders" in out.stdout
+    (tmp_path / "stray.json").write_text('{"something": []}')
+    bad = subprocess.run([sys.executable, str(script), "report", "--out", str(tmp_path)], capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "stray.json: neither a study" in bad.stderr and "Traceback" not in bad.stderr
