@@ -332,19 +332,23 @@ def cmd_plot(args):
                  fontsize=9)
     _legend_below(ax)
     _plot_long_runs(axes[1], args.run)
+    by_label = _by_label(encoders_table(entries))
+    colors = dict(zip(by_label, plt.get_cmap("tab10").colors * 3))     # one colour per configuration
     for ax, est in zip(axes[2:], ("infonce", "nwj")):
-        for label, step_rows in _by_label(encoders_table(entries)).items():
+        for label, step_rows in by_label.items():
             variants = [v for v in step_rows[0][2] if f"-{est}-" in v]
             for v in variants:
                 x = np.array([r[1] for r in step_rows]) / 1000.0
                 mean = np.array([r[2][v][0] for r in step_rows])
                 sd = np.array([r[2][v][1] for r in step_rows])
                 style = "-" if v.startswith("convnet") else "--"
-                line, = ax.plot(x, mean, style, marker=".", label=f"{v} ({label})")
-                ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.12, linewidth=0)
+                marker = "o" if v.endswith("-t2") else "^"
+                ax.plot(x, mean, style, marker=marker, markersize=3, color=colors[label], label=f"{v} ({label})")
+                ax.fill_between(x, mean - sd, mean + sd, color=colors[label], alpha=0.08, linewidth=0)
         ax.set_xlabel("training steps (in thousands)")
         ax.set_ylabel("linear-probe test accuracy")
-        ax.set_title(f"encoders under {est}: mean ± sd over seeds\nsolid: ConvNet, dashed: MLP", fontsize=9)
+        ax.set_title(f"encoders under {est}: mean ± sd over seeds; colour: configuration\n"
+                     "solid: ConvNet, dashed: MLP; circles: t = 2, triangles: t = 4", fontsize=9)
         _legend_below(ax)
     for ax in axes:
         ax.grid(alpha=0.3)
