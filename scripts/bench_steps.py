@@ -22,7 +22,10 @@ first step are compared as a check that they compute the same thing.
 It also states the step's floor on this machine, measured in the same run (see the comment above
 :func:`dense_work`): the GEMM floor (every GEMM of the step, each at numpy's own speed for its shape), the
 memory floor (the bytes of the elementwise passes and of Adam over a STREAM-like triad bandwidth), and
-"x of floor" = step time / (GEMM floor + memory floor); the step's GEMM FLOPs (forward + backward ~ 3 x
+"x of floor" = step time / (GEMM floor + memory floor), and the *state-matched* "x of floor": the machine's
+GEMM speed flips between two levels from minute to minute (see :func:`state_probe`), so each block of steps
+and the floor carry a probe of that speed, and each step's time is rescaled to the probe's speed at the
+floor's measurement before the median is taken; the step's GEMM FLOPs (forward + backward ~ 3 x
 forward, less the input gradient of each encoder's first layer, which neither implementation computes)
 and the share of numpy's GEMM peak they reach (the best of (128 x 512) @ (512 x 512) and 1024^3 in the
 same run); and the breakdown of the step by phase (forward, backward, Adam, other) from a profile
@@ -495,7 +498,17 @@ def gemm_gflops(m, k, n, repeats=20):
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
-def time_steps(steps, repeats, warmup, block=5, pause=0.2):
+def state_probe():
+    """The machine's state now: numpy's GEMM speed at (128x512)@(512x512), GFLOP/s (about 10 ms).
+
+    On the reference VM this speed flips between two levels (about 94 and 70 GFLOP/s on 2 threads) from
+    minute to minute and within one process, and every step's time follows it: the invertible step took
+    0.33-0.35 s in the fast state and 0.47-0.48 s in the slow one, block by block in one process. So
+    "x of floor" is only meaningful when the step and the floor are timed in the same state."""
+    return gemm_gflops(128, 512, 512, repeats=10)
+
+
+def time_steps(steps, repeats, warmup, block=5, pause=0.2, probes=None):
     """Median seconds per step of every function in ``steps``.
 
     The implementations are timed in alternating blocks of ``block`` steps, so that the slow drifts of a
@@ -503,6 +516,9 @@ def time_steps(steps, repeats, warmup, block=5, pause=0.2):
     otherwise idle machine) affect all alike. Before each block a short pause lets the idle worker threads
     of the other library (OpenBLAS, OpenMP) go to sleep, and one untimed step brings threads and caches
     back, so every timed step runs in the steady state of a training loop.
+
+    ``probes``, a list, receives for each timed step of the first function ``(seconds, state)``, the state
+    being the mean of :func:`state_probe` just before and just after its block.
     """
     for s in steps:
         for _ in range(warmup):
@@ -512,10 +528,15 @@ def time_steps(steps, repeats, warmup, block=5, pause=0.2):
         for i, s in enumerate(steps):
             time.sleep(pause)
             s()
-            for _ in range(min(max(1, block), repeats - len(times[i]))):
+            before = state_probe() if probes is not None and i == 0 else None
+            n = min(max(1, block), repeats - len(times[i]))
+            for _ in range(n):
                 t0 = CLOCK[0]()
                 s()
                 times[i].append(CLOCK[0]() - t0)
+            if before is not None:
+                state = (before + state_probe()) / 2
+                probes.extend((t, state) for t in times[i][-n:])
     return [statistics.median(t) for t in times]
 
 
@@ -627,9 +648,12 @@ def main(argv=None):
             rstep, _ = mi_ref_stepper(config, reference=True)
             names.append("reference")
             steps.append(rstep)
+        probes = []
         with OtherLoad() as load:
-            medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup, args.block)))
+            medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup, args.block, probes=probes)))
+        floor_state = state_probe()
         fl = floor(config)
+        floor_state = (floor_state + state_probe()) / 2
         phases = None
         if args.profile_steps > 0:
             phases, profiled, text = profile_step(step, args.profile_steps)
@@ -638,9 +662,16 @@ def main(argv=None):
         ours, theirs, ref = medians["mi-ref"], medians.get("PyTorch"), medians.get("reference")
         fused = medians.get("PyTorch fused Adam")
         x_floor = ours / (fl["gemm"] + fl["memory"])
+        # each step's time rescaled to the machine state in which the floor was measured (GEMM-bound steps
+        # scale with the GEMM speed; the memory passes do not, so this is an approximation for them)
+        matched = statistics.median(t * state / floor_state for t, state in probes)
+        x_matched = matched / (fl["gemm"] + fl["memory"])
+        states = [state for _, state in probes]
         line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
                 f"{flops / 1e9:.2f} GFLOP) | floor {1e3 * fl['gemm']:.1f} ms GEMM + {1e3 * fl['memory']:.1f} ms "
-                f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor")
+                f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor | state-matched {x_matched:.2f}x "
+                f"(GEMM probe {min(states):.0f}-{max(states):.0f} GFLOP/s during the steps, {floor_state:.0f} at "
+                f"the floor)")
         if theirs is not None:
             diff = abs(state["losses"][0] - tlosses[0])
             line += (f" | PyTorch {theirs * 1e3:8.1f} ms/step ({flops / theirs / 1e9:5.1f} GFLOP/s)"
@@ -654,10 +685,12 @@ def main(argv=None):
             if load.value + load.steal > 0.05:
                 line += " (WARNING: machine busy, timings unreliable)"
         print(line, flush=True)
-        rows.append((config, ours, theirs, fused, ref, flops, load, fl, x_floor, phases))
+        rows.append((config, ours, theirs, fused, ref, flops, load, fl, x_floor, phases, x_matched,
+                     (min(states), max(states), floor_state)))
 
     print()
-    header = ("| config | mi-ref s/step | GEMM floor s | memory floor s | x of floor | GFLOP/step | mi-ref GFLOP/s "
+    header = ("| config | mi-ref s/step | GEMM floor s | memory floor s | x of floor | state-matched x of floor "
+              "| GEMM probe: steps / floor | GFLOP/step | mi-ref GFLOP/s "
               "| share of numpy's GEMM peak | forward / backward / Adam / other | PyTorch s/step | mi-ref / PyTorch |")
     if args.fused_adam:
         header += " PyTorch fused-Adam s/step | mi-ref / fused |"
@@ -665,12 +698,13 @@ def main(argv=None):
         header += " reference s/step |"
     print(header + " other load / steal |")
     print("|---" * header.count("|") + "|")
-    for config, ours, theirs, fused, ref, flops, other, fl, x_floor, phases in rows:
+    for config, ours, theirs, fused, ref, flops, other, fl, x_floor, phases, x_matched, (lo, hi, at) in rows:
         split = "n/a"
         if phases:
             total = sum(phases.values())
             split = " / ".join(f"{100 * phases.get(p, 0.0) / total:.0f}%" for p in ("forward", "backward", "Adam", "other"))
-        cells = [config, f"{ours:.4f}", f"{fl['gemm']:.4f}", f"{fl['memory']:.4f}", f"**{x_floor:.2f}**",
+        cells = [config, f"{ours:.4f}", f"{fl['gemm']:.4f}", f"{fl['memory']:.4f}", f"{x_floor:.2f}",
+                 f"**{x_matched:.2f}**", f"{lo:.0f}-{hi:.0f} / {at:.0f}",
                  f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}", f"{100 * flops / ours / 1e9 / peak:.0f}%", split,
                  f"{theirs:.4f}" if theirs else "n/a", f"{ours / theirs:.2f}" if theirs else "n/a"]
         if args.fused_adam:
