@@ -535,8 +535,8 @@ def time_steps(steps, repeats, warmup, block=5, pause=0.2, probes=None):
                 s()
                 times[i].append(CLOCK[0]() - t0)
             if before is not None:
-                state = (before + state_probe()) / 2
-                probes.extend((t, state) for t in times[i][-n:])
+                speed = (before + state_probe()) / 2
+                probes.extend((t, speed) for t in times[i][-n:])
     return [statistics.median(t) for t in times]
 
 
@@ -664,9 +664,9 @@ def main(argv=None):
         x_floor = ours / (fl["gemm"] + fl["memory"])
         # each step's time rescaled to the machine state in which the floor was measured (GEMM-bound steps
         # scale with the GEMM speed; the memory passes do not, so this is an approximation for them)
-        matched = statistics.median(t * state / floor_state for t, state in probes)
+        matched = statistics.median(t * speed / floor_state for t, speed in probes)
         x_matched = matched / (fl["gemm"] + fl["memory"])
-        states = [state for _, state in probes]
+        states = [speed for _, speed in probes]
         line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
                 f"{flops / 1e9:.2f} GFLOP) | floor {1e3 * fl['gemm']:.1f} ms GEMM + {1e3 * fl['memory']:.1f} ms "
                 f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor | state-matched {x_matched:.2f}x "

@@ -211,18 +211,18 @@ def _scale_files(out):
     return files
 
 
-def load_studies(out):
+def load_studies(out, files=None):
     entries = []
-    for _, data in _scale_files(out):
+    for _, data in files if files is not None else _scale_files(out):
         entries += data.get("entries", [])
     return entries
 
 
-def trace_summaries(out):
+def trace_summaries(files):
     """One line per trace: its variants' mean training loss over the first 10 steps, and the first and
     last evaluations (bound and probe accuracy)."""
     lines = []
-    for f, data in _scale_files(out):
+    for f, data in files:
         if "rows" not in data:
             continue
         for variant in dict.fromkeys(r["variant"] for r in data["rows"] if r["variant"] != "baseline"):
@@ -287,7 +287,8 @@ def encoders_table(entries):
 
 
 def cmd_report(args):
-    entries = load_studies(args.out)
+    files = _scale_files(args.out)                  # parsed once for the studies and the traces
+    entries = load_studies(args.out, files)
     print("invertible: accuracy rise over step 0 (mean over seeds, seed-to-seed SE, the probe's paired SE, "
           "the smallest seed's rise, the rise without the constant-pixel columns)")
     for label, step, rise, se, pse, n, rise_nc, worst in invertible_table(entries):
@@ -297,7 +298,7 @@ def cmd_report(args):
     for label, step, cells in encoders_table(entries):
         text = ", ".join(f"{v} {m:.3f}±{s:.3f}" for v, (m, s, n) in cells.items())
         print(f"  {label:40s} step {step:5d}: {text}")
-    traces = trace_summaries(args.out)
+    traces = trace_summaries(files)
     if traces:
         print("traces: runs evaluated densely, with the command in their file")
         print("\n".join(traces))
