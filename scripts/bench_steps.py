@@ -140,7 +140,7 @@ def mi_ref_stepper(config, reference=False, adam_inplace=True):
 # the floor: every GEMM of the step at numpy's speed for its shape, plus the step's unavoidable memory traffic
 #
 # A step's work, listed from the models themselves (so it follows the presets):
-#   * GEMMs ("gemm", phase, m, k, n): (m x k) @ (k x n), forward, and in the backward pass the kernel
+#   * GEMMs ("gemm", phase, m, k, n, weight): (m x k) @ (k x n), forward, and in the backward pass the kernel
 #     gradient h^T delta (k_in x m) @ (m x n_out) and the input gradient delta W^T;
 #   * memory passes ("pass", phase, values moved, size of the largest array touched): the elementwise work
 #     an ideal implementation does in ONE pass per GEMM (bias + activation reads the GEMM's output and
@@ -152,6 +152,15 @@ def mi_ref_stepper(config, reference=False, adam_inplace=True):
 # bandwidth a[i] = b[i] + s c[i] (24 bytes per i) measured at the pass's array size (cache-resident
 # activations run at cache bandwidth, Adam's 28 M parameters at DRAM bandwidth), on one thread or on all
 # of numba's threads, whichever is faster. "x of floor" = step time / (GEMM floor + memory floor).
+#
+# The cold-weight floor. Timed as above, every product reuses its operands, so a weight matrix sits in the
+# caches. In a step it does not: the invertible flows hold 224 MB of weights, and each weight is read once
+# in the forward pass and once more (for delta W^T) in the backward pass, long after the caches dropped it;
+# its gradient is written once. So each GEMM tuple also names its weight-shaped array ("b": the right
+# operand, "out": the product, None: both operands are activations), and the cold-weight floor times each
+# product with that array rotated over as many distinct copies as fill COLD_BYTES (far beyond any L3 of
+# the machines measured), the activations staying hot as they are in a step. "x of cold-weight floor" is
+# the step's time over (cold-weight GEMM floor + memory floor).
 
 
 def dense_work(dims, b, phase_fwd="forward", phase_bwd="backward", need_dx=True, shortcuts=False):
@@ -159,11 +168,11 @@ def dense_work(dims, b, phase_fwd="forward", phase_bwd="backward", need_dx=True,
     work = []
     n = len(dims) - 1
     for l, (a, c) in enumerate(zip(dims[:-1], dims[1:])):
-        work.append(("gemm", phase_fwd, b, a, c))
+        work.append(("gemm", phase_fwd, b, a, c, "b"))                         # h W: W is the right operand
         work.append(("pass", phase_fwd, b * c * (2 + shortcuts), b * c))       # bias (+ relu) (+ shortcut)
-        work.append(("gemm", phase_bwd, a, b, c))                               # dW = h^T delta
+        work.append(("gemm", phase_bwd, a, b, c, "out"))                        # dW = h^T delta: W's shape out
         if l > 0 or need_dx:
-            work.append(("gemm", phase_bwd, b, c, a))                           # dh = delta W^T
+            work.append(("gemm", phase_bwd, b, c, a, "b"))                      # dh = delta W^T
         if l < n - 1:
             work.append(("pass", phase_bwd, b * c * (3 + shortcuts), b * c))   # relu' (+ shortcut)
     return work
@@ -192,12 +201,12 @@ def model_work(model, b, need_dx):
             wo, _, _ = nn.same_padding(shape[1], layer.kernel_size, layer.stride)
             m, k, c = b * ho * wo, layer.kernel_size ** 2 * shape[2], layer.out_channels
             work.append(("pass", "forward", m * k + b * shape[0] * shape[1] * shape[2], m * k))   # im2col
-            work.append(("gemm", "forward", m, k, c))
+            work.append(("gemm", "forward", m, k, c, "b"))
             work.append(("pass", "forward", 2 * m * c, m * c))                   # bias + relu
             work.append(("pass", "backward", 3 * m * c, m * c))                  # relu'
-            work.append(("gemm", "backward", k, m, c))                           # d kernel = patches^T delta
+            work.append(("gemm", "backward", k, m, c, "out"))                    # d kernel = patches^T delta
             if not first or need_dx:
-                work.append(("gemm", "backward", m, c, k))                       # d patches = delta W^T
+                work.append(("gemm", "backward", m, c, k, "b"))                  # d patches = delta W^T
                 work.append(("pass", "backward", m * k + b * shape[0] * shape[1] * shape[2], m * k))  # col2im
             shape = (ho, wo, c)
         size = b * shape[0] * shape[1] * shape[2]
@@ -215,16 +224,16 @@ def critic_work(critic, b):
     critic = accel.original(critic)
     if isinstance(critic, critics.Bilinear):
         du, dv = critic.dim_u, critic.dim_v
-        return [("gemm", "forward", b, dv, du), ("gemm", "forward", b, du, b),
-                ("gemm", "backward", b, b, du), ("gemm", "backward", b, b, du),
-                ("gemm", "backward", dv, b, du), ("gemm", "backward", b, du, dv)]
+        return [("gemm", "forward", b, dv, du, "b"), ("gemm", "forward", b, du, b, None),
+                ("gemm", "backward", b, b, du, None), ("gemm", "backward", b, b, du, None),
+                ("gemm", "backward", dv, b, du, "out"), ("gemm", "backward", b, du, dv, "b")]
     if isinstance(critic, critics.Concat):
         hidden = critic.mlp.dims[0]
         work = []
         for d in (critic.dim_u, critic.dim_v):
-            work += [("gemm", "forward", b, d, hidden), ("gemm", "backward", d, b, hidden),
-                     ("gemm", "backward", b, hidden, d)]
-        work += [("gemm", "forward", b, hidden, b)] + [("gemm", "backward", b, hidden, b)] * 2
+            work += [("gemm", "forward", b, d, hidden, "b"), ("gemm", "backward", d, b, hidden, "out"),
+                     ("gemm", "backward", b, hidden, d, "b")]
+        work += [("gemm", "forward", b, hidden, b, None)] + [("gemm", "backward", b, hidden, b, None)] * 2
         return work
     raise ValueError(f"no work model for {type(critic).__name__}")
 
@@ -238,26 +247,49 @@ def step_work(config):
     return work, n_params
 
 
-def gemm_seconds(m, k, n, min_time=0.02, runs=5):
+COLD_BYTES = 256 * 2 ** 20      # the footprint of the rotated copies of a cold weight (see above)
+
+
+def gemm_seconds(m, k, n, min_time=0.02, runs=5, cold=None):
     """numpy's fastest time for an (m x k) @ (k x n) product: median over ``runs`` of each orientation
-    (C = A B into (m, n), and C^T = B^T A^T into (n, m); operands C-ordered, output preallocated)."""
+    (C = A B into (m, n), and C^T = B^T A^T into (n, m); operands C-ordered, output preallocated).
+
+    ``cold``: None (every product reuses the same arrays, which stay in the caches), ``"b"`` (the weight is
+    the right operand (k x n)) or ``"out"`` (the weight's gradient is the product (m x n)): that array is
+    rotated over copies filling :data:`COLD_BYTES`, so each product finds it in memory, not in a cache.
+    In the transposed orientation the weight is the left operand B^T, or the product C^T."""
+    if cold not in (None, "b", "out"):
+        raise ValueError(f"cold must be None, 'b' or 'out', got {cold!r}")
     rng = onp.random.default_rng(0)
+    copies = 1 if cold is None else max(2, -(-COLD_BYTES // (8 * (k * n if cold == "b" else m * n))))
     best = float("inf")
-    for a, b in ((rng.standard_normal((m, k)), rng.standard_normal((k, n))),
-                 (rng.standard_normal((n, k)), rng.standard_normal((k, m)))):
-        out = onp.empty((a.shape[0], b.shape[1]))
-        onp.matmul(a, b, out=out)
+    for transposed in (False, True):
+        a_shape, b_shape = ((n, k), (k, m)) if transposed else ((m, k), (k, n))
+        rotated_left = cold == "b" and transposed
+        lefts = [rng.standard_normal(a_shape) for _ in range(copies if rotated_left else 1)]
+        rights = [rng.standard_normal(b_shape) for _ in range(copies if cold == "b" and not transposed else 1)]
+        outs = [onp.empty((a_shape[0], b_shape[1])) for _ in range(copies if cold == "out" else 1)]
+        count = max(len(lefts), len(rights), len(outs))
+
+        def product(i):
+            onp.matmul(lefts[i % len(lefts)], rights[i % len(rights)], out=outs[i % len(outs)])
+
+        for i in range(count):                                  # touch every copy once
+            product(i)
         t0, reps = time.perf_counter(), 0
-        while time.perf_counter() - t0 < min_time / 4:
-            onp.matmul(a, b, out=out)
+        while time.perf_counter() - t0 < min_time / 4 or reps < count:
+            product(reps)
             reps += 1
         times = []
+        i = reps
         for _ in range(runs):
             t0 = CLOCK[0]()
             for _ in range(reps):
-                onp.matmul(a, b, out=out)
+                product(i)
+                i += 1
             times.append((CLOCK[0]() - t0) / reps)
         best = min(best, statistics.median(times))
+        del lefts, rights, outs
     return best
 
 
@@ -314,19 +346,21 @@ CLOCK = [time.perf_counter]          # or time.process_time (--clock cpu)
 def step_flops(config):
     """The step's GEMM FLOPs (2 m k n per product of :func:`step_work`): forward + backward ~ 3 x forward,
     less the input gradients of the encoders' first layers, which the step does not compute."""
-    return sum(2 * m * k * n for kind, _, *shape in step_work(config)[0] if kind == "gemm" for m, k, n in [shape])
+    return sum(2 * w[2] * w[3] * w[4] for w in step_work(config)[0] if w[0] == "gemm")
 
 
-def floor(config):
-    """{"gemm": s, "memory": s, "gemm_flops", "bytes", "n_params", "by_phase": {phase: s}} of one step."""
+def floor(config, cold=False):
+    """{"gemm": s, "memory": s, "gemm_flops", "bytes", "n_params", "by_phase": {phase: s}} of one step;
+    with ``cold``, every GEMM with its weight-shaped array cold (the cold-weight floor, see above)."""
     work, n_params = step_work(config)
     out = {"gemm": 0.0, "memory": 0.0, "gemm_flops": 0, "bytes": 0, "n_params": n_params, "by_phase": {}}
     for kind, phase, *rest in work:
         if kind == "gemm":
-            m, k, n = rest
-            if (m, k, n) not in GEMM_SECONDS:
-                GEMM_SECONDS[(m, k, n)] = gemm_seconds(m, k, n)
-            seconds = GEMM_SECONDS[(m, k, n)]
+            m, k, n, weight = rest
+            key = (m, k, n, weight if cold else None)
+            if key not in GEMM_SECONDS:
+                GEMM_SECONDS[key] = gemm_seconds(m, k, n, cold=key[3])
+            seconds = GEMM_SECONDS[key]
             out["gemm"] += seconds
             out["gemm_flops"] += 2 * m * k * n
         else:
@@ -653,11 +687,12 @@ def main(argv=None):
             medians = dict(zip(names, time_steps(steps, args.repeats, args.warmup, args.block, probes=probes)))
         floor_state = state_probe()
         fl = floor(config)
+        fl_cold = floor(config, cold=True)
         floor_state = (floor_state + state_probe()) / 2
         phases = None
         if args.profile_steps > 0:
             phases, profiled, text = profile_step(step, args.profile_steps)
-            profiles.append((config, phases, profiled, fl, text))
+            profiles.append((config, phases, profiled, fl, text, fl_cold))
         flops = step_flops(config)
         ours, theirs, ref = medians["mi-ref"], medians.get("PyTorch"), medians.get("reference")
         fused = medians.get("PyTorch fused Adam")
@@ -666,10 +701,12 @@ def main(argv=None):
         # scale with the GEMM speed; the memory passes do not, so this is an approximation for them)
         matched = statistics.median(t * speed / floor_state for t, speed in probes)
         x_matched = matched / (fl["gemm"] + fl["memory"])
+        x_cold = ours / (fl_cold["gemm"] + fl_cold["memory"])
         states = [speed for _, speed in probes]
         line = (f"{config:13s} mi-ref {ours * 1e3:8.1f} ms/step ({flops / ours / 1e9:5.1f} GFLOP/s of "
                 f"{flops / 1e9:.2f} GFLOP) | floor {1e3 * fl['gemm']:.1f} ms GEMM + {1e3 * fl['memory']:.1f} ms "
-                f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor | state-matched {x_matched:.2f}x "
+                f"memory ({fl['bytes'] / 1e9:.2f} GB) | {x_floor:.2f}x of floor | cold-weight GEMM floor "
+                f"{1e3 * fl_cold['gemm']:.1f} ms, {x_cold:.2f}x of the cold-weight floor | state-matched {x_matched:.2f}x "
                 f"(GEMM probe {min(states):.0f}-{max(states):.0f} GFLOP/s during the steps, {floor_state:.0f} at "
                 f"the floor)")
         if theirs is not None:
@@ -686,10 +723,11 @@ def main(argv=None):
                 line += " (WARNING: machine busy, timings unreliable)"
         print(line, flush=True)
         rows.append((config, ours, theirs, fused, ref, flops, load, fl, x_floor, phases, x_matched,
-                     (min(states), max(states), floor_state)))
+                     (min(states), max(states), floor_state), fl_cold, x_cold))
 
     print()
     header = ("| config | mi-ref s/step | GEMM floor s | memory floor s | x of floor | state-matched x of floor "
+              "| cold-weight GEMM floor s | x of cold-weight floor "
               "| GEMM probe: steps / floor | GFLOP/step | mi-ref GFLOP/s "
               "| share of numpy's GEMM peak | forward / backward / Adam / other | PyTorch s/step | mi-ref / PyTorch |")
     if args.fused_adam:
@@ -698,13 +736,15 @@ def main(argv=None):
         header += " reference s/step |"
     print(header + " other load / steal |")
     print("|---" * header.count("|") + "|")
-    for config, ours, theirs, fused, ref, flops, other, fl, x_floor, phases, x_matched, (lo, hi, at) in rows:
+    for (config, ours, theirs, fused, ref, flops, other, fl, x_floor, phases, x_matched, (lo, hi, at), fl_cold,
+         x_cold) in rows:
         split = "n/a"
         if phases:
             total = sum(phases.values())
             split = " / ".join(f"{100 * phases.get(p, 0.0) / total:.0f}%" for p in ("forward", "backward", "Adam", "other"))
         cells = [config, f"{ours:.4f}", f"{fl['gemm']:.4f}", f"{fl['memory']:.4f}", f"{x_floor:.2f}",
-                 f"**{x_matched:.2f}**", f"{lo:.0f}-{hi:.0f} / {at:.0f}",
+                 f"**{x_matched:.2f}**", f"{fl_cold['gemm']:.4f}", f"**{x_cold:.2f}**",
+                 f"{lo:.0f}-{hi:.0f} / {at:.0f}",
                  f"{flops / 1e9:.2f}", f"{flops / ours / 1e9:.1f}", f"{100 * flops / ours / 1e9 / peak:.0f}%", split,
                  f"{theirs:.4f}" if theirs else "n/a", f"{ours / theirs:.2f}" if theirs else "n/a"]
         if args.fused_adam:
@@ -720,13 +760,16 @@ def main(argv=None):
     if profiles:
         text = [f"# Profile of one training step per configuration (scripts/bench_steps.py, clock {args.clock})",
                 f"# machine: {machine}; BLAS threads: {threads}; numpy's GEMM peak {peak:.1f} GFLOP/s", ""]
-        for config, phases, profiled, fl, summary in profiles:
+        for config, phases, profiled, fl, summary, fl_cold in profiles:
             text.append(f"## {config}: {1e3 * profiled:.1f} ms per profiled step")
             text.append("phase      profiled ms   floor ms (GEMM + memory)")
             for phase in ("forward", "backward", "Adam", "other"):
                 text.append(f"{phase:10s} {1e3 * phases.get(phase, 0.0):10.1f}   {1e3 * fl['by_phase'].get(phase, 0.0):10.1f}")
             text.append(f"floor: GEMM {1e3 * fl['gemm']:.1f} ms ({fl['gemm_flops'] / 1e9:.2f} GFLOP), memory "
                         f"{1e3 * fl['memory']:.1f} ms ({fl['bytes'] / 1e9:.3f} GB, {fl['n_params'] / 1e6:.2f} M parameters)")
+            text.append(f"cold-weight floor: GEMM {1e3 * fl_cold['gemm']:.1f} ms (by phase: " + ", ".join(
+                f"{phase} {1e3 * fl_cold['by_phase'].get(phase, 0.0):.1f}" for phase in ("forward", "backward"))
+                + " ms)")
             text.append(summary)
             text.append("")
         if args.profile_out:
