@@ -54,6 +54,7 @@ flags a run where they exceed 5 %.
 """
 
 import argparse
+import functools
 import importlib
 import os
 import platform
@@ -238,13 +239,16 @@ def critic_work(critic, b):
     raise ValueError(f"no work model for {type(critic).__name__}")
 
 
+@functools.lru_cache(maxsize=None)
 def step_work(config):
-    """Everything the floor counts for one step of ``config``: GEMMs, elementwise passes and Adam."""
+    """Everything the floor counts for one step of ``config``: GEMMs, elementwise passes and Adam (a tuple,
+    memoized: the hot and cold floors and the FLOP count read one list instead of building the models
+    three times)."""
     g1, g2, critic, params = build(config)
     work = model_work(g1, BATCH, False) + model_work(g2, BATCH, False) + critic_work(critic, BATCH)
     n_params = sum(onp.size(leaf) for _, leaf in tree_flatten(params))
     work.append(("pass", "Adam", 7 * n_params, n_params))
-    return work, n_params
+    return tuple(work), n_params
 
 
 COLD_BYTES = 256 * 2 ** 20      # the footprint of the rotated copies of a cold weight (see above)
@@ -265,10 +269,10 @@ def gemm_seconds(m, k, n, min_time=0.02, runs=5, cold=None):
     best = float("inf")
     for transposed in (False, True):
         a_shape, b_shape = ((n, k), (k, m)) if transposed else ((m, k), (k, n))
-        rotated_left = cold == "b" and transposed
-        lefts = [rng.standard_normal(a_shape) for _ in range(copies if rotated_left else 1)]
-        rights = [rng.standard_normal(b_shape) for _ in range(copies if cold == "b" and not transposed else 1)]
-        outs = [onp.empty((a_shape[0], b_shape[1])) for _ in range(copies if cold == "out" else 1)]
+        rotated = {"left": cold == "b" and transposed, "right": cold == "b" and not transposed, "out": cold == "out"}
+        lefts = [rng.standard_normal(a_shape) for _ in range(copies if rotated["left"] else 1)]
+        rights = [rng.standard_normal(b_shape) for _ in range(copies if rotated["right"] else 1)]
+        outs = [onp.empty((a_shape[0], b_shape[1])) for _ in range(copies if rotated["out"] else 1)]
         count = max(len(lefts), len(rights), len(outs))
 
         def product(i):
