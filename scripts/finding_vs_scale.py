@@ -19,11 +19,20 @@ Usage::
     python scripts/finding_vs_scale.py run enc-subset --seeds 0,1,2
     python scripts/finding_vs_scale.py run inv-mnist --data-dir DIR
     python scripts/finding_vs_scale.py refits --data-dir DIR   # the probe's solver noise per dataset
+    python scripts/finding_vs_scale.py steps convnet-nwj-t2 --seeds 0,1,2   # the first steps, one by one
     python scripts/finding_vs_scale.py report            # the table; and the figure:
     python scripts/finding_vs_scale.py plot --figure figures/scale/finding_vs_scale.png
 
 Results go to ``figures/scale/STUDY.json`` (``--out``), written after every (configuration, seed,
 variant), so an interrupted study continues where it stopped when run again.
+
+``steps`` traces the first training steps of one variant, step by step, through the training loop itself
+(:func:`mi_ref.train.train_mi`, its objective wrapped): the loss, the mean score of the positive pairs
+and of the negative pairs, I_NWJ's exponential term e^-1 mean(e^S) over the negative pairs, and the median
+over the parameter entries that step k moved of |theta_(k+1) - theta_k| / lr, the size of Adam's step
+relative to the learning rate (1 at step 0, where Adam steps by lr times the gradient's sign), with the
+share of the entries it moved. It writes
+``figures/scale/steps-VARIANT-lrLR.json``.
 """
 
 import argparse
@@ -200,13 +209,14 @@ def cmd_run(args):
 
 def _scale_files(out):
     """Every JSON file of the scale directory, parsed: a *study* holds ``entries`` (written by ``run``), a
-    *trace* holds the ``rows`` of one densely evaluated run (with the command that made it)."""
+    *trace* holds the ``rows`` of one densely evaluated run (with the command that made it), a *first-steps
+    trace* the ``first_steps`` written by ``steps``."""
     files = []
     for f in sorted(Path(out).glob("*.json")):
         data = json.loads(f.read_text())
-        if "entries" not in data and "rows" not in data:
-            raise SystemExit(f"{f}: neither a study (no 'entries') nor a trace (no 'rows'); "
-                             f"move it out of {out}")
+        if "entries" not in data and "rows" not in data and "first_steps" not in data:
+            raise SystemExit(f"{f}: neither a study (no 'entries'), a trace (no 'rows') nor a first-steps trace "
+                             f"(no 'first_steps'); move it out of {out}")
         files.append((f, data))
     return files
 
@@ -286,6 +296,64 @@ def encoders_table(entries):
     return rows
 
 
+ENCODERS_RULES = ("encoders.convnet_ahead", "encoders.architecture_over_estimator")
+
+
+def encoders_verdicts(entries):
+    """Rows of (label, step, n seeds, tests): mi-ref's own encoders rules (:mod:`mi_ref.findings`, as `mi-ref
+    findings` applies them) judged at every evaluation of each encoders study that holds both encoders and
+    both estimators for 3 or more seeds, as if the runs had ended there. ``tests``: the rules'
+    :class:`mi_ref.effects.Test` list. (With fewer seeds the rules take the probe's own SE from per-image
+    outcomes, which the studies do not keep.)"""
+    from mi_ref.effects import SEED_SE_MIN_SEEDS, MissingData
+    from mi_ref.findings import FINDINGS
+    rules = [f for f in FINDINGS if f.key in ENCODERS_RULES]
+    rows = []
+    for (label,), group in _by([e for e in _labelled(entries) if e["experiment"] == "encoders"], "label").items():
+        seeds = sorted({e["seed"] for e in group})
+        if len(seeds) < SEED_SE_MIN_SEEDS:
+            continue
+        steps = sorted(set.intersection(*({r["step"] for r in e["evals"]} for e in group)))
+        for step in steps[1:]:
+            runs = [{"config": {"seed": seed, "config": {"dataset": group[0]["dataset"]}},
+                     "metrics": [{"variant": "baseline", "n_test": group[0]["n_test"]}]
+                     + [dict(e["extra"], variant=e["variant"], step=step,
+                             accuracy=next(r["accuracy"] for r in e["evals"] if r["step"] == step))
+                        for e in group if e["seed"] == seed]}
+                    for seed in seeds]
+            try:
+                tests = [t for f in rules for t in f.judge(runs)[1]]
+            except MissingData:          # a study of one encoder or one estimator: the rules do not apply
+                break
+            rows.append((label, step, len(seeds), tests))
+    return rows
+
+
+def first_steps_summaries(files):
+    """One line per (first-steps trace, seed): the loss at step 0 and its largest value in the first 10 steps,
+    the step from which Adam's step stays below 1 % of lr, and the scores at the last step traced."""
+    lines = []
+    for f, data in files:
+        if "first_steps" not in data:
+            continue
+        trace = data["first_steps"]
+        for seed, rows in _by(trace["rows"], "seed").items():
+            rows = sorted(rows, key=lambda r: r["step"])
+            early = rows[:10]
+            peak = max(early, key=lambda r: r["loss"])
+            ratios = [(r["step"], r["step_ratio"]) for r in rows if r.get("step_ratio") is not None]
+            small = next((k for k, _ in ratios if all(x < 0.01 for j, x in ratios if j >= k)), None)
+            last = rows[-1]
+            lines.append(
+                f"  {f.name} seed {seed[0]}: loss {rows[0]['loss']:.2f} at step 0, {peak['loss']:.1f} at step "
+                f"{peak['step']} (positive scores {rows[0]['positive']:+.2f} -> {peak['positive']:+.2f}, "
+                f"exponential term {rows[0]['exp_term']:.3g} -> {peak['exp_term']:.3g}); Adam's step "
+                + (f"below 1% of lr from step {small} on" if small is not None else "never stays below 1% of lr")
+                + f"; step {last['step']}: loss {last['loss']:.3f}, positive minus negative score "
+                f"{last['positive'] - last['negative']:+.3f}")
+    return lines
+
+
 def cmd_report(args):
     files = _scale_files(args.out)                  # parsed once for the studies and the traces
     entries = load_studies(args.out, files)
@@ -298,6 +366,17 @@ def cmd_report(args):
     for label, step, cells in encoders_table(entries):
         text = ", ".join(f"{v} {m:.3f}±{s:.3f}" for v, (m, s, n) in cells.items())
         print(f"  {label:40s} step {step:5d}: {text}")
+    print("encoders: mi-ref's rules at each evaluation, pooled over the seeds (effect, seed-to-seed SE, "
+          "threshold)")
+    for label, step, n, tests in encoders_verdicts(entries):
+        held = sum(t.holds for t in tests)
+        text = "; ".join(f"{t.name} {t.effect:+.3f} (SE {t.se:.3f}, >= {t.threshold:.3f}) "
+                         f"{'ok' if t.holds else 'NOT MET'}" for t in tests)
+        print(f"  {label:40s} step {step:5d}, {n} seeds: {held} of {len(tests)} met: {text}")
+    steps = first_steps_summaries(files)
+    if steps:
+        print("first steps: one variant traced step by step (`steps`)")
+        print("\n".join(steps))
     traces = trace_summaries(files)
     if traces:
         print("traces: runs evaluated densely, with the command in their file")
@@ -436,6 +515,99 @@ def cmd_refits(args):
                   f"{np.mean([np.std(x, ddof=1) for x in sets]):.4f}")
 
 
+def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=None):
+    """Train ``variant`` of ``experiment`` (its index, streams and initial weights as in a run of the preset
+    with ``overrides``) for ``n_steps`` steps with :func:`mi_ref.train.train_mi`, recording every training
+    step: ``{"step", "loss", "positive", "negative", "exp_term", "step_ratio", "moved"}`` (see the module
+    docstring; ``step_ratio`` and ``moved`` of the last step traced are None: its update is not seen). The objective is wrapped, not
+    changed: the rows are those of the run's own steps."""
+    import importlib
+    from autograd.tracer import getval
+    from mi_ref import experiments
+    from mi_ref.datasets import data_dir_for, load
+    from mi_ref.experiments import common
+    from mi_ref.objectives import mi_scores
+    from mi_ref.train import make_views, train_mi
+
+    experiments.get(experiment)                 # a clear error for an unknown name
+    module = importlib.import_module(f"mi_ref.experiments.{experiment}")
+    if not hasattr(module, "variants"):
+        raise SystemExit(f"`steps` traces the variants of an experiment that trains two encoders and a critic; "
+                         f"{experiment} has none")
+    config = experiments.get(experiment).config(preset, **dict(overrides, n_iters=n_steps, n_evals=1,
+                                                               eval_final=False))
+    dataset = load(config.dataset, data_dir_for(config.dataset, data_dir))
+    views = make_views(dataset)
+    h, w = dataset.image_shape
+    variants = module.variants(config, (h // 2, w) if experiment == "encoders" else common.view_dim(dataset))
+    names = [v.name for v in variants]
+    if variant not in names:
+        raise SystemExit(f"{experiment} has no variant {variant!r} with these settings; its variants: {names}")
+    index = names.index(variant)
+    v = variants[index]
+    g1, g2, critic = common.build_variant(v, seed, index, getattr(config, "permutations", "shared"))
+    objective = common.make_objective(v, g1, g2, critic)
+    rows, previous = [], {}
+
+    def flat(params):
+        leaves = []
+        for value in params.values():
+            leaves += flat(value) if isinstance(value, dict) else [np.ravel(np.asarray(value))]
+        return leaves
+
+    def traced(params, x1, x2):
+        loss = objective(params, x1, x2)
+        if not any(type(b).__name__ == "DictBox" for b in params.values()):
+            return loss                  # an evaluation's call (step 0's bound), not a training step
+        plain = {k: getval(b) for k, b in params.items()}
+        now = np.concatenate(flat(plain))
+        if "theta" in previous:
+            moved = np.abs(now - previous["theta"])
+            moved = moved[moved > 0]
+            rows[-1]["step_ratio"] = float(np.median(moved) / config.lr) if moved.size else 0.0
+            rows[-1]["moved"] = moved.size / now.size
+        previous["theta"] = now
+        scores = np.asarray(mi_scores(plain, g1, g2, critic, x1, x2))
+        off = ~np.eye(len(scores), dtype=bool)
+        rows.append({"seed": seed, "step": len(rows), "loss": float(getval(loss)),
+                     "positive": float(np.mean(np.diag(scores))), "negative": float(np.mean(scores[off])),
+                     "exp_term": float(np.mean(np.exp(scores[off] - 1.0))), "step_ratio": None,
+                     "moved": None})
+        return loss
+
+    train_mi(g1=g1, g2=g2, critic=critic, objective=traced, estimator=v.estimator, views=views, config=config,
+             seed=seed, variant=v.name, variant_index=index, extra_row=dict(v.extra))
+    return rows
+
+
+def cmd_steps(args):
+    from mi_ref.files import write_json
+    from threadpoolctl import threadpool_limits
+    overrides = {"lr": args.lr} if args.lr is not None else {}
+    if args.channels:
+        overrides["convnet_channels"] = tuple(int(c) for c in args.channels.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    with threadpool_limits(limits=args.threads):
+        for seed in seeds:
+            try:
+                rows += first_steps(args.experiment, args.preset, overrides, args.variant, seed, args.steps,
+                                    args.data_dir)
+            except (KeyError, ValueError) as err:     # an unknown experiment, preset or setting
+                raise SystemExit(f"steps: {err}") from None
+    from mi_ref import experiments
+    lr = experiments.get(args.experiment).config(args.preset, **overrides).lr
+    name = f"steps-{args.variant}-lr{lr:g}" + (f"-ch{args.channels.replace(',', '-')}" if args.channels else "")
+    path = Path(args.out) / f"{name}.json"
+    command = "python scripts/finding_vs_scale.py " + " ".join(args.argv)
+    write_json(path, {"first_steps": {"experiment": args.experiment, "preset": args.preset,
+                                      "overrides": _plain(overrides), "variant": args.variant, "lr": lr,
+                                      "seeds": seeds, "command": command, "rows": rows}})
+    for line in first_steps_summaries([(path, json.loads(path.read_text()))]):
+        print(line)
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -460,7 +632,20 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
     p.set_defaults(func=cmd_refits)
+    p = sub.add_parser("steps", help="trace one variant's first training steps, step by step")
+    p.add_argument("variant", help="e.g. convnet-nwj-t2 (the names `mi-ref list --settings` shows)")
+    p.add_argument("--experiment", default="encoders")
+    p.add_argument("--preset", default="quick")
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's")
+    p.add_argument("--channels", default=None, help="the ConvNet's two channel counts, e.g. 64,128")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
+    p.set_defaults(func=cmd_steps)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args) or 0
 
 
