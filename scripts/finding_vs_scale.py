@@ -528,6 +528,7 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
     from mi_ref.experiments import common
     from mi_ref.objectives import mi_scores
     from mi_ref.train import make_views, train_mi
+    from mi_ref.tree import tree_flatten
 
     experiments.get(experiment)                 # a clear error for an unknown name
     module = importlib.import_module(f"mi_ref.experiments.{experiment}")
@@ -549,18 +550,12 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
     objective = common.make_objective(v, g1, g2, critic)
     rows, previous = [], {}
 
-    def flat(params):
-        leaves = []
-        for value in params.values():
-            leaves += flat(value) if isinstance(value, dict) else [np.ravel(np.asarray(value))]
-        return leaves
-
     def traced(params, x1, x2):
         loss = objective(params, x1, x2)
         if not any(type(b).__name__ == "DictBox" for b in params.values()):
             return loss                  # an evaluation's call (step 0's bound), not a training step
         plain = {k: getval(b) for k, b in params.items()}
-        now = np.concatenate(flat(plain))
+        now = np.concatenate([np.ravel(leaf) for _, leaf in tree_flatten(plain)])
         if "theta" in previous:
             moved = np.abs(now - previous["theta"])
             moved = moved[moved > 0]

@@ -96,6 +96,13 @@ def test_first_steps_are_the_training_loops_own_steps(tmp_path):
     assert all(r["exp_term"] >= np.exp(r["negative"] - 1) * (1 - 1e-12) for r in rows)
 
 
+def test_first_steps_trace_an_mlp_and_a_flow_too():
+    """Every parameter structure (the MLP's list of layers, a flow's blocks) is read for Adam's step."""
+    for experiment, variant in (("encoders", "mlp-nwj-t2"), ("invertible", "infonce")):
+        rows = scale.first_steps(experiment, "quick", {"dataset": "digits"}, variant, 0, 3)
+        assert rows[0]["step_ratio"] > 0 and 0 < rows[0]["moved"] <= 1
+
+
 def test_first_steps_refuse_an_unknown_variant_and_an_experiment_without_variants():
     with pytest.raises(SystemExit, match="no variant 'convnet-nwj-t3'.*convnet-nwj-t2"):
         scale.first_steps("encoders", "quick", {"dataset": "digits"}, "convnet-nwj-t3", 0, 2)
