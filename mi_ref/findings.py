@@ -82,8 +82,8 @@ _ENCODERS_AT_QUICK_SCALE = (
     "e^-1 mean(e^S) jumps to 24-5600, the scores swing around the value where I_NWJ is zero for a critic that "
     "tells no pair apart, and from step 41-48 on Adam's steps stay below 1% of lr (positive minus negative "
     "score 0.004-0.066 at step 400). No setting that runs in minutes shows the finding. On full MNIST at the "
-    "paper's lr 1e-4 (figures/runs/encoders-paper-*, 4000 steps, seed 0) the ConvNet is ahead in 3 of the 4 "
-    "(estimator, t) pairs; under I_NWJ at t = 4 its training blew up at step 1000 and had not recovered by "
+    "paper's lr 1e-4 (figures/runs/encoders-paper-*, 4000 steps, seeds 0 and 1) the ConvNet is ahead in 3 of the 4 "
+    "(estimator, t) pairs; under I_NWJ at t = 4 its training blew up (seed 0: at step 943) and had not recovered by "
     "step 4000, and a 4000-step run of that pair alone ends with the ConvNet ahead by 0.030")
 QUICK_SCALE_NOTES = {
     "encoders.convnet_ahead": _ENCODERS_AT_QUICK_SCALE,

@@ -31,8 +31,8 @@ variant), so an interrupted study continues where it stopped when run again.
 and of the negative pairs, I_NWJ's exponential term e^-1 mean(e^S) over the negative pairs, and the median
 over the parameter entries that step k moved of |theta_(k+1) - theta_k| / lr, the size of Adam's step
 relative to the learning rate (1 at step 0, where Adam steps by lr times the gradient's sign), with the
-share of the entries it moved. It writes
-``figures/scale/steps-VARIANT-lrLR.json``.
+share of the entries it moved. It writes ``figures/scale/steps-VARIANT-lrLR.json``
+(``steps-PRESET-VARIANT-lrLR.json`` for a preset other than quick).
 """
 
 import argparse
@@ -592,7 +592,8 @@ def cmd_steps(args):
                 raise SystemExit(f"steps: {err}") from None
     from mi_ref import experiments
     lr = experiments.get(args.experiment).config(args.preset, **overrides).lr
-    name = f"steps-{args.variant}-lr{lr:g}" + (f"-ch{args.channels.replace(',', '-')}" if args.channels else "")
+    name = ("steps-" + (f"{args.preset}-" if args.preset != "quick" else "") + f"{args.variant}-lr{lr:g}"
+            + (f"-ch{args.channels.replace(',', '-')}" if args.channels else ""))
     path = Path(args.out) / f"{name}.json"
     command = "python scripts/finding_vs_scale.py " + " ".join(args.argv)
     write_json(path, {"first_steps": {"experiment": args.experiment, "preset": args.preset,
