@@ -119,13 +119,32 @@ def paired_errors(correct_0, correct_t, rng):
     return paired, boot
 
 
+def variants_module(experiment):
+    """The module of an MI experiment (one with ``variants``); a clear error for any other name."""
+    import importlib
+    from mi_ref import experiments
+    experiments.get(experiment)                 # a clear error for an unknown name
+    module = importlib.import_module(f"mi_ref.experiments.{experiment}")
+    if not hasattr(module, "variants"):
+        raise SystemExit(f"`steps` and `run` train the variants of an experiment that trains two encoders and a "
+                         f"critic; {experiment} has none")
+    return module
+
+
+def experiment_variants(experiment, config, dataset):
+    """The variants of an MI experiment for ``dataset``, in the order (and so with the streams) of its runs."""
+    from mi_ref.experiments import common
+    h, w = dataset.image_shape
+    return variants_module(experiment).variants(
+        config, (h // 2, w) if experiment == "encoders" else common.view_dim(dataset))
+
+
 def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_dir):
     """Train every variant of one configuration for one seed, in memory; returns one entry per variant."""
     from mi_ref import experiments, probe
     from mi_ref.datasets import data_dir_for, load
     from mi_ref.experiments import common
     from mi_ref.train import encode, make_views, train_mi
-    import importlib
 
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
@@ -133,12 +152,7 @@ def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_di
         dataset_cache[config.dataset] = load(config.dataset, data_dir_for(config.dataset, data_dir))
     dataset = dataset_cache[config.dataset]
     views = make_views(dataset)
-    module = importlib.import_module(f"mi_ref.experiments.{experiment}")
-    if experiment == "encoders":
-        h, w = dataset.image_shape
-        variants = module.variants(config, (h // 2, w))
-    else:
-        variants = module.variants(config, common.view_dim(dataset))
+    variants = experiment_variants(experiment, config, dataset)
     entries = []
     for index, v in enumerate(variants):
         g1, g2, critic = common.build_variant(v, seed, index, getattr(config, "permutations", "shared"))
@@ -515,14 +529,14 @@ def cmd_refits(args):
                   f"{np.mean([np.std(x, ddof=1) for x in sets]):.4f}")
 
 
-def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=None):
+def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=None, dataset_cache=None):
     """Train ``variant`` of ``experiment`` (its index, streams and initial weights as in a run of the preset
     with ``overrides``) for ``n_steps`` steps with :func:`mi_ref.train.train_mi`, recording every training
     step: ``{"step", "loss", "positive", "negative", "exp_term", "step_ratio", "moved"}`` (see the module
     docstring; ``step_ratio`` and ``moved`` of the last step traced are None: its update is not seen). The objective is wrapped, not
-    changed: the rows are those of the run's own steps."""
-    import importlib
-    from autograd.tracer import getval
+    changed: the rows are those of the run's own steps. ``dataset_cache`` ({name: dataset}) spares reloading
+    the data for each seed."""
+    from autograd.tracer import getval, isbox
     from mi_ref import experiments
     from mi_ref.datasets import data_dir_for, load
     from mi_ref.experiments import common
@@ -530,17 +544,15 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
     from mi_ref.train import make_views, train_mi
     from mi_ref.tree import tree_flatten
 
-    experiments.get(experiment)                 # a clear error for an unknown name
-    module = importlib.import_module(f"mi_ref.experiments.{experiment}")
-    if not hasattr(module, "variants"):
-        raise SystemExit(f"`steps` traces the variants of an experiment that trains two encoders and a critic; "
-                         f"{experiment} has none")
+    variants_module(experiment)                 # before its config: a clear error for any other experiment
+    dataset_cache = {} if dataset_cache is None else dataset_cache
     config = experiments.get(experiment).config(preset, **dict(overrides, n_iters=n_steps, n_evals=1,
                                                                eval_final=False))
-    dataset = load(config.dataset, data_dir_for(config.dataset, data_dir))
+    if config.dataset not in dataset_cache:
+        dataset_cache[config.dataset] = load(config.dataset, data_dir_for(config.dataset, data_dir))
+    dataset = dataset_cache[config.dataset]
+    variants = experiment_variants(experiment, config, dataset)
     views = make_views(dataset)
-    h, w = dataset.image_shape
-    variants = module.variants(config, (h // 2, w) if experiment == "encoders" else common.view_dim(dataset))
     names = [v.name for v in variants]
     if variant not in names:
         raise SystemExit(f"{experiment} has no variant {variant!r} with these settings; its variants: {names}")
@@ -552,7 +564,7 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
 
     def traced(params, x1, x2):
         loss = objective(params, x1, x2)
-        if not any(type(b).__name__ == "DictBox" for b in params.values()):
+        if not any(isbox(b) for b in params.values()):
             return loss                  # an evaluation's call (step 0's bound), not a training step
         plain = {k: getval(b) for k, b in params.items()}
         now = np.concatenate([np.ravel(leaf) for _, leaf in tree_flatten(plain)])
@@ -582,12 +594,12 @@ def cmd_steps(args):
     if args.channels:
         overrides["convnet_channels"] = tuple(int(c) for c in args.channels.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    rows, cache = [], {}
     with threadpool_limits(limits=args.threads):
         for seed in seeds:
             try:
                 rows += first_steps(args.experiment, args.preset, overrides, args.variant, seed, args.steps,
-                                    args.data_dir)
+                                    args.data_dir, cache)
             except (KeyError, ValueError) as err:     # an unknown experiment, preset or setting
                 raise SystemExit(f"steps: {err}") from None
     from mi_ref import experiments
