@@ -37,7 +37,8 @@ class RunDirError(ValueError):
     can cause; the message says which file and what to do."""
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "progress.json", "summary.json")    # written atomically, at the top
+RUN_FILES = ("config.json", "metrics.jsonl", "progress.json", "summary.json",     # written atomically, at the top
+             "heartbeat.json")                                                  # (heartbeat: sweep tasks only)
 
 REPAIR = ("resume with --repair (`mi-ref run ... --resume --repair`, or the same `mi-ref sweep` command with "
           "--repair)")

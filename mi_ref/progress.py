@@ -30,11 +30,15 @@ class Progress:
 
     ``steps_per_variant``: the steps of each of the run's variants, in order (their sum is the run's work).
     ``enabled=False`` prints nothing (``--quiet``); ``stream`` defaults to stderr; ``clock`` is for tests.
+    ``heartbeat``: a function ``(variant, step)`` told where the training is at the start of each variant,
+    after each evaluation and otherwise at least every ``beat_interval`` seconds, whether lines are printed
+    or not (a sweep task's :meth:`mi_ref.results.RunDir.heartbeat`, read by the sweep's progress lines).
     """
 
     def __init__(self, label, steps_per_variant, enabled=True, stream=None, interval=30.0, clock=time.monotonic,
-                 names=None):
+                 names=None, heartbeat=None, beat_interval=10.0):
         self.label, self.enabled, self.interval, self.clock = label, enabled, interval, clock
+        self.heartbeat, self.beat_interval = heartbeat, beat_interval
         self.names = None if names is None else list(names)
         self.stream = stream or sys.stderr
         self.steps = list(steps_per_variant)
@@ -42,7 +46,7 @@ class Progress:
         self.variant_name, self.index, self.current, self.done_before = "", 0, 0, 0
         self.started = self.clock()
         self.steps_this_session = 0
-        self.last_line = self.started
+        self.last_line = self.last_beat = self.started
         self._last_rate_mark = (self.started, 0)
         self.rate = None
 
@@ -54,6 +58,7 @@ class Progress:
             index = self.names.index(name)
         self.variant_name, self.index, self.current = name, index, start
         self.done_before = sum(self.steps[:index]) + start
+        self._beat()
 
     def step(self, n=1):
         """``n`` training steps are done; prints a line if ``interval`` seconds passed since the last one."""
@@ -61,12 +66,20 @@ class Progress:
         self.steps_this_session += n
         if self.enabled and self.clock() - self.last_line >= self.interval:
             self._print()
+        if self.heartbeat is not None and self.clock() - self.last_beat >= self.beat_interval:
+            self._beat()
 
     def evaluation(self, step, **values):
         """An evaluation at ``step`` is done: prints a line with its ``values`` (bound, accuracy, ...)."""
         self.current = step
         if self.enabled:
             self._print(values)
+        self._beat()
+
+    def _beat(self):
+        if self.heartbeat is not None:
+            self.heartbeat(self.variant_name, self.current)
+            self.last_beat = self.clock()
 
     def _print(self, values=None):
         now = self.clock()

@@ -132,11 +132,30 @@ class RunDir(RunDirChecks):
     def checkpoint_path(self, variant):
         return self.path / "checkpoints" / f"{variant}.npz"
 
+    heartbeat_path = property(lambda self: self.path / "heartbeat.json")
+
+    @property
+    def is_task(self):
+        """True for a sweep task's directory OUT/RUN_NAME/.tasks/seed-S/UNIT."""
+        return self.path.parent.parent.name == TASKS_DIR
+
+    def heartbeat(self):
+        """For a sweep task's directory, a function ``beat(variant, step)`` that writes how far the task's
+        training is to ``heartbeat.json`` (atomically), so that the sweep's progress lines count the steps
+        between two evaluations too (the rows say only where the last evaluation was); None for any other
+        run directory, which keeps no such file."""
+        if not self.is_task:
+            return None
+
+        def beat(variant, step):
+            atomic_write_json(self.heartbeat_path, {"variant": variant, "step": int(step)}, self._check_lock)
+        return beat
+
     def label(self, seed):
         """``"RUN_NAME seed S"`` for progress lines, for OUT/RUN_NAME/seed-S and for a sweep task's
         directory OUT/RUN_NAME/.tasks/seed-S/UNIT alike."""
         parent = self.path.parent
-        if parent.parent.name == TASKS_DIR:
+        if self.is_task:
             parent = parent.parent.parent
         return f"{parent.name} seed {seed}"
 

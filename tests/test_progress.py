@@ -43,3 +43,25 @@ def test_quiet_progress_prints_nothing():
 
 def test_duration():
     assert (duration(12.4), duration(281), duration(3725)) == ("12s", "4m41s", "1h02m")
+
+
+def test_heartbeat_at_each_variant_start_evaluation_and_every_beat_interval_even_when_quiet():
+    clock, beats = Clock(), []
+    bar = Progress("x", [100, 100], enabled=False, clock=clock, heartbeat=lambda v, s: beats.append((v, s)),
+                   beat_interval=10)
+    bar.variant("a", 0, start=20)                 # a resumed variant says where it starts at once
+    assert beats == [("a", 20)]
+    for _ in range(30):                           # 1 step per second: a beat once 10 s have passed
+        clock.t += 1.0
+        bar.step()
+    assert beats == [("a", 20), ("a", 30), ("a", 40), ("a", 50)]
+    bar.evaluation(50, acc=0.5)
+    bar.variant("b", 1)
+    assert beats[-2:] == [("a", 50), ("b", 0)]
+
+
+def test_no_heartbeat_is_fine():
+    bar = Progress("x", [10], enabled=False)
+    bar.variant("v", 0)
+    bar.step()
+    bar.evaluation(1, acc=0.5)

@@ -19,7 +19,7 @@ from mi_ref.results import TASKS_DIR, RunDir
 from mi_ref.runs import expand_run_dirs
 from mi_ref.sweep import cluster as dask_path
 from mi_ref.sweep.driver import MAX_SEEDS
-from mi_ref.sweep.tasks import finished, merge, merged, plan, run_task
+from mi_ref.sweep.tasks import _steps_done, finished, merge, merged, plan, run_task
 
 # two seeds x (baseline + 2 variants) = 6 tasks of a second or two each
 TINY = dict(dataset="digits", n_iters=20, n_evals=2, critics=("bilinear",), estimators=("infonce", "nwj"))
@@ -554,6 +554,36 @@ def test_a_task_reports_progress_under_its_run_name_and_counts_only_its_own_vari
     err = capsys.readouterr().err
     assert f"[{task.run_name} seed 0] variant 1/1 bilinear-nwj" in err, err
     assert "variant 2/" not in err and "[seed-0 seed 0]" not in err
+
+
+def test_the_sweep_counts_a_running_task_by_its_heartbeat_between_evaluations(tmp_path):
+    """Was: the sweep's progress read only a task's metric rows, so a 4000-step task evaluated every 1000
+    steps showed 0 % for its first 1000 steps."""
+    task = [t for t in plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
+    store = RunDir(task.dir)
+    store.path.mkdir(parents=True)
+    assert _steps_done(task, 20) == 0                                 # nothing yet
+    beat = store.heartbeat()
+    beat("bilinear-nwj", 7)
+    assert json.loads(store.heartbeat_path.read_text()) == {"step": 7, "variant": "bilinear-nwj"}
+    assert _steps_done(task, 20) == 7
+    beat("bilinear-nwj", 25)
+    assert _steps_done(task, 20) == 20                                # never past the task's steps
+    beat("bilinear-infonce", 9)                                       # another unit's beat is not this one's
+    assert _steps_done(task, 20) == 0
+    store.heartbeat_path.write_text("{not json")
+    assert _steps_done(task, 20) == 0
+    assert RunDir(task.run_dir).heartbeat() is None                   # only a task's directory beats
+
+
+def test_a_task_leaves_its_heartbeat_until_merged_and_a_plain_run_writes_none(tmp_path):
+    task = [t for t in plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
+    run_task(task)
+    assert json.loads(RunDir(task.dir).heartbeat_path.read_text())["variant"] == "bilinear-nwj"
+    assert merge(task, experiments.get("critics").units(task.config()))
+    assert not task.dir.exists() and not (task.run_dir / "heartbeat.json").exists()
+    path = experiments.run_experiment("critics", "quick", 0, tmp_path / "plain", progress=False, **TINY)
+    assert not (Path(path) / "heartbeat.json").exists()
 
 
 def test_a_damaged_sweep_is_repaired_with_repair(tmp_path, serial, capsys):

@@ -147,7 +147,7 @@ def run(config, store, seed, dataset, progress=True, only=None):
             classifier_step()
 
     bar = Progress(store.label(seed) if store is not None else f"adversarial seed {seed}",
-                   [config.n_iters], enabled=progress)
+                   [config.n_iters], enabled=progress, heartbeat=store.heartbeat() if store is not None else None)
     bar.variant(VARIANT, 0, loop.start)
     # the losses of the last step before a row, as the checkpoint saved them (NaN before the first step)
     loss_c, loss_e = loop.meta.get("losses", [float("nan")] * 2) if loop.resumed else [float("nan")] * 2

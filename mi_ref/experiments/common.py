@@ -125,7 +125,8 @@ def run_variants(config, store, seed, dataset, variants, progress=True, jacobian
     done = store.done_variants() if store is not None else []
     label = store.label(seed) if store is not None else f"run seed {seed}"
     chosen = [v.name for v in variants if only is None or v.name in only]
-    bar = Progress(label, [config.n_iters] * len(chosen), enabled=progress, names=chosen)
+    bar = Progress(label, [config.n_iters] * len(chosen), enabled=progress, names=chosen,
+                   heartbeat=store.heartbeat() if store is not None else None)
     for index, v in enumerate(variants):
         if v.name in done or (only is not None and v.name not in only):
             continue

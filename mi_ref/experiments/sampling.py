@@ -148,7 +148,8 @@ def run(config, store, seed, dataset=None, progress=True, only=None):
     done = store.done_variants() if store is not None else []
     chosen = [name for name in variant_names(config) if only is None or name in only]
     progress = Progress(store.label(seed) if store is not None else f"sampling seed {seed}",
-                        [config.n_iters] * len(chosen), enabled=progress, names=chosen)
+                        [config.n_iters] * len(chosen), enabled=progress, names=chosen,
+                        heartbeat=store.heartbeat() if store is not None else None)
     index = 0
     for sampling in config.samplings:
         for estimator in config.estimators:

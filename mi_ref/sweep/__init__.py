@@ -5,7 +5,8 @@ Layout. A sweep writes the run directories of ``mi-ref run`` (``OUT/RUN_NAME/see
 :mod:`mi_ref.results`). Every task (one unit of :attr:`mi_ref.experiments.Experiment.units` of one seed: a
 variant, or the pixel-baseline row) runs in a task directory of its own,
 ``OUT/RUN_NAME/.tasks/seed-S/UNIT`` (a run directory holding that unit only, with its checkpoints; its log
-beside it as ``UNIT.log`` for local workers). When the task is finished, the sweep's driver (the process
+beside it as ``UNIT.log`` for local workers, and a ``heartbeat.json`` saying the step its training is at,
+rewritten every 10 s, from which the sweep's progress lines count the steps between evaluations). When the task is finished, the sweep's driver (the process
 that runs ``mi-ref sweep``) merges it into the seed's run directory under that directory's lock: the seed's
 metrics.jsonl is rewritten atomically with the unit's rows in the experiment's order of units, the unit is
 marked done, the task directory is removed. A seed directory therefore only ever holds finished units;

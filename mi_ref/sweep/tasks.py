@@ -16,6 +16,7 @@
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import signal
 import sys
@@ -222,12 +223,22 @@ def merge(task, units):
 
 
 def _steps_done(task, steps):
-    """How far a running task is: the step of its last metric row (0 if it has none yet)."""
+    """How far a running task is: the step its training last reported in the task's ``heartbeat.json``
+    (:meth:`mi_ref.results.RunDir.heartbeat`), or the step of its last metric row if that is further
+    (0 if it has neither yet); at most ``steps``."""
+    store = RunDir(task.dir)
     try:
-        rows = RunDir(task.dir).read_metrics()
+        rows = store.read_metrics()
     except (OSError, ValueError):
-        return 0
-    return min(max((r["step"] for r in rows if r["variant"] == task.unit), default=0), steps)
+        rows = []
+    done = max((r["step"] for r in rows if r["variant"] == task.unit), default=0)
+    try:
+        beat = json.loads(store.heartbeat_path.read_text(encoding="utf-8"))
+        if beat.get("variant") == task.unit and isinstance(beat.get("step"), int):
+            done = max(done, beat["step"])
+    except (OSError, ValueError, AttributeError):
+        pass                              # not written yet, or (never by mi-ref) unreadable: the rows say
+    return min(done, steps)
 
 
 class SweepProgress:
