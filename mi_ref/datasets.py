@@ -32,7 +32,7 @@ import numpy as np
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, find_idx_file, parse_idx, read_file_bytes, read_idx_images, \
     read_idx_labels
 from .registry import Registry
-from .views import first_per_class, stratified_split, to_unit_interval
+from .views import stratified_split, to_unit_interval
 
 # ----------------------------------------------------------------------------------------------------
 # the dataset container

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .plots import (PLOTTERS, _band, _clip_initial_outliers, _pyplot, baseline, color_of, label_of, plot_generic,
-                    series, variants_of)
+                    runs_phrase, series, variants_of)
 from .runs import load_run
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,8 +129,7 @@ def comparison_figure(groups):
         for j, metric in enumerate(metrics):
             ax = axes[block * len(metrics) + j, col]
             later[metric] += _comparison_panel(ax, runs, metric, colors, held_out and metric == "bound")
-            ax.set_title(f"{title}\n{len(runs)} run(s), seed{'s' if len(seeds) > 1 else ''} "
-                         f"{', '.join(map(str, seeds))}", fontsize=9)
+            ax.set_title(f"{title}\n{runs_phrase(seeds)}", fontsize=9)
             if col == 0:
                 ax.set_ylabel(ylabels[metric])
     for j, metric in enumerate(metrics):          # every config's panel on the same scale

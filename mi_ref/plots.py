@@ -116,6 +116,13 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
     return path
 
 
+def runs_phrase(seeds):
+    """``"1 run (seed 0)"`` or ``"3 runs (seeds 0, 1, 2)"``: what a figure's title says of its runs."""
+    seeds = sorted(seeds)
+    many = len(seeds) != 1
+    return f"{len(seeds)} run{'s' if many else ''} (seed{'s' if many else ''} {', '.join(map(str, seeds))})"
+
+
 def _title(runs, what):
     from .experiments import describe_overrides
     cfg = runs[0]["config"]
@@ -125,9 +132,10 @@ def _title(runs, what):
     preset = f"preset {cfg['preset']}" + (f" with {changed}" if changed else "")
     seeds = sorted(r["config"]["seed"] for r in runs)
     unfinished = sorted(r["config"]["seed"] for r in runs if r.get("unfinished"))
-    return (f"{what}\n{cfg['experiment']}, {preset}\n{dataset}, {steps} steps, {len(runs)} run(s) (seeds "
-            f"{', '.join(map(str, seeds))}), mean ± sd" +
-            (f"; UNFINISHED: seed(s) {', '.join(map(str, unfinished))}" if unfinished else ""))
+    return (f"{what}\n{cfg['experiment']}, {preset}\n{dataset}, {steps} steps, {runs_phrase(seeds)}" +
+            (", mean ± sd" if len(seeds) > 1 else "") +
+            (f"; UNFINISHED: seed{'s' if len(unfinished) > 1 else ''} {', '.join(map(str, unfinished))}"
+             if unfinished else ""))
 
 
 def _accuracy_panel(ax, runs, variants, label_of, color_of):
@@ -246,7 +254,7 @@ def _condition_panel(ax, runs, variant):
     ax.fill_between(x, mean[:, 1], mean[:, 4], color=color, alpha=0.3, linewidth=0, label="20th - 80th")
     ax.fill_between(x, mean[:, 2], mean[:, 3], color=color, alpha=0.6, linewidth=0, label="40th - 60th")
     ax.set_ylabel(r"$\log(\sigma_{max} / \sigma_{min})$ of $J_{g_1}$")
-    ax.set_title(f"(c) conditioning, {label_of(variant)}; {len(runs)} run(s) pooled", fontsize=10)
+    ax.set_title(f"(c) conditioning, {label_of(variant)}; {len(runs)} run{'s' if len(runs) != 1 else ''}{' pooled' if len(runs) > 1 else ''}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
 

@@ -12,7 +12,7 @@ each experiment's wall-clock span (from its first task's start to its last task'
 
 import sys
 
-from .results import RunDir, RunExistsError
+from .results import TASKS_DIR, RunDir, RunExistsError
 
 
 def plan_all(names, preset, seeds, overrides_of, out, data_dir=None, keep_state=None):
@@ -116,7 +116,7 @@ def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=No
                              "tasks": len(mine)}
     run_dirs = list(dict.fromkeys(t.run_dir for t in tasks))
     for d in run_dirs:
-        tasks_dir = d.parent / ".tasks"
+        tasks_dir = d.parent / TASKS_DIR
         for empty in sorted(tasks_dir.glob("seed-*")) + [tasks_dir]:
             try:
                 empty.rmdir()

@@ -40,7 +40,6 @@ A *store* (``mi_ref.results.RunDir``, or None for an in-memory run) receives met
 arrays and a checkpoint at every evaluation; :func:`train_mi` resumes from the store's checkpoint.
 """
 
-import time
 from dataclasses import dataclass
 
 import numpy as np

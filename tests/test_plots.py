@@ -33,7 +33,8 @@ def test_a_comparison_has_a_panel_per_config_and_a_colour_per_variant(runs):
     assert len(axes) == 2 * 3                                     # bound and accuracy, one panel per config
     titles = [ax.get_title() for ax in axes]
     assert sum("lr=0.001, estimators=infonce,nwj" in t for t in titles) == 2
-    assert sum("lr=0.003, estimators=nwj" in t for t in titles) == 2 and "seeds 0, 1" in titles[0]
+    assert sum("lr=0.003, estimators=nwj" in t for t in titles) == 2 and "2 runs (seeds 0, 1)" in titles[0]
+    assert titles[1].endswith("\n1 run (seed 0)")             # was "1 run(s), seed 0"
     colours = {}
     for ax in axes:
         for line in ax.get_lines():
@@ -68,3 +69,13 @@ def test_a_comparison_is_named_after_its_configs_and_never_overwrites_another(ru
     assert [p.name for p in figures.plot_runs(runs["b"] + runs["a"], out, separate=True)] == names[:1]  # the same
     assert cli.main(["plot", *map(str, runs["a"] + runs["b"]), "--separate", "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"wrote {out / names[0]}\n"
+
+
+def test_a_figure_title_counts_its_runs_in_words_and_gives_an_sd_only_over_several(runs):
+    """Was: "1 run(s) (seeds 0), mean ± sd" under a single run, which has no sd."""
+    from mi_ref.plots import _title, runs_phrase
+    assert runs_phrase([2, 0, 1]) == "3 runs (seeds 0, 1, 2)" and runs_phrase([4]) == "1 run (seed 4)"
+    one = _title([load_run(runs["b"][0])], "what")
+    assert one.endswith("6 steps, 1 run (seed 0)"), one
+    two = _title([load_run(d) for d in runs["a"]], "what")
+    assert two.endswith("6 steps, 2 runs (seeds 0, 1), mean ± sd"), two

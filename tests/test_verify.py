@@ -14,7 +14,6 @@ What is proven here:
   perturbed, missing, misnamed and misshapen arrays; bad input raises clear errors.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 

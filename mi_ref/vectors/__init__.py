@@ -78,7 +78,7 @@ from .. import __version__
 from ..checks import positive_int
 from ..files import write_bytes, write_text
 from ..tree import tree_flatten, tree_map, tree_unflatten
-from .builders import BUILDERS, draw_params, f32, normal
+from .builders import BUILDERS, draw_params, normal
 from .components import COMPONENTS, Component
 from .conventions import CONVENTIONS, FORMAT, FORMAT_VERSION, MANIFEST, SETTINGS
 from .files import TOLERANCES, ZIP_DATE_TIME, load_component, load_manifest, manifest_integrity, npz_bytes
