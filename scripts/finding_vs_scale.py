@@ -20,6 +20,7 @@ Usage::
     python scripts/finding_vs_scale.py run inv-mnist --data-dir DIR
     python scripts/finding_vs_scale.py refits --data-dir DIR   # the probe's solver noise per dataset
     python scripts/finding_vs_scale.py steps convnet-nwj-t2 --seeds 0,1,2   # the first steps, one by one
+    python scripts/finding_vs_scale.py along RUN/seed-0 RUN/seed-1   # the encoders rules at every evaluation
     python scripts/finding_vs_scale.py report            # the table; and the figure:
     python scripts/finding_vs_scale.py plot --figure figures/scale/finding_vs_scale.png
 
@@ -343,6 +344,73 @@ def encoders_verdicts(entries):
     return rows
 
 
+def judged_along(run_dirs, keys=None):
+    """mi-ref's encoders rules (``keys``: the finding keys, default :data:`ENCODERS_RULES`) judged on the rows of
+    run directories, finished or not, at every evaluation step that every variant they hold has reached, as
+    if the runs had ended there: a list of (step, seeds, {key: tests or the reason it is not judged}).
+
+    Several directories of one seed (a sweep's task directories, one unit each) are read as one run; the
+    directories must hold one config. The rules are :mod:`mi_ref.findings`' own; with fewer than 3 seeds they
+    take the probe's SE from the rows' per-image outcomes, as `mi-ref findings` does. So a long run can be
+    judged on its pairs while its other variants still train (`mi-ref findings` refuses an unfinished run)."""
+    from mi_ref.effects import MissingData
+    from mi_ref.findings import FINDINGS
+    from mi_ref.runs import load_run
+    keys = ENCODERS_RULES if keys is None else keys
+    by_seed, config = {}, None
+    for d in run_dirs:
+        run = load_run(d)
+        cfg = {k: run["config"][k] for k in ("experiment", "preset", "config")}
+        if config is not None and cfg != config:
+            raise SystemExit(f"along: {d} holds another config than {run_dirs[0]}; give the directories of one run")
+        config = cfg
+        seed = run["config"]["seed"]
+        if seed in by_seed:
+            have = {(r["variant"], r["step"]) for r in by_seed[seed]["metrics"]}
+            by_seed[seed]["metrics"] += [r for r in run["metrics"] if (r["variant"], r["step"]) not in have]
+        else:
+            by_seed[seed] = run
+    runs = [by_seed[s] for s in sorted(by_seed)]
+    reached = {}                                  # variant -> the steps every seed has of it
+    for run in runs:
+        for v in {r["variant"] for r in run["metrics"]} - {"baseline"}:
+            steps = {r["step"] for r in run["metrics"] if r["variant"] == v}
+            reached[v] = steps if v not in reached else reached[v] & steps
+    for v in reached:                             # a variant some seed lacks is left out
+        if not all(any(r["variant"] == v for r in run["metrics"]) for run in runs):
+            reached[v] = set()
+    reached = {v: s for v, s in reached.items() if s}
+    common = sorted(set.intersection(*reached.values())) if reached else []
+    rules = [f for f in FINDINGS if f.key in keys]
+    out = []
+    for step in common[1:]:
+        cut = [dict(run, metrics=[r for r in run["metrics"] if r["variant"] == "baseline"
+                                  or (r["variant"] in reached and r["step"] <= step)]) for run in runs]
+        judged = {}
+        for f in rules:
+            try:
+                judged[f.key] = f.judge(cut)[1]
+            except MissingData as err:
+                judged[f.key] = str(err)
+        out.append((step, sorted(by_seed), judged))
+    return out
+
+
+def cmd_along(args):
+    rows = judged_along(args.run_dirs)
+    if not rows:
+        raise SystemExit("along: the runs share no evaluation after step 0 yet")
+    for step, seeds, judged in rows:
+        print(f"step {step}, seeds {', '.join(map(str, seeds))}:")
+        for key, tests in judged.items():
+            if isinstance(tests, str):
+                print(f"  {key}: not judged: {tests}")
+                continue
+            for t in tests:
+                print(f"  {key}: {t.name} {t.effect:+.4f} ({t.se_kind} SE {t.se:.4f}, >= {t.threshold:.4f}) "
+                      f"{'ok' if t.holds else 'NOT MET'}")
+
+
 def first_steps_summaries(files):
     """One line per (first-steps trace, seed): the loss at step 0 and its largest value in the first 10 steps,
     the step from which Adam's step stays below 1 % of lr, and the scores at the last step traced."""
@@ -640,6 +708,10 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(HERE.parent / "figures" / "scale"))
     p.set_defaults(func=cmd_refits)
+    p = sub.add_parser("along", help="the encoders rules at every shared evaluation of run directories, "
+                                      "finished or not")
+    p.add_argument("run_dirs", nargs="+", metavar="DIR", help="seed directories, or a sweep's task directories")
+    p.set_defaults(func=cmd_along)
     p = sub.add_parser("steps", help="trace one variant's first training steps, step by step")
     p.add_argument("variant", help="e.g. convnet-nwj-t2 (the names `mi-ref list --settings` shows)")
     p.add_argument("--experiment", default="encoders")

@@ -108,3 +108,27 @@ def test_first_steps_refuse_an_unknown_variant_and_an_experiment_without_variant
         scale.first_steps("encoders", "quick", {"dataset": "digits"}, "convnet-nwj-t3", 0, 2)
     with pytest.raises(SystemExit, match="adversarial has none"):
         scale.first_steps("adversarial", "quick", {"dataset": "digits"}, "encoder", 0, 2)
+
+
+def test_judged_along_is_the_findings_verdict_at_the_last_evaluation_and_refuses_mixed_configs():
+    """`along` (the rules at every evaluation of run directories, finished or not) gives, at the last
+    evaluation of finished runs, `mi-ref findings`' own tests: here two seeds, so the probe's paired SE."""
+    from mi_ref import verdicts
+    seed_dirs = sorted((ROOT / "figures" / "runs" / "encoders-paper-n_iters=4000-n_evals=4-eval_final=true")
+                       .glob("seed-*"))
+    assert len(seed_dirs) == 2
+    rows = scale.judged_along([str(d) for d in seed_dirs])
+    assert [step for step, _, _ in rows] == [1000, 2000, 3000, 4000]
+    step, seeds, judged = rows[-1]
+    assert seeds == [0, 1]
+    for v in verdicts.judge(seed_dirs):
+        if v.finding in scale.ENCODERS_RULES:
+            got = judged[v.finding]
+            assert len(got) == len(v.tests) > 0
+            for a, b in zip(got, v.tests):
+                assert (a.name, a.holds, a.se_kind) == (b.name, b.holds, b.se_kind)
+                assert (a.effect, a.se, a.threshold) == pytest.approx((b.effect, b.se, b.threshold), abs=1e-12)
+    earlier = rows[0][2]["encoders.convnet_ahead"]
+    assert [t.effect for t in earlier] != [t.effect for t in judged["encoders.convnet_ahead"]]
+    with pytest.raises(SystemExit, match="another config"):
+        scale.judged_along([str(seed_dirs[0]), str(ROOT / "figures" / "runs" / "encoders-quick" / "seed-0")])
