@@ -132,3 +132,26 @@ def test_judged_along_is_the_findings_verdict_at_the_last_evaluation_and_refuses
     assert [t.effect for t in earlier] != [t.effect for t in judged["encoders.convnet_ahead"]]
     with pytest.raises(SystemExit, match="another config"):
         scale.judged_along([str(seed_dirs[0]), str(ROOT / "figures" / "runs" / "encoders-quick" / "seed-0")])
+
+
+LONG_PAIR = ROOT / "figures" / "scale" / "runs" / "encoders-paper"
+SHORT = ROOT / "figures" / "runs" / "encoders-paper-n_iters=4000-n_evals=4-eval_final=true"
+
+
+def test_the_committed_full_length_pair_is_the_4000_step_runs_continued():
+    """README's 21000-step I_NWJ t = 4 pair (figures/scale/runs/encoders-paper: the paper preset's own units,
+    run as a sweep's tasks, so with the full run's streams) passes mi-ref's run checks, and its rows up to
+    step 4000 are the committed 4000-step runs' rows, bit for bit (wall-clock seconds aside)."""
+    from mi_ref.runs import load_run
+    for seed in (0, 1):
+        run = load_run(LONG_PAIR / f"seed-{seed}")
+        assert run["config"]["config"]["n_iters"] == 21000
+        short = load_run(SHORT / f"seed-{seed}")
+        for variant in ("convnet-nwj-t4", "mlp-nwj-t4"):
+            mine = sorted((r for r in run["metrics"] if r["variant"] == variant), key=lambda r: r["step"])
+            assert [r["step"] for r in mine] == list(range(0, 21000, 1000))        # the paper: 21 evaluations
+            early = [{k: v for k, v in r.items() if k != "seconds"} for r in mine if r["step"] <= 4000]
+            want = [{k: v for k, v in r.items() if k != "seconds"} for r in short["metrics"] if r["variant"] == variant]
+            assert early == want, (seed, variant)
+    rows = scale.judged_along([str(LONG_PAIR / "seed-0"), str(LONG_PAIR / "seed-1")])
+    assert [step for step, _, _ in rows] == list(range(1000, 21000, 1000))
