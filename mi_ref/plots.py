@@ -254,7 +254,8 @@ def _condition_panel(ax, runs, variant):
     ax.fill_between(x, mean[:, 1], mean[:, 4], color=color, alpha=0.3, linewidth=0, label="20th - 80th")
     ax.fill_between(x, mean[:, 2], mean[:, 3], color=color, alpha=0.6, linewidth=0, label="40th - 60th")
     ax.set_ylabel(r"$\log(\sigma_{max} / \sigma_{min})$ of $J_{g_1}$")
-    ax.set_title(f"(c) conditioning, {label_of(variant)}; {len(runs)} run{'s' if len(runs) != 1 else ''}{' pooled' if len(runs) > 1 else ''}", fontsize=10)
+    pooled = f"{len(runs)} runs pooled" if len(runs) > 1 else "1 run"
+    ax.set_title(f"(c) conditioning, {label_of(variant)}; {pooled}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
 

@@ -6,11 +6,12 @@ Layout. A sweep writes the run directories of ``mi-ref run`` (``OUT/RUN_NAME/see
 variant, or the pixel-baseline row) runs in a task directory of its own,
 ``OUT/RUN_NAME/.tasks/seed-S/UNIT`` (a run directory holding that unit only, with its checkpoints; its log
 beside it as ``UNIT.log`` for local workers, and a ``heartbeat.json`` saying the step its training is at,
-rewritten every 10 s, from which the sweep's progress lines count the steps between evaluations). When the task is finished, the sweep's driver (the process
-that runs ``mi-ref sweep``) merges it into the seed's run directory under that directory's lock: the seed's
-metrics.jsonl is rewritten atomically with the unit's rows in the experiment's order of units, the unit is
-marked done, the task directory is removed. A seed directory therefore only ever holds finished units;
-once all are merged it is the directory a serial run writes (row for row, wall times aside).
+rewritten every 10 s, from which the sweep's progress lines count the steps between evaluations). When the
+task is finished, the sweep's driver (the process that runs ``mi-ref sweep``) merges it into the seed's run
+directory under that directory's lock: the seed's metrics.jsonl is rewritten atomically with the unit's rows
+in the experiment's order of units, the unit is marked done, the task directory is removed. A seed directory
+therefore only ever holds finished units; once all are merged it is the directory a serial run writes (row
+for row, wall times aside).
 
 Faults. A task that dies (its process killed, its Dask worker lost) is run again and resumes from its last
 checkpoint in its task directory; a finished task waiting for its merge is merged, not run again; a
