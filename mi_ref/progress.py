@@ -24,6 +24,11 @@ def duration(seconds):
     return f"{seconds}s"
 
 
+def count(n, noun, plural=None):
+    """``"1 seed"``, ``"2 seeds"`` (``plural``: the plural if not ``noun + "s"``)."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
 class Progress:
     """Progress of one run: ``variant(name, index, steps, start)`` at the start of each variant, ``step()``
     after every training step, ``evaluation(step, **values)`` after every evaluation.

@@ -12,6 +12,7 @@ each experiment's wall-clock span (from its first task's start to its last task'
 
 import sys
 
+from .progress import count
 from .results import TASKS_DIR, RunDir, RunExistsError
 
 
@@ -94,9 +95,9 @@ def run_parallel(names, preset, seeds, overrides_of, out, data_dir=None, jobs=No
         raise ValueError(f"--jobs {jobs} x --threads {threads} = {jobs * threads} threads exceed the "
                          f"{available_cores()} cores here; choose jobs x threads <= {available_cores()}")
     todo.sort(key=task_cost, reverse=True)                 # the longest first: the best finish on few workers
-    bar.say(f"{len(tasks)} tasks of {len(names)} experiment(s) x {len(seeds)} seed(s): {bar.skipped} finished "
-            f"before, {len(todo)} to run on {jobs} worker process{'es' if jobs > 1 else ''} x {threads} "
-            f"thread{'s' if threads > 1 else ''}")
+    bar.say(f"{len(tasks)} tasks of {count(len(names), 'experiment')} x {count(len(seeds), 'seed')}: {bar.skipped} "
+            f"finished before, {len(todo)} to run on {count(jobs, 'worker process', 'worker processes')} x "
+            f"{count(threads, 'thread')}")
     if todo:
         bar.tick(force=True)
         run_local(todo, jobs, threads, retries, report)

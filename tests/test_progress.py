@@ -3,7 +3,7 @@ variant k/N and the ETA of the whole run."""
 
 import io
 
-from mi_ref.progress import Progress, duration
+from mi_ref.progress import Progress, count, duration
 
 
 class Clock:
@@ -43,6 +43,12 @@ def test_quiet_progress_prints_nothing():
 
 def test_duration():
     assert (duration(12.4), duration(281), duration(3725)) == ("12s", "4m41s", "1h02m")
+
+
+def test_count_says_one_or_many():
+    """Was "2 seed(s)" in the sweep's and reproduce's first lines."""
+    assert (count(1, "seed"), count(2, "seed"), count(0, "unit")) == ("1 seed", "2 seeds", "0 units")
+    assert count(2, "worker process", "worker processes") == "2 worker processes"
 
 
 def test_heartbeat_at_each_variant_start_evaluation_and_every_beat_interval_even_when_quiet():

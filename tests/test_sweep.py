@@ -411,7 +411,7 @@ def test_a_grid_sweep_runs_the_product_each_config_its_own_run_and_compares_them
             "--grid", "estimators=[infonce,nwj],[nwj]"]
     assert cli.main(argv) == 0
     text, err = capsys.readouterr()
-    assert "20 tasks (4 configs x 2 seed(s) x their units)" in err
+    assert "20 tasks (4 configs x 2 seeds x their units)" in err
     assert "lr=0.003, estimators=nwj: seed 1 bilinear-nwj done" in err      # each progress line names its config
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(experiments.run_name("critics", "quick", experiments.get("critics").config(

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..progress import count
 from ..results import TASKS_DIR, RunDir, atomic_write_json, format_summary, write_summary
 from .cluster import run_dask
 from .local import available_cores, run_local
@@ -185,11 +186,11 @@ def sweep_grid(experiment, preset, seeds, configs, out="runs", data_dir=None, jo
     if scheduler is None:
         if jobs is None:
             jobs = max(1, min(len(todo), available_cores() // threads))
-        where = f"{jobs} local worker process{'es' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
+        where = f"{count(jobs, 'local worker process', 'local worker processes')} x {count(threads, 'thread')}"
     else:
         where = f"the Dask cluster {scheduler if isinstance(scheduler, str) else 'of the given client'}"
-    shape = f"{len(seeds)} seed(s) x {len(units_of[names[0]])} units" if len(names) == 1 else \
-        f"{len(names)} configs x {len(seeds)} seed(s) x their units"
+    shape = f"{count(len(seeds), 'seed')} x {count(len(units_of[names[0]]), 'unit')}" if len(names) == 1 else \
+        f"{len(names)} configs x {count(len(seeds), 'seed')} x their units"
     output = plans[0][0].run_dir.parent if len(names) == 1 else Path(out)
     bar.say(f"{len(all_tasks)} tasks ({shape}): {bar.skipped} finished before, {len(todo)} to run on {where}; "
             f"output in {output}")
