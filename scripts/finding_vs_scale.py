@@ -140,18 +140,23 @@ def experiment_variants(experiment, config, dataset):
         config, (h // 2, w) if experiment == "encoders" else common.view_dim(dataset))
 
 
+def cached_dataset(name, dataset_cache, data_dir):
+    """The dataset ``name``, loaded once per ``dataset_cache`` ({name: dataset})."""
+    from mi_ref.datasets import data_dir_for, load
+    if name not in dataset_cache:
+        dataset_cache[name] = load(name, data_dir_for(name, data_dir))
+    return dataset_cache[name]
+
+
 def train_one(label, experiment, preset, overrides, seed, dataset_cache, data_dir):
     """Train every variant of one configuration for one seed, in memory; returns one entry per variant."""
     from mi_ref import experiments, probe
-    from mi_ref.datasets import data_dir_for, load
     from mi_ref.experiments import common
     from mi_ref.train import encode, make_views, train_mi
 
     exp = experiments.get(experiment)
     config = exp.config(preset, **overrides)
-    if config.dataset not in dataset_cache:
-        dataset_cache[config.dataset] = load(config.dataset, data_dir_for(config.dataset, data_dir))
-    dataset = dataset_cache[config.dataset]
+    dataset = cached_dataset(config.dataset, dataset_cache, data_dir)
     views = make_views(dataset)
     variants = experiment_variants(experiment, config, dataset)
     entries = []
@@ -208,14 +213,12 @@ def cmd_run(args):
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = {}
     from mi_ref import experiments
-    from mi_ref.datasets import data_dir_for, load
     with threadpool_limits(limits=args.threads):
         for label, experiment, preset, overrides in STUDIES[args.study]:
-            dataset = experiments.get(experiment).config(preset, **overrides).dataset
-            if dataset not in cache:
-                cache[dataset] = load(dataset, data_dir_for(dataset, args.data_dir))
+            dataset = cached_dataset(experiments.get(experiment).config(preset, **overrides).dataset, cache,
+                                     args.data_dir)
             for seed in seeds:
-                if (label, seed, cache[dataset].n_test) in have:     # the same study on the same test images
+                if (label, seed, dataset.n_test) in have:     # the same study on the same test images
                     continue
                 done["entries"] += train_one(label, experiment, preset, overrides, seed, cache, args.data_dir)
                 write_json(path, done)
@@ -371,21 +374,15 @@ def judged_along(run_dirs, keys=None):
         else:
             by_seed[seed] = run
     runs = [by_seed[s] for s in sorted(by_seed)]
-    reached = {}                                  # variant -> the steps every seed has of it
-    for run in runs:
-        for v in {r["variant"] for r in run["metrics"]} - {"baseline"}:
-            steps = {r["step"] for r in run["metrics"] if r["variant"] == v}
-            reached[v] = steps if v not in reached else reached[v] & steps
-    for v in reached:                             # a variant some seed lacks is left out
-        if not all(any(r["variant"] == v for r in run["metrics"]) for run in runs):
-            reached[v] = set()
-    reached = {v: s for v, s in reached.items() if s}
-    common = sorted(set.intersection(*reached.values())) if reached else []
+    # the variants every seed holds (any other is left out), and the steps each of them reached in every seed
+    variants = set.intersection(*({r["variant"] for r in run["metrics"]} for run in runs)) - {"baseline"}
+    reached = [{r["step"] for r in run["metrics"] if r["variant"] == v} for run in runs for v in variants]
+    common = sorted(set.intersection(*reached)) if reached else []
     rules = [f for f in FINDINGS if f.key in keys]
     out = []
     for step in common[1:]:
         cut = [dict(run, metrics=[r for r in run["metrics"] if r["variant"] == "baseline"
-                                  or (r["variant"] in reached and r["step"] <= step)]) for run in runs]
+                                  or (r["variant"] in variants and r["step"] <= step)]) for run in runs]
         judged = {}
         for f in rules:
             try:
@@ -606,7 +603,6 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
     the data for each seed."""
     from autograd.tracer import getval, isbox
     from mi_ref import experiments
-    from mi_ref.datasets import data_dir_for, load
     from mi_ref.experiments import common
     from mi_ref.objectives import mi_scores
     from mi_ref.train import make_views, train_mi
@@ -616,9 +612,7 @@ def first_steps(experiment, preset, overrides, variant, seed, n_steps, data_dir=
     dataset_cache = {} if dataset_cache is None else dataset_cache
     config = experiments.get(experiment).config(preset, **dict(overrides, n_iters=n_steps, n_evals=1,
                                                                eval_final=False))
-    if config.dataset not in dataset_cache:
-        dataset_cache[config.dataset] = load(config.dataset, data_dir_for(config.dataset, data_dir))
-    dataset = dataset_cache[config.dataset]
+    dataset = cached_dataset(config.dataset, dataset_cache, data_dir)
     variants = experiment_variants(experiment, config, dataset)
     views = make_views(dataset)
     names = [v.name for v in variants]
