@@ -576,6 +576,49 @@ def test_the_sweep_counts_a_running_task_by_its_heartbeat_between_evaluations(tm
     assert RunDir(task.run_dir).heartbeat() is None                   # only a task's directory beats
 
 
+def test_the_sweep_eta_prices_each_unit_at_its_own_speed():
+    """Was: one rate for every step of the sweep (steps done / seconds), so a sweep of slow ConvNet and fast
+    MLP units, with the MLPs finished first, said 16 h for about 7 h. Two workers, a "conv" unit 10 times
+    slower per step than "mlp", two seeds of each, 1000 steps a task; a clock and step counts made up."""
+    from dataclasses import dataclass
+
+    from mi_ref.sweep.tasks import SweepProgress
+
+    @dataclass(frozen=True)
+    class Unit:
+        unit: str
+        seed: int
+    conv0, mlp0, conv1, mlp1 = Unit("conv", 0), Unit("mlp", 0), Unit("conv", 1), Unit("mlp", 1)
+    now, steps = [0.0], {}
+    bar = SweepProgress("t", [conv0, mlp0, conv1, mlp1], lambda t: 1000, enabled=False, clock=lambda: now[0],
+                        steps_done=lambda t, n: min(steps.get(t, 0), n))
+    assert bar.line().endswith("ETA ?")                               # nothing measured yet
+    bar.start(conv0)
+    bar.start(mlp0)
+    now[0], steps[conv0], steps[mlp0] = 10.0, 100, 1000               # conv: 0.1 s a step, mlp: 0.01 s
+    bar.stop(mlp0, finished=True)
+    bar.start(conv1)
+    now[0], steps[conv0], steps[conv1] = 20.0, 200, 100
+    # left: conv0 800 and conv1 900 steps at 0.1 s, mlp1 1000 steps at 0.01 s: 180 s of work on 2 workers
+    assert bar.seconds_left() == pytest.approx(90.0)
+    assert bar.line().endswith("tasks 1/4 done, 2 running, 0 failed | steps 32%, 65.0 steps/s, ETA 1m30s")
+    # a single rate (1300 steps in 20 s) would have said 2700 / 65 = 42 s
+    bar.stop(conv1)                                                   # retried: its 100 steps count as measured
+    now[0] = 30.0
+    steps[conv0] = 300
+    # conv: 40 s over 400 steps; left conv0 700, conv1 900 (resumed from its checkpoint), mlp1 1000: 170 s
+    # of work, 85 s a worker, but conv1 alone takes 90 s
+    assert bar.seconds_left() == pytest.approx(90.0)
+    only = SweepProgress("t", [conv0, Unit("new", 0)], lambda t: 1000, enabled=False, clock=lambda: now[0],
+                         steps_done=lambda t, n: min(steps.get(t, 0), n))
+    only.start(conv0)
+    now[0] = 40.0
+    steps[conv0] = 400                                                # 100 steps in 10 s: 0.1 s a step
+    # a unit that has not run yet is priced at the speed of those that have: 600 + 1000 steps at 0.1 s on the
+    # one worker seen
+    assert only.seconds_left() == pytest.approx(160.0)
+
+
 def test_a_task_leaves_its_heartbeat_until_merged_and_a_plain_run_writes_none(tmp_path):
     task = [t for t in plan("critics", "quick", [0], TINY, tmp_path) if t.unit == "bilinear-nwj"][0]
     run_task(task)

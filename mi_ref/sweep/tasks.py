@@ -243,27 +243,81 @@ def _steps_done(task, steps):
 
 class SweepProgress:
     """The sweep's state and its plain-text lines: tasks done / running / failed, retries, and the ETA of
-    the whole sweep from the training steps done since it (re)started (read from the task directories)."""
+    the whole sweep (read from the task directories).
 
-    def __init__(self, label, tasks, steps_of, enabled=True, stream=None, interval=30.0, clock=time.monotonic):
+    The ETA prices each unit's steps at its own measured speed: the seconds per step of the tasks of that
+    unit (a unit of every seed has the same model) that have run in this sweep, or, for a unit that has not
+    run yet, the speed of all the tasks that have. A ConvNet step costs ~15 MLP steps, so a single rate
+    for every step would misjudge a sweep that mixes them. The work left is spread over the most tasks seen
+    running at once (the workers), and no ETA is shorter than the longest task left, which one worker
+    must run alone."""
+
+    def __init__(self, label, tasks, steps_of, enabled=True, stream=None, interval=30.0, clock=time.monotonic,
+                 steps_done=None):
         self.label, self.enabled, self.interval, self.clock = label, enabled, interval, clock
         self.stream = stream or sys.stderr
         self.steps_of = steps_of
-        self.total = len(tasks)
-        self.total_steps = sum(steps_of(t) for t in tasks)
+        self.tasks = list(tasks)
+        self.total = len(self.tasks)
+        self.total_steps = sum(steps_of(t) for t in self.tasks)
         self.done, self.failed, self.running, self.retried = [], [], set(), 0
         self.skipped = 0
         self.started = self.clock()
         self.base_steps = None
         self.last_line = self.started
+        self._done_of = steps_done or _steps_done      # (task, steps) -> the steps the task has done
+        self.opened = {}                                # running task -> (clock, steps done) when it started
+        self.spent = {}                                 # unit -> [seconds, steps] of its tasks' closed runs
+        self.workers = 0
 
     def say(self, text):
         if self.enabled:
             print(f"[{self.label}] {text}", file=self.stream, flush=True)
 
+    def start(self, task):
+        """``task`` started running (again, after a retry)."""
+        self.running.add(task)
+        self.workers = max(self.workers, len(self.running))
+        self.opened[task] = (self.clock(), self._done_of(task, self.steps_of(task)))
+
+    def stop(self, task, finished=False):
+        """``task`` stopped running: finished (its steps all done), or to be retried, or failed."""
+        self.running.discard(task)
+        if task in self.opened:
+            began, steps = self.opened.pop(task)
+            end = self.steps_of(task) if finished else self._done_of(task, self.steps_of(task))
+            spent = self.spent.setdefault(task.unit, [0.0, 0])
+            spent[0] += self.clock() - began
+            spent[1] += max(end - steps, 0)
+        if finished:
+            self.done.append(task)
+
     def steps_done(self):
         steps = sum(self.steps_of(t) for t in self.done)
-        return steps + sum(_steps_done(t, self.steps_of(t)) for t in self.running)
+        return steps + sum(self._done_of(t, self.steps_of(t)) for t in self.running)
+
+    def seconds_left(self):
+        """The estimated seconds until every task not done or failed has finished (None before any task
+        has done a step)."""
+        now, spent = self.clock(), {u: list(v) for u, v in self.spent.items()}
+        left = {}
+        for task in self.tasks:
+            if task in self.done or task in self.failed:
+                continue
+            done = self._done_of(task, self.steps_of(task))
+            left[task] = self.steps_of(task) - done
+            if task in self.opened:
+                began, steps = self.opened[task]
+                unit = spent.setdefault(task.unit, [0.0, 0])
+                unit[0] += now - began
+                unit[1] += max(done - steps, 0)
+        seconds = sum(s for s, n in spent.values() if n > 0)
+        steps = sum(n for s, n in spent.values() if n > 0)
+        if steps == 0:
+            return None if any(left.values()) else 0.0
+        per_step = {u: s / n for u, (s, n) in spent.items() if n > 0}
+        cost = [n * per_step.get(t.unit, seconds / steps) for t, n in left.items()]
+        return max(sum(cost) / max(self.workers, 1), max(cost, default=0.0))
 
     def line(self):
         steps = self.steps_done()
@@ -271,8 +325,8 @@ class SweepProgress:
             self.base_steps = steps
         elapsed = self.clock() - self.started
         rate = (steps - self.base_steps) / elapsed if elapsed > 0 else 0
-        left = self.total_steps - steps
-        eta = "0s" if left <= 0 else (duration(left / rate) if rate > 0 else "?")
+        left = self.seconds_left()
+        eta = "?" if left is None else ("0s" if left <= 0 else duration(left))
         pct = 100 * steps // max(self.total_steps, 1)
         retried = f", {self.retried} retried" if self.retried else ""
         return (f"tasks {len(self.done)}/{self.total} done, {len(self.running)} running, {len(self.failed)} "
@@ -297,12 +351,11 @@ class Report:
         self.unmerged, self.failures, self.started_at, self.ended_at, self.damaged = [], {}, {}, {}, set()
 
     def started(self, task):
-        self.progress.running.add(task)
+        self.progress.start(task)
         self.started_at.setdefault(task, time.monotonic())
 
     def finished(self, task):
-        self.progress.running.discard(task)
-        self.progress.done.append(task)
+        self.progress.stop(task, finished=True)
         self.ended_at[task] = time.monotonic()
         took = self.ended_at[task] - self.started_at.get(task, self.ended_at[task])
         self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit} done ({duration(took)})")
@@ -310,13 +363,13 @@ class Report:
             self.unmerged.append(task)
 
     def retry(self, task, why, attempt, attempts):
-        self.progress.running.discard(task)
+        self.progress.stop(task)
         self.progress.retried += 1
         self.progress.say(f"{self.tag(task)}seed {task.seed} {task.unit}: {why}; running it again from its last "
                           f"checkpoint (attempt {attempt} of {attempts})")
 
     def failed(self, task, why, damaged=False):
-        self.progress.running.discard(task)
+        self.progress.stop(task)
         self.progress.failed.append(task)
         self.failures[task] = why
         if damaged:
