@@ -8,6 +8,8 @@ registries give, pooling runs into curves, panels and titles. :func:`mi_ref.figu
 figures of run directories.
 """
 
+import weakref
+
 import numpy as np
 
 from .bounds import ESTIMATORS
@@ -111,6 +113,10 @@ def _finish(fig, axes, title, path, xlabel="training steps (in thousands)"):
     title = "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in title.split("\n"))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    for ax in np.ravel(axes):
+        if ax in _ABOVE_THE_CURVES:
+            _lift_legend(fig, ax)
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
@@ -169,7 +175,28 @@ def _bound_panel(ax, runs, variants, label_of, color_of, ylabel="estimated bound
     _clip_initial_outliers(ax, later)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, title=BOUND_LEGEND if any("bound_test" in r for run in runs for r in run["metrics"])
-              else None, title_fontsize=6, framealpha=0.6)     # curves behind a crowded legend stay visible
+              else None, title_fontsize=6, framealpha=0.6, loc="upper left")
+    _ABOVE_THE_CURVES.add(ax)
+
+
+# axes whose upper-left legend :func:`_finish` lifts above every curve (a bound panel's legend is wide, and
+# matplotlib's "best" place still covered curves in the metric and critics figures)
+_ABOVE_THE_CURVES = weakref.WeakSet()
+
+
+def _lift_legend(fig, ax, room=0.5):
+    """Raise the top of ``ax``'s y axis so that its upper-left legend lies above everything drawn in it.
+    A legend taller than ``room`` of the axes would squash the curves: it goes to matplotlib's "best" place."""
+    legend = ax.get_legend()
+    if legend is None:
+        return
+    renderer = fig.canvas.get_renderer()
+    share = legend.get_window_extent(renderer).height / ax.get_window_extent(renderer).height
+    if share > room:
+        legend.set_loc("best")
+        return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, low + (high - low) / (1 - share - 0.03))       # 3 % of the axes between curves and legend
 
 
 def _clip_initial_outliers(ax, later_values):

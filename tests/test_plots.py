@@ -79,3 +79,32 @@ def test_a_figure_title_counts_its_runs_in_words_and_gives_an_sd_only_over_sever
     assert one.endswith("6 steps, 1 run (seed 0)"), one
     two = _title([load_run(d) for d in runs["a"]], "what")
     assert two.endswith("6 steps, 2 runs (seeds 0, 1), mean ± sd"), two
+
+
+def test_a_bound_panels_legend_is_lifted_above_every_curve():
+    """Was: the wide legend of a bound panel, at matplotlib's "best" place, covered curves of the metric and
+    critics figures. Now the axis top rises until the upper-left legend lies above everything drawn; a
+    legend that would take more than half the axes goes to the "best" place instead of squashing the curves."""
+    from mi_ref import plots
+    plt = plots._pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.fill_between([0, 1], [0, 3], [1, 4], alpha=0.2)
+    ax.plot([0, 1], [0.5, 3.5], label="rises to the top right")
+    ax.plot([0, 1], [3.5, 0.5], label="starts at the top left")
+    ax.legend(loc="upper left", title=plots.BOUND_LEGEND, title_fontsize=6, fontsize=8)
+    fig.tight_layout()
+    plots._lift_legend(fig, ax)
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    bottom = ax.transData.inverted().transform((box.x0, box.y0))[1]
+    assert bottom > 4.0, bottom                                      # above the band's top, 4
+    assert ax.get_ylim()[1] < 8.0                                    # and the curves keep most of the height
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    for i in range(12):
+        ax.plot([0, 1], [i, i + 1], label=f"curve {i}")
+    ax.legend(loc="upper left", fontsize=8)
+    high = ax.get_ylim()[1]
+    plots._lift_legend(fig, ax)
+    assert ax.get_ylim()[1] == high and ax.get_legend()._loc == 0    # 0: matplotlib's "best"
+    plt.close(fig)
