@@ -275,7 +275,7 @@ def gemm_seconds(m, k, n, min_time=0.02, runs=5, cold=None):
         outs = [onp.empty((a_shape[0], b_shape[1])) for _ in range(copies if rotated["out"] else 1)]
         count = max(len(lefts), len(rights), len(outs))
 
-        def product(i):
+        def product(i, lefts=lefts, rights=rights, outs=outs):
             onp.matmul(lefts[i % len(lefts)], rights[i % len(rights)], out=outs[i % len(outs)])
 
         for i in range(count):                                  # touch every copy once
@@ -293,7 +293,7 @@ def gemm_seconds(m, k, n, min_time=0.02, runs=5, cold=None):
                 i += 1
             times.append((CLOCK[0]() - t0) / reps)
         best = min(best, statistics.median(times))
-        del lefts, rights, outs
+        del lefts, rights, outs, product        # free this orientation's copies before the next one's
     return best
 
 
