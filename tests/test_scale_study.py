@@ -138,16 +138,20 @@ LONG_PAIR = ROOT / "figures" / "scale" / "runs" / "encoders-paper"
 SHORT = ROOT / "figures" / "runs" / "encoders-paper-n_iters=4000-n_evals=4-eval_final=true"
 
 
-def test_the_committed_full_length_pair_is_the_4000_step_runs_continued():
-    """README's 21000-step I_NWJ t = 4 pair (figures/scale/runs/encoders-paper: the paper preset's own units,
-    run as a sweep's tasks, so with the full run's streams) passes mi-ref's run checks, and its rows up to
-    step 4000 are the committed 4000-step runs' rows, bit for bit (wall-clock seconds aside)."""
+def test_the_committed_full_length_pairs_are_the_4000_step_runs_continued():
+    """README's 21000-step t = 4 units (figures/scale/runs/encoders-paper: both encoders under I_NCE and I_NWJ,
+    the paper preset's own units run as a sweep's tasks, so with the full run's streams) pass mi-ref's run
+    checks, their rows up to step 4000 are the committed 4000-step runs' rows, bit for bit (wall-clock seconds
+    aside), and `along` judges both encoders rules at t = 4 at every evaluation: rule 2 too, since the units
+    hold both estimators there (and no t = 2 unit, so t = 2 is not among its tests)."""
     from mi_ref.runs import load_run
+    t4 = ("convnet-infonce-t4", "convnet-nwj-t4", "mlp-infonce-t4", "mlp-nwj-t4")
     for seed in (0, 1):
         run = load_run(LONG_PAIR / f"seed-{seed}")
         assert run["config"]["config"]["n_iters"] == 21000
+        assert {r["variant"] for r in run["metrics"]} == {"baseline", *t4}
         short = load_run(SHORT / f"seed-{seed}")
-        for variant in ("convnet-nwj-t4", "mlp-nwj-t4"):
+        for variant in t4:
             mine = sorted((r for r in run["metrics"] if r["variant"] == variant), key=lambda r: r["step"])
             assert [r["step"] for r in mine] == list(range(0, 21000, 1000))        # the paper: 21 evaluations
             early = [{k: v for k, v in r.items() if k != "seconds"} for r in mine if r["step"] <= 4000]
@@ -155,3 +159,19 @@ def test_the_committed_full_length_pair_is_the_4000_step_runs_continued():
             assert early == want, (seed, variant)
     rows = scale.judged_along([str(LONG_PAIR / "seed-0"), str(LONG_PAIR / "seed-1")])
     assert [step for step, _, _ in rows] == list(range(1000, 21000, 1000))
+    for step, seeds, judged in rows:
+        assert seeds == [0, 1]
+        for key in scale.ENCODERS_RULES:
+            assert not isinstance(judged[key], str), (step, key, judged[key])          # judged, not skipped
+            assert judged[key] and all(t.name.startswith(("t=4", "infonce t=4", "nwj t=4")) for t in judged[key])
+    # README's numbers: at 4000 steps (where the 4000-step runs ended) rule 1 fails under I_NWJ and rule 2 fails;
+    # at the last evaluation both hold
+    by_step = {step: judged for step, _, judged in rows}
+    outcome = {step: [(t.name, round(t.effect, 4), t.holds)
+                      for key in scale.ENCODERS_RULES for t in by_step[step][key]] for step in (4000, 20000)}
+    assert outcome[4000] == [("infonce t=4: ConvNet minus MLP", 0.031, True),
+                             ("nwj t=4: ConvNet minus MLP", -0.0035, False),
+                             ("t=4: architecture gap minus estimator gap", -0.0382, False)]
+    assert outcome[20000] == [("infonce t=4: ConvNet minus MLP", 0.0322, True),
+                              ("nwj t=4: ConvNet minus MLP", 0.0364, True),
+                              ("t=4: architecture gap minus estimator gap", 0.0265, True)]
